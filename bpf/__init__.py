@@ -1,0 +1,1 @@
+"""The kernel side of procmond: C sources shipped as package data (``procmond.bpf``)."""

@@ -1,0 +1,308 @@
+/* procmond kernel side: counts process and thread creation, exec and exit in BPF maps.
+ *
+ * Every probe only updates maps (and, for `procmond watch`, a ring buffer); Python reads the
+ * maps when Prometheus scrapes. Struct offsets come in as -D flags read from the running
+ * kernel's BTF, because the installed headers may describe another kernel. Without them
+ * (PROCMOND_BTF_OFFSETS undefined) the headers' layout is used.
+ *
+ * Probes, each attached by name from procmond/bpf_loader.py:
+ *   on_sched_process_fork  raw tracepoint: one count per created process or thread
+ *   on_sched_process_exec  raw tracepoint: execs
+ *   on_sched_process_exit  raw tracepoint: process exits (once per process) and lifetime
+ *   on_sys_{enter,exit}_{clone,clone3,fork,vfork}  tracepoints: time spent in the call
+ */
+#include "procmond.h"
+
+#ifndef PROCMOND_BTF_OFFSETS
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
+#define TASK_PID_OFF offsetof(struct task_struct, pid)
+#define TASK_TGID_OFF offsetof(struct task_struct, tgid)
+#define TASK_REAL_PARENT_OFF offsetof(struct task_struct, real_parent)
+#define TASK_GROUP_LEADER_OFF offsetof(struct task_struct, group_leader)
+#define TASK_START_TIME_OFF offsetof(struct task_struct, start_time)
+#define TASK_COMM_OFF offsetof(struct task_struct, comm)
+#define TASK_SIGNAL_OFF offsetof(struct task_struct, signal)
+#define SIGNAL_LIVE_OFF offsetof(struct signal_struct, live)
+#endif
+
+BPF_HASH(forks_total, struct comm_pair_key, u64, MAX_ENTRIES);
+BPF_HASH(threads_created_total, struct comm_pair_key, u64, MAX_ENTRIES);
+BPF_HASH(execs_total, struct comm_pair_key, u64, MAX_ENTRIES);
+BPF_HASH(exits_total, struct comm_key, u64, MAX_ENTRIES);
+BPF_HASH(process_lifetime_seconds, struct comm_key, struct hist_value, HISTOGRAM_MAX_ENTRIES);
+BPF_HASH(fork_duration_seconds, struct comm_key, struct hist_value, HISTOGRAM_MAX_ENTRIES);
+BPF_HASH(inflight, u32, struct inflight, INFLIGHT_MAX_ENTRIES);
+/* Per map: events that found the map full (see add_one), and their histogram observations. */
+BPF_PERCPU_ARRAY(overflow_events, u64, MAP_ID_COUNT);
+BPF_PERCPU_ARRAY(overflow_hist, struct hist_value, MAP_ID_COUNT);
+/* A zeroed hist_value to initialise new histogram entries from: it is too big for the stack. */
+BPF_ARRAY(hist_zero, struct hist_value, 1);
+
+#ifdef PROCMOND_WATCH
+BPF_RINGBUF_OUTPUT(events, WATCH_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(watch_lost, u64, 1);
+#endif
+
+static __always_inline void *read_ptr(void *base, u32 offset)
+{
+    void *value = NULL;
+    bpf_probe_read_kernel(&value, sizeof(value), (char *)base + offset);
+    return value;
+}
+
+static __always_inline u32 read_u32(void *base, u32 offset)
+{
+    u32 value = 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (char *)base + offset);
+    return value;
+}
+
+static __always_inline u64 read_u64(void *base, u32 offset)
+{
+    u64 value = 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (char *)base + offset);
+    return value;
+}
+
+static __always_inline void read_comm(void *task, char *dst)
+{
+    bpf_probe_read_kernel(dst, COMM_LEN, (char *)task + TASK_COMM_OFF);
+}
+
+/* The process a task belongs to is named by its thread-group leader: threads may rename
+ * themselves, the process keeps counting under one name. */
+static __always_inline void *leader_of(void *task)
+{
+    return read_ptr(task, TASK_GROUP_LEADER_OFF);
+}
+
+/* The leader of the process that created `task`'s process. */
+static __always_inline void *parent_leader_of(void *task)
+{
+    return leader_of(read_ptr(leader_of(task), TASK_REAL_PARENT_OFF));
+}
+
+static __always_inline void fill_pair_key(struct comm_pair_key *key, void *task)
+{
+    if (LABEL_COMM)
+        read_comm(leader_of(task), key->comm);
+    if (LABEL_PARENT_COMM)
+        read_comm(parent_leader_of(task), key->parent_comm);
+}
+
+static __always_inline void fill_key(struct comm_key *key, void *task)
+{
+    if (LABEL_COMM)
+        read_comm(leader_of(task), key->comm);
+}
+
+static __always_inline void count_overflow(u32 map_id)
+{
+    u64 *events = overflow_events.lookup(&map_id);
+    if (events)
+        (*events)++; /* per-CPU slot: no other CPU writes it */
+}
+
+/* Smallest k with v <= 2^k: the histogram slot whose upper bound (le) is 2^k ns. */
+static __always_inline u32 log2_ceil(u64 v)
+{
+    if (v <= 1)
+        return 0;
+    u32 slot = bpf_log2l(v - 1);
+    return slot < HIST_SLOTS ? slot : HIST_SLOTS - 1;
+}
+
+/* One more event for a counter map's entry. `value` is NULL when the key was new and the map
+ * full: the event is then counted in overflow_events[map_id], which the collector exposes as
+ * the `__overflow__` series, so totals stay exact and no live counter is ever evicted. */
+static __always_inline void add_one(u64 *value, u32 map_id)
+{
+    if (value)
+        __sync_fetch_and_add(value, 1);
+    else
+        count_overflow(map_id);
+}
+
+/* One observation of `ns` nanoseconds; a full map's events go to overflow_hist[map_id]. */
+static __always_inline void observe(struct hist_value *hist, u32 map_id, u64 ns)
+{
+    if (!hist) {
+        count_overflow(map_id);
+        hist = overflow_hist.lookup(&map_id);
+        if (!hist)
+            return;
+    }
+    u32 slot = log2_ceil(ns) & (HIST_SLOTS - 1);
+    __sync_fetch_and_add(&hist->slots[slot], 1);
+    __sync_fetch_and_add(&hist->sum_ns, ns);
+}
+
+static __always_inline struct hist_value *zeroed_hist(void)
+{
+    u32 zero = 0;
+    return hist_zero.lookup(&zero);
+}
+
+/* BCC allows map calls neither in macros nor through map pointers: one line per map. */
+static __always_inline void count_fork(struct comm_pair_key *key)
+{
+    u64 zero = 0;
+    add_one(forks_total.lookup_or_try_init(key, &zero), MAP_ID_FORKS);
+}
+
+static __always_inline void count_thread(struct comm_pair_key *key)
+{
+    u64 zero = 0;
+    add_one(threads_created_total.lookup_or_try_init(key, &zero), MAP_ID_THREADS_CREATED);
+}
+
+static __always_inline void count_exec(struct comm_pair_key *key)
+{
+    u64 zero = 0;
+    add_one(execs_total.lookup_or_try_init(key, &zero), MAP_ID_EXECS);
+}
+
+static __always_inline void count_exit(struct comm_key *key)
+{
+    u64 zero = 0;
+    add_one(exits_total.lookup_or_try_init(key, &zero), MAP_ID_EXITS);
+}
+
+static __always_inline void observe_lifetime(struct comm_key *key, u64 ns)
+{
+    struct hist_value *zero = zeroed_hist();
+    if (zero)
+        observe(process_lifetime_seconds.lookup_or_try_init(key, zero), MAP_ID_PROCESS_LIFETIME,
+                ns);
+}
+
+static __always_inline void observe_fork_duration(struct comm_key *key, u64 ns)
+{
+    struct hist_value *zero = zeroed_hist();
+    if (zero)
+        observe(fork_duration_seconds.lookup_or_try_init(key, zero), MAP_ID_FORK_DURATION, ns);
+}
+
+#ifdef PROCMOND_WATCH
+static __always_inline void emit_creation(void *parent, void *child, u32 is_thread)
+{
+    struct creation_event event = {};
+    void *leader = leader_of(parent);
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight *call = inflight.lookup(&tid);
+
+    event.timestamp_ns = bpf_ktime_get_ns();
+    event.pid = read_u32(parent, TASK_TGID_OFF);
+    event.ppid = read_u32(read_ptr(leader, TASK_REAL_PARENT_OFF), TASK_TGID_OFF);
+    event.child_pid = read_u32(child, TASK_TGID_OFF);
+    event.child_tid = read_u32(child, TASK_PID_OFF);
+    event.syscall = call ? call->syscall : SYSCALL_UNKNOWN;
+    event.is_thread = is_thread;
+    read_comm(leader, event.comm);
+    read_comm(parent_leader_of(parent), event.parent_comm);
+    if (events.ringbuf_output(&event, sizeof(event), 0) != 0) {
+        u32 zero = 0;
+        u64 *lost = watch_lost.lookup(&zero);
+        if (lost)
+            (*lost)++;
+    }
+}
+#endif
+
+/* sched_process_fork(struct task_struct *parent, struct task_struct *child): runs in the
+ * creating thread once the new task exists, for every path (fork, vfork, clone, clone3). */
+int on_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *parent = (void *)ctx->args[0];
+    void *child = (void *)ctx->args[1];
+    struct comm_pair_key key = {};
+    u32 is_thread = read_u32(child, TASK_PID_OFF) != read_u32(child, TASK_TGID_OFF);
+
+    fill_pair_key(&key, parent);
+    if (is_thread)
+        count_thread(&key);
+    else
+        count_fork(&key);
+#ifdef PROCMOND_WATCH
+    emit_creation(parent, child, is_thread);
+#endif
+    return 0;
+}
+
+/* sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm): after
+ * the new program is in place, so p's comm is already the new command. */
+int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct comm_pair_key key = {};
+
+    fill_pair_key(&key, (void *)ctx->args[0]);
+    count_exec(&key);
+    return 0;
+}
+
+/* sched_process_exit(struct task_struct *p[, bool group_dead]): once per exiting thread. A
+ * process has exited when its last thread does (group_dead). Kernels before group_dead was
+ * added decrement signal->live just before this tracepoint, so live == 0 means the same
+ * thing there, except when two threads of one process exit at the same instant. */
+int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *task = (void *)ctx->args[0];
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+
+    inflight.delete(&tid); /* a thread killed inside clone() leaves no stale timing entry */
+#ifdef EXIT_HAS_GROUP_DEAD
+    if (!(ctx->args[1] & 0xff))
+        return 0;
+#else
+    if (read_u32(read_ptr(task, TASK_SIGNAL_OFF), SIGNAL_LIVE_OFF) != 0)
+        return 0;
+#endif
+    struct comm_key key = {};
+    fill_key(&key, task);
+    count_exit(&key);
+#if HISTOGRAMS
+    void *leader = leader_of(task);
+    u64 lifetime_ns = bpf_ktime_get_ns() - read_u64(leader, TASK_START_TIME_OFF);
+    observe_lifetime(&key, lifetime_ns);
+#endif
+    return 0;
+}
+
+static __always_inline int enter_creation(u32 syscall)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight call = {.start_ns = bpf_ktime_get_ns(), .syscall = syscall};
+
+    if (inflight.update(&tid, &call) != 0)
+        count_overflow(MAP_ID_INFLIGHT);
+    return 0;
+}
+
+/* Runs in the creating thread only: the new task has no inflight entry. For vfork this time
+ * includes waiting until the child has exec'd or exited, as the caller is suspended until then. */
+static __always_inline int exit_creation(void)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight *call = inflight.lookup(&tid);
+
+    if (!call)
+        return 0;
+    u64 duration_ns = bpf_ktime_get_ns() - call->start_ns;
+    inflight.delete(&tid);
+#if HISTOGRAMS
+    struct comm_key key = {};
+    fill_key(&key, (void *)bpf_get_current_task());
+    observe_fork_duration(&key, duration_ns);
+#endif
+    return 0;
+}
+
+int on_sys_enter_clone(void *ctx) { return enter_creation(SYSCALL_CLONE); }
+int on_sys_enter_clone3(void *ctx) { return enter_creation(SYSCALL_CLONE3); }
+int on_sys_enter_fork(void *ctx) { return enter_creation(SYSCALL_FORK); }
+int on_sys_enter_vfork(void *ctx) { return enter_creation(SYSCALL_VFORK); }
+int on_sys_exit_clone(void *ctx) { return exit_creation(); }
+int on_sys_exit_clone3(void *ctx) { return exit_creation(); }
+int on_sys_exit_fork(void *ctx) { return exit_creation(); }
+int on_sys_exit_vfork(void *ctx) { return exit_creation(); }

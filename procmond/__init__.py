@@ -1,0 +1,3 @@
+"""procmond: process-creation metrics from eBPF, for Prometheus."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from procmond.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""Command line: ``procmond run | watch | check-config | doctor`` and ``--version``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from procmond import __version__
+from procmond.config import DEFAULT_CONFIG_PATH, load_config
+from procmond.errors import ConfigError, ProcmondError
+from procmond.metrics import series_budget
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="procmond", description="Process-creation metrics from eBPF, for Prometheus.")
+    parser.add_argument("--version", action="version", version=f"procmond {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = (f"YAML config file (default: {DEFAULT_CONFIG_PATH} if it exists, else the "
+                   "embedded defaults)")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground, serving /metrics")
+    run.add_argument("--config", type=Path, help=config_help)
+
+    watch = sub.add_parser("watch", help="print one line per process or thread creation")
+    watch.add_argument("--config", type=Path, help=config_help)
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    check = sub.add_parser("check-config", help="validate a config file without loading BPF")
+    check.add_argument("file", nargs="?", type=Path, help=config_help)
+
+    sub.add_parser("doctor", help="check that this host can run procmond, and say how to fix it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"procmond: config error: {problem}", file=sys.stderr)
+        return exc.exit_code
+    except ProcmondError as exc:
+        fix = f"; fix: {exc.hint}" if exc.hint else ""
+        print(f"procmond: error: {exc.message}{fix}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("PROCMOND_DEBUG"):
+            raise
+        print(f"procmond: internal error: {type(exc).__name__}: {exc} "
+              "(set PROCMOND_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from procmond.daemon import run
+
+        return run(args.config)
+    if args.command == "watch":
+        from procmond.watch import watch
+
+        config, _ = load_config(args.config)
+        return watch(config, args.json)
+    if args.command == "check-config":
+        config, source = load_config(args.file)
+        print(f"{source}: OK; at most {series_budget(config)} series from the kernel maps")
+        return 0
+    if args.command == "doctor":
+        from procmond.doctor import doctor
+
+        return doctor(sys.stdout)
+    raise AssertionError(args.command)

@@ -1,0 +1,181 @@
+"""procmond's configuration: one frozen dataclass, its defaults, and all of its validation.
+
+The defaults here are the embedded config the daemon uses when no file exists; the documented
+``config/procmond.yaml`` carries the same values (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from procmond.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/procmond/config.yaml")
+DEFAULT_PORT = 10057
+
+KNOWN_LABELS = ("comm", "parent_comm")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Kernel maps are preallocated: these caps keep a typo from asking for gigabytes.
+MAX_ENTRIES_LIMIT = 1_048_576
+HISTOGRAM_MAX_ENTRIES_LIMIT = 65_536
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, with its default. Field names are the YAML keys."""
+
+    listen: str = f":{DEFAULT_PORT}"
+    max_entries: int = 4096
+    histograms: bool = True
+    histogram_max_entries: int = 256
+    labels: tuple[str, ...] = KNOWN_LABELS
+    log_level: str = "info"
+
+    @property
+    def listen_host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_listen(self.listen)[1]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) into (host, port)."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep:
+        raise ValueError(f'expected "host:port" or ":port", got "{listen}"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        _check_ip(host, listen)
+    elif ":" in host:
+        raise ValueError(f'an IPv6 address needs brackets, as in "[::1]:{port_text}"')
+    elif host and not _HOSTNAME.match(host):
+        raise ValueError(f'"{host}" is not an IP address or host name')
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f'port must be a number from 1 to 65535, got "{port_text}"')
+    return host, int(port_text)
+
+
+def _check_ip(host: str, listen: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f'"{listen}" has an invalid IP address') from None
+
+
+def load_config(path: Path | None) -> tuple[Config, str]:
+    """The config to run with, and where it came from.
+
+    An explicit ``path`` must exist. Without one, ``/etc/procmond/config.yaml`` is used if it
+    exists, else the embedded defaults.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return Config(), "embedded defaults"
+        path = DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    return parse_config(text, str(path)), str(path)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate YAML text; raise ConfigError listing every problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}: line {mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
+    if data is None:
+        return Config()
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a mapping of keys to values at the top level"])
+    lines = _key_lines(root)
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Config)}
+    for key, value in data.items():
+        where = f"{source}: line {lines[key]}" if key in lines else source
+        if key not in known:
+            problems.append(f"{where}: {key}: unknown key (known keys: {', '.join(sorted(known))})")
+            continue
+        try:
+            values[key] = _VALIDATORS[key](value)
+        except ValueError as exc:
+            problems.append(f"{where}: {key}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return Config(**values)
+
+
+def _key_lines(root: yaml.Node | None) -> dict[Any, int]:
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    return {k.value: k.start_mark.line + 1 for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
+
+
+def _positive_int(limit: int):
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number, got {value!r}")
+        if not 1 <= value <= limit:
+            raise ValueError(f"must be from 1 to {limit}, got {value}")
+        return value
+
+    return check
+
+
+def _listen(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'must be a string like ":{DEFAULT_PORT}", got {value!r}')
+    split_listen(value)
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _labels(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list drawn from {list(KNOWN_LABELS)}, got {value!r}")
+    unknown = [v for v in value if v not in KNOWN_LABELS]
+    if unknown:
+        raise ValueError(f"unknown label {unknown[0]!r} (choose from {list(KNOWN_LABELS)})")
+    if len(set(value)) != len(value):
+        raise ValueError("lists a label twice")
+    return tuple(label for label in KNOWN_LABELS if label in value)
+
+
+def _log_level(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value.lower()
+
+
+_VALIDATORS = {
+    "listen": _listen,
+    "max_entries": _positive_int(MAX_ENTRIES_LIMIT),
+    "histograms": _bool,
+    "histogram_max_entries": _positive_int(HISTOGRAM_MAX_ENTRIES_LIMIT),
+    "labels": _labels,
+    "log_level": _log_level,
+}

@@ -1,0 +1,186 @@
+"""The daemon's lifecycle: load and attach, listen, READY=1, then a signal loop.
+
+Signal handlers only queue the signal; the main loop acts on it. Between signals the loop
+proves the kernel side still answers (it reads a map) before each watchdog ping, so a hung
+daemon stops pinging and systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+
+from procmond import __version__, bpf_loader, kernel
+from procmond.collector import ProbeStatus, ProcmondCollector
+from procmond.config import Config, load_config
+from procmond.errors import ProcmondError
+from procmond.logs import setup_logging
+from procmond.maps import MapReader
+from procmond.memory import release_loader_memory
+from procmond.metrics import series_budget
+from procmond.server import MetricsServer
+from procmond.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+IDLE_TICK_SECONDS = 5.0  # how often the loop checks the maps when systemd sets no watchdog
+
+# Settings that shape the kernel maps: a reload cannot change them without losing counts.
+KERNEL_SETTINGS = ("max_entries", "histograms", "histogram_max_entries", "labels")
+
+
+@dataclass(eq=False)  # registered as a collector: must stay hashable
+class ReloadState:
+    """What procmond_config_last_reload_* report, as Prometheus itself names them."""
+
+    successful: bool = True
+    success_time: float = 0.0
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily("procmond_config_last_reload_successful",
+                              "1 if the last configuration load succeeded, else 0.",
+                              value=int(self.successful)),
+            GaugeMetricFamily("procmond_config_last_reload_success_timestamp_seconds",
+                              "Unix time of the last successful configuration load.",
+                              value=self.success_time),
+        ]
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None, source: str) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.source = source
+        self.notifier = Notifier()
+        self.reload_state = ReloadState(True, time.time())
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.probe: bpf_loader.LoadedProbe | None = None
+        self.server: MetricsServer | None = None
+        self.reader: MapReader | None = None
+
+    def start(self) -> None:
+        started = time.monotonic()
+        self.notifier.status("loading eBPF probe")
+        self.probe = bpf_loader.load(self.config)
+        self.reader = MapReader(self.probe.table, bpf_loader.MAP_IDS)
+        self.notifier.status("opening HTTP listener")
+        self.server = MetricsServer(self._registry(), self.config.listen_host,
+                                    self.config.listen_port)
+        self.server.start()
+        release_loader_memory()
+        attached = sum(self.probe.attached.values())
+        log.info("procmond %s: %d/%d probes attached, BTF offsets %s, config from %s, at most "
+                 "%d series; serving http://%s/metrics (ready in %.2f s)",
+                 __version__, attached, len(self.probe.attached),
+                 "in use" if self.probe.btf_offsets else "NOT in use (headers' layout)",
+                 self.source, series_budget(self.config), self.server.address,
+                 time.monotonic() - started)
+        self.notifier.ready(self._status_line())
+
+    def _registry(self) -> CollectorRegistry:
+        assert self.probe is not None and self.reader is not None
+        registry = CollectorRegistry()
+        status = ProbeStatus(self.probe.attached, self.probe.btf_offsets, __version__,
+                             self.probe.bcc_version, kernel.kernel_release())
+        registry.register(ProcmondCollector(self.reader, self.config, status))
+        registry.register(self.reload_state)  # type: ignore[arg-type]
+        ProcessCollector(registry=registry)
+        return registry
+
+    def _status_line(self) -> str:
+        assert self.probe is not None and self.server is not None
+        attached = sum(self.probe.attached.values())
+        return (f"{attached}/{len(self.probe.attached)} probes attached; "
+                f"serving http://{self.server.address}/metrics")
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _frame: self.signals.put(signum))
+
+    def loop(self) -> None:
+        """Until SIGTERM or SIGINT: reload on SIGHUP, check the maps and ping the watchdog."""
+        tick = self.notifier.watchdog_interval or IDLE_TICK_SECONDS
+        while True:
+            try:
+                signum = self.signals.get(timeout=tick)
+            except queue.Empty:
+                self.heartbeat()
+                continue
+            if signum == signal.SIGHUP:
+                self.reload()
+            else:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                return
+
+    def heartbeat(self) -> None:
+        """Ping the watchdog only if a kernel map can still be read."""
+        assert self.reader is not None
+        try:
+            self.reader.overflow_events()
+        except Exception as exc:
+            log.error("cannot read the kernel maps (%s): not pinging the watchdog", exc)
+            return
+        self.notifier.watchdog()
+
+    def reload(self) -> None:
+        """Re-read the config. Invalid: keep the old one. Valid: apply what can change live."""
+        self.notifier.reloading()
+        try:
+            new, source = load_config(self.config_path)
+            kept = [k for k in KERNEL_SETTINGS if getattr(new, k) != getattr(self.config, k)]
+            if kept:
+                log.warning("reload: %s change(s) the kernel maps and take(s) effect at the "
+                            "next restart, so that no count is lost", ", ".join(kept))
+                new = replace(new, **{k: getattr(self.config, k) for k in kept})
+            if new.listen != self.config.listen:
+                self._rebind(new)
+        except ProcmondError as exc:
+            self.reload_state.successful = False
+            log.error("reload failed, keeping the running config: %s", exc)
+            self.notifier.ready(self._status_line())
+            return
+        logging.getLogger().setLevel(new.log_level.upper())
+        self.config, self.source = new, source
+        self.reload_state.successful = True
+        self.reload_state.success_time = time.time()
+        log.info("reloaded config from %s", source)
+        self.notifier.ready(self._status_line())
+
+    def _rebind(self, new: Config) -> None:
+        """Open the new listener before closing the old one, so a failure changes nothing."""
+        assert self.server is not None
+        server = MetricsServer(self._registry(), new.listen_host, new.listen_port)
+        server.start()
+        self.server.close()
+        self.server = server
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        if self.server is not None:
+            self.server.close()
+        if self.probe is not None:
+            self.probe.close()
+        log.info("stopped: probes detached")
+
+
+def run(config_path: Path | None) -> int:
+    """``procmond run``: raises ProcmondError (with its exit code) if it cannot start."""
+    config, source = load_config(config_path)
+    setup_logging(config.log_level)
+    daemon = Daemon(config, config_path, source)
+    daemon.install_signal_handlers()
+    try:
+        daemon.start()
+        daemon.loop()
+    finally:
+        daemon.stop()
+    return 0

@@ -1,0 +1,113 @@
+"""``procmond doctor``: can procmond run here, and if not, what fixes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from procmond import bpf_loader, kernel
+from procmond.btf import VMLINUX_BTF, BTF, BTFError, probe_offsets
+from procmond.config import Config
+from procmond.errors import ProcmondError
+
+SETUP_HINT = "sudo make setup (from the procmond source tree)"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    fatal: bool = True  # a failed fatal check means procmond cannot run
+
+
+def check_btf() -> Check:
+    try:
+        offsets = probe_offsets(BTF.from_file())
+    except BTFError as exc:
+        return Check("BTF", False, str(exc),
+                     "use a kernel built with CONFIG_DEBUG_INFO_BTF=y; until then procmond "
+                     "uses the headers' struct layout, right only if they are this kernel's",
+                     fatal=False)
+    return Check("BTF", True, f"{VMLINUX_BTF}: task_struct offsets read ({len(offsets)})")
+
+
+def check_tracefs() -> Check:
+    root = kernel.tracefs_root()
+    if root is None:
+        return Check("tracefs", False, "not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
+    return Check("tracefs", True, f"mounted at {root}")
+
+
+def check_tracepoints() -> list[Check]:
+    checks = []
+    for probe in bpf_loader.PROBES:
+        category, event = ("sched", probe.target) if probe.raw else probe.target.split(":")
+        present = kernel.tracepoint_format(category, event) is not None
+        checks.append(Check(f"tracepoint {category}:{event}", present,
+                            "present" if present else "missing",
+                            "" if present else "its metrics will stay at zero on this kernel",
+                            fatal=False))
+    return checks
+
+
+def check_headers() -> Check:
+    build = kernel.kernel_build_dir()
+    if build.exists():
+        return Check("kernel headers", True, f"{build} -> {build.resolve()}")
+    return Check("kernel headers", False, f"{build} does not exist (BCC compiles against it)",
+                 f"apt-get install linux-headers-$(uname -r), or {SETUP_HINT}")
+
+
+def check_capabilities() -> Check:
+    missing = kernel.missing_capabilities()
+    if missing:
+        return Check("capabilities", False, f"missing {', '.join(missing)}",
+                     "run as root, or through procmond.service")
+    return Check("capabilities", True, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) present")
+
+
+def check_bcc() -> Check:
+    try:
+        import bcc
+    except ImportError as exc:
+        return Check("BCC", False, f"cannot import bcc: {exc}",
+                     "apt-get install python3-bpfcc; run with /usr/bin/python3 or a venv made "
+                     "with --system-site-packages")
+    return Check("BCC", True, f"bcc {getattr(bcc, '__version__', '?')}")
+
+
+def check_load() -> Check:
+    try:
+        probe = bpf_loader.load(Config())
+    except ProcmondError as exc:
+        return Check("load probe", False, exc.message, exc.hint)
+    try:
+        missing = [name for name, ok in probe.attached.items() if not ok]
+        detail = f"compiled, loaded and attached {len(probe.attached) - len(missing)} probes"
+        return Check("load probe", True, detail + (f" (missing: {missing})" if missing else ""))
+    finally:
+        probe.close()
+
+
+def run_checks() -> list[Check]:
+    checks = [Check("kernel", True, kernel.kernel_release()), check_btf(), check_tracefs()]
+    checks += check_tracepoints()
+    checks += [check_headers(), check_capabilities(), check_bcc()]
+    if all(c.ok for c in checks if c.fatal):
+        checks.append(check_load())
+    return checks
+
+
+def doctor(out: TextIO, checks: Callable[[], list[Check]] = run_checks) -> int:
+    results = checks()
+    for c in results:
+        mark = "ok  " if c.ok else ("FAIL" if c.fatal else "warn")
+        out.write(f"[{mark}] {c.name}: {c.detail}\n")
+        if not c.ok and c.fix:
+            out.write(f"       fix: {c.fix}\n")
+    failed = [c for c in results if c.fatal and not c.ok]
+    out.write("procmond can run here\n" if not failed else "procmond cannot run here\n")
+    return 1 if failed else 0

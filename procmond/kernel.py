@@ -1,0 +1,77 @@
+"""What the running kernel offers: tracefs, tracepoints and their fields, BTF, capabilities.
+
+Read-only probing, shared by the loader (to decide what to compile and attach) and by
+``procmond doctor`` (to tell a person what is missing).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+# Capability bits (include/uapi/linux/capability.h).
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+def kernel_release() -> str:
+    return platform.release()
+
+
+def tracefs_root() -> Path | None:
+    """The mounted tracefs (where tracepoint ids and formats live), or None."""
+    for root in TRACEFS_CANDIDATES:
+        if (root / "events").is_dir():
+            return root
+    return None
+
+
+def tracepoint_format(category: str, event: str) -> str | None:
+    """The tracepoint's format file, or None if tracefs is missing or the kernel lacks it."""
+    root = tracefs_root()
+    if root is None:
+        return None
+    try:
+        return (root / "events" / category / event / "format").read_text()
+    except OSError:
+        return None
+
+
+def tracepoint_has_field(category: str, event: str, field: str) -> bool:
+    text = tracepoint_format(category, event) or ""
+    return any(
+        line.strip().startswith("field:") and line.split(";")[0].split()[-1] == field
+        for line in text.splitlines()
+    )
+
+
+def effective_capabilities(status: Path = Path("/proc/self/status")) -> int:
+    for line in status.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def missing_capabilities(caps: int | None = None) -> list[str]:
+    """Capabilities that loading and attaching the probe needs and this process lacks.
+
+    Tracepoint programs need CAP_BPF (the bpf() calls) and CAP_PERFMON (perf_event_open
+    system-wide); CAP_SYS_ADMIN implies both on kernels older than 5.8.
+    """
+    caps = effective_capabilities() if caps is None else caps
+    if caps & (1 << CAP_SYS_ADMIN):
+        return []
+    return [name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
+            if not caps & (1 << bit)]
+
+
+def kernel_build_dir(release: str | None = None) -> Path:
+    return Path("/lib/modules") / (release or kernel_release()) / "build"
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

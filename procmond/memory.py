@@ -1,0 +1,44 @@
+"""Give back the memory BCC's compiler needed only to load the probe.
+
+After BPF() has compiled and loaded, ~85 MB of the process's RSS is clean, file-backed
+LLVM/clang/libbcc pages and ~25 MB is freed-but-cached malloc memory. Neither is needed again
+until the next compile, so the daemon returns both to the kernel once it is serving; the pages
+fault back in from the library files if BCC ever compiles again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MADV_PAGEOUT = 21  # Linux 5.4+
+_LOADER_LIBRARIES = re.compile(r"lib(LLVM|clang|clang-cpp|bcc)[-.]")
+
+
+def loader_mappings(maps_text: str) -> list[tuple[int, int]]:
+    """(start, end) of every mapping of the compiler libraries in /proc/self/maps text."""
+    spans = []
+    for line in maps_text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and _LOADER_LIBRARIES.search(Path(parts[5]).name):
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            spans.append((start, end))
+    return spans
+
+
+def release_loader_memory() -> None:
+    """Best effort: failures are logged at debug level and change nothing else."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.malloc_trim(0)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        for start, end in loader_mappings(Path("/proc/self/maps").read_text()):
+            if libc.madvise(start, end - start, MADV_PAGEOUT) != 0:
+                log.debug("madvise(MADV_PAGEOUT) failed: errno %d", ctypes.get_errno())
+                return
+    except OSError as exc:
+        log.debug("cannot release loader memory: %s", exc)

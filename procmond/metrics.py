@@ -1,0 +1,97 @@
+"""The metric contract: one table of every metric procmond derives from its kernel maps.
+
+Each BPF map is named after its metric's stem (``forks_total`` → ``procmond_forks_total``).
+The dashboard and alert rules rely on these names; change them only with a note to users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client.utils import floatToGoString
+
+from procmond.config import Config
+from procmond.maps import HIST_SLOTS, Histogram
+
+OVERFLOW_LABEL_VALUE = "__overflow__"
+
+
+@dataclass(frozen=True)
+class CounterMetric:
+    name: str
+    documentation: str
+    map_name: str
+    key_fields: tuple[str, ...]  # the map key's fields, in order; each is also a label
+
+
+@dataclass(frozen=True)
+class HistogramMetric:
+    name: str
+    documentation: str
+    map_name: str
+    # Bucket upper bounds are 2^k ns for each k here, then +Inf.
+    bucket_exponents: tuple[int, ...]
+    key_fields: tuple[str, ...] = ("comm",)
+
+
+COUNTERS: tuple[CounterMetric, ...] = (
+    CounterMetric(
+        "procmond_forks_total",
+        "Processes created (fork, vfork, clone and clone3 without CLONE_THREAD), by the "
+        "creating process's command and its parent's command.",
+        "forks_total", ("comm", "parent_comm")),
+    CounterMetric(
+        "procmond_threads_created_total",
+        "Threads created (clone or clone3 with CLONE_THREAD), by the process's command and its "
+        "parent's command.",
+        "threads_created_total", ("comm", "parent_comm")),
+    CounterMetric(
+        "procmond_execs_total",
+        "Successful execs, by the new command and the command of the exec'ing process's parent.",
+        "execs_total", ("comm", "parent_comm")),
+    CounterMetric(
+        "procmond_exits_total",
+        "Processes exited (once per process, when its last thread exits), by command.",
+        "exits_total", ("comm",)),
+)
+
+HISTOGRAMS: tuple[HistogramMetric, ...] = (
+    HistogramMetric(
+        "procmond_process_lifetime_seconds",
+        "Lifetime of exited processes (exit time minus start time), by command.",
+        "process_lifetime_seconds", tuple(range(16, 47, 2))),  # 65.5 us .. 19.5 h
+    HistogramMetric(
+        "procmond_fork_duration_seconds",
+        "Time a thread spends in clone, clone3, fork or vfork, by command (for vfork this "
+        "includes waiting until the child has exec'd or exited).",
+        "fork_duration_seconds", tuple(range(10, 31, 2))),  # 1 us .. 1.07 s
+)
+
+
+def label_names(key_fields: tuple[str, ...], config: Config) -> tuple[str, ...]:
+    """The labels a metric carries under this config (dropped labels are zeroed in the kernel)."""
+    return tuple(f for f in key_fields if f in config.labels)
+
+
+def label_value(raw: bytes) -> str:
+    """A comm as a label value: UTF-8, each invalid byte replaced by U+FFFD."""
+    return raw.decode("utf-8", "replace")
+
+
+def cumulative_buckets(hist: Histogram, exponents: tuple[int, ...]) -> list[tuple[str, int]]:
+    """Prometheus buckets (le in seconds, cumulative) from log2 slots; +Inf is the count."""
+    buckets = []
+    for k in exponents:
+        assert k < HIST_SLOTS
+        buckets.append((floatToGoString(2.0**k / 1e9), sum(hist.slots[: k + 1])))
+    buckets.append(("+Inf", hist.count))
+    return buckets
+
+
+def series_budget(config: Config) -> int:
+    """Worst-case series from the kernel maps: every map full, plus its overflow series."""
+    total = len(COUNTERS) * (config.max_entries + 1)
+    if config.histograms:
+        for h in HISTOGRAMS:
+            total += (config.histogram_max_entries + 1) * (len(h.bucket_exponents) + 3)
+    return total

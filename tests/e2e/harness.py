@@ -1,0 +1,132 @@
+"""Test harness for the real thing: the procmond daemon as a subprocess, scraped over HTTP,
+and the creator helper (tests/helpers/creator.c) making processes under unique names."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[2]
+CREATOR_SOURCE = REPO / "tests" / "helpers" / "creator.c"
+PROCMOND = [sys.executable, "-m", "procmond"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique_name(prefix: str = "pm") -> bytes:
+    """A 15-byte-or-shorter comm no other program on the host has."""
+    return (prefix + secrets.token_hex(5))[:15].encode()
+
+
+def build_creator(out_dir: Path) -> Path:
+    binary = out_dir / "creator"
+    subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(CREATOR_SOURCE)],
+                   check=True)
+    return binary
+
+
+class Exposition:
+    """One scrape, parsed by prometheus_client's own parser."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                self.samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+
+    def get(self, name: str, **labels: str) -> float | None:
+        return self.samples.get((name, tuple(sorted(labels.items()))))
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample's value; 0 when the series does not exist (a counter never incremented)."""
+        return self.get(name, **labels) or 0.0
+
+    def series(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        return {labels: v for (n, labels), v in self.samples.items() if n == name}
+
+    def total(self, name: str) -> float:
+        return sum(self.series(name).values())
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+    config_path: Path
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def scrape(self) -> Exposition:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+            return Exposition(response.read().decode())
+
+    def stop(self, sig: int = 15, timeout: float = 10) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"daemon ignored signal {sig}; log:\n{self.log()}") from None
+        return self.process.returncode
+
+
+def start_daemon(tmp: Path, config_text: str = "", port: int | None = None,
+                 env: dict[str, str] | None = None, ready_timeout: float = 30) -> Daemon:
+    port = port or free_port()
+    config = tmp / "procmond.yaml"
+    config.write_text(f'listen: "127.0.0.1:{port}"\n{config_text}')
+    log_path = tmp / "procmond.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen([*PROCMOND, "run", "--config", str(config)],
+                                   stdout=log_file, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
+    daemon = Daemon(process, port, log_path, config)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"daemon exited {process.returncode}:\n{daemon.log()}")
+        try:
+            daemon.scrape()
+            return daemon
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.05)
+    daemon.stop(9)
+    raise AssertionError(f"daemon not serving after {ready_timeout} s:\n{daemon.log()}")
+
+
+def run_creator(creator: Path, mode: str, count: int, names: list[bytes],
+                *options: str) -> subprocess.CompletedProcess:
+    args = [str(creator), mode, str(count), *options, *(n.hex() for n in names)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == str(count * len(names)), result.stdout
+    return result
+
+
+def own_comm() -> str:
+    """This test process's command: the parent_comm of every creator it starts."""
+    return Path("/proc/self/comm").read_text().rstrip("\n")

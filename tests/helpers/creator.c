@@ -1,0 +1,181 @@
+/* creator: creates processes or threads by one chosen path, under chosen command names, so
+ * tests can count them exactly (no other program on the host has these names) and benchmarks
+ * can drive load.
+ *
+ *   creator MODE COUNT [options] NAME_HEX...
+ *     MODE         fork | vfork | clone3 | spawn | thread
+ *     COUNT        creations per name
+ *     NAME_HEX     each name, hex-encoded (any bytes but NUL); the creator sets its own comm to
+ *                  it with prctl(PR_SET_NAME) and then makes COUNT creations under it
+ *   options:
+ *     --child-sleep-ms M   fork/clone3 children sleep M ms before exiting
+ *     --together           start all COUNT children, then reap them (lifetimes overlap)
+ *     --exec PATH          spawn mode: the program the children run (default /bin/true)
+ *     --exit-name-hex H    rename to H before exiting, so the creator's own exit is not
+ *                          counted under a test name
+ *     --wait               print "ready" and wait for a line on stdin before creating
+ *
+ * Prints "done N" with N the creations made. Exits 1 on any failed creation.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/sched.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static int child_sleep_ms;
+static const char *exec_path = "/bin/true";
+
+static void die(const char *what)
+{
+    fprintf(stderr, "creator: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+static void child_body(void)
+{
+    if (child_sleep_ms) {
+        struct timespec ts = {child_sleep_ms / 1000, (long)(child_sleep_ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    _exit(0);
+}
+
+static void set_name_hex(const char *hex)
+{
+    char name[16] = {0};
+    size_t len = strlen(hex) / 2;
+    if (len > 15 || strlen(hex) % 2)
+        die("name must be 1-15 bytes, hex-encoded");
+    for (size_t i = 0; i < len; i++) {
+        unsigned int byte;
+        if (sscanf(hex + 2 * i, "%2x", &byte) != 1 || byte == 0)
+            die("bad hex name");
+        name[i] = (char)byte;
+    }
+    if (prctl(PR_SET_NAME, name, 0, 0, 0) != 0)
+        die("prctl(PR_SET_NAME)");
+}
+
+static void *thread_body(void *arg)
+{
+    return arg;
+}
+
+static pid_t create_one(const char *mode)
+{
+    pid_t pid;
+    if (!strcmp(mode, "fork")) {
+        pid = fork();
+        if (pid == 0)
+            child_body();
+    } else if (!strcmp(mode, "vfork")) {
+        pid = vfork();
+        if (pid == 0)
+            _exit(0); /* the only thing a vfork child may do, besides exec */
+    } else if (!strcmp(mode, "clone3")) {
+        struct clone_args args;
+        memset(&args, 0, sizeof(args));
+        args.exit_signal = SIGCHLD;
+        pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+        if (pid == 0)
+            child_body();
+    } else if (!strcmp(mode, "spawn")) {
+        char *argv[] = {(char *)exec_path, NULL};
+        int err = posix_spawn(&pid, exec_path, NULL, NULL, argv, environ);
+        if (err) {
+            errno = err;
+            return -1;
+        }
+    } else if (!strcmp(mode, "thread")) {
+        pthread_t thread;
+        int err = pthread_create(&thread, NULL, thread_body, NULL);
+        if (err) {
+            errno = err;
+            return -1;
+        }
+        pthread_join(thread, NULL);
+        return 0;
+    } else {
+        errno = EINVAL;
+        return -1;
+    }
+    return pid;
+}
+
+static void reap(pid_t pid)
+{
+    int status;
+    if (waitpid(pid, &status, 0) < 0)
+        die("waitpid");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) {
+        fprintf(stderr, "usage: creator MODE COUNT [options] NAME_HEX...\n");
+        return 2;
+    }
+    const char *mode = argv[1];
+    long count = strtol(argv[2], NULL, 10);
+    const char *exit_name = NULL;
+    int together = 0, wait_go = 0, first_name = 3;
+
+    for (; first_name < argc && !strncmp(argv[first_name], "--", 2); first_name++) {
+        const char *opt = argv[first_name];
+        if (!strcmp(opt, "--together"))
+            together = 1;
+        else if (!strcmp(opt, "--wait"))
+            wait_go = 1;
+        else if (!strcmp(opt, "--child-sleep-ms") && first_name + 1 < argc)
+            child_sleep_ms = atoi(argv[++first_name]);
+        else if (!strcmp(opt, "--exec") && first_name + 1 < argc)
+            exec_path = argv[++first_name];
+        else if (!strcmp(opt, "--exit-name-hex") && first_name + 1 < argc)
+            exit_name = argv[++first_name];
+        else {
+            fprintf(stderr, "creator: unknown option %s\n", opt);
+            return 2;
+        }
+    }
+    if (wait_go) {
+        char line[16];
+        printf("ready\n");
+        fflush(stdout);
+        if (!fgets(line, sizeof(line), stdin))
+            return 1;
+    }
+    pid_t *pids = calloc((size_t)count, sizeof(pid_t));
+    long made = 0;
+    for (int n = first_name; n < argc; n++) {
+        set_name_hex(argv[n]);
+        for (long i = 0; i < count; i++) {
+            pid_t pid = create_one(mode);
+            if (pid < 0)
+                die(mode);
+            made++;
+            if (pid > 0 && !together)
+                reap(pid);
+            pids[i] = pid;
+        }
+        for (long i = 0; together && i < count; i++)
+            if (pids[i] > 0)
+                reap(pids[i]);
+    }
+    if (exit_name)
+        set_name_hex(exit_name);
+    printf("done %ld\n", made);
+    return 0;
+}
