@@ -88,7 +88,7 @@ class LoadedProbe:
     cflags: list[str] = field(default_factory=list)
 
     def table(self, name: str) -> Any:
-        return self.bpf[name]
+        return self.bpf[name.encode()]
 
     def close(self) -> None:
         """Detach every probe and free the maps.
@@ -174,11 +174,11 @@ def load(config: Config, watch: bool = False, btf_path: Path | None = None,
 
 def check_maps(bpf: Any) -> None:
     for name, expected in _EXPECTED_KEY_FIELDS.items():
-        fields_ = tuple(f for f, _ in getattr(bpf[name].Key, "_fields_", ()))
+        fields_ = tuple(f for f, _ in getattr(bpf[name.encode()].Key, "_fields_", ()))
         if fields_ != expected:
             raise BPFLoadError(f"map {name} has key fields {fields_}, expected {expected}",
                                "bpf/procmond.h and procmond/bpf_loader.py disagree")
-    size = bpf["overflow_events"].max_entries
+    size = bpf[b"overflow_events"].max_entries
     if size != len(MAP_IDS):
         raise BPFLoadError(f"overflow_events has {size} slots, expected {len(MAP_IDS)}",
                            "enum map_id in bpf/procmond.h and MAP_IDS disagree")

@@ -13,7 +13,8 @@
  *     --exec PATH          spawn mode: the program the children run (default /bin/true)
  *     --exit-name-hex H    rename to H before exiting, so the creator's own exit is not
  *                          counted under a test name
- *     --wait               print "ready" and wait for a line on stdin before creating
+ *     --wait               print "ready" and wait for a line on stdin before creating;
+ *                          after "done", stay alive until stdin closes
  *
  * Prints "done N" with N the creations made. Exits 1 on any failed creation.
  */
@@ -177,5 +178,9 @@ int main(int argc, char **argv)
     if (exit_name)
         set_name_hex(exit_name);
     printf("done %ld\n", made);
+    fflush(stdout);
+    if (wait_go)
+        while (getchar() != EOF)
+            ;
     return 0;
 }

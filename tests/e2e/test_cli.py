@@ -1,0 +1,140 @@
+"""The command line as an operator meets it: bad configs, busy ports, signals, privileges."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from procmond import __version__
+from tests.e2e.harness import PROCMOND, free_port, run_creator, start_daemon, unique_name
+
+BAD_CONFIGS = [
+    ("max_entries: -5\n", "line 1: max_entries: must be from 1"),
+    ("max_entries: lots\n", "line 1: max_entries: must be a whole number"),
+    ("histograms: true\nlisten: '127.0.0.1:99999'\n", "line 2: listen: port must be"),
+    ("listen: 'not an address:80'\n", "line 1: listen:"),
+    ("labels: [comm, pid]\n", "line 1: labels: unknown label 'pid'"),
+    ("log_level: info\nmax_entires: 10\n", "line 2: max_entires: unknown key"),
+    ("max_entries: [1, 2\n", "YAML syntax error"),
+    ("- a\n- b\n", "expected a mapping"),
+]
+
+
+def procmond(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*PROCMOND, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS)
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_bad_config_exits_78_naming_the_key(tmp_path: Path, command: str, text: str,
+                                            message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    args = ["run", "--config", str(config)] if command == "run" else ["check-config", str(config)]
+    started = time.monotonic()
+    result = procmond(*args)
+    assert result.returncode == 78, result.stderr
+    assert message in result.stderr
+    assert str(config) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert time.monotonic() - started < 10  # nothing was loaded
+
+
+def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    result = procmond("run", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 78
+    assert "no such file" in result.stderr
+
+
+def test_check_config_accepts_the_shipped_config() -> None:
+    result = procmond("check-config", str(Path(__file__).parents[2] / "config/procmond.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_version() -> None:
+    result = procmond("--version")
+    assert result.stdout.strip() == f"procmond {__version__}"
+
+
+def test_doctor_passes_on_this_machine() -> None:
+    result = procmond("doctor")
+    assert result.returncode == 0, result.stdout
+    assert "procmond can run here" in result.stdout
+
+
+def test_taken_port_is_a_clear_error_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(f'listen: "127.0.0.1:{port}"\n')
+        result = procmond("run", "--config", str(config))
+    assert result.returncode == 69, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    # the probe it had loaded was detached again
+    assert "stopped: probes detached" in result.stderr
+
+
+def test_unprivileged_user_gets_one_sentence() -> None:
+    with tempfile.TemporaryDirectory() as public:  # pytest's tmp_path is root-only
+        os.chmod(public, 0o755)
+        config = Path(public) / "c.yaml"
+        config.write_text(f'listen: "127.0.0.1:{free_port()}"\n')
+        config.chmod(0o644)
+        result = _run_as_nobody(config)
+    assert result.returncode == 77, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("procmond: error: procmond needs CAP_BPF and CAP_PERFMON"), lines
+    assert "Traceback" not in result.stderr
+
+
+def _run_as_nobody(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         "--bounding-set=-all", *PROCMOND, "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60)
+
+
+def test_sigterm_and_sigint_exit_zero_within_a_second(tmp_path: Path) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        daemon = start_daemon(tmp_path)
+        started = time.monotonic()
+        assert daemon.stop(sig) == 0, daemon.log()
+        assert time.monotonic() - started < 1.0
+        assert "stopped: probes detached" in daemon.log()
+
+
+def test_sighup_reload_good_and_bad(tmp_path: Path, creator: Path) -> None:
+    daemon = start_daemon(tmp_path, "log_level: info\n")
+    name = unique_name("hup")
+    try:
+        run_creator(creator, "fork", 5, [name])
+        daemon.config_path.write_text(f'listen: "127.0.0.1:{daemon.port}"\nlog_level: debug\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        run_creator(creator, "fork", 5, [name])
+        m = daemon.scrape()
+        assert m.value("procmond_config_last_reload_successful") == 1
+        assert m.value("procmond_forks_total", comm=name.decode(),
+                       parent_comm=Path("/proc/self/comm").read_text().strip()) == 10
+        daemon.config_path.write_text("max_entries: -1\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        m = daemon.scrape()  # still serving, on the old config
+        assert m.value("procmond_config_last_reload_successful") == 0
+        assert m.value("procmond_config_last_reload_success_timestamp_seconds") > 0
+        errors = [ln for ln in daemon.log().splitlines() if "reload failed" in ln]
+        assert len(errors) == 1 and "max_entries" in errors[0]
+    finally:
+        assert daemon.stop() == 0

@@ -1,0 +1,89 @@
+"""Names chosen by an attacker, and more names than the maps hold: counts stay exact and the
+exposition stays valid."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Daemon, own_comm, run_creator, start_daemon, unique_name
+
+HOSTILE = [b'q"uote', b"back\\slash", b"new\nline", b"{br}aces", b"bad\xff\xfeutf8",
+           b"\x01\x1b[31m\x7f", b"o}\",le=\"1"]
+
+
+def hostile_names() -> list[bytes]:
+    """Each payload behind a random prefix (so nothing else shares it), cut to 15 bytes."""
+    return [(secrets.token_hex(2).encode() + payload)[:15] for payload in HOSTILE] + [
+        b"A" * 11 + secrets.token_hex(2).encode()]  # exactly 15 bytes
+
+
+def test_hostile_names_are_counted_under_their_decoded_name(daemon: Daemon,
+                                                             creator: Path) -> None:
+    names = hostile_names()
+    run_creator(creator, "fork", 7, names, "--exit-name-hex", unique_name().hex())
+    m = daemon.scrape()  # parsed by prometheus_client's parser: it would raise on bad syntax
+    for name in names:
+        comm = name.decode("utf-8", "replace")
+        assert m.value("procmond_forks_total", comm=comm, parent_comm=own_comm()) == 7, name
+        assert m.value("procmond_exits_total", comm=comm) == 7, name
+    assert len(names[-1]) == 15
+
+
+def test_promtool_accepts_the_whole_exposition(daemon: Daemon, creator: Path) -> None:
+    run_creator(creator, "fork", 3, hostile_names())
+    text = daemon.scrape().text
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
+
+
+@pytest.fixture
+def small_daemon(tmp_path: Path):
+    d = start_daemon(tmp_path, "max_entries: 4\nhistogram_max_entries: 3\nlabels: [comm]\n")
+    yield d
+    assert d.stop() == 0, d.log()
+
+
+def test_full_maps_count_under_overflow_and_totals_stay_exact(small_daemon: Daemon,
+                                                              creator: Path) -> None:
+    names = [unique_name("ov") for _ in range(12)]
+    per_name = 5
+    # One creator renames itself to each name in turn; it waits until the baseline scrape.
+    proc = subprocess.Popen([str(creator), "fork", str(per_name), "--wait",
+                             *(n.hex() for n in names)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline() == "ready\n"
+    before = small_daemon.scrape()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == f"done {per_name * len(names)}\n"
+    after = small_daemon.scrape()
+    proc.stdin.close()
+    proc.wait(timeout=10)
+
+    def delta(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    forks = "procmond_forks_total"
+    # every fork made between the two scrapes is in some series: this machine runs nothing
+    # else that forks, and the creator is the only process the test started meanwhile
+    assert after.total(forks) - before.total(forks) == per_name * len(names)
+    present = [n for n in names if after.get(forks, comm=n.decode()) is not None]
+    assert all(after.value(forks, comm=n.decode()) == per_name for n in present)
+    overflowed = per_name * (len(names) - len(present))
+    assert delta(forks, comm="__overflow__") == overflowed >= per_name * (len(names) - 4)
+    assert delta("procmond_map_overflow_events_total", map="forks_total") == overflowed
+    assert after.value("procmond_map_entries", map="forks_total") == 4
+    # exits of the children overflow the same way: histograms stay within their 3 entries
+    lifetimes = after.series("procmond_process_lifetime_seconds_count")
+    assert len(lifetimes) <= 3 + 1
+    exits = after.total("procmond_exits_total") - before.total("procmond_exits_total")
+    life = (after.total("procmond_process_lifetime_seconds_count")
+            - before.total("procmond_process_lifetime_seconds_count"))
+    assert exits == life == per_name * len(names)
