@@ -17,7 +17,7 @@ from typing import Any
 from procmond import kernel
 from procmond.btf import BTF, BTFError, probe_offsets
 from procmond.config import Config
-from procmond.errors import BPFLoadError, PermissionProblem
+from procmond.errors import BPFLoadError, PermissionDeniedError
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,16 @@ PROBES: tuple[Probe, ...] = (
     Probe("sched_process_fork", "on_sched_process_fork", raw=True),
     Probe("sched_process_exec", "on_sched_process_exec", raw=True),
     Probe("sched_process_exit", "on_sched_process_exit", raw=True),
-) + tuple(
-    Probe(f"syscalls:sys_{phase}_{call}", f"on_sys_{phase}_{call}", raw=False,
-          needs_syscall_timing=True)
-    for call in CREATION_SYSCALLS
-    for phase in ("enter", "exit")
+    *(
+        Probe(
+            f"syscalls:sys_{phase}_{call}",
+            f"on_sys_{phase}_{call}",
+            raw=False,
+            needs_syscall_timing=True,
+        )
+        for call in CREATION_SYSCALLS
+        for phase in ("enter", "exit")
+    ),
 )
 
 
@@ -104,8 +109,12 @@ class LoadedProbe:
         self.bpf.cleanup()
 
 
-def build_cflags(config: Config, watch: bool = False, btf_path: Path | None = None,
-                 force_no_group_dead: bool = False) -> tuple[list[str], bool]:
+def build_cflags(
+    config: Config,
+    watch: bool = False,
+    btf_path: Path | None = None,
+    force_no_group_dead: bool = False,
+) -> tuple[list[str], bool]:
     """The -D flags for this host and config, and whether struct offsets came from BTF."""
     flags = [
         f"-I{bpf_source_dir()}",
@@ -118,7 +127,8 @@ def build_cflags(config: Config, watch: bool = False, btf_path: Path | None = No
     if watch:
         flags.append("-DPROCMOND_WATCH")
     if not force_no_group_dead and kernel.tracepoint_has_field(
-            "sched", "sched_process_exit", "group_dead"):
+        "sched", "sched_process_exit", "group_dead"
+    ):
         flags.append("-DEXIT_HAS_GROUP_DEAD")
     try:
         btf = BTF.from_file(btf_path) if btf_path else BTF.from_file()
@@ -127,32 +137,41 @@ def build_cflags(config: Config, watch: bool = False, btf_path: Path | None = No
         log.warning(
             "kernel BTF unusable (%s): falling back to the installed kernel headers' struct "
             "layout, which is wrong if they are not this kernel's; parent names and lifetimes "
-            "may be garbage (procmond_btf_offsets_in_use 0)", exc)
+            "may be garbage (procmond_btf_offsets_in_use 0)",
+            exc,
+        )
         return flags, False
     flags.append("-DPROCMOND_BTF_OFFSETS")
     flags += [f"-D{name}={value}" for name, value in offsets.items()]
     return flags, True
 
 
-def load(config: Config, watch: bool = False, btf_path: Path | None = None,
-         force_no_group_dead: bool = False) -> LoadedProbe:
-    """Compile, load and attach. Raises PermissionProblem or BPFLoadError with the fix."""
+def load(
+    config: Config,
+    watch: bool = False,
+    btf_path: Path | None = None,
+    force_no_group_dead: bool = False,
+) -> LoadedProbe:
+    """Compile, load and attach. Raises PermissionDeniedError or BPFLoadError with the fix."""
     missing = kernel.missing_capabilities()
     if missing:
-        raise PermissionProblem(
+        raise PermissionDeniedError(
             f"procmond needs {' and '.join(missing)} to load its eBPF probe",
-            "run it as root (sudo), or through procmond.service which grants them")
+            "run it as root (sudo), or through procmond.service which grants them",
+        )
     if kernel.tracefs_root() is None:
         raise BPFLoadError(
             "tracefs is not mounted, so tracepoints cannot be attached",
-            "mount -t tracefs nodev /sys/kernel/tracing")
+            "mount -t tracefs nodev /sys/kernel/tracing",
+        )
     try:
         import bcc
     except ImportError:
         raise BPFLoadError(
             "the BCC Python module (bcc) is not importable",
             "apt-get install python3-bpfcc, and run procmond with /usr/bin/python3 or a venv "
-            "made with --system-site-packages") from None
+            "made with --system-site-packages",
+        ) from None
 
     cflags, btf_offsets = build_cflags(config, watch, btf_path, force_no_group_dead)
     source = bpf_source_dir() / "procmond.bpf.c"
@@ -160,8 +179,14 @@ def load(config: Config, watch: bool = False, btf_path: Path | None = None,
         bpf = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
     except Exception as exc:  # BCC raises bare Exception for every compile/load failure
         build = kernel.kernel_build_dir()
-        hint = ("install kernel headers: apt-get install linux-headers-$(uname -r), or run "
-                "`procmond doctor`") if not build.exists() else "run `procmond doctor`"
+        hint = (
+            (
+                "install kernel headers: apt-get install linux-headers-$(uname -r), or run "
+                "`procmond doctor`"
+            )
+            if not build.exists()
+            else "run `procmond doctor`"
+        )
         raise BPFLoadError(f"cannot compile or load {source}: {exc}", hint) from None
     try:
         check_maps(bpf)
@@ -176,12 +201,16 @@ def check_maps(bpf: Any) -> None:
     for name, expected in _EXPECTED_KEY_FIELDS.items():
         fields_ = tuple(f for f, _ in getattr(bpf[name.encode()].Key, "_fields_", ()))
         if fields_ != expected:
-            raise BPFLoadError(f"map {name} has key fields {fields_}, expected {expected}",
-                               "bpf/procmond.h and procmond/bpf_loader.py disagree")
+            raise BPFLoadError(
+                f"map {name} has key fields {fields_}, expected {expected}",
+                "bpf/procmond.h and procmond/bpf_loader.py disagree",
+            )
     size = bpf[b"overflow_events"].max_entries
     if size != len(MAP_IDS):
-        raise BPFLoadError(f"overflow_events has {size} slots, expected {len(MAP_IDS)}",
-                           "enum map_id in bpf/procmond.h and MAP_IDS disagree")
+        raise BPFLoadError(
+            f"overflow_events has {size} slots, expected {len(MAP_IDS)}",
+            "enum map_id in bpf/procmond.h and MAP_IDS disagree",
+        )
 
 
 def wanted_probes(config: Config, watch: bool) -> list[Probe]:
@@ -200,8 +229,9 @@ def attach(bpf: Any, config: Config, watch: bool) -> dict[str, bool]:
                 bpf.attach_tracepoint(tp=probe.target.encode(), fn_name=probe.function.encode())
             attached[probe.name] = True
         except Exception as exc:
-            log.error("cannot attach probe %s: %s; its metrics will stay at zero",
-                      probe.target, exc)
+            log.error(
+                "cannot attach probe %s: %s; its metrics will stay at zero", probe.target, exc
+            )
             attached[probe.name] = False
     if not any(attached.values()):
         raise BPFLoadError("no probe could be attached", "run `procmond doctor`")

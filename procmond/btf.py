@@ -92,6 +92,8 @@ class BTF:
         magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", blob, 0)
         if magic != BTF_MAGIC:
             raise BTFError(f"bad BTF magic 0x{magic:04x} (big-endian BTF is not supported)")
+        if hdr_len < 24:
+            raise BTFError(f"BTF header length {hdr_len} is shorter than 24 bytes")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
         self._types_start = hdr_len + type_off
         self._types_end = self._types_start + type_len
@@ -139,8 +141,14 @@ class BTF:
             raise BTFError(f"type id {type_id} out of range")
         pos = self._positions[type_id]
         name_off, info, size_or_type = _RECORD.unpack_from(self._blob, pos)
-        return BTFType((info >> 24) & 0x1F, self._string(name_off) if name_off else "",
-                       size_or_type, info & 0xFFFF, bool(info >> 31), pos + 12)
+        return BTFType(
+            (info >> 24) & 0x1F,
+            self._string(name_off) if name_off else "",
+            size_or_type,
+            info & 0xFFFF,
+            bool(info >> 31),
+            pos + 12,
+        )
 
     def members(self, type_id: int) -> list[Member]:
         t = self.type(type_id)

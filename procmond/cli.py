@@ -15,11 +15,14 @@ from procmond.metrics import series_budget
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="procmond", description="Process-creation metrics from eBPF, for Prometheus.")
+        prog="procmond", description="Process-creation metrics from eBPF, for Prometheus."
+    )
     parser.add_argument("--version", action="version", version=f"procmond {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    config_help = (f"YAML config file (default: {DEFAULT_CONFIG_PATH} if it exists, else the "
-                   "embedded defaults)")
+    config_help = (
+        f"YAML config file (default: {DEFAULT_CONFIG_PATH} if it exists, else the "
+        "embedded defaults)"
+    )
 
     run = sub.add_parser("run", help="run the daemon in the foreground, serving /metrics")
     run.add_argument("--config", type=Path, help=config_help)
@@ -52,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("PROCMOND_DEBUG"):
             raise
-        print(f"procmond: internal error: {type(exc).__name__}: {exc} "
-              "(set PROCMOND_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"procmond: internal error: {type(exc).__name__}: {exc} "
+            "(set PROCMOND_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -110,19 +110,24 @@ class ProcmondCollector:
             ok = self._failed("inflight", exc)
         yield from families
         yield from self._status_families()
-        yield GaugeMetricFamily("procmond_scrape_success",
-                                "1 if every kernel map was read in this scrape, else 0.",
-                                value=int(ok))
-        yield GaugeMetricFamily("procmond_scrape_duration_seconds",
-                                "Time spent reading the kernel maps for this scrape.",
-                                value=time.perf_counter() - start)
+        yield GaugeMetricFamily(
+            "procmond_scrape_success",
+            "1 if every kernel map was read in this scrape, else 0.",
+            value=int(ok),
+        )
+        yield GaugeMetricFamily(
+            "procmond_scrape_duration_seconds",
+            "Time spent reading the kernel maps for this scrape.",
+            value=time.perf_counter() - start,
+        )
 
     def _failed(self, map_name: str, exc: Exception) -> bool:
         log.error("cannot read map %s during scrape: %s", map_name, exc)
         return False
 
-    def _counter_family(self, spec: CounterMetric, entries: dict[str, int],
-                        overflowed: dict[str, int]) -> Metric:
+    def _counter_family(
+        self, spec: CounterMetric, entries: dict[str, int], overflowed: dict[str, int]
+    ) -> Metric:
         names = label_names(spec.key_fields, self._config)
         rows = self._reader.counters(spec.map_name, spec.key_fields)
         entries[spec.map_name] = len(rows)
@@ -145,22 +150,30 @@ class ProcmondCollector:
             _merge(labelled, (OVERFLOW_LABEL_VALUE,) * len(names), overflow)
         for labels, hist in sorted(labelled.items()):
             assert isinstance(hist, Histogram)
-            family.add_metric(list(labels), cumulative_buckets(hist, spec.bucket_exponents),
-                              sum_value=hist.sum_ns / 1e9)
+            family.add_metric(
+                list(labels),
+                cumulative_buckets(hist, spec.bucket_exponents),
+                sum_value=hist.sum_ns / 1e9,
+            )
         return family
 
     def _map_families(self, entries: dict[str, int], overflowed: dict[str, int]) -> list[Metric]:
-        used = GaugeMetricFamily("procmond_map_entries",
-                                 "Entries (label sets) in use in each kernel map.",
-                                 labels=["map"])
-        capacity = GaugeMetricFamily("procmond_map_max_entries",
-                                     "Capacity of each kernel map, from the config.",
-                                     labels=["map"])
+        used = GaugeMetricFamily(
+            "procmond_map_entries",
+            "Entries (label sets) in use in each kernel map.",
+            labels=["map"],
+        )
+        capacity = GaugeMetricFamily(
+            "procmond_map_max_entries",
+            "Capacity of each kernel map, from the config.",
+            labels=["map"],
+        )
         overflow = CounterMetricFamily(
             "procmond_map_overflow_events_total",
             "Events that found their kernel map full; counters count them under the "
             "__overflow__ label value, the in-flight map loses that fork-duration sample.",
-            labels=["map"])
+            labels=["map"],
+        )
         for name, count in sorted(entries.items()):
             used.add_metric([name], count)
             capacity.add_metric([name], self._reader.capacity(name))
@@ -169,14 +182,18 @@ class ProcmondCollector:
 
     def _status_families(self) -> Iterator[Metric]:
         s = self._status
-        info = GaugeMetricFamily("procmond_build_info",
-                                 "procmond's version, the BCC version and the running kernel.",
-                                 labels=["version", "bcc_version", "kernel"])
+        info = GaugeMetricFamily(
+            "procmond_build_info",
+            "procmond's version, the BCC version and the running kernel.",
+            labels=["version", "bcc_version", "kernel"],
+        )
         info.add_metric([s.version, s.bcc_version, s.kernel], 1)
         yield info
-        probes = GaugeMetricFamily("procmond_probe_attached",
-                                   "1 if the probe on this tracepoint is attached, else 0.",
-                                   labels=["probe"])
+        probes = GaugeMetricFamily(
+            "procmond_probe_attached",
+            "1 if the probe on this tracepoint is attached, else 0.",
+            labels=["probe"],
+        )
         for name, attached in sorted(s.attached.items()):
             probes.add_metric([name], int(attached))
         yield probes
@@ -184,5 +201,5 @@ class ProcmondCollector:
             "procmond_btf_offsets_in_use",
             "1 if struct offsets come from the running kernel's BTF; 0 if from the installed "
             "kernel headers, which may not match the kernel.",
-            value=int(s.btf_offsets))
-
+            value=int(s.btf_offsets),
+        )

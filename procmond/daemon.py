@@ -46,12 +46,16 @@ class ReloadState:
 
     def collect(self) -> list[GaugeMetricFamily]:
         return [
-            GaugeMetricFamily("procmond_config_last_reload_successful",
-                              "1 if the last configuration load succeeded, else 0.",
-                              value=int(self.successful)),
-            GaugeMetricFamily("procmond_config_last_reload_success_timestamp_seconds",
-                              "Unix time of the last successful configuration load.",
-                              value=self.success_time),
+            GaugeMetricFamily(
+                "procmond_config_last_reload_successful",
+                "1 if the last configuration load succeeded, else 0.",
+                value=int(self.successful),
+            ),
+            GaugeMetricFamily(
+                "procmond_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful configuration load.",
+                value=self.success_time,
+            ),
         ]
 
 
@@ -73,24 +77,36 @@ class Daemon:
         self.probe = bpf_loader.load(self.config)
         self.reader = MapReader(self.probe.table, bpf_loader.MAP_IDS)
         self.notifier.status("opening HTTP listener")
-        self.server = MetricsServer(self._registry(), self.config.listen_host,
-                                    self.config.listen_port)
+        self.server = MetricsServer(
+            self._registry(), self.config.listen_host, self.config.listen_port
+        )
         self.server.start()
         release_loader_memory()
         attached = sum(self.probe.attached.values())
-        log.info("procmond %s: %d/%d probes attached, BTF offsets %s, config from %s, at most "
-                 "%d series; serving http://%s/metrics (ready in %.2f s)",
-                 __version__, attached, len(self.probe.attached),
-                 "in use" if self.probe.btf_offsets else "NOT in use (headers' layout)",
-                 self.source, series_budget(self.config), self.server.address,
-                 time.monotonic() - started)
+        log.info(
+            "procmond %s: %d/%d probes attached, BTF offsets %s, config from %s, at most "
+            "%d series; serving http://%s/metrics (ready in %.2f s)",
+            __version__,
+            attached,
+            len(self.probe.attached),
+            "in use" if self.probe.btf_offsets else "NOT in use (headers' layout)",
+            self.source,
+            series_budget(self.config),
+            self.server.address,
+            time.monotonic() - started,
+        )
         self.notifier.ready(self._status_line())
 
     def _registry(self) -> CollectorRegistry:
         assert self.probe is not None and self.reader is not None
         registry = CollectorRegistry()
-        status = ProbeStatus(self.probe.attached, self.probe.btf_offsets, __version__,
-                             self.probe.bcc_version, kernel.kernel_release())
+        status = ProbeStatus(
+            self.probe.attached,
+            self.probe.btf_offsets,
+            __version__,
+            self.probe.bcc_version,
+            kernel.kernel_release(),
+        )
         registry.register(ProcmondCollector(self.reader, self.config, status))
         registry.register(self.reload_state)  # type: ignore[arg-type]
         ProcessCollector(registry=registry)
@@ -99,8 +115,10 @@ class Daemon:
     def _status_line(self) -> str:
         assert self.probe is not None and self.server is not None
         attached = sum(self.probe.attached.values())
-        return (f"{attached}/{len(self.probe.attached)} probes attached; "
-                f"serving http://{self.server.address}/metrics")
+        return (
+            f"{attached}/{len(self.probe.attached)} probes attached; "
+            f"serving http://{self.server.address}/metrics"
+        )
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -138,8 +156,11 @@ class Daemon:
             new, source = load_config(self.config_path)
             kept = [k for k in KERNEL_SETTINGS if getattr(new, k) != getattr(self.config, k)]
             if kept:
-                log.warning("reload: %s change(s) the kernel maps and take(s) effect at the "
-                            "next restart, so that no count is lost", ", ".join(kept))
+                log.warning(
+                    "reload: %s change(s) the kernel maps and take(s) effect at the "
+                    "next restart, so that no count is lost",
+                    ", ".join(kept),
+                )
                 new = replace(new, **{k: getattr(self.config, k) for k in kept})
             if new.listen != self.config.listen:
                 self._rebind(new)

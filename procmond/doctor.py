@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from procmond import bpf_loader, kernel
-from procmond.btf import VMLINUX_BTF, BTF, BTFError, probe_offsets
+from procmond.btf import BTF, VMLINUX_BTF, BTFError, probe_offsets
 from procmond.config import Config
 from procmond.errors import ProcmondError
 
@@ -27,10 +27,14 @@ def check_btf() -> Check:
     try:
         offsets = probe_offsets(BTF.from_file())
     except BTFError as exc:
-        return Check("BTF", False, str(exc),
-                     "use a kernel built with CONFIG_DEBUG_INFO_BTF=y; until then procmond "
-                     "uses the headers' struct layout, right only if they are this kernel's",
-                     fatal=False)
+        return Check(
+            "BTF",
+            False,
+            str(exc),
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y; until then procmond "
+            "uses the headers' struct layout, right only if they are this kernel's",
+            fatal=False,
+        )
     return Check("BTF", True, f"{VMLINUX_BTF}: task_struct offsets read ({len(offsets)})")
 
 
@@ -46,10 +50,15 @@ def check_tracepoints() -> list[Check]:
     for probe in bpf_loader.PROBES:
         category, event = ("sched", probe.target) if probe.raw else probe.target.split(":")
         present = kernel.tracepoint_format(category, event) is not None
-        checks.append(Check(f"tracepoint {category}:{event}", present,
-                            "present" if present else "missing",
-                            "" if present else "its metrics will stay at zero on this kernel",
-                            fatal=False))
+        checks.append(
+            Check(
+                f"tracepoint {category}:{event}",
+                present,
+                "present" if present else "missing",
+                "" if present else "its metrics will stay at zero on this kernel",
+                fatal=False,
+            )
+        )
     return checks
 
 
@@ -57,15 +66,23 @@ def check_headers() -> Check:
     build = kernel.kernel_build_dir()
     if build.exists():
         return Check("kernel headers", True, f"{build} -> {build.resolve()}")
-    return Check("kernel headers", False, f"{build} does not exist (BCC compiles against it)",
-                 f"apt-get install linux-headers-$(uname -r), or {SETUP_HINT}")
+    return Check(
+        "kernel headers",
+        False,
+        f"{build} does not exist (BCC compiles against it)",
+        f"apt-get install linux-headers-$(uname -r), or {SETUP_HINT}",
+    )
 
 
 def check_capabilities() -> Check:
     missing = kernel.missing_capabilities()
     if missing:
-        return Check("capabilities", False, f"missing {', '.join(missing)}",
-                     "run as root, or through procmond.service")
+        return Check(
+            "capabilities",
+            False,
+            f"missing {', '.join(missing)}",
+            "run as root, or through procmond.service",
+        )
     return Check("capabilities", True, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) present")
 
 
@@ -73,9 +90,13 @@ def check_bcc() -> Check:
     try:
         import bcc
     except ImportError as exc:
-        return Check("BCC", False, f"cannot import bcc: {exc}",
-                     "apt-get install python3-bpfcc; run with /usr/bin/python3 or a venv made "
-                     "with --system-site-packages")
+        return Check(
+            "BCC",
+            False,
+            f"cannot import bcc: {exc}",
+            "apt-get install python3-bpfcc; run with /usr/bin/python3 or a venv made "
+            "with --system-site-packages",
+        )
     return Check("BCC", True, f"bcc {getattr(bcc, '__version__', '?')}")
 
 

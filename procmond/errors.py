@@ -35,7 +35,7 @@ class BPFLoadError(ProcmondError):
     exit_code = os.EX_SOFTWARE
 
 
-class PermissionProblem(ProcmondError):
+class PermissionDeniedError(ProcmondError):
     """procmond lacks the privileges to load BPF programs."""
 
     exit_code = os.EX_NOPERM

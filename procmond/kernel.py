@@ -65,8 +65,11 @@ def missing_capabilities(caps: int | None = None) -> list[str]:
     caps = effective_capabilities() if caps is None else caps
     if caps & (1 << CAP_SYS_ADMIN):
         return []
-    return [name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
-            if not caps & (1 << bit)]
+    return [
+        name
+        for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
+        if not caps & (1 << bit)
+    ]
 
 
 def kernel_build_dir(release: str | None = None) -> Path:

@@ -26,8 +26,10 @@ class Histogram:
         return sum(self.slots)
 
     def __add__(self, other: Histogram) -> Histogram:
-        return Histogram(tuple(a + b for a, b in zip(self.slots, other.slots)),
-                         self.sum_ns + other.sum_ns)
+        return Histogram(
+            tuple(a + b for a, b in zip(self.slots, other.slots, strict=False)),
+            self.sum_ns + other.sum_ns,
+        )
 
 
 EMPTY_HISTOGRAM = Histogram((0,) * HIST_SLOTS, 0)
@@ -85,7 +87,7 @@ class MapReader:
 
     def overflow_events(self) -> dict[str, int]:
         counts = read_percpu_counts(self._table("overflow_events"), len(self._map_ids))
-        return dict(zip(self._map_ids, counts))
+        return dict(zip(self._map_ids, counts, strict=False))
 
     def overflow_histogram(self, name: str) -> Histogram:
         return read_percpu_histogram(self._table("overflow_hist"), self._map_ids.index(name))

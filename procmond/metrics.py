@@ -39,32 +39,44 @@ COUNTERS: tuple[CounterMetric, ...] = (
         "procmond_forks_total",
         "Processes created (fork, vfork, clone and clone3 without CLONE_THREAD), by the "
         "creating process's command and its parent's command.",
-        "forks_total", ("comm", "parent_comm")),
+        "forks_total",
+        ("comm", "parent_comm"),
+    ),
     CounterMetric(
         "procmond_threads_created_total",
         "Threads created (clone or clone3 with CLONE_THREAD), by the process's command and its "
         "parent's command.",
-        "threads_created_total", ("comm", "parent_comm")),
+        "threads_created_total",
+        ("comm", "parent_comm"),
+    ),
     CounterMetric(
         "procmond_execs_total",
         "Successful execs, by the new command and the command of the exec'ing process's parent.",
-        "execs_total", ("comm", "parent_comm")),
+        "execs_total",
+        ("comm", "parent_comm"),
+    ),
     CounterMetric(
         "procmond_exits_total",
         "Processes exited (once per process, when its last thread exits), by command.",
-        "exits_total", ("comm",)),
+        "exits_total",
+        ("comm",),
+    ),
 )
 
 HISTOGRAMS: tuple[HistogramMetric, ...] = (
     HistogramMetric(
         "procmond_process_lifetime_seconds",
         "Lifetime of exited processes (exit time minus start time), by command.",
-        "process_lifetime_seconds", tuple(range(16, 47, 2))),  # 65.5 us .. 19.5 h
+        "process_lifetime_seconds",
+        tuple(range(16, 47, 2)),
+    ),  # 65.5 us .. 19.5 h
     HistogramMetric(
         "procmond_fork_duration_seconds",
         "Time a thread spends in clone, clone3, fork or vfork, by command (for vfork this "
         "includes waiting until the child has exec'd or exited).",
-        "fork_duration_seconds", tuple(range(10, 31, 2))),  # 1 us .. 1.07 s
+        "fork_duration_seconds",
+        tuple(range(10, 31, 2)),
+    ),  # 1 us .. 1.07 s
 )
 
 

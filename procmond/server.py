@@ -44,10 +44,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.connection_timeout
         super().setup()
 
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's naming)
+    def do_GET(self) -> None:
         self._respond(send_body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._respond(send_body=False)
 
     def _respond(self, send_body: bool) -> None:
@@ -83,9 +83,14 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], family: socket.AddressFamily,
-                 registry: CollectorRegistry, max_connections: int,
-                 connection_timeout: float) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        family: socket.AddressFamily,
+        registry: CollectorRegistry,
+        max_connections: int,
+        connection_timeout: float,
+    ) -> None:
         self.address_family = family
         self.registry = registry
         self.scrape_lock = threading.Lock()
@@ -104,8 +109,7 @@ class _Server(ThreadingHTTPServer):
 
     def process_request(self, request: socket.socket, client_address: object) -> None:
         if not self._slots.acquire(blocking=False):
-            log.warning("connection limit (%d) reached: closing a new connection",
-                        MAX_CONNECTIONS)
+            log.warning("connection limit (%d) reached: closing a new connection", MAX_CONNECTIONS)
             self.shutdown_request(request)
             return
         try:
@@ -127,24 +131,35 @@ class _Server(ThreadingHTTPServer):
 class MetricsServer:
     """Serves ``registry`` on host:port from a background thread until ``close()``."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int,
-                 max_connections: int = MAX_CONNECTIONS,
-                 connection_timeout: float = CONNECTION_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        max_connections: int = MAX_CONNECTIONS,
+        connection_timeout: float = CONNECTION_TIMEOUT_SECONDS,
+    ) -> None:
         self._server = self._bind(registry, host, port, max_connections, connection_timeout)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name="procmond-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="procmond-http",
+            daemon=True,
+        )
 
     @staticmethod
-    def _bind(registry: CollectorRegistry, host: str, port: int, max_connections: int,
-              timeout: float) -> _Server:
+    def _bind(
+        registry: CollectorRegistry, host: str, port: int, max_connections: int, timeout: float
+    ) -> _Server:
         """Bind now, so a taken port fails before anything else has started."""
         if host:
             try:
                 infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except socket.gaierror as exc:
-                raise ListenError(f"cannot resolve listen address {host}: {exc.strerror}",
-                                  "set listen to an IP address of this host") from None
+                raise ListenError(
+                    f"cannot resolve listen address {host}: {exc.strerror}",
+                    "set listen to an IP address of this host",
+                ) from None
             candidates = [(info[0], info[4][:2]) for info in infos]
         else:  # every interface: IPv6 dual-stack where the host has IPv6, else IPv4
             candidates = [(socket.AF_INET6, ("::", port)), (socket.AF_INET, ("0.0.0.0", port))]
@@ -159,7 +174,8 @@ class MetricsServer:
         assert error is not None
         raise ListenError(
             f"cannot listen on {host or '*'}:{port}: {error.strerror}",
-            "another process holds the port (ss -ltnp), or change listen in the config")
+            "another process holds the port (ss -ltnp), or change listen in the config",
+        )
 
     @property
     def port(self) -> int:

@@ -15,8 +15,7 @@ from procmond import bpf_loader
 from procmond.config import Config
 from procmond.maps import read_percpu_counts
 
-SYSCALL_NAMES = {0: "kernel_clone", 1: "sys_clone", 2: "sys_clone3", 3: "sys_fork",
-                 4: "sys_vfork"}
+SYSCALL_NAMES = {0: "kernel_clone", 1: "sys_clone", 2: "sys_clone3", 3: "sys_fork", 4: "sys_vfork"}
 
 
 def printable(raw: bytes) -> str:
@@ -34,26 +33,30 @@ def printable(raw: bytes) -> str:
 
 
 def format_text(event: Any) -> str:
-    return (f"Process {printable(bytes(event.comm))} (PID:{event.pid}, PPID: {event.ppid}) "
-            f"called {SYSCALL_NAMES.get(event.syscall, 'unknown')}")
+    return (
+        f"Process {printable(bytes(event.comm))} (PID:{event.pid}, PPID: {event.ppid}) "
+        f"called {SYSCALL_NAMES.get(event.syscall, 'unknown')}"
+    )
 
 
 def format_json(event: Any) -> str:
-    return json.dumps({
-        "timestamp_ns": event.timestamp_ns,
-        "comm": bytes(event.comm).decode("utf-8", "replace"),
-        "pid": event.pid,
-        "ppid": event.ppid,
-        "parent_comm": bytes(event.parent_comm).decode("utf-8", "replace"),
-        "syscall": SYSCALL_NAMES.get(event.syscall, "unknown"),
-        "kind": "thread" if event.is_thread else "process",
-        "child_pid": event.child_pid,
-        "child_tid": event.child_tid,
-    }, ensure_ascii=False)
+    return json.dumps(
+        {
+            "timestamp_ns": event.timestamp_ns,
+            "comm": bytes(event.comm).decode("utf-8", "replace"),
+            "pid": event.pid,
+            "ppid": event.ppid,
+            "parent_comm": bytes(event.parent_comm).decode("utf-8", "replace"),
+            "syscall": SYSCALL_NAMES.get(event.syscall, "unknown"),
+            "kind": "thread" if event.is_thread else "process",
+            "child_pid": event.child_pid,
+            "child_tid": event.child_tid,
+        },
+        ensure_ascii=False,
+    )
 
 
-def watch(config: Config, as_json: bool, out: TextIO = sys.stdout,
-          err: TextIO = sys.stderr) -> int:
+def watch(config: Config, as_json: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     probe = bpf_loader.load(config, watch=True)
     stop = False
 
@@ -79,8 +82,10 @@ def watch(config: Config, as_json: bool, out: TextIO = sys.stdout,
             out.flush()
             lost = read_percpu_counts(probe.table("watch_lost"), 1)[0]
             if lost > reported_lost:
-                err.write(f"procmond: lost {lost - reported_lost} events (ring buffer full; "
-                          "the daemon's counts are unaffected)\n")
+                err.write(
+                    f"procmond: lost {lost - reported_lost} events (ring buffer full; "
+                    "the daemon's counts are unaffected)\n"
+                )
                 reported_lost = lost
     except BrokenPipeError:
         pass  # the reader went away (| head): not an error

@@ -34,8 +34,9 @@ def unique_name(prefix: str = "pm") -> bytes:
 
 def build_creator(out_dir: Path) -> Path:
     binary = out_dir / "creator"
-    subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(CREATOR_SOURCE)],
-                   check=True)
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(CREATOR_SOURCE)], check=True
+    )
     return binary
 
 
@@ -94,16 +95,24 @@ class Daemon:
         return self.process.returncode
 
 
-def start_daemon(tmp: Path, config_text: str = "", port: int | None = None,
-                 env: dict[str, str] | None = None, ready_timeout: float = 30) -> Daemon:
+def start_daemon(
+    tmp: Path,
+    config_text: str = "",
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 30,
+) -> Daemon:
     port = port or free_port()
     config = tmp / "procmond.yaml"
     config.write_text(f'listen: "127.0.0.1:{port}"\n{config_text}')
     log_path = tmp / "procmond.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([*PROCMOND, "run", "--config", str(config)],
-                                   stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
+        process = subprocess.Popen(
+            [*PROCMOND, "run", "--config", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     daemon = Daemon(process, port, log_path, config)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
@@ -118,8 +127,9 @@ def start_daemon(tmp: Path, config_text: str = "", port: int | None = None,
     raise AssertionError(f"daemon not serving after {ready_timeout} s:\n{daemon.log()}")
 
 
-def run_creator(creator: Path, mode: str, count: int, names: list[bytes],
-                *options: str) -> subprocess.CompletedProcess:
+def run_creator(
+    creator: Path, mode: str, count: int, names: list[bytes], *options: str
+) -> subprocess.CompletedProcess:
     args = [str(creator), mode, str(count), *options, *(n.hex() for n in names)]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -33,8 +33,9 @@ def procmond(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(("text", "message"), BAD_CONFIGS)
 @pytest.mark.parametrize("command", ["run", "check-config"])
-def test_bad_config_exits_78_naming_the_key(tmp_path: Path, command: str, text: str,
-                                            message: str) -> None:
+def test_bad_config_exits_78_naming_the_key(
+    tmp_path: Path, command: str, text: str, message: str
+) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     args = ["run", "--config", str(config)] if command == "run" else ["check-config", str(config)]
@@ -101,9 +102,22 @@ def test_unprivileged_user_gets_one_sentence() -> None:
 
 def _run_as_nobody(config: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-         "--bounding-set=-all", *PROCMOND, "run", "--config", str(config)],
-        capture_output=True, text=True, timeout=60)
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            *PROCMOND,
+            "run",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_sigterm_and_sigint_exit_zero_within_a_second(tmp_path: Path) -> None:
@@ -126,8 +140,14 @@ def test_sighup_reload_good_and_bad(tmp_path: Path, creator: Path) -> None:
         run_creator(creator, "fork", 5, [name])
         m = daemon.scrape()
         assert m.value("procmond_config_last_reload_successful") == 1
-        assert m.value("procmond_forks_total", comm=name.decode(),
-                       parent_comm=Path("/proc/self/comm").read_text().strip()) == 10
+        assert (
+            m.value(
+                "procmond_forks_total",
+                comm=name.decode(),
+                parent_comm=Path("/proc/self/comm").read_text().strip(),
+            )
+            == 10
+        )
         daemon.config_path.write_text("max_entries: -1\n")
         daemon.process.send_signal(signal.SIGHUP)
         time.sleep(0.5)

@@ -22,8 +22,9 @@ PATHS = [
 
 
 @pytest.mark.parametrize(("mode", "metric"), PATHS)
-def test_each_creation_path_is_counted_exactly(daemon: Daemon, creator: Path, mode: str,
-                                               metric: str) -> None:
+def test_each_creation_path_is_counted_exactly(
+    daemon: Daemon, creator: Path, mode: str, metric: str
+) -> None:
     name = unique_name(mode[:2])
     run_creator(creator, mode, N, [name], "--exit-name-hex", unique_name().hex())
     m = daemon.scrape()
@@ -39,8 +40,17 @@ def test_fork_children_exits_and_lifetimes(daemon: Daemon, creator: Path) -> Non
     """Children living ~0.2 s: each exit counted once, in the (0.067 s, 0.268 s] bucket."""
     name = unique_name("life")
     children = 20
-    run_creator(creator, "fork", children, [name], "--child-sleep-ms", "200", "--together",
-                "--exit-name-hex", unique_name().hex())
+    run_creator(
+        creator,
+        "fork",
+        children,
+        [name],
+        "--child-sleep-ms",
+        "200",
+        "--together",
+        "--exit-name-hex",
+        unique_name().hex(),
+    )
     m = daemon.scrape()
     comm = name.decode()
     assert m.value("procmond_forks_total", comm=comm, parent_comm=own_comm()) == children
@@ -58,20 +68,28 @@ def test_threads_do_not_count_as_exits(daemon: Daemon, creator: Path) -> None:
     name = unique_name("thr")
     run_creator(creator, "thread", 50, [name], "--exit-name-hex", unique_name().hex())
     m = daemon.scrape()
-    assert m.value("procmond_threads_created_total", comm=name.decode(),
-                   parent_comm=own_comm()) == 50
+    assert (
+        m.value("procmond_threads_created_total", comm=name.decode(), parent_comm=own_comm()) == 50
+    )
     assert m.value("procmond_exits_total", comm=name.decode()) == 0
 
 
-def test_execs_counted_under_the_new_command(daemon: Daemon, creator: Path,
-                                             tmp_path: Path) -> None:
+def test_execs_counted_under_the_new_command(daemon: Daemon, creator: Path, tmp_path: Path) -> None:
     """posix_spawn of a uniquely named link to true: one exec each, by the new command, with
     the spawning process as its parent."""
     parent = unique_name("exe")
     program = tmp_path / unique_name("new").decode()
     os.symlink("/bin/true", program)
-    run_creator(creator, "spawn", N, [parent], "--exec", str(program),
-                "--exit-name-hex", unique_name().hex())
+    run_creator(
+        creator,
+        "spawn",
+        N,
+        [parent],
+        "--exec",
+        str(program),
+        "--exit-name-hex",
+        unique_name().hex(),
+    )
     m = daemon.scrape()
     assert m.value("procmond_execs_total", comm=program.name, parent_comm=parent.decode()) == N
     assert m.value("procmond_exits_total", comm=program.name) == N

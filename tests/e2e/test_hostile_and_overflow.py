@@ -11,18 +11,25 @@ import pytest
 
 from tests.e2e.harness import Daemon, own_comm, run_creator, start_daemon, unique_name
 
-HOSTILE = [b'q"uote', b"back\\slash", b"new\nline", b"{br}aces", b"bad\xff\xfeutf8",
-           b"\x01\x1b[31m\x7f", b"o}\",le=\"1"]
+HOSTILE = [
+    b'q"uote',
+    b"back\\slash",
+    b"new\nline",
+    b"{br}aces",
+    b"bad\xff\xfeutf8",
+    b"\x01\x1b[31m\x7f",
+    b'o}",le="1',
+]
 
 
 def hostile_names() -> list[bytes]:
     """Each payload behind a random prefix (so nothing else shares it), cut to 15 bytes."""
     return [(secrets.token_hex(2).encode() + payload)[:15] for payload in HOSTILE] + [
-        b"A" * 11 + secrets.token_hex(2).encode()]  # exactly 15 bytes
+        b"A" * 11 + secrets.token_hex(2).encode()
+    ]  # exactly 15 bytes
 
 
-def test_hostile_names_are_counted_under_their_decoded_name(daemon: Daemon,
-                                                             creator: Path) -> None:
+def test_hostile_names_are_counted_under_their_decoded_name(daemon: Daemon, creator: Path) -> None:
     names = hostile_names()
     run_creator(creator, "fork", 7, names, "--exit-name-hex", unique_name().hex())
     m = daemon.scrape()  # parsed by prometheus_client's parser: it would raise on bad syntax
@@ -36,8 +43,9 @@ def test_hostile_names_are_counted_under_their_decoded_name(daemon: Daemon,
 def test_promtool_accepts_the_whole_exposition(daemon: Daemon, creator: Path) -> None:
     run_creator(creator, "fork", 3, hostile_names())
     text = daemon.scrape().text
-    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
 
@@ -49,14 +57,18 @@ def small_daemon(tmp_path: Path):
     assert d.stop() == 0, d.log()
 
 
-def test_full_maps_count_under_overflow_and_totals_stay_exact(small_daemon: Daemon,
-                                                              creator: Path) -> None:
+def test_full_maps_count_under_overflow_and_totals_stay_exact(
+    small_daemon: Daemon, creator: Path
+) -> None:
     names = [unique_name("ov") for _ in range(12)]
     per_name = 5
     # One creator renames itself to each name in turn; it waits until the baseline scrape.
-    proc = subprocess.Popen([str(creator), "fork", str(per_name), "--wait",
-                             *(n.hex() for n in names)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(creator), "fork", str(per_name), "--wait", *(n.hex() for n in names)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdin is not None
     assert proc.stdout.readline() == "ready\n"
     before = small_daemon.scrape()
@@ -84,6 +96,7 @@ def test_full_maps_count_under_overflow_and_totals_stay_exact(small_daemon: Daem
     lifetimes = after.series("procmond_process_lifetime_seconds_count")
     assert len(lifetimes) <= 3 + 1
     exits = after.total("procmond_exits_total") - before.total("procmond_exits_total")
-    life = (after.total("procmond_process_lifetime_seconds_count")
-            - before.total("procmond_process_lifetime_seconds_count"))
+    life = after.total("procmond_process_lifetime_seconds_count") - before.total(
+        "procmond_process_lifetime_seconds_count"
+    )
     assert exits == life == per_name * len(names)

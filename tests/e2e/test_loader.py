@@ -30,25 +30,29 @@ def test_exit_count_without_group_dead(creator: Path) -> None:
         probe.close()
 
 
-def test_without_btf_falls_back_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                       creator: Path) -> None:
+def test_without_btf_falls_back_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, creator: Path
+) -> None:
     caplog.set_level(logging.WARNING)
     probe = bpf_loader.load(Config(), btf_path=tmp_path / "no-btf")
     try:
         assert probe.btf_offsets is False
         assert "-DPROCMOND_BTF_OFFSETS" not in probe.cflags
-        assert any("falling back to the installed kernel headers" in r.message
-                   for r in caplog.records)
+        assert any(
+            "falling back to the installed kernel headers" in r.message for r in caplog.records
+        )
         assert all(probe.attached.values())
     finally:
         probe.close()
 
 
-def test_missing_tracepoint_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch,
-                                                  creator: Path) -> None:
+def test_missing_tracepoint_is_reported_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, creator: Path
+) -> None:
     """A kernel without one tracepoint: the rest attach and count."""
-    broken = bpf_loader.Probe("syscalls:sys_enter_nonexistent", "on_sys_enter_clone", raw=False,
-                              needs_syscall_timing=True)
+    broken = bpf_loader.Probe(
+        "syscalls:sys_enter_nonexistent", "on_sys_enter_clone", raw=False, needs_syscall_timing=True
+    )
     monkeypatch.setattr(bpf_loader, "PROBES", (*bpf_loader.PROBES, broken))
     probe = bpf_loader.load(Config())
     try:
@@ -56,8 +60,9 @@ def test_missing_tracepoint_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatc
         assert sum(probe.attached.values()) == 11
         name = unique_name("tp")
         run_creator(creator, "fork", 10, [name])
-        forks = MapReader(probe.table, bpf_loader.MAP_IDS).counters("forks_total",
-                                                                    ("comm", "parent_comm"))
+        forks = MapReader(probe.table, bpf_loader.MAP_IDS).counters(
+            "forks_total", ("comm", "parent_comm")
+        )
         assert sum(v for k, v in forks.items() if k[0] == name) == 10
     finally:
         probe.close()

@@ -13,8 +13,13 @@ from tests.e2e.harness import PROCMOND, run_creator, unique_name
 
 class Watch:
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([*PROCMOND, "watch", *args], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, errors="replace")
+        self.process = subprocess.Popen(
+            [*PROCMOND, "watch", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
         assert self.process.stderr is not None
         line = self.process.stderr.readline()  # printed once every probe is attached
         assert "watching" in line, line + self.process.stderr.read()
@@ -29,8 +34,10 @@ class Watch:
 def test_text_lines_name_the_caller_its_parent_and_the_call(creator: Path) -> None:
     watch = Watch()
     name = unique_name("wat")
-    runs = {mode: subprocess.Popen([str(creator), mode, "2", name.hex()], stdout=subprocess.PIPE)
-            for mode in ("fork", "vfork", "clone3")}
+    runs = {
+        mode: subprocess.Popen([str(creator), mode, "2", name.hex()], stdout=subprocess.PIPE)
+        for mode in ("fork", "vfork", "clone3")
+    }
     for p in runs.values():
         p.wait(timeout=30)
     lines, err, code = watch.stop()

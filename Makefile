@@ -1,0 +1,11 @@
+# Thin aliases for scripts/dev.sh (which also works where make is not installed).
+.PHONY: run test setup
+
+run:
+	./scripts/dev.sh run
+
+test:
+	./scripts/dev.sh test
+
+setup:
+	./scripts/dev.sh setup --test

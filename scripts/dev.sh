@@ -1,0 +1,107 @@
+#!/bin/bash
+# procmond's developer entry point: sets the machine up (idempotently) and runs things.
+#
+#   sudo ./scripts/dev.sh run [procmond run args]   daemon in the foreground, embedded defaults
+#   sudo ./scripts/dev.sh test [pytest args]        the whole test suite, plus lint
+#   sudo ./scripts/dev.sh setup [--test]            only the set-up
+#
+# Set-up on Debian 12 and Ubuntu 22.04/24.04: BCC (python3-bpfcc), kernel headers for BCC to
+# compile against, tracefs, and a venv at .venv made with the system Python and its site
+# packages (bcc is not on PyPI) with procmond installed in it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=$ROOT/.venv
+RELEASE=$(uname -r)
+export DEBIAN_FRONTEND=noninteractive
+
+say() { echo "dev.sh: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "needs root (BPF and apt): run it with sudo"
+
+apt_updated=""
+apt_install() {  # install the packages that are not installed yet
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
+    say "installing ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+has_candidate() {
+    if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
+    apt-cache policy "$1" 2>/dev/null | grep -q "Candidate: [0-9]"
+}
+
+setup_headers() {
+    # BCC compiles against /lib/modules/$(uname -r)/build. The exact headers are best; else
+    # the distribution's generic ones, linked there: procmond reads the struct offsets it
+    # needs from the kernel's BTF, so their layout does not have to match this kernel.
+    local build=/lib/modules/$RELEASE/build arch pkg dir
+    [ -e "$build/Makefile" ] && return 0
+    arch=$(dpkg --print-architecture)
+    for pkg in "linux-headers-$RELEASE" "linux-headers-cloud-$arch" "linux-headers-$arch" \
+        linux-headers-generic; do
+        if has_candidate "$pkg"; then apt_install "$pkg"; break; fi
+    done
+    [ -e "$build/Makefile" ] && return 0
+    dir=$(ls -d /usr/src/linux-headers-*-cloud-"$arch" /usr/src/linux-headers-*-"$arch" \
+        /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -n 1 || true)
+    [ -n "$dir" ] || die "no kernel headers found under /usr/src"
+    say "linking $build to $dir (headers of another kernel; offsets come from BTF)"
+    mkdir -p "/lib/modules/$RELEASE"
+    ln -sfn "$dir" "$build"
+    # Debian splits its headers into a flavour folder and a -common one: BCC needs both.
+    local common=${dir%-*-*}-common
+    [ -d "$common" ] || common=$dir
+    ln -sfn "$common" "/lib/modules/$RELEASE/source"
+}
+
+setup_tracefs() {
+    [ -d /sys/kernel/tracing/events ] && return 0
+    [ -d /sys/kernel/debug/tracing/events ] && return 0
+    say "mounting tracefs on /sys/kernel/tracing"
+    mount -t tracefs nodev /sys/kernel/tracing
+}
+
+setup_venv() {
+    local extras=$1
+    [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT$extras"
+}
+
+setup() {
+    local tests=${1:-}
+    apt_install python3-bpfcc python3-venv python3-pip python3-yaml python3-sdnotify
+    if [ -n "$tests" ]; then
+        # gcc builds the tests' process creator; prometheus brings promtool and the server
+        # the rule and dashboard tests run. Keep its services from starting while installing.
+        local policy=/usr/sbin/policy-rc.d added=""
+        if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod +x $policy; added=1; fi
+        apt_install gcc libc6-dev prometheus openssl || { [ -z "$added" ] || rm -f $policy; exit 1; }
+        [ -z "$added" ] || rm -f $policy
+    fi
+    setup_headers
+    setup_tracefs
+    setup_venv "${tests:+[test]}"
+}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+    setup) setup "${1:-}";;
+    run)
+        setup
+        exec "$VENV/bin/procmond" run "$@";;
+    test)
+        setup --test
+        cd "$ROOT"
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        exec "$VENV/bin/python" -m pytest "$@";;
+    *) die "usage: $0 run|test|setup [--test]";;
+esac
