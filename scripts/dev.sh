@@ -24,7 +24,7 @@ apt_updated=""
 apt_install() {  # install the packages that are not installed yet
     local missing=() pkg
     for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep "ok installed" >/dev/null || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
@@ -34,7 +34,7 @@ apt_install() {  # install the packages that are not installed yet
 
 has_candidate() {
     if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
-    apt-cache policy "$1" 2>/dev/null | grep -q "Candidate: [0-9]"
+    apt-cache policy "$1" 2>/dev/null | grep "Candidate: [0-9]" >/dev/null  # no -q: SIGPIPE + pipefail
 }
 
 setup_headers() {
