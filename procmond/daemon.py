@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -185,11 +186,16 @@ class Daemon:
         self.server = server
 
     def stop(self) -> None:
+        """Close the listener and detach the probes side by side: both wait on the kernel or
+        on the HTTP loop's poll interval, and systemd expects a prompt exit."""
         self.notifier.stopping()
-        if self.server is not None:
-            self.server.close()
+        closing = threading.Thread(target=self.server.close) if self.server else None
+        if closing is not None:
+            closing.start()
         if self.probe is not None:
             self.probe.close()
+        if closing is not None:
+            closing.join()
         log.info("stopped: probes detached")
 
 
