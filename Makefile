@@ -9,3 +9,7 @@ test:
 
 setup:
 	./scripts/dev.sh setup --test
+
+.PHONY: deb
+deb:
+	./scripts/build-deb.sh

@@ -8,6 +8,7 @@ keep, and which tracepoint signature this kernel has.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -180,11 +181,9 @@ def load(
     except Exception as exc:  # BCC raises bare Exception for every compile/load failure
         build = kernel.kernel_build_dir()
         hint = (
-            (
-                "install kernel headers: apt-get install linux-headers-$(uname -r), or run "
-                "`procmond doctor`"
-            )
-            if not build.exists()
+            f"{build} is missing or unreadable: install kernel headers "
+            "(apt-get install linux-headers-$(uname -r)), or run `procmond doctor`"
+            if not os.path.isdir(build)  # never raises, unlike Path.exists()
             else "run `procmond doctor`"
         )
         raise BPFLoadError(f"cannot compile or load {source}: {exc}", hint) from None

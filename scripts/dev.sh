@@ -39,26 +39,16 @@ has_candidate() {
 
 setup_headers() {
     # BCC compiles against /lib/modules/$(uname -r)/build. The exact headers are best; else
-    # the distribution's generic ones, linked there: procmond reads the struct offsets it
-    # needs from the kernel's BTF, so their layout does not have to match this kernel.
-    local build=/lib/modules/$RELEASE/build arch pkg dir
+    # the distribution's generic ones, linked there by the same script the package uses:
+    # procmond reads the struct offsets it needs from BTF, so their layout need not match.
+    local build=/lib/modules/$RELEASE/build arch pkg
     [ -e "$build/Makefile" ] && return 0
     arch=$(dpkg --print-architecture)
     for pkg in "linux-headers-$RELEASE" "linux-headers-cloud-$arch" "linux-headers-$arch" \
         linux-headers-generic; do
         if has_candidate "$pkg"; then apt_install "$pkg"; break; fi
     done
-    [ -e "$build/Makefile" ] && return 0
-    dir=$(ls -d /usr/src/linux-headers-*-cloud-"$arch" /usr/src/linux-headers-*-"$arch" \
-        /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -n 1 || true)
-    [ -n "$dir" ] || die "no kernel headers found under /usr/src"
-    say "linking $build to $dir (headers of another kernel; offsets come from BTF)"
-    mkdir -p "/lib/modules/$RELEASE"
-    ln -sfn "$dir" "$build"
-    # Debian splits its headers into a flavour folder and a -common one: BCC needs both.
-    local common=${dir%-*-*}-common
-    [ -d "$common" ] || common=$dir
-    ln -sfn "$common" "/lib/modules/$RELEASE/source"
+    "$ROOT/packaging/debian/link-kernel-headers"
 }
 
 setup_tracefs() {
@@ -79,10 +69,11 @@ setup() {
     apt_install python3-bpfcc python3-venv python3-pip python3-yaml python3-sdnotify
     if [ -n "$tests" ]; then
         # gcc builds the tests' process creator; prometheus brings promtool and the server
-        # the rule and dashboard tests run. Keep its services from starting while installing.
+        # the rule and dashboard tests run; python3-prometheus-client (Debian's 0.16) is what
+        # the .deb runs on in the systemd tests. Keep services from starting while installing.
         local policy=/usr/sbin/policy-rc.d added=""
         if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod +x $policy; added=1; fi
-        apt_install gcc libc6-dev prometheus openssl || { [ -z "$added" ] || rm -f $policy; exit 1; }
+        apt_install gcc libc6-dev prometheus openssl python3-prometheus-client || { [ -z "$added" ] || rm -f $policy; exit 1; }
         [ -z "$added" ] || rm -f $policy
     fi
     setup_headers

@@ -1,0 +1,208 @@
+"""procmond as a packaged systemd service, under a real systemd (PID 1 of private namespaces).
+
+One sandbox for the module: the .deb built from this tree is installed with apt-get inside it
+(on Debian's own python3-prometheus-client), then driven with systemctl as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import REPO, Exposition, unique_name
+from tests.e2e.systemd_sandbox import SystemdSandbox
+
+CAP_BPF_AND_PERFMON = (1 << 39) | (1 << 38)
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    out = subprocess.run(
+        [str(REPO / "scripts/build-deb.sh")], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    return REPO / out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def box(
+    tmp_path_factory: pytest.TempPathFactory, deb: Path, creator: Path
+) -> Iterator[SystemdSandbox]:
+    sandbox = SystemdSandbox(tmp_path_factory.mktemp("systemd"))
+    sandbox.start()
+    try:
+        sandbox.put(deb, f"/root/{deb.name}")
+        sandbox.put(creator, "/usr/local/bin/creator")
+        sandbox.run("apt-get", "install", "-y", f"/root/{deb.name}", timeout=120)
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+def show(box: SystemdSandbox, *props: str) -> dict[str, str]:
+    out = box.run("systemctl", "show", "procmond", "-p", ",".join(props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def scrape(box: SystemdSandbox) -> Exposition:
+    code = (
+        "import urllib.request;"
+        "print(urllib.request.urlopen('http://127.0.0.1:10057/metrics', timeout=10)"
+        ".read().decode(), end='')"
+    )
+    return Exposition(box.run("python3", "-c", code).stdout)
+
+
+def create(box: SystemdSandbox, mode: str, count: int, name: bytes) -> None:
+    box.run("creator", mode, str(count), name.hex())
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_enable_now_serves_real_counts(box: SystemdSandbox) -> None:
+    box.run("systemctl", "enable", "--now", "procmond", timeout=60)
+    props = show(
+        box,
+        "ActiveState",
+        "SubState",
+        "StatusText",
+        "MainPID",
+        "ExecMainStartTimestampMonotonic",
+        "ActiveEnterTimestampMonotonic",
+    )
+    assert props["ActiveState"] == "active", props
+    assert re.match(
+        r"11/11 probes attached; serving http://\S+:10057/metrics", props["StatusText"]
+    ), props
+    ready = (
+        int(props["ActiveEnterTimestampMonotonic"]) - int(props["ExecMainStartTimestampMonotonic"])
+    ) / 1e6
+    print(f"start -> READY under systemd: {ready:.2f} s")
+    name = unique_name("svc")
+    create(box, "fork", 25, name)
+    m = scrape(box)
+    assert (
+        sum(
+            v
+            for labels, v in m.series("procmond_forks_total").items()
+            if dict(labels)["comm"] == name.decode()
+        )
+        == 25
+    )
+    # least privilege, as the kernel sees it
+    status = box.read_text(f"/proc/{props['MainPID']}/status")
+    fields = dict(line.split(":\t", 1) for line in status.splitlines())
+    assert int(fields["CapEff"], 16) == CAP_BPF_AND_PERFMON
+    assert int(fields["CapBnd"], 16) == CAP_BPF_AND_PERFMON
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"
+
+
+def test_journal_has_the_daemons_lines(box: SystemdSandbox) -> None:
+    out = box.run("journalctl", "-u", "procmond", "-o", "cat", "--no-pager").stdout
+    started = [line for line in out.splitlines() if "probes attached" in line]
+    assert started and started[-1].startswith("INFO procmond ")  # journald adds the time
+
+
+def test_reload_good_then_bad(box: SystemdSandbox) -> None:
+    name = unique_name("rld")
+    create(box, "fork", 5, name)
+    pid = show(box, "MainPID")["MainPID"]
+    good = box.read_text("/etc/procmond/config.yaml").replace("log_level: info", "log_level: debug")
+    box.write_text("/etc/procmond/config.yaml", good)
+    box.run("systemctl", "reload", "procmond")
+    wait_for(lambda: show(box, "SubState")["SubState"] == "running", 10, "reload to finish")
+    create(box, "fork", 5, name)
+    m = scrape(box)
+    assert m.value("procmond_config_last_reload_successful") == 1
+    assert (
+        sum(
+            v
+            for labels, v in m.series("procmond_forks_total").items()
+            if dict(labels)["comm"] == name.decode()
+        )
+        == 10
+    )  # counters kept going
+    box.write_text("/etc/procmond/config.yaml", good + "max_entries: -3\n")
+    box.run("systemctl", "reload", "procmond")
+    time.sleep(0.5)
+    props = show(box, "ActiveState", "MainPID")
+    assert props == {"ActiveState": "active", "MainPID": pid}
+    assert scrape(box).value("procmond_config_last_reload_successful") == 0
+    journal = box.run("journalctl", "-u", "procmond", "-o", "cat", "--no-pager").stdout
+    failed = [line for line in journal.splitlines() if "reload failed" in line]
+    assert len(failed) == 1 and "max_entries: must be from 1" in failed[0], failed
+    box.write_text("/etc/procmond/config.yaml", good)
+    box.run("systemctl", "reload", "procmond")
+
+
+def test_hung_daemon_is_restarted_by_the_watchdog(box: SystemdSandbox) -> None:
+    box.write_text(
+        "/etc/systemd/system/procmond.service.d/watchdog.conf",
+        "[Service]\nWatchdogSec=2\nTimeoutAbortSec=2\n",
+    )
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "restart", "procmond", timeout=60)
+    first = show(box, "MainPID", "NRestarts")
+    time.sleep(3)  # alive: it pings every second, so nothing happens
+    assert show(box, "MainPID", "NRestarts") == first
+    box.run("kill", "-STOP", first["MainPID"])
+    took = wait_for(
+        lambda: show(box, "NRestarts")["NRestarts"] != first["NRestarts"],
+        30,
+        "the watchdog to restart procmond",
+    )
+    wait_for(lambda: show(box, "ActiveState")["ActiveState"] == "active", 30, "restart")
+    print(f"hung daemon restarted after {took:.1f} s")
+    assert show(box, "MainPID")["MainPID"] != first["MainPID"]
+    assert scrape(box).value("procmond_probe_attached", probe="sched_process_fork") == 1
+    box.run("rm", "/etc/systemd/system/procmond.service.d/watchdog.conf")
+    box.run("systemctl", "daemon-reload")
+
+
+def test_stop_is_prompt_and_clean(box: SystemdSandbox) -> None:
+    started = time.monotonic()
+    box.run("systemctl", "stop", "procmond")
+    took = time.monotonic() - started
+    props = show(box, "ActiveState", "Result", "ExecMainStatus")
+    assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+    assert took < 1.0, took
+    print(f"systemctl stop: {took:.2f} s")
+
+
+def test_remove_and_purge_leave_nothing(box: SystemdSandbox) -> None:
+    box.run("systemctl", "start", "procmond")
+    listed = box.run("dpkg", "-L", "procmond").stdout.split()
+    box.run("apt-get", "purge", "-y", "procmond", timeout=120)
+    assert box.run("dpkg", "-s", "procmond", check=False).returncode != 0
+    leftovers = [
+        p
+        for p in listed
+        if p.startswith(
+            ("/etc/procmond", "/usr/lib/python3/dist-packages/procmond", "/usr/lib/procmond")
+        )
+        and box.path(p).exists()
+    ]
+    assert leftovers == []
+    for path in (
+        "/etc/procmond",
+        "/var/lib/procmond",
+        "/lib/systemd/system/procmond.service",
+        "/usr/bin/procmond",
+    ):
+        assert not box.path(path).exists(), path
+    units = json.loads(box.run("systemctl", "list-units", "--all", "--output=json").stdout)
+    assert not [u for u in units if u["unit"].startswith("procmond")]
+    assert box.run("pgrep", "-f", "procmond run", check=False).returncode == 1
