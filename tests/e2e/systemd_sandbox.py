@@ -161,8 +161,8 @@ class SystemdSandbox:
     # ---- inside ----------------------------------------------------------------------------
 
     def run(
-        self, *cmd: str, check: bool = True, timeout: float = 60, input: str | None = None
-    ) -> subprocess.CompletedProcess:  # noqa: A002
+        self, *cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         """Run a command in every namespace of the sandbox, with a clean environment."""
         result = subprocess.run(
             [
@@ -180,7 +180,6 @@ class SystemdSandbox:
             capture_output=True,
             text=True,
             timeout=timeout,
-            input=input,
         )
         if check and result.returncode != 0:
             raise SandboxError(
