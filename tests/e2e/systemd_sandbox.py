@@ -164,45 +164,15 @@ class SystemdSandbox:
         self, *cmd: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess:
         """Run a command in every namespace of the sandbox, with a clean environment."""
+        enter = ["nsenter", "-t", str(self.pid), "-a", "--", "env", "-i", f"PATH={PATH}"]
         result = subprocess.run(
-            [
-                "nsenter",
-                "-t",
-                str(self.pid),
-                "-a",
-                "--",
-                "env",
-                "-i",
-                f"PATH={PATH}",
-                "LANG=C.UTF-8",
-                *cmd,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            [*enter, "LANG=C.UTF-8", *cmd], capture_output=True, text=True, timeout=timeout
         )
         if check and result.returncode != 0:
             raise SandboxError(
                 f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
             )
         return result
-
-    def popen(self, *cmd: str, **kwargs: object) -> subprocess.Popen:
-        return subprocess.Popen(
-            [
-                "nsenter",
-                "-t",
-                str(self.pid),
-                "-a",
-                "--",
-                "env",
-                "-i",
-                f"PATH={PATH}",
-                "LANG=C.UTF-8",
-                *cmd,
-            ],
-            **kwargs,
-        )  # type: ignore[call-overload]
 
     def path(self, inside: str) -> Path:
         """A path inside the sandbox, as the host can read it."""
