@@ -7,11 +7,16 @@ on DNS, and scrapes are serialised (a scrape reads kernel maps; two at once only
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import http.client
 import logging
 import socket
 import threading
+import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
@@ -31,7 +36,36 @@ INDEX_PAGE = b"""<!DOCTYPE html>
 """
 
 MAX_CONNECTIONS = 1024  # beyond this, new connections are closed at once
-CONNECTION_TIMEOUT_SECONDS = 10.0  # idle or slow clients are dropped after this
+CONNECTION_TIMEOUT_SECONDS = 10.0  # a connection silent this long is dropped
+REQUEST_DEADLINE_SECONDS = 30.0  # a request must be read and answered within this
+REQUEST_HEAD_BYTES = 16 * 1024  # request line plus headers; Prometheus sends a few hundred
+DRAIN_SECONDS = 0.5  # at shutdown, how long answers already being written may take
+DRAIN_REQUEST_BYTES = 1 << 20  # unread request bytes discarded before closing a connection
+
+
+class _BoundedReader:
+    """The connection's read side, allowing at most ``budget`` bytes of request line and
+    headers per request: the standard library alone would accept 100 headers of 64 KiB each,
+    on each of a thousand connections."""
+
+    def __init__(self, raw: Any, budget: int) -> None:
+        self._raw = raw
+        self._budget = budget
+        self._left = budget
+
+    def start_request(self) -> None:
+        self._left = self._budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        cap = self._left + 1 if limit < 0 else min(limit, self._left + 1)
+        line = self._raw.readline(cap)
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong("request line and headers")
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -43,6 +77,31 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.connection_timeout
         super().setup()
+        self.rfile = _BoundedReader(self.rfile, REQUEST_HEAD_BYTES)  # type: ignore[assignment]
+
+    def handle_one_request(self) -> None:
+        self.rfile.start_request()  # type: ignore[attr-defined]
+        self.server.arm_deadline(self.connection)
+        try:
+            super().handle_one_request()
+        except http.client.LineTooLong:  # the request line alone overran the budget
+            self.command, self.requestline = None, ""
+            self.request_version, self.close_connection = "HTTP/1.1", True
+            self.send_error(431, "Request line and headers too large")
+        finally:
+            self.server.disarm_deadline(self.connection)
+
+    def finish(self) -> None:
+        super().finish()
+        # A request refused half-read leaves bytes unread; closing now would make the kernel
+        # reset the connection and drop the error answer before the client reads it. Read
+        # (and discard) what the client still sends, a bounded amount, then close.
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1.0)
+            left = DRAIN_REQUEST_BYTES
+            while left > 0 and (chunk := self.connection.recv(min(65536, left))):
+                left -= len(chunk)
 
     def do_GET(self) -> None:
         self._respond(send_body=True)
@@ -51,6 +110,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond(send_body=False)
 
     def _respond(self, send_body: bool) -> None:
+        with self.server.answering():
+            self._answer(send_body)
+
+    def _answer(self, send_body: bool) -> None:
         path = urlsplit(self.path).path
         headers = {}
         if path == "/metrics":
@@ -82,6 +145,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 1024  # the listen backlog (socketserver's default is 5)
 
     def __init__(
         self,
@@ -95,8 +159,47 @@ class _Server(ThreadingHTTPServer):
         self.registry = registry
         self.scrape_lock = threading.Lock()
         self.connection_timeout = connection_timeout
+        self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._answers = 0
+        self._lock = threading.Condition()
         super().__init__(address, _Handler)
+
+    def arm_deadline(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._deadlines[connection] = time.monotonic() + REQUEST_DEADLINE_SECONDS
+
+    def disarm_deadline(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(connection, None)
+
+    def reap_overdue(self) -> None:
+        """Cut connections whose request has run past its deadline: a client trickling a
+        byte every few seconds never trips the per-read timeout, but it does trip this."""
+        now = time.monotonic()
+        with self._lock:
+            overdue = [c for c, deadline in self._deadlines.items() if deadline < now]
+        for connection in overdue:
+            log.debug("cutting a connection that overran its request deadline")
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        with self._lock:
+            self._answers += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._answers -= 1
+                self._lock.notify_all()
+
+    def drain(self, timeout: float) -> None:
+        """Wait until no answer is being written, so none is cut short by exit."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._answers == 0, timeout)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
@@ -109,7 +212,9 @@ class _Server(ThreadingHTTPServer):
 
     def process_request(self, request: socket.socket, client_address: object) -> None:
         if not self._slots.acquire(blocking=False):
-            log.warning("connection limit (%d) reached: closing a new connection", MAX_CONNECTIONS)
+            log.warning(
+                "connection limit (%d) reached: closing a new connection", self.max_connections
+            )
             self.shutdown_request(request)
             return
         try:
@@ -146,6 +251,8 @@ class MetricsServer:
             name="procmond-http",
             daemon=True,
         )
+        self._stopped = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="procmond-http-reaper", daemon=True)
 
     @staticmethod
     def _bind(
@@ -188,8 +295,17 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread.start()
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        while not self._stopped.wait(1.0):
+            self._server.reap_overdue()
 
     def close(self) -> None:
-        """Stop accepting, close the listening socket; in-flight scrapes finish or drop."""
+        """Stop accepting and close the listening socket. Answers being written get
+        DRAIN_SECONDS to finish, so a scrape gets all of its exposition or a closed
+        connection (Content-Length tells the client which), never a silently short one."""
+        self._stopped.set()
         self._server.shutdown()
+        self._server.drain(DRAIN_SECONDS)
         self._server.server_close()

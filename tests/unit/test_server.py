@@ -73,6 +73,7 @@ def test_connection_cap_and_idle_timeout(server: MetricsServer) -> None:
         for s in idle:  # idle ones are dropped after the connection timeout
             s.settimeout(5)
             assert s.recv(10) == b""
+            s.close()  # as a client does on EOF, which ends the server's drain at once
         assert get(server, "/metrics").status == 200
     finally:
         for s in idle:

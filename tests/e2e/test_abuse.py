@@ -1,0 +1,112 @@
+"""Hostile HTTP clients against the real daemon: it keeps serving and stays bounded."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from tests.e2e.harness import Daemon
+
+
+def proc_status(daemon: Daemon) -> dict[str, str]:
+    text = Path(f"/proc/{daemon.process.pid}/status").read_text()
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in text.splitlines())}
+
+
+def threads(daemon: Daemon) -> int:
+    return int(proc_status(daemon)["Threads"])
+
+
+def rss_kib(daemon: Daemon) -> int:
+    return int(proc_status(daemon)["VmRSS"].split()[0])
+
+
+def timed_scrape(daemon: Daemon) -> float:
+    started = time.monotonic()
+    daemon.scrape()
+    return time.monotonic() - started
+
+
+def raw_request(daemon: Daemon, payload: bytes, timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=timeout) as s:
+        s.sendall(payload)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def wait_threads_at_most(daemon: Daemon, limit: int, timeout: float) -> float:
+    started = time.monotonic()
+    while threads(daemon) > limit:
+        assert time.monotonic() - started < timeout, f"{threads(daemon)} threads remain"
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def test_idle_and_slowloris_clients_do_not_stop_scrapes(daemon: Daemon) -> None:
+    baseline = threads(daemon)
+    idle = [socket.create_connection(("127.0.0.1", daemon.port)) for _ in range(500)]
+    slow = [socket.create_connection(("127.0.0.1", daemon.port)) for _ in range(50)]
+    try:
+        for s in slow:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        latencies = [timed_scrape(daemon) for _ in range(5)]
+        print(f"scrape with 550 hostile connections open: max {max(latencies) * 1000:.0f} ms")
+        assert max(latencies) < 1.0
+        assert threads(daemon) >= baseline + 500  # they were all accepted
+        # keep trickling, one header byte at a time: the per-read timeout never fires, the
+        # request deadline does
+        for s in idle:
+            s.close()
+        deadline = time.monotonic() + 40
+        alive = list(slow)
+        while alive and time.monotonic() < deadline:
+            for s in list(alive):
+                try:
+                    s.sendall(b"X")
+                except OSError:
+                    alive.remove(s)
+            time.sleep(2)
+        assert alive == [], f"{len(alive)} trickling connections still open after 40 s"
+    finally:
+        for s in idle + slow:
+            s.close()
+    wait_threads_at_most(daemon, baseline + 2, 15)
+    assert timed_scrape(daemon) < 1.0
+
+
+def test_malformed_and_oversized_requests_get_errors(daemon: Daemon) -> None:
+    rss_before = rss_kib(daemon)
+    cases = {
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc": b" 501 ",
+        b"BREW /metrics HTTP/1.1\r\nHost: x\r\n\r\n": b" 501 ",
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n": b" 431 ",
+        b"GET /metrics HTTP/1.1\r\n" + b"X-Big: " + b"b" * 20_000 + b"\r\n\r\n": b" 431 ",
+        b"GET /metrics HTTP/1.1\r\n" + b"X-Many: y\r\n" * 2_000 + b"\r\n": b" 431 ",
+        b"GET /metrics HTTP/9.9\r\n\r\n": b" 505 ",
+        b"\x00\x01\x02\xff garbage\r\n\r\n": b"400",
+        b"GET\r\n\r\n": b"400",
+    }
+    for _ in range(20):  # repeated, so a leak would show in RSS
+        for payload, expected in cases.items():
+            answer = raw_request(daemon, payload)
+            assert expected in answer.split(b"\r\n", 1)[0] or expected in answer, payload[:40]
+    assert timed_scrape(daemon) < 1.0
+    assert rss_kib(daemon) - rss_before < 5_000
+
+
+def test_a_client_that_never_reads_is_cut_off(daemon: Daemon) -> None:
+    baseline = threads(daemon)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    s.connect(("127.0.0.1", daemon.port))
+    try:
+        for _ in range(200):  # pipelined requests whose answers fill every buffer
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert timed_scrape(daemon) < 1.0  # others are not held up meanwhile
+        took = wait_threads_at_most(daemon, baseline, 45)
+        print(f"non-reading client cut off after {took:.1f} s")
+    finally:
+        s.close()
