@@ -3,13 +3,16 @@ exposition stays valid."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Daemon, own_comm, run_creator, start_daemon, unique_name
+from procmond.watch import printable
+from tests.e2e.harness import PROCMOND, Daemon, own_comm, run_creator, start_daemon, unique_name
 
 HOSTILE = [
     b'q"uote',
@@ -100,3 +103,50 @@ def test_full_maps_count_under_overflow_and_totals_stay_exact(
         "procmond_process_lifetime_seconds_count"
     )
     assert exits == life == per_name * len(names)
+
+
+def every_byte_names() -> list[bytes]:
+    """Bytes 0x01-0xff spread over 15-byte names, each behind a unique 2-byte prefix."""
+    payload = bytes(range(1, 256))
+    return [secrets.token_hex(1).encode() + payload[i : i + 13] for i in range(0, len(payload), 13)]
+
+
+def test_every_byte_value_in_names(daemon: Daemon, creator: Path) -> None:
+    names = every_byte_names()
+    watchers = {
+        fmt: subprocess.Popen(
+            [*PROCMOND, "watch", *(["--json"] if fmt == "json" else [])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for fmt in ("text", "json")
+    }
+    for w in watchers.values():
+        assert b"watching" in w.stderr.readline()
+    run_creator(creator, "fork", 2, names, "--exit-name-hex", unique_name().hex())
+    time.sleep(0.5)
+    outputs = {}
+    for fmt, w in watchers.items():
+        w.terminate()
+        outputs[fmt], _ = w.communicate(timeout=10)
+        assert w.returncode == 0
+    text = daemon.scrape().text  # prometheus_client's parser accepted it
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    m = daemon.scrape()
+    decoded = [n.decode("utf-8", "replace") for n in names]
+    for comm in decoded:
+        assert m.value("procmond_forks_total", comm=comm, parent_comm=own_comm()) == 2, comm
+    # watch: every event is one line, hostile bytes escaped or JSON-encoded
+    events = [json.loads(line) for line in outputs["json"].decode().splitlines()]
+    for comm in decoded:
+        assert sum(e["comm"] == comm for e in events) == 2, comm
+    lines = outputs["text"].decode("utf-8").split("\n")
+    assert lines[-1] == ""
+    assert all(line.startswith("Process ") and " called " in line for line in lines[:-1])
+    assert all(line.isprintable() for line in lines[:-1])
+    escaped = [printable(n) for n in names]
+    for comm in escaped:
+        assert sum(line.startswith(f"Process {comm} (PID:") for line in lines) == 2, comm

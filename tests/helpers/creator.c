@@ -13,6 +13,8 @@
  *     --exec PATH          spawn mode: the program the children run (default /bin/true)
  *     --exit-name-hex H    rename to H before exiting, so the creator's own exit is not
  *                          counted under a test name
+ *     --generate K         the one NAME_HEX is a prefix: use K names, prefix + a counter
+ *                          (cut to 15 bytes), without putting K names on the command line
  *     --wait               print "ready" and wait for a line on stdin before creating;
  *                          after "done", stay alive until stdin closes
  *
@@ -54,10 +56,10 @@ static void child_body(void)
     _exit(0);
 }
 
-static void set_name_hex(const char *hex)
+static void decode_hex(const char *hex, char name[16])
 {
-    char name[16] = {0};
     size_t len = strlen(hex) / 2;
+    memset(name, 0, 16);
     if (len > 15 || strlen(hex) % 2)
         die("name must be 1-15 bytes, hex-encoded");
     for (size_t i = 0; i < len; i++) {
@@ -66,8 +68,29 @@ static void set_name_hex(const char *hex)
             die("bad hex name");
         name[i] = (char)byte;
     }
+}
+
+static void set_name(const char *name)
+{
     if (prctl(PR_SET_NAME, name, 0, 0, 0) != 0)
         die("prctl(PR_SET_NAME)");
+}
+
+static void set_name_hex(const char *hex)
+{
+    char name[16];
+    decode_hex(hex, name);
+    set_name(name);
+}
+
+/* Name number `n` of a generated series: prefix followed by n in decimal, cut to 15 bytes. */
+static void set_generated_name(const char *prefix_hex, long n)
+{
+    char prefix[16], name[48];
+    decode_hex(prefix_hex, prefix);
+    snprintf(name, sizeof(name), "%s%ld", prefix, n);
+    name[15] = 0;
+    set_name(name);
 }
 
 static void *thread_body(void *arg)
@@ -133,6 +156,7 @@ int main(int argc, char **argv)
     long count = strtol(argv[2], NULL, 10);
     const char *exit_name = NULL;
     int together = 0, wait_go = 0, first_name = 3;
+    long generate = 0;
 
     for (; first_name < argc && !strncmp(argv[first_name], "--", 2); first_name++) {
         const char *opt = argv[first_name];
@@ -144,6 +168,8 @@ int main(int argc, char **argv)
             child_sleep_ms = atoi(argv[++first_name]);
         else if (!strcmp(opt, "--exec") && first_name + 1 < argc)
             exec_path = argv[++first_name];
+        else if (!strcmp(opt, "--generate") && first_name + 1 < argc)
+            generate = strtol(argv[++first_name], NULL, 10);
         else if (!strcmp(opt, "--exit-name-hex") && first_name + 1 < argc)
             exit_name = argv[++first_name];
         else {
@@ -160,8 +186,14 @@ int main(int argc, char **argv)
     }
     pid_t *pids = calloc((size_t)count, sizeof(pid_t));
     long made = 0;
-    for (int n = first_name; n < argc; n++) {
-        set_name_hex(argv[n]);
+    long names = generate ? generate : argc - first_name;
+    if (generate && argc - first_name != 1)
+        die("--generate takes exactly one NAME_HEX, the prefix");
+    for (long n = 0; n < names; n++) {
+        if (generate)
+            set_generated_name(argv[first_name], n);
+        else
+            set_name_hex(argv[first_name + n]);
         for (long i = 0; i < count; i++) {
             pid_t pid = create_one(mode);
             if (pid < 0)
