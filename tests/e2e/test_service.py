@@ -206,3 +206,14 @@ def test_remove_and_purge_leave_nothing(box: SystemdSandbox) -> None:
     units = json.loads(box.run("systemctl", "list-units", "--all", "--output=json").stdout)
     assert not [u for u in units if u["unit"].startswith("procmond")]
     assert box.run("pgrep", "-f", "procmond run", check=False).returncode == 1
+
+
+def test_package_has_no_world_writable_files(deb: Path) -> None:
+    listing = subprocess.run(
+        ["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert listing
+    for line in listing:
+        mode, owner = line.split()[:2]
+        assert mode[8] != "w", line  # "-rw-r--r--": the other-write bit
+        assert owner == "root/root", line
