@@ -11,6 +11,7 @@ from procmond import __version__
 from procmond.config import DEFAULT_CONFIG_PATH, load_config
 from procmond.errors import ConfigError, ProcmondError
 from procmond.metrics import series_budget
+from procmond.webconfig import load_web_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +76,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return watch(config, args.json)
     if args.command == "check-config":
         config, source = load_config(args.file)
+        load_web_config(config.web_config_file)
         print(f"{source}: OK; at most {series_budget(config)} series from the kernel maps")
         return 0
     if args.command == "doctor":

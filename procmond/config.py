@@ -39,6 +39,7 @@ class Config:
     histogram_max_entries: int = 256
     labels: tuple[str, ...] = KNOWN_LABELS
     log_level: str = "info"
+    web_config_file: str = ""
 
     @property
     def listen_host(self) -> str:
@@ -173,6 +174,12 @@ def _log_level(value: Any) -> str:
     return value.lower()
 
 
+def _path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a file path (or empty), got {value!r}")
+    return value
+
+
 _VALIDATORS = {
     "listen": _listen,
     "max_entries": _positive_int(MAX_ENTRIES_LIMIT),
@@ -180,4 +187,5 @@ _VALIDATORS = {
     "histogram_max_entries": _positive_int(HISTOGRAM_MAX_ENTRIES_LIMIT),
     "labels": _labels,
     "log_level": _log_level,
+    "web_config_file": _path,
 }

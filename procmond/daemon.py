@@ -29,6 +29,7 @@ from procmond.memory import release_loader_memory
 from procmond.metrics import series_budget
 from procmond.server import MetricsServer
 from procmond.systemd import Notifier
+from procmond.webconfig import WebSettings, load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,11 @@ class ReloadState:
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Path | None, source: str) -> None:
+    def __init__(
+        self, config: Config, config_path: Path | None, source: str, web: WebSettings
+    ) -> None:
         self.config = config
+        self.web = web
         self.config_path = config_path
         self.source = source
         self.notifier = Notifier()
@@ -79,20 +83,21 @@ class Daemon:
         self.reader = MapReader(self.probe.table, bpf_loader.MAP_IDS)
         self.notifier.status("opening HTTP listener")
         self.server = MetricsServer(
-            self._registry(), self.config.listen_host, self.config.listen_port
+            self._registry(), self.config.listen_host, self.config.listen_port, self.web
         )
         self.server.start()
         release_loader_memory()
         attached = sum(self.probe.attached.values())
         log.info(
             "procmond %s: %d/%d probes attached, BTF offsets %s, config from %s, at most "
-            "%d series; serving http://%s/metrics (ready in %.2f s)",
+            "%d series; serving %s://%s/metrics (ready in %.2f s)",
             __version__,
             attached,
             len(self.probe.attached),
             "in use" if self.probe.btf_offsets else "NOT in use (headers' layout)",
             self.source,
             series_budget(self.config),
+            self.server.scheme,
             self.server.address,
             time.monotonic() - started,
         )
@@ -118,7 +123,7 @@ class Daemon:
         attached = sum(self.probe.attached.values())
         return (
             f"{attached}/{len(self.probe.attached)} probes attached; "
-            f"serving http://{self.server.address}/metrics"
+            f"serving {self.server.scheme}://{self.server.address}/metrics"
         )
 
     def install_signal_handlers(self) -> None:
@@ -155,6 +160,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new, source = load_config(self.config_path)
+            web = load_web_config(new.web_config_file)
             kept = [k for k in KERNEL_SETTINGS if getattr(new, k) != getattr(self.config, k)]
             if kept:
                 log.warning(
@@ -164,7 +170,11 @@ class Daemon:
                 )
                 new = replace(new, **{k: getattr(self.config, k) for k in kept})
             if new.listen != self.config.listen:
-                self._rebind(new)
+                self._rebind(new, web)
+            else:
+                assert self.server is not None
+                self.server.update_web(web)
+            self.web = web
         except ProcmondError as exc:
             self.reload_state.successful = False
             log.error("reload failed, keeping the running config: %s", exc)
@@ -177,10 +187,10 @@ class Daemon:
         log.info("reloaded config from %s", source)
         self.notifier.ready(self._status_line())
 
-    def _rebind(self, new: Config) -> None:
+    def _rebind(self, new: Config, web: WebSettings) -> None:
         """Open the new listener before closing the old one, so a failure changes nothing."""
         assert self.server is not None
-        server = MetricsServer(self._registry(), new.listen_host, new.listen_port)
+        server = MetricsServer(self._registry(), new.listen_host, new.listen_port, web)
         server.start()
         self.server.close()
         self.server = server
@@ -202,8 +212,9 @@ class Daemon:
 def run(config_path: Path | None) -> int:
     """``procmond run``: raises ProcmondError (with its exit code) if it cannot start."""
     config, source = load_config(config_path)
+    web = load_web_config(config.web_config_file)
     setup_logging(config.log_level)
-    daemon = Daemon(config, config_path, source)
+    daemon = Daemon(config, config_path, source, web)
     daemon.install_signal_handlers()
     try:
         daemon.start()

@@ -12,6 +12,7 @@ import gzip
 import http.client
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from prometheus_client.exposition import choose_encoder
 
 from procmond import __version__
 from procmond.errors import ListenError
+from procmond.webconfig import WebSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.timeout = self.server.connection_timeout
+        if isinstance(self.request, ssl.SSLSocket):
+            # The TLS handshake runs here, in this connection's own thread, never in the one
+            # that accepts: a client that connects and sends nothing holds up no one else.
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
         super().setup()
         self.rfile = _BoundedReader(self.rfile, REQUEST_HEAD_BYTES)  # type: ignore[assignment]
 
@@ -115,8 +122,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, send_body: bool) -> None:
         path = urlsplit(self.path).path
-        headers = {}
-        if path == "/metrics":
+        web = self.server.web
+        headers = dict(web.headers)
+        if web.basic_auth and not web.basic_auth.allows(self.headers.get("Authorization")):
+            status, body, content_type = 401, b"Unauthorized\n", "text/plain"
+            headers["WWW-Authenticate"] = 'Basic realm="procmond", charset="UTF-8"'
+        elif path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             with self.server.scrape_lock:
                 body = encoder(self.server.registry)
@@ -157,6 +168,7 @@ class _Server(ThreadingHTTPServer):
     ) -> None:
         self.address_family = family
         self.registry = registry
+        self.web = WebSettings()
         self.scrape_lock = threading.Lock()
         self.connection_timeout = connection_timeout
         self.max_connections = max_connections
@@ -165,6 +177,15 @@ class _Server(ThreadingHTTPServer):
         self._answers = 0
         self._lock = threading.Condition()
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = self.socket.accept()
+        context = self.web.ssl_context
+        if context is not None:  # no I/O here: the handshake happens in the handler's thread
+            connection = context.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
 
     def arm_deadline(self, connection: socket.socket) -> None:
         with self._lock:
@@ -241,10 +262,12 @@ class MetricsServer:
         registry: CollectorRegistry,
         host: str,
         port: int,
+        web: WebSettings | None = None,
         max_connections: int = MAX_CONNECTIONS,
         connection_timeout: float = CONNECTION_TIMEOUT_SECONDS,
     ) -> None:
         self._server = self._bind(registry, host, port, max_connections, connection_timeout)
+        self._server.web = web or WebSettings()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -292,6 +315,14 @@ class MetricsServer:
     def address(self) -> str:
         host = self._server.server_name
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def update_web(self, web: WebSettings) -> None:
+        """New TLS and auth settings (on reload): they apply from the next connection on."""
+        self._server.web = web
+
+    @property
+    def scheme(self) -> str:
+        return self._server.web.scheme
 
     def start(self) -> None:
         self._thread.start()

@@ -66,7 +66,7 @@ setup_venv() {
 
 setup() {
     local tests=${1:-}
-    apt_install python3-bpfcc python3-venv python3-pip python3-yaml python3-sdnotify
+    apt_install python3-bpfcc python3-venv python3-pip python3-yaml python3-sdnotify python3-bcrypt
     if [ -n "$tests" ]; then
         # gcc builds the tests' process creator; prometheus brings promtool and the server
         # the rule and dashboard tests run; python3-prometheus-client (Debian's 0.16) is what

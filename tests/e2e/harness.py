@@ -101,7 +101,10 @@ def start_daemon(
     port: int | None = None,
     env: dict[str, str] | None = None,
     ready_timeout: float = 30,
+    tls: bool = False,
 ) -> Daemon:
+    """Start ``procmond run`` and wait until it serves: a plain scrape answers or, with TLS,
+    the daemon has logged that it serves (the test then scrapes with its own certificates)."""
     port = port or free_port()
     config = tmp / "procmond.yaml"
     config.write_text(f'listen: "127.0.0.1:{port}"\n{config_text}')
@@ -119,10 +122,14 @@ def start_daemon(
         if process.poll() is not None:
             raise AssertionError(f"daemon exited {process.returncode}:\n{daemon.log()}")
         try:
-            daemon.scrape()
-            return daemon
+            if not tls:
+                daemon.scrape()
+                return daemon
+            if "serving https://" in daemon.log():
+                return daemon
         except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     daemon.stop(9)
     raise AssertionError(f"daemon not serving after {ready_timeout} s:\n{daemon.log()}")
 
