@@ -10,12 +10,6 @@ import pytest
 from tests.e2e.harness import Daemon, build_creator, start_daemon
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--soak-seconds", type=float, default=120, help="length of the soak test (default 120)"
-    )
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e" in str(item.fspath):
