@@ -78,6 +78,7 @@ class ProcmondCollector:
         self._reader = reader
         self._config = config
         self._status = status
+        self.last_series: int | None = None  # series read from the maps at the last scrape
 
     def describe(self) -> Iterable[Metric]:
         return []  # families depend on the config; a private registry needs no description
@@ -108,6 +109,7 @@ class ProcmondCollector:
             families += self._map_families(entries, overflowed)
         except Exception as exc:
             ok = self._failed("inflight", exc)
+        self.last_series = sum(len(f.samples) for f in families)
         yield from families
         yield from self._status_families()
         yield GaugeMetricFamily(

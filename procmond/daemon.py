@@ -75,6 +75,8 @@ class Daemon:
         self.probe: bpf_loader.LoadedProbe | None = None
         self.server: MetricsServer | None = None
         self.reader: MapReader | None = None
+        self.collector: ProcmondCollector | None = None
+        self._last_status = ""
 
     def start(self) -> None:
         started = time.monotonic()
@@ -113,7 +115,8 @@ class Daemon:
             self.probe.bcc_version,
             kernel.kernel_release(),
         )
-        registry.register(ProcmondCollector(self.reader, self.config, status))
+        self.collector = ProcmondCollector(self.reader, self.config, status)
+        registry.register(self.collector)
         registry.register(self.reload_state)  # type: ignore[arg-type]
         ProcessCollector(registry=registry)
         return registry
@@ -121,9 +124,11 @@ class Daemon:
     def _status_line(self) -> str:
         assert self.probe is not None and self.server is not None
         attached = sum(self.probe.attached.values())
+        series = self.collector.last_series if self.collector else None
         return (
             f"{attached}/{len(self.probe.attached)} probes attached; "
-            f"serving {self.server.scheme}://{self.server.address}/metrics"
+            f"serving {self.server.scheme}://{self.server.address}/metrics; "
+            + (f"{series} series at the last scrape" if series is not None else "no scrape yet")
         )
 
     def install_signal_handlers(self) -> None:
@@ -154,6 +159,10 @@ class Daemon:
             log.error("cannot read the kernel maps (%s): not pinging the watchdog", exc)
             return
         self.notifier.watchdog()
+        status = self._status_line()
+        if status != self._last_status:
+            self.notifier.status(status)
+            self._last_status = status
 
     def reload(self) -> None:
         """Re-read the config. Invalid: keep the old one. Valid: apply what can change live."""

@@ -84,7 +84,8 @@ def test_enable_now_serves_real_counts(box: SystemdSandbox) -> None:
     )
     assert props["ActiveState"] == "active", props
     assert re.match(
-        r"11/11 probes attached; serving http://\S+:10057/metrics", props["StatusText"]
+        r"11/11 probes attached; serving http://\S+:10057/metrics; no scrape yet$",
+        props["StatusText"],
     ), props
     ready = (
         int(props["ActiveEnterTimestampMonotonic"]) - int(props["ExecMainStartTimestampMonotonic"])
@@ -158,6 +159,14 @@ def test_hung_daemon_is_restarted_by_the_watchdog(box: SystemdSandbox) -> None:
     first = show(box, "MainPID", "NRestarts")
     time.sleep(3)  # alive: it pings every second, so nothing happens
     assert show(box, "MainPID", "NRestarts") == first
+    scrape(box)  # STATUS= follows at the next tick
+    wait_for(
+        lambda: re.search(
+            r"; \d+ series at the last scrape$", show(box, "StatusText")["StatusText"]
+        ),
+        5,
+        "STATUS to report the series of the last scrape",
+    )
     box.run("kill", "-STOP", first["MainPID"])
     took = wait_for(
         lambda: show(box, "NRestarts")["NRestarts"] != first["NRestarts"],

@@ -1,0 +1,78 @@
+"""Pure logic around the host checks: what procmond says when a piece is missing."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+from procmond import bpf_loader, kernel
+from procmond.config import Config
+from procmond.doctor import Check, doctor
+from procmond.errors import BPFLoadError, PermissionDeniedError
+
+
+def test_doctor_reports_fixes_and_fails_on_fatal_checks() -> None:
+    out = io.StringIO()
+    code = doctor(
+        out,
+        lambda: [
+            Check("kernel", True, "6.18"),
+            Check("BTF", False, "missing", "use a BTF kernel", fatal=False),
+            Check("tracefs", False, "not mounted", "mount -t tracefs nodev /sys/kernel/tracing"),
+        ],
+    )
+    text = out.getvalue()
+    assert code == 1
+    assert "[warn] BTF: missing" in text
+    assert "[FAIL] tracefs: not mounted\n       fix: mount -t tracefs" in text
+    assert text.endswith("procmond cannot run here\n")
+
+
+def test_doctor_passes_with_only_warnings() -> None:
+    out = io.StringIO()
+    assert doctor(out, lambda: [Check("BTF", False, "x", "y", fatal=False)]) == 0
+
+
+def test_missing_capabilities_are_named() -> None:
+    assert kernel.missing_capabilities(0) == ["CAP_BPF", "CAP_PERFMON"]
+    assert kernel.missing_capabilities(1 << kernel.CAP_BPF) == ["CAP_PERFMON"]
+    assert kernel.missing_capabilities(1 << kernel.CAP_SYS_ADMIN) == []
+
+
+def test_without_capabilities_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "missing_capabilities", lambda: ["CAP_BPF"])
+    with pytest.raises(PermissionDeniedError, match="procmond needs CAP_BPF"):
+        bpf_loader.load(Config())
+
+
+def test_without_bcc_one_sentence_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "missing_capabilities", lambda: [])
+    monkeypatch.setattr(kernel, "tracefs_root", lambda: Path("/sys/kernel/tracing"))
+    monkeypatch.setitem(sys.modules, "bcc", None)  # import bcc now raises ImportError
+    with pytest.raises(BPFLoadError) as caught:
+        bpf_loader.load(Config())
+    assert "apt-get install python3-bpfcc" in caught.value.hint
+
+
+def test_syscall_probes_only_when_something_uses_them() -> None:
+    names = {p.name for p in bpf_loader.wanted_probes(Config(histograms=False), watch=False)}
+    assert names == {"sched_process_fork", "sched_process_exec", "sched_process_exit"}
+    assert len(bpf_loader.wanted_probes(Config(histograms=False), watch=True)) == 11
+    assert len(bpf_loader.wanted_probes(Config(), watch=False)) == 11
+
+
+def test_tracepoint_field_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    event = tmp_path / "events" / "sched" / "sched_process_exit"
+    event.mkdir(parents=True)
+    (event / "format").write_text(
+        "name: sched_process_exit\nformat:\n"
+        "\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n"
+        "\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n"
+    )
+    monkeypatch.setattr(kernel, "TRACEFS_CANDIDATES", (tmp_path,))
+    assert kernel.tracepoint_has_field("sched", "sched_process_exit", "group_dead")
+    assert not kernel.tracepoint_has_field("sched", "sched_process_exit", "prio")
+    assert not kernel.tracepoint_has_field("sched", "sched_process_fork", "group_dead")
