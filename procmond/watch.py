@@ -7,6 +7,7 @@ nothing for it. Lines keep the prototype's format; ``--json`` gives one JSON obj
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from typing import Any, TextIO
@@ -56,6 +57,14 @@ def format_json(event: Any) -> str:
     )
 
 
+def _reader_gone(out: TextIO) -> bool:
+    try:
+        out.flush()
+    except BrokenPipeError:
+        return True
+    return False
+
+
 def watch(config: Config, as_json: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     probe = bpf_loader.load(config, watch=True)
     stop = False
@@ -70,7 +79,15 @@ def watch(config: Config, as_json: bool, out: TextIO = sys.stdout, err: TextIO =
     events = probe.table("events")
 
     def on_event(_ctx: object, data: object, _size: int) -> None:
-        out.write(fmt(events.event(data)) + "\n")
+        # An exception must not escape into BCC's C callback (it would only be printed, for
+        # every event): a reader that went away (| head) ends the watch instead.
+        nonlocal stop
+        if stop:
+            return
+        try:
+            out.write(fmt(events.event(data)) + "\n")
+        except BrokenPipeError:
+            stop = True
 
     events.open_ring_buffer(on_event)
     err.write("procmond: watching process and thread creation (Ctrl-C to stop)\n")
@@ -88,7 +105,11 @@ def watch(config: Config, as_json: bool, out: TextIO = sys.stdout, err: TextIO =
                 )
                 reported_lost = lost
     except BrokenPipeError:
-        pass  # the reader went away (| head): not an error
+        stop = True
     finally:
         probe.close()
+    if stop and _reader_gone(out):
+        # Python flushes stdout once more at exit; point it at /dev/null so that the closed
+        # pipe does not turn a clean exit into an error message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
     return 0

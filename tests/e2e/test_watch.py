@@ -62,3 +62,18 @@ def test_json_lines_carry_kind_and_child(creator: Path) -> None:
     assert all(e["ppid"] == os.getpid() for e in mine)
     threads = [e for e in mine if e["kind"] == "thread"]
     assert all(e["child_pid"] == e["pid"] != e["child_tid"] for e in threads)
+
+
+def test_reader_going_away_ends_watch_cleanly(creator: Path) -> None:
+    """`procmond watch | head -1`: the closed pipe ends the watch, exit 0, no noise."""
+    watch = subprocess.Popen(
+        [*PROCMOND, "watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert watch.stderr is not None and watch.stdout is not None
+    assert "watching" in watch.stderr.readline()
+    run_creator(creator, "fork", 5, [unique_name("pipe")])
+    assert watch.stdout.readline().startswith("Process ")
+    watch.stdout.close()  # the reader goes away
+    run_creator(creator, "fork", 50, [unique_name("pipe")])  # more events to write
+    assert watch.wait(timeout=10) == 0
+    assert watch.stderr.read() == ""
