@@ -144,6 +144,15 @@ def run_creator(
     return result
 
 
+def procmond(
+    *args: str, wrapper: tuple[str, ...] = (), timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """Run the procmond command line to completion (``wrapper``: e.g. setpriv or unshare)."""
+    return subprocess.run(
+        [*wrapper, *PROCMOND, *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
 def own_comm() -> str:
     """This test process's command: the parent_comm of every creator it starts."""
     return Path("/proc/self/comm").read_text().rstrip("\n")

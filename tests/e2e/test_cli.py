@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from procmond import __version__
-from tests.e2e.harness import PROCMOND, free_port, run_creator, start_daemon, unique_name
+from tests.e2e.harness import free_port, procmond, run_creator, start_daemon, unique_name
 
 BAD_CONFIGS = [
     ("max_entries: -5\n", "line 1: max_entries: must be from 1"),
@@ -25,10 +25,6 @@ BAD_CONFIGS = [
     ("max_entries: [1, 2\n", "YAML syntax error"),
     ("- a\n- b\n", "expected a mapping"),
 ]
-
-
-def procmond(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*PROCMOND, *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_CONFIGS)
@@ -101,23 +97,15 @@ def test_unprivileged_user_gets_one_sentence() -> None:
 
 
 def _run_as_nobody(config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            *PROCMOND,
-            "run",
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    nobody = (
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
     )
+    return procmond("run", "--config", str(config), wrapper=nobody)
 
 
 def test_sigterm_and_sigint_exit_zero_within_a_second(tmp_path: Path) -> None:

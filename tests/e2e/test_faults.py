@@ -11,32 +11,15 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import PROCMOND, free_port, own_comm, start_daemon, unique_name
+from tests.e2e.harness import free_port, own_comm, procmond, start_daemon, unique_name
 
 
 def test_tracefs_not_mounted_is_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f'listen: "127.0.0.1:{free_port()}"\n')
     script = 'umount /sys/kernel/tracing 2>/dev/null; exec "$@"'
-    result = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "_",
-            *PROCMOND,
-            "run",
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    unmounted = ("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "_")
+    result = procmond("run", "--config", str(config), wrapper=unmounted)
     assert result.returncode == 70, result.stderr
     assert "tracefs is not mounted" in result.stderr
     assert "mount -t tracefs nodev /sys/kernel/tracing" in result.stderr

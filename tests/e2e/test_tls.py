@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.e2e.harness import PROCMOND, Daemon, free_port, start_daemon
+from tests.e2e.harness import Daemon, free_port, procmond, start_daemon
 from tests.e2e.tls import Certs, make_certs
 
 PASSWORD = "s3cret: with colon"
@@ -149,7 +148,7 @@ def test_bad_web_config_exits_78(tmp_path: Path, certs: Certs, text: str, messag
     config = tmp_path / "c.yaml"
     config.write_text(f'listen: "127.0.0.1:{free_port()}"\nweb_config_file: {web}\n')
     for args in (["run", "--config", str(config)], ["check-config", str(config)]):
-        result = subprocess.run([*PROCMOND, *args], capture_output=True, text=True, timeout=60)
+        result = procmond(*args)
         assert result.returncode == 78, result.stderr
         assert message in result.stderr and str(web) in result.stderr
         assert "Traceback" not in result.stderr
