@@ -1,0 +1,102 @@
+"""The shipped Prometheus rules: valid for promtool, and every alert unit-tested by promtool.
+
+promtool comes with the test set-up (Debian's prometheus package); without it these tests
+fail rather than skip, as a missing tool must not pass for a tested rules file.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "packaging" / "prometheus" / "procmond.rules.yml"
+PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
+UNIT_TEST_FILES = sorted(PROMTOOL_TESTS.glob("*.test.yml"))
+SEVERITIES = {"critical", "warning", "info"}
+LOAD_ALERTS = {
+    "ProcmondForkStorm",
+    "ProcmondThreadStorm",
+    "ProcmondProcessChurn",
+    "ProcmondForkFailures",
+}
+
+
+def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def rules() -> list[dict]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+def alerts() -> dict[str, dict]:
+    return {r["alert"]: r for r in rules() if "alert" in r}
+
+
+def test_promtool_check_rules() -> None:
+    result = promtool("check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+@pytest.mark.parametrize("test_file", UNIT_TEST_FILES, ids=lambda p: p.name)
+def test_promtool_unit_tests(test_file: Path) -> None:
+    result = promtool("test", "rules", test_file.name, cwd=PROMTOOL_TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_unit_test_files_exist() -> None:
+    assert len(UNIT_TEST_FILES) >= 3, UNIT_TEST_FILES
+
+
+def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
+    """Each alert has a promtool case where it fires and one where it must not."""
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for path in UNIT_TEST_FILES:
+        for group in yaml.safe_load(path.read_text())["tests"]:
+            for case in group.get("alert_rule_test", []):
+                (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
+                for alert in case.get("exp_alerts") or []:
+                    assert alert.get("exp_annotations"), (path.name, case)
+    assert set(alerts()) <= fires, set(alerts()) - fires
+    assert set(alerts()) <= quiet, set(alerts()) - quiet
+
+
+def test_alerts_carry_severity_summary_and_description() -> None:
+    for name, rule in alerts().items():
+        assert name.startswith("Procmond"), name
+        assert rule["labels"]["severity"] in SEVERITIES, name
+        assert rule["annotations"]["summary"].strip(), name
+        description = rule["annotations"]["description"]
+        if name in LOAD_ALERTS:
+            assert "$labels.comm" in description, name
+        if name in LOAD_ALERTS | {"ProcmondHostForkStorm"}:
+            assert "$value | humanize" in description, name
+
+
+def test_recording_rule_names_follow_level_metric_operations() -> None:
+    for rule in rules():
+        if "record" in rule:
+            assert re.fullmatch(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+", rule["record"]), rule["record"]
+
+
+def test_every_threshold_has_a_default_and_a_resolved_series() -> None:
+    """The tuning contract of the README: procmond:<name>_threshold:per_second, default
+    labelled default="true", resolved as <level>:procmond_<name>_threshold:per_second."""
+    records = {r["record"]: r for r in rules() if "record" in r}
+    thresholds = [n for n in records if n.startswith("procmond:") and "_threshold" in n]
+    assert len(thresholds) == 5, thresholds
+    for name in thresholds:
+        assert records[name]["labels"] == {"default": "true"}, name
+        assert re.fullmatch(r"vector\(\d+(\.\d+)?\)", records[name]["expr"]), name
+        stem = name.split(":")[1]
+        resolved = [n for n in records if n.endswith(f":procmond_{stem}:per_second")]
+        assert len(resolved) == 1, (name, resolved)
+        used_by = [a for a in alerts().values() if resolved[0] in a["expr"]]
+        assert len(used_by) == 1, (name, used_by)
