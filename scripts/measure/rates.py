@@ -73,6 +73,7 @@ def main() -> int:
     parser.add_argument("url")
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--show", action="append", default=[], help="a comm to list always")
     argv = sys.argv[1:]
     if "--" not in argv:
         parser.error("no command: give it after --")
@@ -105,6 +106,7 @@ def main() -> int:
             f"{host_peak[series]:.0f}/s peak over {args.interval:g} s"
         )
         top = sorted(comms, key=lambda c: peak[(series, c)], reverse=True)[: args.top]
+        top += [c for c in args.show if c in comms and c not in top]
         for comm in top:
             print(f"    {comm!r:20} {comms[comm]:8.1f}/s avg  {peak[(series, comm)]:8.1f}/s peak")
     return process.returncode
