@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "packaging" / "prometheus" / "procmond.rules.yml"
+from tests.packaging.shipped import REPO, RULES
+
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
 UNIT_TEST_FILES = sorted(PROMTOOL_TESTS.glob("*.test.yml"))
 SEVERITIES = {"critical", "warning", "info"}
@@ -100,3 +100,39 @@ def test_every_threshold_has_a_default_and_a_resolved_series() -> None:
         assert len(resolved) == 1, (name, resolved)
         used_by = [a for a in alerts().values() if resolved[0] in a["expr"]]
         assert len(used_by) == 1, (name, used_by)
+
+
+def readme_scrape_config() -> str:
+    """The example prometheus.yml in the README's "Prometheus and Grafana" section."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Prometheus and Grafana\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    configs = [b for b in blocks if "scrape_configs:" in b]
+    assert len(configs) == 1, blocks
+    return configs[0]
+
+
+def test_readme_example_config_passes_promtool(tmp_path: Path) -> None:
+    config = readme_scrape_config()
+    assert yaml.safe_load(config)["scrape_configs"][0]["job_name"] == "procmond"
+    (tmp_path / "prometheus.yml").write_text(config)
+    (tmp_path / "procmond.rules.yml").write_text(RULES.read_text())
+    result = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout, result.stdout
+    assert f"SUCCESS: {len(rules())} rules found" in result.stdout, result.stdout
+
+
+def test_readme_override_example_passes_promtool(tmp_path: Path) -> None:
+    """The threshold override examples (README and packaging README) are valid rule files."""
+    for doc in (REPO / "README.md", RULES.parent / "README.md"):
+        blocks = re.findall(r"```yaml\n(groups:.*?)```", doc.read_text(), re.DOTALL)
+        assert blocks, doc
+        for i, block in enumerate(blocks):
+            path = tmp_path / f"{doc.parent.name}-{i}.yml"
+            path.write_text(block)
+            result = promtool("check", "rules", str(path))
+            assert result.returncode == 0, result.stdout + result.stderr
+            records = [r["record"] for g in yaml.safe_load(block)["groups"] for r in g["rules"]]
+            shipped = {r["record"] for r in rules() if "record" in r}
+            assert set(records) <= shipped, records
