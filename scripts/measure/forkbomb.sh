@@ -30,9 +30,9 @@ cleanup() {
 trap cleanup EXIT
 echo "$pids_max" > "$cg/pids.max"
 cp /bin/bash "$tmp/forkbomb"
-# The bomb's shell joins the cgroup before it starts forking; its stderr (fork: retry: ...)
-# is dropped.
-"$tmp/forkbomb" -c "echo \$\$ > $cg/cgroup.procs; b(){ b|b& }; b" 2>/dev/null &
+# The bomb's shell joins the cgroup before it starts forking, and does not start unless it
+# did; its stderr (fork: retry: ...) is dropped.
+"$tmp/forkbomb" -c "echo \$\$ > $cg/cgroup.procs || exit 1; b(){ b|b& }; b" 2>/dev/null &
 sleep "$seconds"
 echo "forkbomb: pids.max $pids_max, peak $(cat "$cg/pids.current" 2>/dev/null || echo ?) now," \
     "$(cat "$cg/pids.events" 2>/dev/null | tr '\n' ' ')"

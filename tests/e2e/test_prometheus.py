@@ -130,6 +130,8 @@ def wait_for_fork_storm(prometheus: Prometheus, storm: subprocess.Popen, comm: s
         seen = {
             expr: prometheus.query(expr)
             for expr in (
+                f'up{{job="{JOB}"}}[10s]',
+                "scrape_duration_seconds[10s]",
                 f'procmond_forks_total{{comm="{comm}"}}',
                 f'instance_comm:procmond_forks:rate1m{{comm="{comm}"}}',
                 f'instance_comm:procmond_fork_storm_threshold:per_second{{comm="{comm}"}}',
@@ -158,19 +160,30 @@ def active_at(alert: dict[str, Any]) -> float:
 
 def test_fork_storm_alert_fires_naming_the_command(stack: Stack, creator: Path) -> None:
     prometheus = stack.prometheus
-    # Ordinary activity: ~150 forks/s whose children live 5 ms, like a build's make.
-    calm = start_creator(creator, "fork", 6000, stack.calm, "--child-sleep-ms", "5")
-    wall_start = time.time()
-    start = time.monotonic()
-    storm = start_creator(creator, "fork", STORM_MAX_FORKS, stack.storm)
+    # Ordinary activity beside the storm: a shell-loop's rate of /bin/true (~900/s), under the
+    # default threshold but above the storm's lowered one, so an override that leaked to
+    # other commands would set it off.
+    calm = start_creator(creator, "spawn", 30_000, stack.calm)
+    storm = None
     try:
+        calm_rate = f'instance_comm:procmond_forks:rate1m{{comm="{stack.calm}"}}'
+        prometheus.wait_until(
+            "the calm load above the storm threshold",
+            lambda: prometheus.query(f"{calm_rate} > {STORM_THRESHOLD}"),
+            30,
+        )
+        wall_start = time.time()
+        start = time.monotonic()
+        storm = start_creator(creator, "fork", STORM_MAX_FORKS, stack.storm)
         alert = wait_for_fork_storm(prometheus, storm, stack.storm)
         elapsed = time.monotonic() - start
         # A few more evaluations, for anything the storm or the calm load might wrongly set off.
         time.sleep(3)
         others = [a for a in prometheus.alerts() if a["labels"] != alert["labels"]]
+        assert prometheus.query(f"{calm_rate} > {STORM_THRESHOLD}"), "the calm load stopped"
     finally:
-        stop(storm)
+        if storm:
+            stop(storm)
         stop(calm)
     print(f"\nProcmondForkStorm firing {elapsed:.1f} s after the storm started")
 
