@@ -1,0 +1,267 @@
+"""The shipped rules and dashboard against the real thing: the real daemon, scraped by a real
+Prometheus evaluating the shipped rules, under real load from the creator helper.
+
+Thresholds are lowered for the test's own command names through the documented mechanism (a
+rules file of overrides). `for:` cannot be tuned that way, so ProcmondForkStorm's `for: 1m` is
+set to 0s in the copy of the rules this Prometheus loads; every other rule is loaded as
+shipped, and the promtool unit tests (tests/packaging) cover the `for` durations.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.harness import Daemon, own_comm, run_creator, start_daemon, unique_name
+from tests.e2e.prom_harness import JOB, Prometheus, start_prometheus, threshold_overrides
+from tests.packaging import shipped
+
+HEALTH_ALERTS = {
+    "ProcmondDown",
+    "ProcmondNotScraped",
+    "ProcmondMapOverflow",
+    "ProcmondMapNearlyFull",
+    "ProcmondConfigReloadFailed",
+    "ProcmondProbeNotAttached",
+    "ProcmondScrapeFailing",
+    "ProcmondBTFOffsetsNotInUse",
+}
+STORM_THRESHOLD = 50  # per second, for the storms' names only
+STORM_MAX_FORKS = 200_000  # a bound: ~30 s at this machine's rate; stopped once it alerts
+FIRING_TIMEOUT = 45
+
+
+@dataclass
+class Stack:
+    daemon: Daemon
+    prometheus: Prometheus
+    storm: str  # the live alert test's storm
+    calm: str  # ordinary activity beside it, above the storm threshold but under the default
+    dash: str  # the dashboard test's storm
+
+    @property
+    def instance(self) -> str:
+        return f"127.0.0.1:{self.daemon.port}"
+
+
+def live_rules(path: Path) -> Path:
+    """The shipped rules with ProcmondForkStorm's `for` at 0s (see the module docstring)."""
+    rules = yaml.safe_load(shipped.RULES.read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    storm = [r for r in alerts if r["alert"] == "ProcmondForkStorm"]
+    assert len(storm) == 1
+    storm[0]["for"] = "0s"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False, width=1000))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("prometheus")
+    storm, calm, dash = (unique_name(p).decode() for p in ("storm", "calm", "dash"))
+    # Room for every label set the rest of the host makes meanwhile: no map overflow here.
+    daemon = start_daemon(tmp, "histogram_max_entries: 4096\n")
+    overrides = threshold_overrides(
+        tmp / "thresholds.rules.yml",
+        [("fork_storm", STORM_THRESHOLD, {"comm": name}) for name in (storm, dash)],
+    )
+    try:
+        prometheus = start_prometheus(
+            tmp, [f"127.0.0.1:{daemon.port}"], [live_rules(tmp / "procmond.rules.yml"), overrides]
+        )
+    except BaseException:
+        daemon.stop()
+        raise
+    stack = Stack(daemon, prometheus, storm, calm, dash)
+    try:
+        prometheus.wait_until(
+            "procmond scraped", lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'), 30
+        )
+        for name in (storm, dash):
+            prometheus.wait_until(
+                f"threshold override for {name} recorded",
+                lambda n=name: prometheus.query(
+                    f'procmond:fork_storm_threshold:per_second{{comm="{n}"}}'
+                ),
+                30,
+            )
+        yield stack
+    finally:
+        prometheus_rc = prometheus.stop()
+        daemon_rc = daemon.stop()
+    assert prometheus_rc == 0, prometheus.log()
+    assert daemon_rc == 0, daemon.log()
+
+
+def start_creator(
+    creator: Path, mode: str, count: int, name: str, *options: str
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(creator), mode, str(count), *options, name.encode().hex()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait(10)
+
+
+def wait_for_fork_storm(prometheus: Prometheus, storm: subprocess.Popen, comm: str) -> dict:
+    """The firing ProcmondForkStorm alert for comm; on a timeout, what Prometheus saw."""
+
+    def check() -> dict[str, Any] | None:
+        if storm.poll() is not None:
+            raise AssertionError(f"the storm exited {storm.returncode}: {storm.stderr.read()}")
+        return fork_storm_alert(prometheus, comm)
+
+    try:
+        return prometheus.wait_until(f"ProcmondForkStorm firing for {comm}", check, FIRING_TIMEOUT)
+    except AssertionError as error:
+        seen = {
+            expr: prometheus.query(expr)
+            for expr in (
+                f'up{{job="{JOB}"}}[10s]',
+                "scrape_duration_seconds[10s]",
+                f'procmond_forks_total{{comm="{comm}"}}',
+                f'instance_comm:procmond_forks:rate1m{{comm="{comm}"}}',
+                f'instance_comm:procmond_fork_storm_threshold:per_second{{comm="{comm}"}}',
+            )
+        }
+        raise AssertionError(f"{error}\nalerts: {prometheus.alerts()}\nseen: {seen}") from None
+
+
+def fork_storm_alert(prometheus: Prometheus, comm: str) -> dict[str, Any] | None:
+    for alert in prometheus.alerts():
+        labels = alert["labels"]
+        if (
+            labels["alertname"] == "ProcmondForkStorm"
+            and labels.get("comm") == comm
+            and alert["state"] == "firing"
+        ):
+            return alert
+    return None
+
+
+def active_at(alert: dict[str, Any]) -> float:
+    stamp = alert["activeAt"].replace("Z", "+00:00")
+    stamp = stamp.split(".")[0] + "+00:00" if "." in stamp else stamp
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def test_fork_storm_alert_fires_naming_the_command(stack: Stack, creator: Path) -> None:
+    prometheus = stack.prometheus
+    # Ordinary activity beside the storm: a shell-loop's rate of /bin/true (~900/s), under the
+    # default threshold but above the storm's lowered one, so an override that leaked to
+    # other commands would set it off.
+    calm = start_creator(creator, "spawn", 30_000, stack.calm)
+    storm = None
+    try:
+        calm_rate = f'instance_comm:procmond_forks:rate1m{{comm="{stack.calm}"}}'
+        prometheus.wait_until(
+            "the calm load above the storm threshold",
+            lambda: prometheus.query(f"{calm_rate} > {STORM_THRESHOLD}"),
+            30,
+        )
+        wall_start = time.time()
+        start = time.monotonic()
+        storm = start_creator(creator, "fork", STORM_MAX_FORKS, stack.storm)
+        alert = wait_for_fork_storm(prometheus, storm, stack.storm)
+        elapsed = time.monotonic() - start
+        # A few more evaluations, for anything the storm or the calm load might wrongly set off.
+        time.sleep(3)
+        others = [a for a in prometheus.alerts() if a["labels"] != alert["labels"]]
+        assert prometheus.query(f"{calm_rate} > {STORM_THRESHOLD}"), "the calm load stopped"
+    finally:
+        if storm:
+            stop(storm)
+        stop(calm)
+    print(f"\nProcmondForkStorm firing {elapsed:.1f} s after the storm started")
+
+    assert alert["labels"] == {
+        "alertname": "ProcmondForkStorm",
+        "severity": "warning",
+        "job": JOB,
+        "instance": stack.instance,
+        "comm": stack.storm,
+    }
+    annotations = alert["annotations"]
+    assert annotations["summary"] == f"{stack.storm} is creating processes far faster than normal"
+    description = annotations["description"]
+    assert description.startswith(
+        f"{stack.storm} (parent {own_comm()}) on {stack.instance} has been creating "
+    ), description
+    rate = description.split("has been creating ")[1].split(" processes per second")[0]
+    assert float(rate.rstrip("k")) * (1000 if rate.endswith("k") else 1) > STORM_THRESHOLD
+    assert f"above its threshold of {STORM_THRESHOLD}/s." in description, description
+
+    background = []
+    for other in others:
+        labels, name = other["labels"], other["labels"]["alertname"]
+        ours = labels.get("comm") in (stack.storm, stack.calm)
+        assert name not in HEALTH_ALERTS, other
+        # The storm's children exit at once: churn for it is due, but only pending (for: 5m).
+        if ours and not (name == "ProcmondProcessChurn" and labels["comm"] == stack.storm):
+            raise AssertionError(f"the test's own load set off {other}")
+        if name == "ProcmondHostForkStorm" and other["state"] == "firing":
+            assert active_at(other) < wall_start, f"the storm set off {other}"
+        background.append(other)
+    for other in background:
+        print(f"also active (other activity on this host): {other['labels']} {other['state']}")
+
+
+def test_every_dashboard_query_runs_and_returns_data(stack: Stack, creator: Path) -> None:
+    prometheus = stack.prometheus
+    names = [unique_name(p) for p in ("dthr", "dspawn")]
+    run_creator(creator, "thread", 20_000, names[:1])
+    run_creator(creator, "spawn", 300, names[1:])
+    # A storm for the alert panels: ProcmondForkStorm fires for it, so ALERTS has data.
+    storm = start_creator(creator, "fork", STORM_MAX_FORKS, stack.dash)
+    try:
+        wait_for_fork_storm(prometheus, storm, stack.dash)
+    finally:
+        stop(storm)
+
+    dashboard = shipped.load()
+    variables = {
+        "__rate_interval": "1m",
+        "__interval": "15s",
+        "__range": "5m",
+        "__range_s": "300",
+        # As Grafana interpolates a multi-value variable into a regex: dots escaped.
+        "instance": stack.instance.replace(".", "\\\\."),
+        "datasource": "procmond-test",
+    }
+    queries = shipped.queries(dashboard)
+    assert len(queries) >= 30
+    now = time.time()
+    failures = []
+    for q in queries:
+        expr = shipped.substitute(q.expr, variables)
+        answer = prometheus.call("query", query=expr)
+        if answer["status"] != "success":
+            failures.append(f"{q.panel} [{q.ref_id}] does not run: {answer.get('error')}\n  {expr}")
+        elif not answer["data"]["result"]:
+            failures.append(f"{q.panel} [{q.ref_id}] returns no data\n  {expr}")
+        elif not q.instant:
+            answer = prometheus.call(
+                "query_range", query=expr, start=str(now - 30), end=str(now), step="1"
+            )
+            if answer["status"] != "success" or not answer["data"]["result"]:
+                failures.append(f"{q.panel} [{q.ref_id}] as a range query: {answer}\n  {expr}")
+    assert not failures, "\n".join(failures)
+
+    # The instance variable's query, as Grafana runs label_values(metric, label).
+    instance = next(v for v in dashboard["templating"]["list"] if v["name"] == "instance")
+    metric, label = instance["query"]["query"].removeprefix("label_values(").rstrip(")").split(", ")
+    values = prometheus.api(f"label/{label}/values", **{"match[]": metric})
+    assert stack.instance in values, values

@@ -1,0 +1,111 @@
+"""The shipped Grafana dashboard, read as Grafana would import it. Whether its queries run and
+return data is tested against a real Prometheus in tests/e2e/test_prometheus.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from procmond.metrics import COUNTERS, HISTOGRAMS
+from tests.packaging import shipped as db
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+SELF_METRICS = (
+    "procmond_build_info",
+    "procmond_probe_attached",
+    "procmond_btf_offsets_in_use",
+    "procmond_map_entries",
+    "procmond_map_max_entries",
+    "procmond_map_overflow_events_total",
+    "procmond_scrape_success",
+    "procmond_scrape_duration_seconds",
+    "procmond_config_last_reload_successful",
+    "procmond_config_last_reload_success_timestamp_seconds",
+)
+
+
+def recording_rules() -> dict[str, str]:
+    groups = yaml.safe_load(db.RULES.read_text())["groups"]
+    return {r["record"]: r["expr"] for g in groups for r in g["rules"] if "record" in r}
+
+
+def test_importable_shape() -> None:
+    d = db.load()
+    assert d["uid"] == "procmond" and d["title"] == "procmond"
+    assert d["id"] is None
+    assert 36 <= d["schemaVersion"] <= 41
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    instance = variables["instance"]
+    assert instance["datasource"] == DATASOURCE
+    assert instance["query"]["query"] == "label_values(procmond_build_info, instance)"
+    assert instance["definition"] == "label_values(procmond_build_info, instance)"
+
+
+def test_every_panel_uses_the_datasource_variable_and_the_instance_filter() -> None:
+    d = db.load()
+    ids = [p["id"] for p in db.panels(d)]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    for panel in db.panels(d):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == DATASOURCE, panel["title"]
+        assert panel["targets"], panel["title"]
+        assert panel.get("description"), panel["title"]
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE, panel["title"]
+            assert '=~"$instance' in target["expr"], (panel["title"], target["expr"])
+
+
+def test_panels_do_not_overlap() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in db.load()["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, panel["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, (panel["title"], cells.get((x, y)))
+                cells[(x, y)] = panel["title"]
+
+
+def test_recorded_series_it_reads_are_in_the_shipped_rules() -> None:
+    recorded = recording_rules()
+    for query in db.queries(db.load()):
+        for name in re.findall(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+", query.expr):
+            assert name in recorded, (query.panel, name)
+
+
+def test_it_shows_every_metric_of_the_contract() -> None:
+    """Each metric appears in a panel, directly or through a recording rule it reads."""
+    recorded = recording_rules()
+    shown = ""
+    for query in db.queries(db.load()):
+        shown += query.expr
+        for name in re.findall(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+", query.expr):
+            shown += recorded[name]
+            for inner in re.findall(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+", recorded[name]):
+                shown += recorded.get(inner, "")
+    for metric in [m.name for m in COUNTERS] + [h.name for h in HISTOGRAMS] + list(SELF_METRICS):
+        assert metric in shown, metric
+
+
+def test_it_lists_procmond_alerts_and_has_the_required_views() -> None:
+    exprs = [q.expr for q in db.queries(db.load())]
+    assert any(e.startswith('ALERTS{alertname=~"Procmond.*"') for e in exprs)
+    assert any("topk" in e and "by (comm)" in e and "forks" in e for e in exprs)
+    assert any("topk" in e and "by (parent_comm)" in e for e in exprs)
+    assert any("histogram_quantile(0.99" in e and "lifetime" in e for e in exprs)
+    assert any("histogram_quantile(0.99" in e and "fork_duration" in e for e in exprs)
+    heatmaps = [p for p in db.panels(db.load()) if p["type"] == "heatmap"]
+    assert heatmaps and all(t["format"] == "heatmap" for p in heatmaps for t in p["targets"])
+
+
+def test_substitute_refuses_unknown_variables() -> None:
+    assert db.substitute("rate(x[$__rate_interval])", {"__rate_interval": "1m"}) == "rate(x[1m])"
+    with pytest.raises(AssertionError, match="without a value"):
+        db.substitute("x[$__interval]", {"__rate_interval": "1m"})
