@@ -9,7 +9,8 @@
  *   on_sched_process_fork  raw tracepoint: one count per created process or thread
  *   on_sched_process_exec  raw tracepoint: execs
  *   on_sched_process_exit  raw tracepoint: process exits (once per process) and lifetime
- *   on_sys_{enter,exit}_{clone,clone3,fork,vfork}  tracepoints: time spent in the call
+ *   on_sys_{enter,exit}_{clone,clone3,fork,vfork}  tracepoints: time spent in the call, and
+ *                                                  failed calls by error
  */
 #include "procmond.h"
 
@@ -30,6 +31,7 @@ BPF_HASH(forks_total, struct comm_pair_key, u64, MAX_ENTRIES);
 BPF_HASH(threads_created_total, struct comm_pair_key, u64, MAX_ENTRIES);
 BPF_HASH(execs_total, struct comm_pair_key, u64, MAX_ENTRIES);
 BPF_HASH(exits_total, struct comm_key, u64, MAX_ENTRIES);
+BPF_HASH(fork_failures_total, struct failure_key, u64, MAX_ENTRIES);
 BPF_HASH(process_lifetime_seconds, struct comm_key, struct hist_value, HISTOGRAM_MAX_ENTRIES);
 BPF_HASH(fork_duration_seconds, struct comm_key, struct hist_value, HISTOGRAM_MAX_ENTRIES);
 BPF_HASH(inflight, u32, struct inflight, INFLIGHT_MAX_ENTRIES);
@@ -169,6 +171,12 @@ static __always_inline void count_exit(struct comm_key *key)
     add_one(exits_total.lookup_or_try_init(key, &zero), MAP_ID_EXITS);
 }
 
+static __always_inline void count_failure(struct failure_key *key)
+{
+    u64 zero = 0;
+    add_one(fork_failures_total.lookup_or_try_init(key, &zero), MAP_ID_FORK_FAILURES);
+}
+
 static __always_inline void observe_lifetime(struct comm_key *key, u64 ns)
 {
     struct hist_value *zero = zeroed_hist();
@@ -279,13 +287,23 @@ static __always_inline int enter_creation(u32 syscall)
     return 0;
 }
 
-/* Runs in the creating thread only: the new task has no inflight entry. For vfork this time
- * includes waiting until the child has exec'd or exited, as the caller is suspended until then. */
-static __always_inline int exit_creation(void)
+/* Runs in the creating thread, and in a new task returning to user space (with 0, or its
+ * own tid for clone3 children: never negative, and with no inflight entry, so it counts
+ * nothing). Failed calls are counted by error. For vfork the time includes waiting until the
+ * child has exec'd or exited, as the caller is suspended until then. */
+static __always_inline int exit_creation(void *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct inflight *call = inflight.lookup(&tid);
+    long ret = 0;
 
+    bpf_probe_read_kernel(&ret, sizeof(ret), (char *)ctx + SYS_EXIT_RET_OFF);
+    if (ret < 0) {
+        struct failure_key failure = {.error = (u32)-ret};
+        if (LABEL_COMM)
+            read_comm(leader_of((void *)bpf_get_current_task()), failure.comm);
+        count_failure(&failure);
+    }
+    struct inflight *call = inflight.lookup(&tid);
     if (!call)
         return 0;
     u64 duration_ns = bpf_ktime_get_ns() - call->start_ns;
@@ -302,7 +320,7 @@ int on_sys_enter_clone(void *ctx) { return enter_creation(SYSCALL_CLONE); }
 int on_sys_enter_clone3(void *ctx) { return enter_creation(SYSCALL_CLONE3); }
 int on_sys_enter_fork(void *ctx) { return enter_creation(SYSCALL_FORK); }
 int on_sys_enter_vfork(void *ctx) { return enter_creation(SYSCALL_VFORK); }
-int on_sys_exit_clone(void *ctx) { return exit_creation(); }
-int on_sys_exit_clone3(void *ctx) { return exit_creation(); }
-int on_sys_exit_fork(void *ctx) { return exit_creation(); }
-int on_sys_exit_vfork(void *ctx) { return exit_creation(); }
+int on_sys_exit_clone(void *ctx) { return exit_creation(ctx); }
+int on_sys_exit_clone3(void *ctx) { return exit_creation(ctx); }
+int on_sys_exit_fork(void *ctx) { return exit_creation(ctx); }
+int on_sys_exit_vfork(void *ctx) { return exit_creation(ctx); }

@@ -30,6 +30,12 @@
 #define LABEL_PARENT_COMM 1
 #endif
 
+/* Offset of `long ret` in the syscalls:sys_exit_* records; the loader reads it from the
+ * tracepoint's format file. */
+#ifndef SYS_EXIT_RET_OFF
+#define SYS_EXIT_RET_OFF 16
+#endif
+
 #ifndef HISTOGRAMS
 #define HISTOGRAMS 1
 #endif
@@ -50,6 +56,12 @@ struct comm_key {
 struct comm_pair_key {
     char comm[COMM_LEN];
     char parent_comm[COMM_LEN];
+};
+
+/* A failed clone/clone3/fork/vfork call: the caller's command and the error (positive errno). */
+struct failure_key {
+    char comm[COMM_LEN];
+    u32 error;
 };
 
 struct hist_value {
@@ -80,8 +92,9 @@ enum map_id {
     MAP_ID_EXITS = 3,
     MAP_ID_PROCESS_LIFETIME = 4,
     MAP_ID_FORK_DURATION = 5,
-    MAP_ID_INFLIGHT = 6,
-    MAP_ID_COUNT = 7,
+    MAP_ID_FORK_FAILURES = 6,
+    MAP_ID_INFLIGHT = 7,
+    MAP_ID_COUNT = 8,
 };
 
 /* One creation, as streamed to `procmond watch`. */

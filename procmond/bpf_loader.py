@@ -30,6 +30,7 @@ MAP_IDS = (
     "exits_total",
     "process_lifetime_seconds",
     "fork_duration_seconds",
+    "fork_failures_total",
     "inflight",
 )
 
@@ -40,6 +41,7 @@ _EXPECTED_KEY_FIELDS = {
     "threads_created_total": ("comm", "parent_comm"),
     "execs_total": ("comm", "parent_comm"),
     "exits_total": ("comm",),
+    "fork_failures_total": ("comm", "error"),
     "process_lifetime_seconds": ("comm",),
     "fork_duration_seconds": ("comm",),
 }
@@ -52,7 +54,9 @@ class Probe:
     target: str  # "sched_process_fork" (raw) or "syscalls:sys_enter_clone"
     function: str
     raw: bool
-    needs_syscall_timing: bool = False
+    # Syscall-entry probes start the fork-duration clock and name the call for `watch`;
+    # without histograms or watch nothing uses them. Exit probes also count failed calls.
+    only_for_timing: bool = False
 
     @property
     def name(self) -> str:
@@ -70,7 +74,7 @@ PROBES: tuple[Probe, ...] = (
             f"syscalls:sys_{phase}_{call}",
             f"on_sys_{phase}_{call}",
             raw=False,
-            needs_syscall_timing=True,
+            only_for_timing=phase == "enter",
         )
         for call in CREATION_SYSCALLS
         for phase in ("enter", "exit")
@@ -127,6 +131,9 @@ def build_cflags(
     ]
     if watch:
         flags.append("-DPROCMOND_WATCH")
+    ret = kernel.tracepoint_field_offset("syscalls", "sys_exit_clone", "ret")
+    if ret is not None:
+        flags.append(f"-DSYS_EXIT_RET_OFF={ret}")
     if not force_no_group_dead and kernel.tracepoint_has_field(
         "sched", "sched_process_exit", "group_dead"
     ):
@@ -213,8 +220,8 @@ def check_maps(bpf: Any) -> None:
 
 
 def wanted_probes(config: Config, watch: bool) -> list[Probe]:
-    """Syscall probes only time fork calls (histograms) and name the call (watch)."""
-    return [p for p in PROBES if not p.needs_syscall_timing or config.histograms or watch]
+    """Every probe, but the syscall-entry ones only when something uses their clock."""
+    return [p for p in PROBES if not p.only_for_timing or config.histograms or watch]
 
 
 def attach(bpf: Any, config: Config, watch: bool) -> dict[str, bool]:

@@ -47,7 +47,7 @@ class ProbeStatus:
 
 
 def _labelled(
-    rows: dict[tuple[bytes, ...], int] | dict[tuple[bytes, ...], Histogram],
+    rows: dict[tuple[bytes | int, ...], int] | dict[tuple[bytes, ...], Histogram],
     key_fields: tuple[str, ...],
     names: tuple[str, ...],
 ) -> dict[tuple[str, ...], object]:

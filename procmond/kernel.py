@@ -41,12 +41,25 @@ def tracepoint_format(category: str, event: str) -> str | None:
         return None
 
 
+def tracepoint_fields(category: str, event: str) -> dict[str, int]:
+    """Field name → byte offset in the tracepoint's record, from its format file."""
+    fields = {}
+    for line in (tracepoint_format(category, event) or "").splitlines():
+        parts = [p.strip() for p in line.strip().split(";")]
+        if not parts[0].startswith("field:") or len(parts) < 2:
+            continue
+        name = parts[0].split()[-1].split("[")[0]
+        if parts[1].startswith("offset:"):
+            fields[name] = int(parts[1].removeprefix("offset:"))
+    return fields
+
+
 def tracepoint_has_field(category: str, event: str, field: str) -> bool:
-    text = tracepoint_format(category, event) or ""
-    return any(
-        line.strip().startswith("field:") and line.split(";")[0].split()[-1] == field
-        for line in text.splitlines()
-    )
+    return field in tracepoint_fields(category, event)
+
+
+def tracepoint_field_offset(category: str, event: str, field: str) -> int | None:
+    return tracepoint_fields(category, event).get(field)
 
 
 def effective_capabilities(status: Path = Path("/proc/self/status")) -> int:

@@ -51,9 +51,10 @@ def _histogram(value: Any) -> Histogram:
     return Histogram(tuple(int(s) for s in value.slots), int(value.sum_ns))
 
 
-def read_counters(table: Any, key_fields: tuple[str, ...]) -> dict[tuple[bytes, ...], int]:
-    """{(comm, parent_comm): count} or {(comm,): count}, raw comm bytes (NUL-stripped)."""
-    return {tuple(bytes(getattr(k, f)) for f in key_fields): _int(v) for k, v in _items(table)}
+def read_counters(table: Any, key_fields: tuple[str, ...]) -> dict[tuple[bytes | int, ...], int]:
+    """{(comm, parent_comm): count}, {(comm,): count} or {(comm, error): count}: comm fields
+    as raw bytes (ctypes strips the NULs), integer fields as ints."""
+    return {tuple(getattr(k, f) for f in key_fields): _int(v) for k, v in _items(table)}
 
 
 def read_histograms(table: Any) -> dict[tuple[bytes, ...], Histogram]:
@@ -79,7 +80,9 @@ class MapReader:
         self._table = table
         self._map_ids = map_ids
 
-    def counters(self, name: str, key_fields: tuple[str, ...]) -> dict[tuple[bytes, ...], int]:
+    def counters(
+        self, name: str, key_fields: tuple[str, ...]
+    ) -> dict[tuple[bytes | int, ...], int]:
         return read_counters(self._table(name), key_fields)
 
     def histograms(self, name: str) -> dict[tuple[bytes, ...], Histogram]:

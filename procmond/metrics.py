@@ -6,11 +6,12 @@ The dashboard and alert rules rely on these names; change them only with a note 
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
-from procmond.config import Config
+from procmond.config import KNOWN_LABELS, Config
 from procmond.maps import HIST_SLOTS, Histogram
 
 OVERFLOW_LABEL_VALUE = "__overflow__"
@@ -61,6 +62,13 @@ COUNTERS: tuple[CounterMetric, ...] = (
         "exits_total",
         ("comm",),
     ),
+    CounterMetric(
+        "procmond_fork_failures_total",
+        "Failed clone, clone3, fork and vfork calls, by the caller's command and the error "
+        "(EAGAIN: a task limit such as a cgroup's pids.max or RLIMIT_NPROC was hit).",
+        "fork_failures_total",
+        ("comm", "error"),
+    ),
 )
 
 HISTOGRAMS: tuple[HistogramMetric, ...] = (
@@ -81,12 +89,16 @@ HISTOGRAMS: tuple[HistogramMetric, ...] = (
 
 
 def label_names(key_fields: tuple[str, ...], config: Config) -> tuple[str, ...]:
-    """The labels a metric carries under this config (dropped labels are zeroed in the kernel)."""
-    return tuple(f for f in key_fields if f in config.labels)
+    """The labels a metric carries under this config: comm and parent_comm only if configured
+    (a dropped one is zeroed in the kernel), any other key field always."""
+    return tuple(f for f in key_fields if f not in KNOWN_LABELS or f in config.labels)
 
 
-def label_value(raw: bytes) -> str:
-    """A comm as a label value: UTF-8, each invalid byte replaced by U+FFFD."""
+def label_value(raw: bytes | int) -> str:
+    """A key field as a label value. A comm: UTF-8, each invalid byte replaced by U+FFFD. An
+    error number: its symbolic name (EAGAIN), or the number if the name is unknown."""
+    if isinstance(raw, int):
+        return errno.errorcode.get(raw, str(raw))
     return raw.decode("utf-8", "replace")
 
 

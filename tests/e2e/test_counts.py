@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,64 @@ def test_self_metrics(daemon: Daemon) -> None:
     assert dict(info)["kernel"] == os.uname().release
     assert m.get("process_resident_memory_bytes") is not None
     assert m.value("procmond_config_last_reload_successful") == 1
+
+
+def test_failed_calls_are_counted_by_error(daemon: Daemon, creator: Path) -> None:
+    name = unique_name("bad")
+    run_creator(creator, "badclone3", 40, [name], "--exit-name-hex", unique_name().hex())
+    m = daemon.scrape()
+    assert m.value("procmond_fork_failures_total", comm=name.decode(), error="EINVAL") == 40
+    assert m.value("procmond_fork_duration_seconds_count", comm=name.decode()) == 40
+    assert m.value("procmond_forks_total", comm=name.decode(), parent_comm=own_comm()) == 0
+
+
+def pids_cgroup_root() -> Path:
+    v1 = Path("/sys/fs/cgroup/pids")
+    if (v1 / "cgroup.procs").exists():
+        return v1
+    for v2 in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+        if "pids" in (v2 / "cgroup.controllers").read_text(errors="ignore").split():
+            return v2
+    raise AssertionError("no pids cgroup controller on this host")
+
+
+def test_task_limit_failures_are_eagain(daemon: Daemon, creator: Path) -> None:
+    """A cgroup's pids.max, as a contained fork bomb meets it."""
+    cgroup = pids_cgroup_root() / f"procmond-test-{os.getpid()}"
+    cgroup.mkdir()
+    try:
+        (cgroup / "pids.max").write_text("4\n")  # the creator itself and 3 children
+        name = unique_name("lim")
+        script = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
+        result = subprocess.run(
+            [
+                "sh",
+                "-c",
+                script,
+                "_",
+                str(creator),
+                "fork",
+                "20",
+                "--together",
+                "--child-sleep-ms",
+                "300",
+                "--tolerate-failures",
+                name.hex(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        made, failed = (int(x) for x in result.stdout.split()[1::2])
+        assert (made, failed) == (3, 17)
+        m = daemon.scrape()
+        assert m.value("procmond_fork_failures_total", comm=name.decode(), error="EAGAIN") == 17
+        assert m.value("procmond_forks_total", comm=name.decode(), parent_comm=own_comm()) == 3
+    finally:
+        for _ in range(50):
+            try:
+                cgroup.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)

@@ -51,7 +51,7 @@ def test_missing_tracepoint_is_reported_not_fatal(
 ) -> None:
     """A kernel without one tracepoint: the rest attach and count."""
     broken = bpf_loader.Probe(
-        "syscalls:sys_enter_nonexistent", "on_sys_enter_clone", raw=False, needs_syscall_timing=True
+        "syscalls:sys_enter_nonexistent", "on_sys_enter_clone", raw=False, only_for_timing=True
     )
     monkeypatch.setattr(bpf_loader, "PROBES", (*bpf_loader.PROBES, broken))
     probe = bpf_loader.load(Config())

@@ -3,7 +3,8 @@
  * can drive load.
  *
  *   creator MODE COUNT [options] NAME_HEX...
- *     MODE         fork | vfork | clone3 | spawn | thread
+ *     MODE         fork | vfork | clone3 | spawn | thread, or badclone3 (a clone3 call that
+ *                  fails with EINVAL: its args are too short)
  *     COUNT        creations per name
  *     NAME_HEX     each name, hex-encoded (any bytes but NUL); the creator sets its own comm to
  *                  it with prctl(PR_SET_NAME) and then makes COUNT creations under it
@@ -15,10 +16,12 @@
  *                          counted under a test name
  *     --generate K         the one NAME_HEX is a prefix: use K names, prefix + a counter
  *                          (cut to 15 bytes), without putting K names on the command line
+ *     --tolerate-failures  count failed creations instead of stopping at the first one
  *     --wait               print "ready" and wait for a line on stdin before creating;
  *                          after "done", stay alive until stdin closes
  *
- * Prints "done N" with N the creations made. Exits 1 on any failed creation.
+ * Prints "done N" with N the creations made (with --tolerate-failures: "done N failed M").
+ * Exits 1 on any failed creation otherwise (badclone3 must fail with EINVAL).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -116,6 +119,12 @@ static pid_t create_one(const char *mode)
         pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
         if (pid == 0)
             child_body();
+    } else if (!strcmp(mode, "badclone3")) {
+        struct clone_args args;
+        memset(&args, 0, sizeof(args));
+        if (syscall(SYS_clone3, &args, 8) != -1 || errno != EINVAL)
+            die("badclone3 did not fail with EINVAL");
+        return 0;
     } else if (!strcmp(mode, "spawn")) {
         char *argv[] = {(char *)exec_path, NULL};
         int err = posix_spawn(&pid, exec_path, NULL, NULL, argv, environ);
@@ -155,7 +164,7 @@ int main(int argc, char **argv)
     const char *mode = argv[1];
     long count = strtol(argv[2], NULL, 10);
     const char *exit_name = NULL;
-    int together = 0, wait_go = 0, first_name = 3;
+    int together = 0, wait_go = 0, tolerate = 0, first_name = 3;
     long generate = 0;
 
     for (; first_name < argc && !strncmp(argv[first_name], "--", 2); first_name++) {
@@ -164,6 +173,8 @@ int main(int argc, char **argv)
             together = 1;
         else if (!strcmp(opt, "--wait"))
             wait_go = 1;
+        else if (!strcmp(opt, "--tolerate-failures"))
+            tolerate = 1;
         else if (!strcmp(opt, "--child-sleep-ms") && first_name + 1 < argc)
             child_sleep_ms = atoi(argv[++first_name]);
         else if (!strcmp(opt, "--exec") && first_name + 1 < argc)
@@ -185,7 +196,7 @@ int main(int argc, char **argv)
             return 1;
     }
     pid_t *pids = calloc((size_t)count, sizeof(pid_t));
-    long made = 0;
+    long made = 0, failed = 0;
     long names = generate ? generate : argc - first_name;
     if (generate && argc - first_name != 1)
         die("--generate takes exactly one NAME_HEX, the prefix");
@@ -196,12 +207,16 @@ int main(int argc, char **argv)
             set_name_hex(argv[first_name + n]);
         for (long i = 0; i < count; i++) {
             pid_t pid = create_one(mode);
+            pids[i] = pid;
+            if (pid < 0 && tolerate) {
+                failed++;
+                continue;
+            }
             if (pid < 0)
                 die(mode);
             made++;
             if (pid > 0 && !together)
                 reap(pid);
-            pids[i] = pid;
         }
         for (long i = 0; together && i < count; i++)
             if (pids[i] > 0)
@@ -209,7 +224,10 @@ int main(int argc, char **argv)
     }
     if (exit_name)
         set_name_hex(exit_name);
-    printf("done %ld\n", made);
+    if (tolerate)
+        printf("done %ld failed %ld\n", made, failed);
+    else
+        printf("done %ld\n", made);
     fflush(stdout);
     if (wait_go)
         while (getchar() != EOF)

@@ -16,6 +16,10 @@ class CommKey(ctypes.Structure):
     _fields_ = [("comm", ctypes.c_char * 16)]
 
 
+class FailureKey(ctypes.Structure):
+    _fields_ = [("comm", ctypes.c_char * 16), ("error", ctypes.c_uint)]
+
+
 class HistValue(ctypes.Structure):
     _fields_ = [("slots", ctypes.c_ulong * HIST_SLOTS), ("sum_ns", ctypes.c_ulong)]
 
@@ -69,3 +73,7 @@ def pair(comm: bytes, parent: bytes = b"") -> PairKey:
 
 def one(comm: bytes) -> CommKey:
     return CommKey(comm)
+
+
+def failure(comm: bytes, error: int) -> FailureKey:
+    return FailureKey(comm, error)

@@ -12,7 +12,7 @@ from procmond.collector import ProbeStatus, ProcmondCollector
 from procmond.config import Config
 from procmond.maps import Histogram, MapReader
 from procmond.metrics import COUNTERS, HISTOGRAMS, cumulative_buckets, series_budget
-from tests.unit.fakes import FakeHash, FakePerCpuArray, hist, one, pair
+from tests.unit.fakes import FakeHash, FakePerCpuArray, failure, hist, one, pair
 
 STATUS = ProbeStatus(
     {"sched_process_fork": True, "sys_enter_clone": False}, True, "9.9", "0.26.0", "6.18.0"
@@ -25,6 +25,7 @@ def tables(**overrides: Any) -> dict[str, Any]:
         "threads_created_total": FakeHash([(pair(b"java", b"systemd"), 7)]),
         "execs_total": FakeHash([(pair(b"cc1", b"make"), 12)], batch=False),
         "exits_total": FakeHash([(one(b"cc1"), 12)]),
+        "fork_failures_total": FakeHash([(failure(b"bomb", 11), 70), (failure(b"x", 4095), 1)]),
         "process_lifetime_seconds": FakeHash([(one(b"cc1"), hist({20: 2, 28: 1}, 300_000_000))]),
         "fork_duration_seconds": FakeHash([]),
         "inflight": FakeHash([], max_entries=16384),
@@ -54,6 +55,8 @@ def test_counters_carry_both_labels() -> None:
     assert m[("procmond_forks_total", (("comm", "make"), ("parent_comm", "bash")))] == 40
     assert m[("procmond_execs_total", (("comm", "cc1"), ("parent_comm", "make")))] == 12
     assert m[("procmond_exits_total", (("comm", "cc1"),))] == 12
+    assert m[("procmond_fork_failures_total", (("comm", "bomb"), ("error", "EAGAIN")))] == 70
+    assert m[("procmond_fork_failures_total", (("comm", "x"), ("error", "4095")))] == 1
     assert m[("procmond_scrape_success", ())] == 1
 
 
@@ -105,8 +108,13 @@ def test_dropped_labels_are_not_exposed() -> None:
         Config(labels=("comm",)),
     )
     assert m[("procmond_forks_total", (("comm", "bash"),))] == 3
-    m = scrape(tables(forks_total=FakeHash([(pair(b""), 9)])), Config(labels=()))
+    failures = FakeHash([(failure(b"", 11), 5)])
+    m = scrape(
+        tables(forks_total=FakeHash([(pair(b""), 9)]), fork_failures_total=failures),
+        Config(labels=()),
+    )
     assert m[("procmond_forks_total", ())] == 9
+    assert m[("procmond_fork_failures_total", (("error", "EAGAIN"),))] == 5  # error stays
 
 
 def test_histograms_off_means_no_histogram_families() -> None:

@@ -57,9 +57,10 @@ def test_without_bcc_one_sentence_with_the_fix(monkeypatch: pytest.MonkeyPatch) 
     assert "apt-get install python3-bpfcc" in caught.value.hint
 
 
-def test_syscall_probes_only_when_something_uses_them() -> None:
+def test_syscall_entry_probes_only_when_something_uses_them() -> None:
     names = {p.name for p in bpf_loader.wanted_probes(Config(histograms=False), watch=False)}
-    assert names == {"sched_process_fork", "sched_process_exec", "sched_process_exit"}
+    exits = {f"sys_exit_{call}" for call in ("clone", "clone3", "fork", "vfork")}
+    assert names == {"sched_process_fork", "sched_process_exec", "sched_process_exit"} | exits
     assert len(bpf_loader.wanted_probes(Config(histograms=False), watch=True)) == 11
     assert len(bpf_loader.wanted_probes(Config(), watch=False)) == 11
 
