@@ -84,14 +84,21 @@ class Prometheus:
 
 
 def start_prometheus(
-    tmp: Path, targets: list[str], rule_files: list[Path], ready_timeout: float = 30
+    tmp: Path,
+    targets: list[str],
+    rule_files: list[Path],
+    ready_timeout: float = 30,
+    job_settings: dict[str, Any] | None = None,
 ) -> Prometheus:
     """Prometheus on a free loopback port with its own storage under tmp, scraping targets
-    in job "procmond" and evaluating rule_files every second."""
+    in job "procmond" (with job_settings, e.g. scheme and tls_config, added to that job) and
+    evaluating rule_files every second."""
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
+        "scrape_configs": [
+            {"job_name": JOB, "static_configs": [{"targets": targets}], **(job_settings or {})}
+        ],
     }
     config_path = tmp / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))

@@ -14,6 +14,7 @@ import bcrypt
 import pytest
 
 from tests.e2e.harness import Daemon, free_port, procmond, start_daemon
+from tests.e2e.prom_harness import start_prometheus
 from tests.e2e.tls import Certs, make_certs
 
 PASSWORD = "s3cret: with colon"
@@ -152,3 +153,26 @@ def test_bad_web_config_exits_78(tmp_path: Path, certs: Certs, text: str, messag
         assert result.returncode == 78, result.stderr
         assert message in result.stderr and str(web) in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_prometheus_scrapes_over_tls_with_basic_auth(
+    tls_daemon: Daemon, certs: Certs, tmp_path: Path
+) -> None:
+    settings = {
+        "scheme": "https",
+        "tls_config": {"ca_file": str(certs.ca)},
+        "basic_auth": {"username": "prometheus", "password": PASSWORD},
+    }
+    prometheus = start_prometheus(
+        tmp_path, [f"127.0.0.1:{tls_daemon.port}"], [], job_settings=settings
+    )
+    try:
+        up = prometheus.wait_until(
+            "Prometheus scraped procmond over TLS",
+            lambda: prometheus.query('up{job="procmond"} == 1'),
+            timeout=30,
+        )
+        assert up
+        assert prometheus.query('procmond_build_info{job="procmond"}')
+    finally:
+        prometheus.stop()
