@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+import yaml
 
 from tests.e2e.harness import Daemon, free_port, procmond, start_daemon
 from tests.e2e.prom_harness import start_prometheus
@@ -176,3 +179,23 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(
         assert prometheus.query('procmond_build_info{job="procmond"}')
     finally:
         prometheus.stop()
+
+
+def test_readme_tls_scrape_example_passes_promtool(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    (block,) = [
+        b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "scheme: https" in b
+    ]
+    job = yaml.safe_load(block)["scrape_configs"][0]
+    job["tls_config"]["ca_file"] = str(tmp_path / "ca.crt")
+    job["basic_auth"]["password_file"] = str(tmp_path / "password")
+    (tmp_path / "ca.crt").write_text("")
+    (tmp_path / "password").write_text("x\n")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({"scrape_configs": [job]}))
+    result = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
