@@ -221,9 +221,21 @@ def test_fork_storm_alert_fires_naming_the_command(stack: Stack, creator: Path) 
 
 def test_every_dashboard_query_runs_and_returns_data(stack: Stack, creator: Path) -> None:
     prometheus = stack.prometheus
-    names = [unique_name(p) for p in ("dthr", "dspawn")]
+    names = [unique_name(p) for p in ("dthr", "dspawn", "dfail")]
     run_creator(creator, "thread", 20_000, names[:1])
-    run_creator(creator, "spawn", 300, names[1:])
+    run_creator(creator, "spawn", 300, names[1:2])
+    # Failed calls (clone3 with EINVAL) for the failed-calls panel: a first one makes the
+    # series, more once Prometheus has it, so that its rate is above 0.
+    failing = names[2].decode()
+    failed_calls = f'procmond_fork_failures_total{{comm="{failing}", error="EINVAL"}}'
+    run_creator(creator, "badclone3", 1, names[2:])
+    prometheus.wait_until(f"{failed_calls} scraped", lambda: prometheus.query(failed_calls), 30)
+    run_creator(creator, "badclone3", 300, names[2:])
+    prometheus.wait_until(
+        f"{failed_calls} rising",
+        lambda: prometheus.query(f"rate({failed_calls}[1m]) > 0"),
+        30,
+    )
     # A storm for the alert panels: ProcmondForkStorm fires for it, so ALERTS has data.
     storm = start_creator(creator, "fork", STORM_MAX_FORKS, stack.dash)
     try:
@@ -259,6 +271,14 @@ def test_every_dashboard_query_runs_and_returns_data(stack: Stack, creator: Path
             if answer["status"] != "success" or not answer["data"]["result"]:
                 failures.append(f"{q.panel} [{q.ref_id}] as a range query: {answer}\n  {expr}")
     assert not failures, "\n".join(failures)
+
+    # The failed-calls panel shows the test's failing command, by error.
+    (panel,) = [q for q in queries if "procmond_fork_failures_total" in q.expr]
+    shown = prometheus.query(shipped.substitute(panel.expr, variables))
+    assert any(
+        r["metric"] == {"comm": failing, "error": "EINVAL"} and float(r["value"][1]) > 0
+        for r in shown
+    ), shown
 
     # The instance variable's query, as Grafana runs label_values(metric, label).
     instance = next(v for v in dashboard["templating"]["list"] if v["name"] == "instance")

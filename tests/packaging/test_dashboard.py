@@ -99,6 +99,7 @@ def test_it_lists_procmond_alerts_and_has_the_required_views() -> None:
     assert any(e.startswith('ALERTS{alertname=~"Procmond.*"') for e in exprs)
     assert any("topk" in e and "by (comm)" in e and "forks" in e for e in exprs)
     assert any("topk" in e and "by (parent_comm)" in e for e in exprs)
+    assert any("topk" in e and "by (comm, error)" in e and "fork_failures" in e for e in exprs)
     assert any("histogram_quantile(0.99" in e and "lifetime" in e for e in exprs)
     assert any("histogram_quantile(0.99" in e and "fork_duration" in e for e in exprs)
     heatmaps = [p for p in db.panels(db.load()) if p["type"] == "heatmap"]
