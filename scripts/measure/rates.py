@@ -26,11 +26,9 @@ COUNTERS = (
     "procmond_threads_created_total",
     "procmond_execs_total",
     "procmond_exits_total",
+    "procmond_fork_failures_total",  # summed over errors
 )
 LIFETIME = "procmond_process_lifetime_seconds_bucket"
-# Every clone/clone3/fork/vfork call is timed, successful or not: calls minus creations are
-# the calls that failed (EAGAIN from pids.max, RLIMIT_NPROC, threads-max, ...).
-CALLS = "procmond_fork_duration_seconds_count"
 # Exits of processes that lived at most this long, by bucket bound (seconds, as exposed).
 SHORT_LIVED_BOUNDS = ("0.001048576", "0.004194304", "0.016777216")
 
@@ -47,10 +45,6 @@ def scrape(url: str) -> tuple[float, Sample]:
         for s in family.samples:
             if s.name in COUNTERS:
                 values[(s.name, s.labels.get("comm", ""))] += s.value
-                if s.name in COUNTERS[:2]:
-                    values[("creation_calls_failed", s.labels.get("comm", ""))] -= s.value
-            elif s.name == CALLS:
-                values[("creation_calls_failed", s.labels["comm"])] += s.value
             elif s.name == LIFETIME and s.labels["le"] in SHORT_LIVED_BOUNDS:
                 values[(f"short_lived_le_{s.labels['le']}", s.labels["comm"])] += s.value
     return now, values
