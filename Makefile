@@ -1,5 +1,5 @@
 # Thin aliases for scripts/dev.sh (which also works where make is not installed).
-.PHONY: run test setup
+.PHONY: run test setup bench
 
 run:
 	./scripts/dev.sh run
@@ -9,3 +9,6 @@ test:
 
 setup:
 	./scripts/dev.sh setup --test
+
+bench:
+	./scripts/dev.sh bench
