@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5)")
     parser.add_argument("--seconds", type=float, help="load per path per round (default 3)")
+    parser.add_argument(
+        "--cost-seconds", type=float, help="load per path for the BPF timing (default 1)"
+    )
     parser.add_argument("--workers", type=int, help="load processes (default: one per core)")
     parser.add_argument("--series", type=int, help="series for the scrape test (default 10000)")
     parser.add_argument("--scrapes", type=int, help="scrapes timed (default 200)")
@@ -44,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(CONFIGURATIONS),
         help=f"comma-separated subset of {','.join(CONFIGURATIONS)}",
     )
-    parser.add_argument("--skip", default="", help="phases to skip: throughput,scrape,soak")
+    parser.add_argument("--skip", default="", help="phases to skip: throughput,cost,scrape,soak")
     parser.add_argument("--out", type=Path, default=HERE / "out", help="where the JSON goes")
     parser.add_argument(
         "--results",
@@ -57,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = {
         "rounds": 1 if quick else 5,
         "seconds": 0.3 if quick else 3.0,
+        "cost_seconds": 0.2 if quick else 1.0,
         "workers": os.cpu_count() or 1,
         "series": 500 if quick else 10_000,
         "scrapes": 10 if quick else 200,
@@ -155,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.workers,
                 settle,
                 log,
+            )
+        if "cost" not in skip:
+            log("probe cost: BPF run time per creation")
+            results["probe_cost"] = phases.probe_cost(
+                gen, workdir, args.config_list, args.cost_seconds, args.workers, log
             )
         if "scrape" not in skip:
             log(f"scrape: {args.series:,} series, {args.scrapes} scrapes")

@@ -129,6 +129,10 @@ class Configuration:
         """After stop(): creations seen per command name; None if it counts nothing."""
         return None
 
+    def overflowed(self, comm: str) -> int | None:
+        """Events sent to the overflow counter while ``comm``'s load ran; None: no such thing."""
+        return None
+
     def lost(self) -> int | None:
         """After stop(): events the process itself reported lost; None if it cannot tell."""
         return None
@@ -145,8 +149,9 @@ class Daemon(Configuration):
         self.port = free_port()
         self.config_text = config_text
         self.log_path = workdir / f"procmond-{self.port}.log"
-        self._before: dict[str, float] = {}
+        self._before: dict[str, tuple[float, float]] = {}
         self._counted: dict[str, int] = {}
+        self._overflowed: dict[str, int] = {}
 
     @property
     def url(self) -> str:
@@ -179,24 +184,39 @@ class Daemon(Configuration):
         with urllib.request.urlopen(self.url, timeout=30) as response:
             return response.read().decode()
 
-    def creations(self, comm: str, path: str) -> float:
-        """procmond's count for this command and path, summed over parent_comm."""
+    def creations(self, comm: str, path: str) -> tuple[float, float]:
+        """procmond's count for this command and path, summed over parent_comm, and its
+        overflow count for that map. Fails if the scrape could not read every map."""
         metric = DAEMON_METRIC[path]
-        total = 0.0
+        map_name = metric.removeprefix("procmond_")
+        total = overflow = 0.0
         for family in text_string_to_metric_families(self.scrape_text()):
             for sample in family.samples:
                 if sample.name == metric and sample.labels.get("comm") == comm:
                     total += sample.value
-        return total
+                elif (
+                    sample.name == "procmond_map_overflow_events_total"
+                    and sample.labels.get("map") == map_name
+                ):
+                    overflow = sample.value
+                elif sample.name == "procmond_scrape_success" and sample.value != 1:
+                    raise RuntimeError(f"procmond could not read its maps: {self.log()}")
+        return total, overflow
 
     def before_load(self, comm: str, path: str) -> None:
         self._before[comm] = self.creations(comm, path)
 
     def after_load(self, comm: str, path: str) -> None:
-        self._counted[comm] = int(self.creations(comm, path) - self._before.pop(comm))
+        count, overflow = self.creations(comm, path)
+        count_before, overflow_before = self._before.pop(comm)
+        self._counted[comm] = int(count - count_before)
+        self._overflowed[comm] = int(overflow - overflow_before)
 
     def counted(self) -> dict[str, int]:
         return dict(self._counted)
+
+    def overflowed(self, comm: str) -> int | None:
+        return self._overflowed.get(comm)
 
 
 class Prototype(Configuration):

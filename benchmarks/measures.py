@@ -3,13 +3,15 @@ time one HTTP scrape takes, and the statistics the report is made of."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import http.client
 import math
 import os
 import re
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +42,14 @@ def cpu_ns(pid: int) -> int:
 
 @dataclass(frozen=True)
 class Memory:
-    """Resident memory in KiB, as /proc/PID/status reports it."""
+    """Resident memory in KiB, as /proc/PID/status reports it, and the proportional set size:
+    RSS counts a page shared with other processes (the Python binary, libc, and any library
+    that another process on the host maps) in full, PSS only its share."""
 
     rss_kib: int
     anon_kib: int
     file_kib: int
+    pss_kib: int
 
     @property
     def rss_mib(self) -> float:
@@ -61,7 +66,10 @@ def memory(pid: int) -> Memory:
         key, _, rest = line.partition(":")
         if key in ("VmRSS", "RssAnon", "RssFile"):
             values[key] = int(rest.split()[0])
-    return Memory(values["VmRSS"], values["RssAnon"], values["RssFile"])
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            values["Pss"] = int(line.split()[1])
+    return Memory(values["VmRSS"], values["RssAnon"], values["RssFile"], values["Pss"])
 
 
 _MAPPING_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
@@ -100,6 +108,49 @@ def wait_idle(
             break
         before = now
     return time.monotonic() - start
+
+
+SYS_BPF = 321  # x86_64
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
+
+
+@contextlib.contextmanager
+def bpf_run_time_stats() -> Iterator[None]:
+    """Have the kernel time every BPF program run while the block runs (BPF_ENABLE_STATS, 5.8+).
+
+    Held as a file descriptor, so the kernel turns it off again even if this process dies.
+    It costs two clock reads per program run, so it stays off while throughput is measured.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.c_uint32(BPF_STATS_RUN_TIME)
+    fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "bpf(BPF_ENABLE_STATS)")
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def bpf_program_stats(pid: int) -> dict[int, tuple[int, int]]:
+    """{program id: (run_time_ns, run_cnt)} of the BPF programs the process holds, from
+    /proc/PID/fdinfo (no bpftool needed)."""
+    programs: dict[int, tuple[int, int]] = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:bpf-prog":
+                continue
+            info = dict(
+                line.split(":", 1)
+                for line in Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text().splitlines()
+                if ":" in line
+            )
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if "run_time_ns" in info:
+            programs[int(info["prog_id"])] = (int(info["run_time_ns"]), int(info["run_cnt"]))
+    return programs
 
 
 # What Prometheus 2.x sends: it prefers OpenMetrics and always accepts gzip.

@@ -35,6 +35,9 @@ class Run:
     cpu_seconds: float | None  # the configuration's process, utime+stime, load + drain
     drain_seconds: float  # how long it stayed busy after the load ended
     counted: int | None = None  # what it saw under comm; None if it counts nothing
+    # procmond only: events its map sent to __overflow__ during the load (from any process on
+    # the host: a map filled by the host's other commands counts a new name there, by design)
+    overflowed: int | None = None
 
 
 def throughput(
@@ -107,7 +110,64 @@ def _one_load(
     drained = measures.wait_idle(pid) if pid else 0.0
     cpu = measures.cpu_seconds(pid) - cpu_before if pid and cpu_before is not None else None
     config.after_load(comm, path)
-    return Run(round_, config.name, path, comm, load.created, load.seconds, load.rate, cpu, drained)
+    return Run(
+        round_,
+        config.name,
+        path,
+        comm,
+        load.created,
+        load.seconds,
+        load.rate,
+        cpu,
+        drained,
+        overflowed=config.overflowed(comm),
+    )
+
+
+def probe_cost(
+    gen: LoadGenerator,
+    workdir: Path,
+    configs: list[str],
+    seconds: float,
+    workers: int,
+    log: Log,
+) -> dict[str, object]:
+    """The CPU time each configuration's BPF programs add to every creation, as the kernel
+    times them: a figure the machine's noise cannot blur, unlike a throughput ratio. Run
+    apart, as the timing itself costs a little on every program run."""
+    out: dict[str, object] = {}
+    with measures.bpf_run_time_stats():
+        for name in configs:
+            if name == "none":
+                continue
+            config = CONFIGURATIONS[name](workdir)
+            config.start(0.0)
+            assert config.pid is not None
+            per_path = {}
+            try:
+                for path in PATHS:
+                    before = measures.bpf_program_stats(config.pid)
+                    load = gen.burst(path, seconds, workers, unique_comm(path[:2]))
+                    after = measures.bpf_program_stats(config.pid)
+                    ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
+                    runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
+                    per_path[path] = {
+                        "created": load.created,
+                        "rate": load.rate,
+                        "programs": len(after),
+                        "bpf_ns": ns,
+                        "bpf_runs": runs,
+                        "bpf_ns_per_creation": ns / load.created,
+                        "bpf_runs_per_creation": runs / load.created,
+                    }
+            finally:
+                config.stop()
+            out[name] = per_path
+            log(
+                f"probe cost {name:9}: "
+                + ", ".join(f"{p} {v['bpf_ns_per_creation']:,.0f} ns" for p, v in per_path.items())
+            )
+    return out
 
 
 def scrape_latency(

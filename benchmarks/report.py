@@ -46,6 +46,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if "throughput" in results:
         summary.update(_throughput(results["throughput"]))
+    if "probe_cost" in results:
+        summary["probe_cost"] = _probe_cost(
+            results["probe_cost"], summary.get("rates", {}).get("none", {}), results
+        )
     if "scrape" in results:
         scrape = results["scrape"]
         summary["scrape"] = {
@@ -103,16 +107,9 @@ def _throughput(data: dict[str, Any]) -> dict[str, Any]:
                     ]
                 )
         if runs and by_run[(rounds[0], config, PATHS[0])]["counted"] is not None:
-            events[config] = {}
-            for path in PATHS:
-                mine = [by_run[(n, config, path)] for n in rounds]
-                created = sum(r["created"] for r in mine)
-                counted = sum(r["counted"] for r in mine)
-                events[config][path] = {
-                    "created": created,
-                    "counted": counted,
-                    "missed": created - counted,
-                }
+            events[config] = {
+                path: _events([by_run[(n, config, path)] for n in rounds]) for path in PATHS
+            }
     starts: dict[str, dict[str, float]] = {}
     for (config,), rows in _by(data["starts"], "config").items():
         starts[config] = {
@@ -120,6 +117,7 @@ def _throughput(data: dict[str, Any]) -> dict[str, Any]:
             "rss_mib": median([r["rss_kib"] / 1024 for r in rows]),
             "anon_mib": median([r["anon_kib"] / 1024 for r in rows]),
             "file_mib": median([r["file_kib"] / 1024 for r in rows]),
+            "pss_mib": median([r["pss_kib"] / 1024 for r in rows]),
         }
     lost = {
         config: sum(r["lost"] for r in rows)
@@ -134,6 +132,46 @@ def _throughput(data: dict[str, Any]) -> dict[str, Any]:
         "events": events,
         "lost_reported": lost,
         "starts": starts,
+    }
+
+
+def _probe_cost(
+    data: dict[str, Any], none_rates: dict[str, float], results: dict[str, Any]
+) -> dict[str, Any]:
+    """BPF time per creation, and the throughput ratio it implies: each of the W workers
+    spends W / rate seconds per creation without a probe, and the probe adds its time."""
+    workers = results["parameters"]["workers"]
+    out: dict[str, Any] = {}
+    for config, paths in data.items():
+        out[config] = {}
+        for path, cost in paths.items():
+            ns = cost["bpf_ns_per_creation"]
+            base = none_rates.get(path)
+            out[config][path] = {
+                "ns_per_creation": ns,
+                "runs_per_creation": cost["bpf_runs_per_creation"],
+                "implied_ratio": 1 / (1 + ns * base / (workers * 1e9)) if base else None,
+            }
+    return out
+
+
+def _events(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Created, counted and missed over the rounds. Events that procmond counted under
+    ``__overflow__`` because the host's other commands had filled its map are not missed
+    (its totals stay exact by design): a run's shortfall up to the overflow counter's
+    increase during it is put there instead."""
+    created = counted = overflow = 0
+    for run in runs:
+        created += run["created"]
+        counted += run["counted"]
+        short = run["created"] - run["counted"]
+        if short > 0 and run.get("overflowed"):
+            overflow += min(short, run["overflowed"])
+    return {
+        "created": created,
+        "counted": counted,
+        "overflow": overflow,
+        "missed": created - counted - overflow,
     }
 
 
@@ -315,6 +353,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     )
     if "rates" in summary:
         out += _throughput_tables(summary)
+    if "probe_cost" in summary:
+        out += _probe_cost_table(summary)
     if "scrape" in summary:
         s = summary["scrape"]
         out += [
@@ -401,6 +441,8 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
                     cell += " (blind)"
                 elif e["missed"]:
                     cell += f" (**{e['missed']:,} missed**)"
+                if e["overflow"]:
+                    cell += f" ({e['overflow']:,} under `__overflow__`: map full)"
                 row.append(cell)
             row.append(_num(summary["lost_reported"].get(config, math.nan)))
             rows.append(row)
@@ -417,7 +459,7 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
         "",
     ]
     out += _table(
-        ["configuration", "start → ready", "RSS", "anonymous", "file-backed"],
+        ["configuration", "start → ready", "RSS", "anonymous", "file-backed", "PSS"],
         [
             [
                 LABELS[c],
@@ -425,10 +467,35 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
                 f"{s['rss_mib']:.1f} MiB",
                 f"{s['anon_mib']:.1f} MiB",
                 f"{s['file_mib']:.1f} MiB",
+                f"{s['pss_mib']:.1f} MiB",
             ]
             for c, s in starts.items()
         ],
     )
+    return out
+
+
+def _probe_cost_table(summary: dict[str, Any]) -> list[str]:
+    cost = summary["probe_cost"]
+    out = [
+        "",
+        "## BPF time per creation, as the kernel times it (BPF_ENABLE_STATS), and the "
+        "throughput ratio it implies (in brackets)",
+        "",
+        "All programs of the configuration, divided by the load's creations; other processes' "
+        "creations meanwhile add to it. Costs outside the programs (waking a reader, the "
+        "reader's own CPU) are not in it.",
+        "",
+    ]
+    rows = []
+    for config, paths in cost.items():
+        row = [LABELS[config]]
+        for path in PATHS:
+            c = paths[path]
+            ratio = "" if c["implied_ratio"] is None else f" ({c['implied_ratio']:.3f})"
+            row.append(f"{c['ns_per_creation']:,.0f} ns, {c['runs_per_creation']:.1f} runs{ratio}")
+        rows.append(row)
+    out += _table(["configuration", *PATHS], rows)
     return out
 
 
