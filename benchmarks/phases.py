@@ -33,6 +33,7 @@ class Run:
     seconds: float
     rate: float
     cpu_seconds: float | None  # the configuration's process, utime+stime, load + drain
+    cpu_ns: int | None  # the same from schedstat: ns-precise, but live threads only
     drain_seconds: float  # how long it stayed busy after the load ended
     counted: int | None = None  # what it saw under comm; None if it counts nothing
     # procmond only: events its map sent to __overflow__ during the load (from any process on
@@ -105,10 +106,12 @@ def _one_load(
     comm = unique_comm(path[:2])
     config.before_load(comm, path)
     pid = config.pid
-    cpu_before = measures.cpu_seconds(pid) if pid else None
+    cpu_before = measures.cpu_seconds(pid) if pid else 0.0
+    ns_before = measures.cpu_ns(pid) if pid else 0
     load = gen.burst(path, seconds, workers, comm)
     drained = measures.wait_idle(pid) if pid else 0.0
-    cpu = measures.cpu_seconds(pid) - cpu_before if pid and cpu_before is not None else None
+    cpu = measures.cpu_seconds(pid) - cpu_before if pid else None
+    ns = measures.cpu_ns(pid) - ns_before if pid else None
     config.after_load(comm, path)
     return Run(
         round_,
@@ -119,6 +122,7 @@ def _one_load(
         load.seconds,
         load.rate,
         cpu,
+        ns,
         drained,
         overflowed=config.overflowed(comm),
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.loadgen import PATHS
-from benchmarks.measures import median
+from benchmarks.measures import CLOCK_TICKS, median
 
 LABELS = {
     "none": "no probe",
@@ -91,12 +91,18 @@ def _throughput(data: dict[str, Any]) -> dict[str, Any]:
                 ]
             )
         if runs and by_run[(rounds[0], config, PATHS[0])]["cpu_seconds"] is not None:
-            per_round = []
+            per_round, per_round_ns, tick = [], [], []
             for n in rounds:
                 mine = [by_run[(n, config, p)] for p in PATHS]
                 created = sum(r["created"] for r in mine)
                 per_round.append(sum(r["cpu_seconds"] for r in mine) / created * 1e5)
-            cpu[config] = {"all": median(per_round)}
+                per_round_ns.append(sum(r["cpu_ns"] for r in mine) / 1e9 / created * 1e5)
+                tick.append(1 / CLOCK_TICKS / created * 1e5)
+            cpu[config] = {
+                "all": median(per_round),
+                "all_schedstat": median(per_round_ns),
+                "one_tick": median(tick),
+            }
             for path in PATHS:
                 cpu[config][path] = median(
                     [
@@ -417,11 +423,15 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
             "## CPU seconds of the monitoring process per 100,000 creations (utime+stime, "
             "during the load and until idle again; median of the rounds)",
             "",
+            "utime+stime come in clock ticks: one tick over a round's creations is "
+            + ", ".join(f"{cpu[c]['one_tick']:.4f} s ({LABELS[c]})" for c in configs if c in cpu)
+            + ". The schedstat column has nanoseconds, for the threads alive at the end.",
+            "",
         ]
         out += _table(
-            ["configuration", "all paths", *PATHS],
+            ["configuration", "all paths", "all paths, schedstat", *PATHS],
             [
-                [LABELS[c], *(_num(cpu[c][k], 4) for k in ("all", *PATHS))]
+                [LABELS[c], *(_num(cpu[c][k], 4) for k in ("all", "all_schedstat", *PATHS))]
                 for c in configs
                 if c in cpu
             ],

@@ -41,7 +41,8 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     table = result.stdout
     assert "## Targets" in table
-    for heading in ("Creations per second", "CPU seconds", "Events counted", "Scrape latency"):
+    headings = ("Creations per second", "CPU seconds", "Events counted", "BPF time", "Scrape")
+    for heading in headings:
         assert heading in table, heading
 
     (json_file,) = tmp_path.glob("bench-*-quick.json")
@@ -52,8 +53,10 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         assert set(summary["rates"][config]) == set(PATHS)
         assert all(rate > 0 for rate in summary["rates"][config].values())
     for config in ("procmond", "prototype", "watch"):
-        assert set(summary["cpu_seconds_per_100k"][config]) == {"all", *PATHS}
+        cpu = summary["cpu_seconds_per_100k"][config]
+        assert set(cpu) == {"all", "all_schedstat", "one_tick", *PATHS}
         assert set(summary["events"][config]) == set(PATHS)
+        assert set(summary["probe_cost"][config]) == set(PATHS)
         assert {"ready_seconds", "rss_mib", "anon_mib"} <= set(summary["starts"][config])
     assert set(summary["scrape"]["p99_ms"]) == {"plain", "prometheus"}
     assert "rss_growth_mib" in summary["soak"]
