@@ -111,6 +111,7 @@ def environment() -> dict[str, Any]:
         "libc": " ".join(platform.libc_ver()),
         "procmond": __version__,
         "commit": commit,
+        "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
     }
 
 
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    results["environment"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     summary = report.summarize(results)
     results["summary"] = summary
     text = report.markdown(results, summary)

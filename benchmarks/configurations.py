@@ -67,7 +67,8 @@ class Started:
 
     ready_seconds: float
     memory: measures.Memory | None
-    mappings: list[dict[str, object]]
+    mappings: list[dict[str, object]]  # the largest, by RSS
+    loader_file_kib: int | None  # compiler libraries' file pages still resident
 
 
 class Configuration:
@@ -90,10 +91,16 @@ class Configuration:
         self._launch()
         ready = time.monotonic() - started
         if self.pid is None:
-            return Started(ready, None, [])
+            return Started(ready, None, [], None)
         time.sleep(settle)
         self._check_alive()
-        return Started(ready, measures.memory(self.pid), measures.memory_by_mapping(self.pid))
+        mappings = measures.memory_by_mapping(self.pid)
+        loader = sum(
+            int(m["rss_kib"]) - int(m["anon_kib"])  # type: ignore[call-overload]
+            for m in mappings
+            if measures.LOADER_LIBRARIES.search(str(m["mapping"]))
+        )
+        return Started(ready, measures.memory(self.pid), mappings[:10], loader)
 
     def _launch(self) -> None:
         pass

@@ -73,10 +73,12 @@ def memory(pid: int) -> Memory:
 
 
 _MAPPING_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
+# BCC's compiler: needed to load the probe, never after (procmond/memory.py pages it out).
+LOADER_LIBRARIES = re.compile(r"/lib(LLVM|clang|clang-cpp|bcc)[-.][^/]*$")
 
 
-def memory_by_mapping(pid: int, top: int = 10) -> list[dict[str, object]]:
-    """The mappings holding the most resident memory (KiB), anonymous part apart: where the
+def memory_by_mapping(pid: int) -> list[dict[str, object]]:
+    """Resident memory (KiB) per mapped file, anonymous part apart, largest first: where the
     RSS of a process goes, so that a missed memory target comes with its cause."""
     rss: dict[str, int] = {}
     anon: dict[str, int] = {}
@@ -89,7 +91,7 @@ def memory_by_mapping(pid: int, top: int = 10) -> list[dict[str, object]]:
             rss[name] = rss.get(name, 0) + int(line.split()[1])
         elif line.startswith("Anonymous:"):
             anon[name] = anon.get(name, 0) + int(line.split()[1])
-    biggest = sorted(rss, key=lambda n: rss[n], reverse=True)[:top]
+    biggest = sorted(rss, key=lambda n: rss[n], reverse=True)
     return [{"mapping": n, "rss_kib": rss[n], "anon_kib": anon.get(n, 0)} for n in biggest]
 
 

@@ -55,37 +55,43 @@ def throughput(
     starts: list[dict[str, object]] = []
     lost: list[dict[str, object]] = []
     mappings: dict[str, list[dict[str, object]]] = {}
-    for round_ in range(rounds):
-        for name in configs:
-            config = CONFIGURATIONS[name](workdir)
-            started = config.start(settle)
-            if started.memory is not None:
-                starts.append(
-                    {
-                        "round": round_,
-                        "config": name,
-                        "ready_seconds": started.ready_seconds,
-                        **asdict(started.memory),
-                    }
-                )
-                mappings[name] = started.mappings
-            this_round: list[Run] = []
-            try:
-                for path in PATHS:
-                    this_round.append(_one_load(gen, config, round_, path, seconds, workers))
-            finally:
-                config.stop()
-            counted = config.counted()
-            for run in this_round:
-                run.counted = None if counted is None else counted.get(run.comm, 0)
-            if config.lost() is not None:
-                lost.append({"round": round_, "config": name, "lost": config.lost()})
-            runs += this_round
-            log(
-                f"round {round_ + 1}/{rounds} {name:9}: "
-                + ", ".join(f"{r.path} {r.rate:,.0f}/s" for r in this_round)
+    # ABCD ABCD ... A: the closing "none" brackets the last round, so every round has a
+    # no-probe run on each side to interpolate its baseline from (report.py).
+    schedule = [(r, name) for r in range(rounds) for name in configs]
+    if "none" in configs and len(configs) > 1:
+        schedule.append((rounds, "none"))
+    for round_, name in schedule:
+        config = CONFIGURATIONS[name](workdir)
+        started = config.start(settle)
+        if started.memory is not None:
+            starts.append(
+                {
+                    "round": round_,
+                    "config": name,
+                    "ready_seconds": started.ready_seconds,
+                    "loader_file_kib": started.loader_file_kib,
+                    **asdict(started.memory),
+                }
             )
+            mappings[name] = started.mappings
+        this_round: list[Run] = []
+        try:
+            for path in PATHS:
+                this_round.append(_one_load(gen, config, round_, path, seconds, workers))
+        finally:
+            config.stop()
+        counted = config.counted()
+        for run in this_round:
+            run.counted = None if counted is None else counted.get(run.comm, 0)
+        if config.lost() is not None:
+            lost.append({"round": round_, "config": name, "lost": config.lost()})
+        runs += this_round
+        log(
+            f"round {min(round_ + 1, rounds)}/{rounds} {name:9}: "
+            + ", ".join(f"{r.path} {r.rate:,.0f}/s" for r in this_round)
+        )
     return {
+        "configs": configs,
         "runs": [asdict(r) for r in runs],
         "starts": starts,
         "lost": lost,
@@ -248,7 +254,8 @@ def soak(
     scrapes = 0
     try:
         time.sleep(warmup)
-        daemon.scrape_text()  # the first scrape's allocations are start-up, not growth
+        # The first scrape's allocations are start-up, not growth.
+        entries = _map_entries(daemon.scrape_text())
         start = time.monotonic()
         next_scrape = start + scrape_interval
         for k in range(samples + 1):
@@ -256,7 +263,7 @@ def soak(
             while True:
                 now = time.monotonic()
                 if next_scrape <= min(due, now):
-                    daemon.scrape_text()
+                    entries = _map_entries(daemon.scrape_text())
                     scrapes += 1
                     next_scrape += scrape_interval
                     continue
@@ -270,6 +277,7 @@ def soak(
                     "rss_kib": memory.rss_kib,
                     "anon_kib": memory.anon_kib,
                     "cpu_seconds": measures.cpu_seconds(pid),
+                    "map_entries": entries,
                 }
             )
             if k and k % max(1, samples // 10) == 0:
@@ -289,3 +297,13 @@ def soak(
         "load_seconds": made.seconds,
         "points": points,
     }
+
+
+def _map_entries(exposition: str) -> int:
+    """Label sets in all of procmond's maps: its memory at scrape time grows with them, and
+    on a host whose other programs keep making new command names, they grow."""
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in exposition.splitlines()
+        if line.startswith("procmond_map_entries{")
+    )
