@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5)")
     parser.add_argument("--seconds", type=float, help="load per path per round (default 3)")
     parser.add_argument(
+        "--syscall-seconds", type=float, help="getppid() load per round (default 1)"
+    )
+    parser.add_argument(
         "--cost-seconds", type=float, help="load per path for the BPF timing (default 1)"
     )
     parser.add_argument("--workers", type=int, help="load processes (default: one per core)")
@@ -61,6 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "rounds": 1 if quick else 5,
         "seconds": 0.3 if quick else 3.0,
         "cost_seconds": 0.2 if quick else 1.0,
+        "syscall_seconds": 0.2 if quick else 1.0,
         "workers": os.cpu_count() or 1,
         "series": 500 if quick else 10_000,
         "scrapes": 10 if quick else 200,
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.config_list,
                 args.rounds,
                 args.seconds,
+                args.syscall_seconds,
                 args.workers,
                 settle,
                 log,

@@ -10,6 +10,10 @@
  *       one process renames itself COUNT times (PREFIX + a decimal index) and forks once under
  *       each name; the children rename to EXIT_NAME before exiting, so each name makes one
  *       procmond_forks_total series and nothing else.
+ *   loadgen syscalls SECONDS WORKERS
+ *       WORKERS processes calling getppid() back to back for SECONDS: what any syscall costs
+ *       while a probe is attached to syscall tracepoints (those put every task on the
+ *       kernel's syscall-tracing path, not only the callers of the traced syscalls).
  *   loadgen steady SECONDS RATE NAMES NAME_HEX
  *       one process, RATE creations a second for SECONDS, cycling fork, vfork, clone3, spawn
  *       and thread, and cycling through NAMES names (NAME + a decimal index).
@@ -37,8 +41,9 @@
 
 extern char **environ;
 
-enum mode { FORK, VFORK, CLONE3, SPAWN, THREAD, MODE_COUNT };
-static const char *const MODE_NAMES[MODE_COUNT] = {"fork", "vfork", "clone3", "spawn", "thread"};
+enum mode { FORK, VFORK, CLONE3, SPAWN, THREAD, MODE_COUNT, SYSCALLS = MODE_COUNT };
+static const char *const MODE_NAMES[MODE_COUNT + 1] = {"fork",  "vfork",  "clone3",
+                                                       "spawn", "thread", "syscalls"};
 
 struct worker_result {
     long created;
@@ -158,13 +163,12 @@ static void create_one(enum mode mode, const char *exit_name)
     reap(pid);
 }
 
-static int burst(int argc, char **argv)
+static int burst(int argc, char **argv, enum mode mode)
 {
     if (argc != 6) {
         fprintf(stderr, "usage: loadgen burst MODE SECONDS WORKERS NAME_HEX\n");
         return 2;
     }
-    enum mode mode = parse_mode(argv[2]);
     double seconds = atof(argv[3]);
     int workers = atoi(argv[4]);
     char name[16];
@@ -196,10 +200,18 @@ static int burst(int argc, char **argv)
             r->start = now();
             double deadline = r->start + seconds;
             long made = 0;
-            do {
-                create_one(mode, NULL);
-                made++;
-            } while (now() < deadline);
+            if (mode == SYSCALLS) {
+                do { /* 1,000 calls between clock reads: the clock would cost as much */
+                    for (int i = 0; i < 1000; i++)
+                        syscall(SYS_getppid);
+                    made += 1000;
+                } while (now() < deadline);
+            } else {
+                do {
+                    create_one(mode, NULL);
+                    made++;
+                } while (now() < deadline);
+            }
             r->end = now();
             r->created = made;
             _exit(0);
@@ -308,12 +320,16 @@ static int steady(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    if (argc >= 2 && !strcmp(argv[1], "burst"))
-        return burst(argc, argv);
+    if (argc >= 3 && !strcmp(argv[1], "burst"))
+        return burst(argc, argv, parse_mode(argv[2]));
+    if (argc == 4 && !strcmp(argv[1], "syscalls")) {
+        char *args[] = {argv[0], argv[1], "syscalls", argv[2], argv[3], "73797363616c6c73"};
+        return burst(6, args, SYSCALLS); /* named "syscalls" */
+    }
     if (argc >= 2 && !strcmp(argv[1], "names"))
         return names(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "steady"))
         return steady(argc, argv);
-    fprintf(stderr, "usage: loadgen burst|names|steady ...\n");
+    fprintf(stderr, "usage: loadgen burst|syscalls|names|steady ...\n");
     return 2;
 }

@@ -58,6 +58,10 @@ class LoadGenerator:
             "burst", path, str(seconds), str(workers), comm.encode().hex(), timeout=seconds + 60
         )
 
+    def syscalls(self, seconds: float, workers: int) -> Load:
+        """``workers`` processes calling getppid() back to back: the cost of any syscall."""
+        return self._run("syscalls", str(seconds), str(workers), timeout=seconds + 60)
+
     def names(self, count: int, prefix: str, exit_name: str) -> Load:
         """One fork under each of ``count`` names: one procmond_forks_total series each."""
         return self._run(

@@ -47,11 +47,13 @@ def throughput(
     configs: list[str],
     rounds: int,
     seconds: float,
+    syscall_seconds: float,
     workers: int,
     settle: float,
     log: Log,
 ) -> dict[str, object]:
     runs: list[Run] = []
+    syscall_runs: list[dict[str, object]] = []
     starts: list[dict[str, object]] = []
     lost: list[dict[str, object]] = []
     mappings: dict[str, list[dict[str, object]]] = {}
@@ -78,6 +80,12 @@ def throughput(
         try:
             for path in PATHS:
                 this_round.append(_one_load(gen, config, round_, path, seconds, workers))
+            # Syscall tracepoints put every task on the kernel's syscall-tracing path: the
+            # cost lands on all syscalls of the host, not only on the creations.
+            load = gen.syscalls(syscall_seconds, workers)
+            syscall_runs.append(
+                {"round": round_, "config": name, "path": "getppid", "rate": load.rate}
+            )
         finally:
             config.stop()
         counted = config.counted()
@@ -87,12 +95,15 @@ def throughput(
             lost.append({"round": round_, "config": name, "lost": config.lost()})
         runs += this_round
         log(
-            f"round {min(round_ + 1, rounds)}/{rounds} {name:9}: "
+            (f"round {round_ + 1}/{rounds} {name:9}" if round_ < rounds else "closing none    ")
+            + ": "
             + ", ".join(f"{r.path} {r.rate:,.0f}/s" for r in this_round)
+            + f", getppid {syscall_runs[-1]['rate'] / 1e6:.1f} M/s"
         )
     return {
         "configs": configs,
         "runs": [asdict(r) for r in runs],
+        "syscall_runs": syscall_runs,
         "starts": starts,
         "lost": lost,
         "memory_by_mapping": mappings,

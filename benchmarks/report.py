@@ -43,7 +43,7 @@ def _by(rows: Iterable[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], lis
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """The figures, each the median over rounds (counts: the sum over rounds)."""
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"workers": results["parameters"]["workers"]}
     if "throughput" in results:
         summary.update(_throughput(results["throughput"]))
     if "probe_cost" in results:
@@ -116,6 +116,23 @@ def _throughput(data: dict[str, Any]) -> dict[str, Any]:
             events[config] = {
                 path: _events([by_run[(n, config, path)] for n in rounds]) for path in PATHS
             }
+    syscall_runs = data.get("syscall_runs", [])
+    by_syscall = {(r["round"], r["config"], r["path"]): r for r in syscall_runs}
+    syscalls = {
+        config: {
+            "rate": median([r["rate"] for r in syscall_runs if r["config"] == config]),
+            "ratio": median(
+                [
+                    by_syscall[(n, config, "getppid")]["rate"] / base
+                    for n in rounds
+                    if (n, config, "getppid") in by_syscall
+                    and (base := _baseline(by_syscall, configs, n, config, "getppid"))
+                ]
+            ),
+        }
+        for config in configs
+        if any(r["config"] == config for r in syscall_runs)
+    }
     starts: dict[str, dict[str, float]] = {}
     for (config,), rows in _by(data["starts"], "config").items():
         starts[config] = {
@@ -138,6 +155,7 @@ def _throughput(data: dict[str, Any]) -> dict[str, Any]:
         "cpu_seconds_per_100k": cpu,
         "events": events,
         "lost_reported": lost,
+        "syscalls": syscalls,
         "starts": starts,
     }
 
@@ -444,6 +462,30 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
             )
         rows.append(row)
     out += _table(["configuration", *PATHS], rows)
+    syscalls = summary.get("syscalls")
+    if syscalls:
+        workers = summary.get("workers", 1)
+        out += [
+            "",
+            "## Any syscall: getppid() calls per second (median; ratio to no probe), and the "
+            "time each takes",
+            "",
+            "A probe on a syscall tracepoint puts every task of the host on the kernel's "
+            "syscall-tracing path, so every syscall pays, not only the traced ones.",
+            "",
+        ]
+        out += _table(
+            ["configuration", "calls/s", "ratio", "ns per call"],
+            [
+                [
+                    LABELS[c],
+                    _num(s["rate"]),
+                    f"{s['ratio']:.3f}",
+                    f"{workers * 1e9 / s['rate']:.0f}" if s["rate"] else "n/a",
+                ]
+                for c, s in syscalls.items()
+            ],
+        )
     cpu = summary["cpu_seconds_per_100k"]
     if cpu:
         out += [

@@ -58,6 +58,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         assert set(summary["events"][config]) == set(PATHS)
         assert set(summary["probe_cost"][config]) == set(PATHS)
         assert {"ready_seconds", "rss_mib", "anon_mib"} <= set(summary["starts"][config])
+    assert set(summary["syscalls"]) == set(CONFIGS)
     assert set(summary["scrape"]["p99_ms"]) == {"plain", "prometheus"}
     assert "rss_growth_mib" in summary["soak"]
     targets = summary["targets"]
