@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(CONFIGURATIONS)}",
     )
     parser.add_argument("--skip", default="", help="phases to skip: throughput,cost,scrape,soak")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="only render the report again from a JSON file a run wrote (no root needed)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "out", help="where the JSON goes")
     parser.add_argument(
         "--results",
@@ -74,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.results is None and not quick:
+    if args.results is None and not quick and not args.from_json:
         args.results = HERE / "RESULTS.md"
     configs = [c for c in args.configs.split(",") if c]
     unknown = set(configs) - set(CONFIGURATIONS)
@@ -123,8 +128,22 @@ def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
+def render(results: dict[str, Any], results_path: Path | None) -> str:
+    """Figures and report from the raw results; the report also goes to ``results_path``."""
+    summary = report.summarize(results)
+    results["summary"] = summary
+    text = report.markdown(results, summary)
+    if results_path:
+        results_path.write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        print(render(results, args.results))
+        return 0
     if os.geteuid() != 0:
         print("bench: needs root (it loads BPF programs)", file=sys.stderr)
         return 1
@@ -191,16 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["environment"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
-    summary = report.summarize(results)
-    results["summary"] = summary
-    text = report.markdown(results, summary)
+    text = render(results, args.results)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = args.out / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     (args.out / "latest.json").write_text(json_path.read_text())
-    if args.results:
-        args.results.write_text(text)
     print(text)
     log(f"JSON: {json_path}" + (f"; report: {args.results}" if args.results else ""))
     return 0
