@@ -13,6 +13,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: needs root (it loads BPF programs)", file=sys.stderr)
         return 1
+    # SIGTERM unwinds like Ctrl-C, so that every probe the benchmark started is stopped.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     skip = set(args.skip.split(",")) - {""}
     settle = 0.2 if args.quick else 1.0
     command = "./scripts/dev.sh bench" + (

@@ -75,7 +75,6 @@ class Configuration:
     """Base: no process at all (the ``none`` configuration)."""
 
     name = "none"
-    description = "no probe"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -88,7 +87,11 @@ class Configuration:
     def start(self, settle: float) -> Started:
         """Start, wait until it serves or watches, then ``settle`` seconds for its memory."""
         started = time.monotonic()
-        self._launch()
+        try:
+            self._launch()
+        except BaseException:
+            self.kill()  # never leave a probe behind: it would weigh on every later figure
+            raise
         ready = time.monotonic() - started
         if self.pid is None:
             return Started(ready, None, [], None)
@@ -104,6 +107,11 @@ class Configuration:
 
     def _launch(self) -> None:
         pass
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def _check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
@@ -149,7 +157,6 @@ class Daemon(Configuration):
     """``procmond run`` with the default config but a free loopback port."""
 
     name = "procmond"
-    description = "procmond daemon, default config"
 
     def __init__(self, workdir: Path, config_text: str = "") -> None:
         super().__init__(workdir)
@@ -230,7 +237,6 @@ class Prototype(Configuration):
     """The baseline in prototype.py: a perf-buffer event per clone() to a Python callback."""
 
     name = "prototype"
-    description = "prototype: perf buffer event per clone() to Python, printed"
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
@@ -256,7 +262,11 @@ class Prototype(Configuration):
     def stop(self) -> None:
         assert self.process is not None and self.process.stderr is not None
         self.process.send_signal(signal.SIGTERM)
-        _, self._stderr = self.process.communicate(timeout=60)
+        try:
+            _, self._stderr = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
         super().stop()
 
     def _result(self) -> dict[str, object]:
@@ -274,7 +284,6 @@ class Watch(Configuration):
     can be counted; a tmpfs write costs about what a /dev/null one does (no disk involved)."""
 
     name = "watch"
-    description = "procmond watch, lines to a tmpfs file"
     _LINE = re.compile(r"^Process (.*) \(PID:\d+, PPID: \d+\) called \S+$")
     _LOST = re.compile(r"lost (\d+) events")
 
@@ -301,7 +310,11 @@ class Watch(Configuration):
     def stop(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        _, self._stderr = self.process.communicate(timeout=60)
+        try:
+            _, self._stderr = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
         super().stop()
         counts: Counter[str] = Counter()
         with self.output_path.open(errors="replace") as lines:
