@@ -1,5 +1,5 @@
 # Thin aliases for scripts/dev.sh (which also works where make is not installed).
-.PHONY: run test setup
+.PHONY: run test setup bench deb
 
 run:
 	./scripts/dev.sh run
@@ -10,6 +10,8 @@ test:
 setup:
 	./scripts/dev.sh setup --test
 
-.PHONY: deb
+bench:
+	./scripts/dev.sh bench
+
 deb:
 	./scripts/build-deb.sh

@@ -4,6 +4,7 @@
 #   sudo ./scripts/dev.sh run [procmond run args]   daemon in the foreground, embedded defaults
 #   sudo ./scripts/dev.sh test [pytest args]        the whole test suite, plus lint
 #   sudo ./scripts/dev.sh setup [--test]            only the set-up
+#   sudo ./scripts/dev.sh bench [--quick|--help]    the benchmark (benchmarks/), as root
 #
 # Set-up on Debian 12 and Ubuntu 22.04/24.04: BCC (python3-bpfcc), kernel headers for BCC to
 # compile against, tracefs, and a venv at .venv made with the system Python and its site
@@ -94,5 +95,10 @@ case $cmd in
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
         exec "$VENV/bin/python" -m pytest "$@";;
-    *) die "usage: $0 run|test|setup [--test]";;
+    bench)
+        setup
+        apt_install gcc libc6-dev  # builds the load generator
+        cd "$ROOT"
+        exec "$VENV/bin/python" -m benchmarks "$@";;
+    *) die "usage: $0 run|test|bench|setup [--test]";;
 esac

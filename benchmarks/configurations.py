@@ -1,0 +1,343 @@
+"""The configurations compared, each a process the benchmark starts, measures and stops:
+nothing, the procmond daemon, the prototype it replaces, and ``procmond watch``.
+
+Each one says how many creations it saw under a command name, so the benchmark can compare
+that with what the load generator really created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks import measures
+
+HERE = Path(__file__).resolve().parent
+PROTOTYPE = HERE / "prototype.py"
+
+# Which counter of the daemon counts each load path.
+DAEMON_METRIC = {
+    "fork": "procmond_forks_total",
+    "vfork": "procmond_forks_total",
+    "clone3": "procmond_forks_total",
+    "spawn": "procmond_forks_total",
+    "thread": "procmond_threads_created_total",
+}
+
+
+def procmond_command() -> list[str]:
+    """The installed ``procmond`` script beside this interpreter (the venv's), as an operator
+    runs it; ``python -m procmond`` where there is none."""
+    script = Path(sys.executable).with_name("procmond")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "procmond"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_line(stream: object, deadline: float) -> str:
+    """One line from a child's pipe, or "" at the deadline (a child that never gets ready)."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)  # type: ignore[arg-type]
+        if not selector.select(max(0.0, deadline - time.monotonic())):
+            return ""
+    return stream.readline()  # type: ignore[attr-defined,no-any-return]
+
+
+@dataclass
+class Started:
+    """What one start of a configuration cost: time until it works, memory once it does."""
+
+    ready_seconds: float
+    memory: measures.Memory | None
+    mappings: list[dict[str, object]]  # the largest, by RSS
+    loader_file_kib: int | None  # compiler libraries' file pages still resident
+
+
+class Configuration:
+    """Base: no process at all (the ``none`` configuration)."""
+
+    name = "none"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self, settle: float) -> Started:
+        """Start, wait until it serves or watches, then ``settle`` seconds for its memory."""
+        started = time.monotonic()
+        try:
+            self._launch()
+        except BaseException:
+            self.kill()  # never leave a probe behind: it would weigh on every later figure
+            raise
+        ready = time.monotonic() - started
+        if self.pid is None:
+            return Started(ready, None, [], None)
+        time.sleep(settle)
+        self._check_alive()
+        mappings = measures.memory_by_mapping(self.pid)
+        loader = sum(
+            int(m["rss_kib"]) - int(m["anon_kib"])  # type: ignore[call-overload]
+            for m in mappings
+            if measures.LOADER_LIBRARIES.search(str(m["mapping"]))
+        )
+        return Started(ready, measures.memory(self.pid), mappings[:10], loader)
+
+    def _launch(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited {self.process.returncode}: {self.log()}")
+
+    def log(self) -> str:
+        return ""
+
+    def before_load(self, comm: str, path: str) -> None:
+        """Called before each load, with the load's unique command name."""
+
+    def after_load(self, comm: str, path: str) -> None:
+        """Called once the load is over and the process is idle again."""
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise RuntimeError(f"{self.name} ignored SIGTERM: {self.log()}") from None
+        if self.process.returncode != 0:
+            raise RuntimeError(f"{self.name} exited {self.process.returncode}: {self.log()}")
+
+    def counted(self) -> dict[str, int] | None:
+        """After stop(): creations seen per command name; None if it counts nothing."""
+        return None
+
+    def overflowed(self, comm: str) -> int | None:
+        """Events sent to the overflow counter while ``comm``'s load ran; None: no such thing."""
+        return None
+
+    def lost(self) -> int | None:
+        """After stop(): events the process itself reported lost; None if it cannot tell."""
+        return None
+
+
+class Daemon(Configuration):
+    """``procmond run`` with the default config but a free loopback port."""
+
+    name = "procmond"
+
+    def __init__(self, workdir: Path, config_text: str = "") -> None:
+        super().__init__(workdir)
+        self.port = free_port()
+        self.config_text = config_text
+        self.log_path = workdir / f"procmond-{self.port}.log"
+        self._before: dict[str, tuple[float, float]] = {}
+        self._counted: dict[str, int] = {}
+        self._overflowed: dict[str, int] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def _launch(self) -> None:
+        config = self.workdir / f"procmond-{self.port}.yaml"
+        config.write_text(f'listen: "127.0.0.1:{self.port}"\n{self.config_text}')
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [*procmond_command(), "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    response.read()
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.01)
+        raise RuntimeError(f"procmond not serving after 60 s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def scrape_text(self) -> str:
+        with urllib.request.urlopen(self.url, timeout=30) as response:
+            return response.read().decode()
+
+    def creations(self, comm: str, path: str) -> tuple[float, float]:
+        """procmond's count for this command and path, summed over parent_comm, and its
+        overflow count for that map. Fails if the scrape could not read every map."""
+        metric = DAEMON_METRIC[path]
+        map_name = metric.removeprefix("procmond_")
+        total = overflow = 0.0
+        for family in text_string_to_metric_families(self.scrape_text()):
+            for sample in family.samples:
+                if sample.name == metric and sample.labels.get("comm") == comm:
+                    total += sample.value
+                elif (
+                    sample.name == "procmond_map_overflow_events_total"
+                    and sample.labels.get("map") == map_name
+                ):
+                    overflow = sample.value
+                elif sample.name == "procmond_scrape_success" and sample.value != 1:
+                    raise RuntimeError(f"procmond could not read its maps: {self.log()}")
+        return total, overflow
+
+    def before_load(self, comm: str, path: str) -> None:
+        self._before[comm] = self.creations(comm, path)
+
+    def after_load(self, comm: str, path: str) -> None:
+        count, overflow = self.creations(comm, path)
+        count_before, overflow_before = self._before.pop(comm)
+        self._counted[comm] = int(count - count_before)
+        self._overflowed[comm] = int(overflow - overflow_before)
+
+    def counted(self) -> dict[str, int]:
+        return dict(self._counted)
+
+    def overflowed(self, comm: str) -> int | None:
+        return self._overflowed.get(comm)
+
+
+class Prototype(Configuration):
+    """The baseline in prototype.py: a perf-buffer event per clone() to a Python callback."""
+
+    name = "prototype"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.counts_path = workdir / f"prototype-{id(self)}.json"
+        self._stderr = ""
+
+    def _launch(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(PROTOTYPE), "--counts", str(self.counts_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = _read_line(self.process.stderr, time.monotonic() + 120)
+        if line.strip() != "ready":
+            self.process.kill()
+            _, rest = self.process.communicate()
+            raise RuntimeError(f"prototype did not start: {line}{rest}")
+
+    def log(self) -> str:
+        return self._stderr
+
+    def stop(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            _, self._stderr = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        super().stop()
+
+    def _result(self) -> dict[str, object]:
+        return json.loads(self.counts_path.read_text())  # type: ignore[no-any-return]
+
+    def counted(self) -> dict[str, int]:
+        return dict(self._result()["counts"])  # type: ignore[call-overload]
+
+    def lost(self) -> int:
+        return int(self._result()["lost"])  # type: ignore[call-overload]
+
+
+class Watch(Configuration):
+    """``procmond watch``. Its lines go to a file on tmpfs rather than /dev/null, so that they
+    can be counted; a tmpfs write costs about what a /dev/null one does (no disk involved)."""
+
+    name = "watch"
+    _LINE = re.compile(r"^Process (.*) \(PID:\d+, PPID: \d+\) called \S+$")
+    _LOST = re.compile(r"lost (\d+) events")
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.output_path = workdir / f"watch-{id(self)}.out"
+        self._stderr = ""
+        self._counts: dict[str, int] = {}
+
+    def _launch(self) -> None:
+        with self.output_path.open("wb") as out:
+            self.process = subprocess.Popen(
+                [*procmond_command(), "watch"], stdout=out, stderr=subprocess.PIPE, text=True
+            )
+        line = _read_line(self.process.stderr, time.monotonic() + 120)
+        if "watching" not in line:
+            self.process.kill()
+            _, rest = self.process.communicate()
+            raise RuntimeError(f"procmond watch did not start: {line}{rest}")
+
+    def log(self) -> str:
+        return self._stderr
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            _, self._stderr = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        super().stop()
+        counts: Counter[str] = Counter()
+        with self.output_path.open(errors="replace") as lines:
+            for line in lines:
+                match = self._LINE.match(line.rstrip("\n"))
+                if match:
+                    counts[match.group(1)] += 1
+        self.output_path.unlink()
+        self._counts = dict(counts)
+
+    def counted(self) -> dict[str, int]:
+        return self._counts
+
+    def lost(self) -> int:
+        return sum(int(n) for n in self._LOST.findall(self._stderr))
+
+
+CONFIGURATIONS: dict[str, type[Configuration]] = {
+    c.name: c for c in (Configuration, Daemon, Prototype, Watch)
+}
+
+
+def scratch_dir() -> Path:
+    """Where the benchmark's files go while it runs: tmpfs when there is one."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path("/tmp")

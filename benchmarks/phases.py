@@ -1,0 +1,320 @@
+"""The benchmark's three phases, each returning plain data for the report:
+
+- throughput: every configuration under the same bursts of creations, interleaved round by
+  round (ABCD ABCD ...) so that the shared machine's noise hits them alike;
+- scrape: a daemon holding many series, scraped again and again;
+- soak: a daemon under a steady load and regular scrapes for a long time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks import measures
+from benchmarks.configurations import CONFIGURATIONS, Configuration, Daemon
+from benchmarks.loadgen import PATHS, LoadGenerator, unique_comm
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Run:
+    """One burst of creations by one path under one configuration."""
+
+    round: int
+    config: str
+    path: str
+    comm: str
+    created: int
+    seconds: float
+    rate: float
+    cpu_seconds: float | None  # the configuration's process, utime+stime, load + drain
+    cpu_ns: int | None  # the same from schedstat: ns-precise, but live threads only
+    drain_seconds: float  # how long it stayed busy after the load ended
+    counted: int | None = None  # what it saw under comm; None if it counts nothing
+    # procmond only: events its map sent to __overflow__ during the load (from any process on
+    # the host: a map filled by the host's other commands counts a new name there, by design)
+    overflowed: int | None = None
+
+
+def throughput(
+    gen: LoadGenerator,
+    workdir: Path,
+    configs: list[str],
+    rounds: int,
+    seconds: float,
+    syscall_seconds: float,
+    workers: int,
+    settle: float,
+    log: Log,
+) -> dict[str, object]:
+    runs: list[Run] = []
+    syscall_runs: list[dict[str, object]] = []
+    starts: list[dict[str, object]] = []
+    lost: list[dict[str, object]] = []
+    mappings: dict[str, list[dict[str, object]]] = {}
+    # ABCD ABCD ... A: the closing "none" brackets the last round, so every round has a
+    # no-probe run on each side to interpolate its baseline from (report.py).
+    schedule = [(r, name) for r in range(rounds) for name in configs]
+    if "none" in configs and len(configs) > 1:
+        schedule.append((rounds, "none"))
+    for round_, name in schedule:
+        config = CONFIGURATIONS[name](workdir)
+        started = config.start(settle)
+        if started.memory is not None:
+            starts.append(
+                {
+                    "round": round_,
+                    "config": name,
+                    "ready_seconds": started.ready_seconds,
+                    "loader_file_kib": started.loader_file_kib,
+                    **asdict(started.memory),
+                }
+            )
+            mappings[name] = started.mappings
+        this_round: list[Run] = []
+        try:
+            for path in PATHS:
+                this_round.append(_one_load(gen, config, round_, path, seconds, workers))
+            # Syscall tracepoints put every task on the kernel's syscall-tracing path: the
+            # cost lands on all syscalls of the host, not only on the creations.
+            load = gen.syscalls(syscall_seconds, workers)
+            syscall_runs.append(
+                {"round": round_, "config": name, "path": "getppid", "rate": load.rate}
+            )
+        finally:
+            config.stop()
+        counted = config.counted()
+        for run in this_round:
+            run.counted = None if counted is None else counted.get(run.comm, 0)
+        if config.lost() is not None:
+            lost.append({"round": round_, "config": name, "lost": config.lost()})
+        runs += this_round
+        log(
+            (f"round {round_ + 1}/{rounds} {name:9}" if round_ < rounds else "closing none    ")
+            + ": "
+            + ", ".join(f"{r.path} {r.rate:,.0f}/s" for r in this_round)
+            + f", getppid {syscall_runs[-1]['rate'] / 1e6:.1f} M/s"
+        )
+    return {
+        "configs": configs,
+        "runs": [asdict(r) for r in runs],
+        "syscall_runs": syscall_runs,
+        "starts": starts,
+        "lost": lost,
+        "memory_by_mapping": mappings,
+    }
+
+
+def _one_load(
+    gen: LoadGenerator,
+    config: Configuration,
+    round_: int,
+    path: str,
+    seconds: float,
+    workers: int,
+) -> Run:
+    """The configuration's CPU is read before the load and once it is idle after it, so the
+    events it queued and handles late are its cost too."""
+    comm = unique_comm(path[:2])
+    config.before_load(comm, path)
+    pid = config.pid
+    cpu_before = measures.cpu_seconds(pid) if pid else 0.0
+    ns_before = measures.cpu_ns(pid) if pid else 0
+    load = gen.burst(path, seconds, workers, comm)
+    drained = measures.wait_idle(pid) if pid else 0.0
+    cpu = measures.cpu_seconds(pid) - cpu_before if pid else None
+    ns = measures.cpu_ns(pid) - ns_before if pid else None
+    config.after_load(comm, path)
+    return Run(
+        round_,
+        config.name,
+        path,
+        comm,
+        load.created,
+        load.seconds,
+        load.rate,
+        cpu,
+        ns,
+        drained,
+        overflowed=config.overflowed(comm),
+    )
+
+
+def probe_cost(
+    gen: LoadGenerator,
+    workdir: Path,
+    configs: list[str],
+    seconds: float,
+    workers: int,
+    log: Log,
+) -> dict[str, object]:
+    """The CPU time each configuration's BPF programs add to every creation, as the kernel
+    times them: a figure the machine's noise cannot blur, unlike a throughput ratio. Run
+    apart, as the timing itself costs a little on every program run."""
+    out: dict[str, object] = {}
+    with measures.bpf_run_time_stats():
+        for name in configs:
+            if name == "none":
+                continue
+            config = CONFIGURATIONS[name](workdir)
+            config.start(0.0)
+            assert config.pid is not None
+            per_path = {}
+            try:
+                for path in PATHS:
+                    before = measures.bpf_program_stats(config.pid)
+                    load = gen.burst(path, seconds, workers, unique_comm(path[:2]))
+                    after = measures.bpf_program_stats(config.pid)
+                    ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
+                    runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
+                    per_path[path] = {
+                        "created": load.created,
+                        "rate": load.rate,
+                        "programs": len(after),
+                        "bpf_ns": ns,
+                        "bpf_runs": runs,
+                        "bpf_ns_per_creation": ns / load.created,
+                        "bpf_runs_per_creation": runs / load.created,
+                    }
+            finally:
+                config.stop()
+            out[name] = per_path
+            log(
+                f"probe cost {name:9}: "
+                + ", ".join(f"{p} {v['bpf_ns_per_creation']:,.0f} ns" for p, v in per_path.items())
+            )
+    return out
+
+
+def scrape_latency(
+    gen: LoadGenerator, workdir: Path, series: int, scrapes: int, settle: float, log: Log
+) -> dict[str, object]:
+    """Scrape times with ``series`` live procmond_forks_total series, made by one process
+    renaming itself ``series`` times with one fork each. Plain text and Prometheus' own
+    request (OpenMetrics, gzip) are timed alternately, over kept-alive connections."""
+    capacity = max(4096, 2 * series)  # room for the names and for the host's own commands
+    daemon = Daemon(workdir, f"max_entries: {capacity}\n")
+    started = daemon.start(settle)
+    assert daemon.pid is not None
+    try:
+        prefix = f"s{secrets.token_hex(3)}"
+        made = gen.names(series, prefix, unique_comm("x"))
+        text = daemon.scrape_text()
+        forks_series = sum(
+            1
+            for line in text.splitlines()
+            if line.startswith(f'procmond_forks_total{{comm="{prefix}')
+        )
+        samples = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+        log(f"scrape: {forks_series} series made, {samples} samples in the exposition")
+        kinds = {
+            "plain": measures.Scraper(daemon.port, measures.PLAIN_HEADERS),
+            "prometheus": measures.Scraper(daemon.port, measures.PROMETHEUS_HEADERS),
+        }
+        sizes = {kind: len(scraper.scrape()[1]) for kind, scraper in kinds.items()}  # warm-up
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
+        cpu_before = measures.cpu_seconds(daemon.pid)
+        for i in range(scrapes):
+            kind = ("plain", "prometheus")[i % 2]
+            times[kind].append(kinds[kind].scrape()[0])
+        cpu = measures.cpu_seconds(daemon.pid) - cpu_before
+        for scraper in kinds.values():
+            scraper.close()
+        memory = measures.memory(daemon.pid)
+    finally:
+        daemon.stop()
+    return {
+        "series_made": made.created,
+        "forks_series": forks_series,
+        "exposition_samples": samples,
+        "exposition_bytes": sizes,
+        "scrape_seconds": times,
+        "p50_seconds": {k: measures.percentile(v, 50) for k, v in times.items()},
+        "p99_seconds": {k: measures.percentile(v, 99) for k, v in times.items()},
+        "daemon_cpu_seconds_per_scrape": cpu / max(1, scrapes),
+        "memory_at_start": asdict(started.memory) if started.memory else None,
+        "memory_after_scrapes": asdict(memory),
+    }
+
+
+def soak(
+    gen: LoadGenerator,
+    workdir: Path,
+    seconds: float,
+    rate: float,
+    samples: int,
+    scrape_interval: float,
+    settle: float,
+    log: Log,
+) -> dict[str, object]:
+    """The daemon's RSS and CPU over ``seconds`` of steady load (``rate`` creations a second,
+    every path in turn, 100 command names) while it is scraped every ``scrape_interval``."""
+    daemon = Daemon(workdir)
+    daemon.start(settle)
+    pid = daemon.pid
+    assert pid is not None
+    warmup = min(10.0, max(1.0, seconds / 10))
+    interval = seconds / samples
+    load = gen.steady(warmup + seconds + 1, rate, 100, unique_comm("")[:10])
+    points: list[dict[str, float]] = []
+    scrapes = 0
+    try:
+        time.sleep(warmup)
+        # The first scrape's allocations are start-up, not growth.
+        entries = _map_entries(daemon.scrape_text())
+        start = time.monotonic()
+        next_scrape = start + scrape_interval
+        for k in range(samples + 1):
+            due = start + k * interval
+            while True:
+                now = time.monotonic()
+                if next_scrape <= min(due, now):
+                    entries = _map_entries(daemon.scrape_text())
+                    scrapes += 1
+                    next_scrape += scrape_interval
+                    continue
+                if now >= due:
+                    break
+                time.sleep(min(due, next_scrape) - now)
+            memory = measures.memory(pid)
+            points.append(
+                {
+                    "t": time.monotonic() - start,
+                    "rss_kib": memory.rss_kib,
+                    "anon_kib": memory.anon_kib,
+                    "cpu_seconds": measures.cpu_seconds(pid),
+                    "map_entries": entries,
+                }
+            )
+            if k and k % max(1, samples // 10) == 0:
+                log(f"soak: {points[-1]['t']:.0f}/{seconds:.0f} s, RSS {memory.rss_mib:.1f} MiB")
+        made = LoadGenerator.steady_result(load, timeout=60)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+        daemon.stop()
+    return {
+        "seconds": seconds,
+        "rate": rate,
+        "scrape_interval": scrape_interval,
+        "scrapes": scrapes,
+        "created": made.created,
+        "load_seconds": made.seconds,
+        "points": points,
+    }
+
+
+def _map_entries(exposition: str) -> int:
+    """Label sets in all of procmond's maps: its memory at scrape time grows with them, and
+    on a host whose other programs keep making new command names, they grow."""
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in exposition.splitlines()
+        if line.startswith("procmond_map_entries{")
+    )

@@ -1,0 +1,68 @@
+"""The benchmark still works: a quick run gives the table and a JSON file with every figure.
+
+Only that it works: the quick run is seconds long on a machine running the test suite, so its
+figures mean nothing and no timing or target is asserted here (benchmarks/RESULTS.md has them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.loadgen import PATHS
+from tests.e2e.harness import REPO
+
+CONFIGS = ("none", "procmond", "prototype", "watch")
+
+
+def _numbers(value: object) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    assert "## Targets" in table
+    headings = ("Creations per second", "CPU seconds", "Events counted", "BPF time", "Scrape")
+    for heading in headings:
+        assert heading in table, heading
+
+    (json_file,) = tmp_path.glob("bench-*-quick.json")
+    results = json.loads(json_file.read_text())
+    summary = results["summary"]
+    assert all(not math.isnan(n) for n in _numbers(summary)), summary
+    for config in CONFIGS:
+        assert set(summary["rates"][config]) == set(PATHS)
+        assert all(rate > 0 for rate in summary["rates"][config].values())
+    for config in ("procmond", "prototype", "watch"):
+        cpu = summary["cpu_seconds_per_100k"][config]
+        assert set(cpu) == {"all", "all_schedstat", "one_tick", *PATHS}
+        assert set(summary["events"][config]) == set(PATHS)
+        assert set(summary["probe_cost"][config]) == set(PATHS)
+        assert {"ready_seconds", "rss_mib", "anon_mib"} <= set(summary["starts"][config])
+    assert set(summary["syscalls"]) == set(CONFIGS)
+    assert set(summary["scrape"]["p99_ms"]) == {"plain", "prometheus"}
+    assert "rss_growth_mib" in summary["soak"]
+    targets = summary["targets"]
+    assert len(targets) == 9
+    assert all(t["met"] is not None for t in targets), targets
+    for target in targets:
+        assert target["name"] in table
