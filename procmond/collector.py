@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from prometheus_client import generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -20,6 +21,7 @@ from prometheus_client.core import (
 )
 
 from procmond.config import Config
+from procmond.exposition import CACHE_LIMIT, LabelCache, render_counter, render_histogram
 from procmond.maps import Histogram, MapReader
 from procmond.metrics import (
     COUNTERS,
@@ -35,6 +37,16 @@ from procmond.metrics import (
 log = logging.getLogger(__name__)
 
 
+class _Families:
+    """A fixed list of families, shaped like a registry for generate_latest()."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
 @dataclass(frozen=True)
 class ProbeStatus:
     """What the loader achieved, for the self-metrics."""
@@ -46,22 +58,38 @@ class ProbeStatus:
     kernel: str
 
 
-def _labelled(
-    rows: dict[tuple[bytes | int, ...], int] | dict[tuple[bytes, ...], Histogram],
-    key_fields: tuple[str, ...],
-    names: tuple[str, ...],
-) -> dict[tuple[str, ...], object]:
-    """Rows keyed by decoded label values, summing rows that decode alike.
+class KeyDecoder:
+    """Map keys → label values, decoded once per key and kept (keys are never deleted from
+    the maps, so this holds at most what the maps hold)."""
 
-    Distinct byte strings can give one label value (invalid UTF-8 becomes U+FFFD), and a
-    duplicate series would make the exposition invalid: such rows are added together, which
-    keeps every series monotonic.
-    """
-    keep = [key_fields.index(n) for n in names]
-    out: dict[tuple[str, ...], object] = {}
-    for key, value in rows.items():
-        _merge(out, tuple(label_value(key[i]) for i in keep), value)
-    return out
+    def __init__(self, limit: int = CACHE_LIMIT) -> None:
+        self._cache: dict[tuple[object, ...], tuple[str, ...]] = {}
+        self._limit = limit
+
+    def labelled(
+        self,
+        rows: dict[tuple[bytes | int, ...], int] | dict[tuple[bytes, ...], Histogram],
+        key_fields: tuple[str, ...],
+        names: tuple[str, ...],
+    ) -> dict[tuple[str, ...], object]:
+        """Rows keyed by decoded label values, summing rows that decode alike.
+
+        Distinct byte strings can give one label value (invalid UTF-8 becomes U+FFFD), and a
+        duplicate series would make the exposition invalid: such rows are added together,
+        which keeps every series monotonic.
+        """
+        keep = tuple(key_fields.index(n) for n in names)
+        cache = self._cache
+        if len(cache) >= self._limit:
+            cache.clear()
+        out: dict[tuple[str, ...], object] = {}
+        for key, value in rows.items():
+            cache_key = (keep, *key)
+            labels = cache.get(cache_key)
+            if labels is None:
+                labels = cache[cache_key] = tuple(label_value(key[i]) for i in keep)
+            _merge(out, labels, value)
+        return out
 
 
 def _merge(out: dict[tuple[str, ...], object], labels: tuple[str, ...], value: object) -> None:
@@ -71,93 +99,134 @@ def _merge(out: dict[tuple[str, ...], object], labels: tuple[str, ...], value: o
     out[labels] = value if previous is None else previous + value  # type: ignore[operator]
 
 
+@dataclass
+class Snapshot:
+    """One read of every kernel map, with rows keyed by decoded label values."""
+
+    counters: list[tuple[CounterMetric, tuple[str, ...], dict[tuple[str, ...], int]]]
+    histograms: list[tuple[HistogramMetric, tuple[str, ...], dict[tuple[str, ...], Histogram]]]
+    entries: dict[str, int]
+    overflowed: dict[str, int]
+    ok: bool
+    started: float
+
+
 class ProcmondCollector:
-    """Yields procmond's families; register it on a private CollectorRegistry."""
+    """Yields procmond's families; register it on a private CollectorRegistry.
+
+    ``collect()`` is the prometheus_client path (OpenMetrics, tests); ``render_text()`` gives
+    the same samples in the text format, rendering the large map families itself (see
+    procmond/exposition.py). Both start from one ``snapshot()``.
+    """
 
     def __init__(self, reader: MapReader, config: Config, status: ProbeStatus) -> None:
         self._reader = reader
         self._config = config
         self._status = status
+        self._labels = LabelCache()
+        self._keys = KeyDecoder()
         self.last_series: int | None = None  # series read from the maps at the last scrape
 
     def describe(self) -> Iterable[Metric]:
         return []  # families depend on the config; a private registry needs no description
 
-    def collect(self) -> Iterator[Metric]:
-        start = time.perf_counter()
-        ok = True
-        entries: dict[str, int] = {}
-        families: list[Metric] = []
+    def snapshot(self) -> Snapshot:
+        snap = Snapshot([], [], {}, {}, True, time.perf_counter())
         try:
-            overflowed = self._reader.overflow_events()
+            snap.overflowed = self._reader.overflow_events()
         except Exception as exc:
-            ok = self._failed("overflow_events", exc)
-            overflowed = {}
+            snap.ok = self._failed("overflow_events", exc)
         for counter in COUNTERS:
             try:
-                families.append(self._counter_family(counter, entries, overflowed))
+                snap.counters.append(self._counter_rows(counter, snap))
             except Exception as exc:
-                ok = self._failed(counter.map_name, exc)
+                snap.ok = self._failed(counter.map_name, exc)
         if self._config.histograms:
             for hist in HISTOGRAMS:
                 try:
-                    families.append(self._histogram_family(hist, entries))
+                    snap.histograms.append(self._histogram_rows(hist, snap))
                 except Exception as exc:
-                    ok = self._failed(hist.map_name, exc)
+                    snap.ok = self._failed(hist.map_name, exc)
         try:
-            entries["inflight"] = self._reader.entries("inflight")
-            families += self._map_families(entries, overflowed)
+            snap.entries["inflight"] = self._reader.entries("inflight")
         except Exception as exc:
-            ok = self._failed("inflight", exc)
-        self.last_series = sum(len(f.samples) for f in families)
-        yield from families
+            snap.ok = self._failed("inflight", exc)
+        self.last_series = sum(len(rows) for _, _, rows in snap.counters) + sum(
+            len(rows) * (len(spec.bucket_exponents) + 3) for spec, _, rows in snap.histograms
+        )
+        return snap
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        for spec, names, rows in snap.counters:
+            family = CounterMetricFamily(spec.name, spec.documentation, labels=names)
+            for labels, value in sorted(rows.items()):
+                family.add_metric(labels, value)
+            yield family
+        for hspec, names, hrows in snap.histograms:
+            hfamily = HistogramMetricFamily(hspec.name, hspec.documentation, labels=names)
+            for labels, hist in sorted(hrows.items()):
+                hfamily.add_metric(
+                    list(labels),
+                    cumulative_buckets(hist, hspec.bucket_exponents),
+                    sum_value=hist.sum_ns / 1e9,
+                )
+            yield hfamily
+        yield from self._small_families(snap)
+
+    def render_text(self) -> bytes:
+        """The text exposition (format 0.0.4) of everything ``collect()`` yields."""
+        snap = self.snapshot()
+        parts = [
+            render_counter(spec, names, rows, self._labels) for spec, names, rows in snap.counters
+        ]
+        parts += [
+            render_histogram(spec, names, rows, self._labels)
+            for spec, names, rows in snap.histograms
+        ]
+        small = generate_latest(_Families(list(self._small_families(snap))))  # type: ignore[arg-type]
+        return "".join(parts).encode() + small
+
+    def _small_families(self, snap: Snapshot) -> Iterator[Metric]:
+        yield from self._map_families(snap.entries, snap.overflowed)
         yield from self._status_families()
         yield GaugeMetricFamily(
             "procmond_scrape_success",
             "1 if every kernel map was read in this scrape, else 0.",
-            value=int(ok),
+            value=int(snap.ok),
         )
         yield GaugeMetricFamily(
             "procmond_scrape_duration_seconds",
             "Time spent reading the kernel maps for this scrape.",
-            value=time.perf_counter() - start,
+            value=time.perf_counter() - snap.started,
         )
 
     def _failed(self, map_name: str, exc: Exception) -> bool:
         log.error("cannot read map %s during scrape: %s", map_name, exc)
         return False
 
-    def _counter_family(
-        self, spec: CounterMetric, entries: dict[str, int], overflowed: dict[str, int]
-    ) -> Metric:
+    def _counter_rows(
+        self, spec: CounterMetric, snap: Snapshot
+    ) -> tuple[CounterMetric, tuple[str, ...], dict[tuple[str, ...], int]]:
         names = label_names(spec.key_fields, self._config)
         rows = self._reader.counters(spec.map_name, spec.key_fields)
-        entries[spec.map_name] = len(rows)
-        labelled = _labelled(rows, spec.key_fields, names)
-        if overflowed.get(spec.map_name):
-            _merge(labelled, (OVERFLOW_LABEL_VALUE,) * len(names), overflowed[spec.map_name])
-        family = CounterMetricFamily(spec.name, spec.documentation, labels=names)
-        for labels, value in sorted(labelled.items()):
-            family.add_metric(labels, value)
-        return family
+        snap.entries[spec.map_name] = len(rows)
+        labelled = self._keys.labelled(rows, spec.key_fields, names)
+        if snap.overflowed.get(spec.map_name):
+            _merge(labelled, (OVERFLOW_LABEL_VALUE,) * len(names), snap.overflowed[spec.map_name])
+        return spec, names, labelled  # type: ignore[return-value]
 
-    def _histogram_family(self, spec: HistogramMetric, entries: dict[str, int]) -> Metric:
+    def _histogram_rows(
+        self, spec: HistogramMetric, snap: Snapshot
+    ) -> tuple[HistogramMetric, tuple[str, ...], dict[tuple[str, ...], Histogram]]:
         names = label_names(spec.key_fields, self._config)
         rows = self._reader.histograms(spec.map_name)
-        entries[spec.map_name] = len(rows)
-        family = HistogramMetricFamily(spec.name, spec.documentation, labels=names)
-        labelled = _labelled(rows, spec.key_fields, names)
+        snap.entries[spec.map_name] = len(rows)
+        labelled = self._keys.labelled(rows, spec.key_fields, names)
         overflow = self._reader.overflow_histogram(spec.map_name)
         if overflow.count:
             _merge(labelled, (OVERFLOW_LABEL_VALUE,) * len(names), overflow)
-        for labels, hist in sorted(labelled.items()):
-            assert isinstance(hist, Histogram)
-            family.add_metric(
-                list(labels),
-                cumulative_buckets(hist, spec.bucket_exponents),
-                sum_value=hist.sum_ns / 1e9,
-            )
-        return family
+        return spec, names, labelled  # type: ignore[return-value]
 
     def _map_families(self, entries: dict[str, int], overflowed: dict[str, int]) -> list[Metric]:
         used = GaugeMetricFamily(

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
 from procmond import __version__, bpf_loader, kernel
@@ -27,12 +28,13 @@ from procmond.logs import setup_logging
 from procmond.maps import MapReader
 from procmond.memory import release_loader_memory
 from procmond.metrics import series_budget
-from procmond.server import MetricsServer
+from procmond.server import MetricsServer, Render
 from procmond.systemd import Notifier
 from procmond.webconfig import WebSettings, load_web_config
 
 log = logging.getLogger(__name__)
 
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 IDLE_TICK_SECONDS = 5.0  # how often the loop checks the maps when systemd sets no watchdog
 
 # Settings that shape the kernel maps: a reload cannot change them without losing counts.
@@ -85,7 +87,7 @@ class Daemon:
         self.reader = MapReader(self.probe.table, bpf_loader.MAP_IDS)
         self.notifier.status("opening HTTP listener")
         self.server = MetricsServer(
-            self._registry(), self.config.listen_host, self.config.listen_port, self.web
+            self._render(), self.config.listen_host, self.config.listen_port, self.web
         )
         self.server.start()
         release_loader_memory()
@@ -105,9 +107,11 @@ class Daemon:
         )
         self.notifier.ready(self._status_line())
 
-    def _registry(self) -> CollectorRegistry:
+    def _render(self) -> Render:
+        """What /metrics serves. The text format, which Prometheus asks for by default, has
+        procmond's map families rendered by procmond itself (fast at 10,000s of series);
+        OpenMetrics goes all through prometheus_client. Both show the same samples."""
         assert self.probe is not None and self.reader is not None
-        registry = CollectorRegistry()
         status = ProbeStatus(
             self.probe.attached,
             self.probe.btf_offsets,
@@ -115,11 +119,21 @@ class Daemon:
             self.probe.bcc_version,
             kernel.kernel_release(),
         )
-        self.collector = ProcmondCollector(self.reader, self.config, status)
-        registry.register(self.collector)
-        registry.register(self.reload_state)  # type: ignore[arg-type]
-        ProcessCollector(registry=registry)
-        return registry
+        collector = self.collector = ProcmondCollector(self.reader, self.config, status)
+        process = ProcessCollector(registry=None)
+        rest = CollectorRegistry()
+        full = CollectorRegistry()
+        for registry, collectors in ((rest, ()), (full, (collector,))):
+            for c in (*collectors, self.reload_state, process):
+                registry.register(c)  # type: ignore[arg-type]
+
+        def render(accept: str) -> tuple[bytes, str]:
+            encoder, content_type = choose_encoder(accept)
+            if content_type.startswith("text/plain"):
+                return collector.render_text() + generate_latest(rest), TEXT_CONTENT_TYPE
+            return encoder(full), content_type
+
+        return render
 
     def _status_line(self) -> str:
         assert self.probe is not None and self.server is not None
@@ -199,7 +213,7 @@ class Daemon:
     def _rebind(self, new: Config, web: WebSettings) -> None:
         """Open the new listener before closing the old one, so a failure changes nothing."""
         assert self.server is not None
-        server = MetricsServer(self._registry(), new.listen_host, new.listen_port, web)
+        server = MetricsServer(self._render(), new.listen_host, new.listen_port, web)
         server.start()
         self.server.close()
         self.server = server

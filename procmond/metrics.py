@@ -7,6 +7,7 @@ The dashboard and alert rules rely on these names; change them only with a note 
 from __future__ import annotations
 
 import errno
+import functools
 from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
@@ -102,12 +103,22 @@ def label_value(raw: bytes | int) -> str:
     return raw.decode("utf-8", "replace")
 
 
+@functools.cache
+def bucket_bounds(exponents: tuple[int, ...]) -> tuple[str, ...]:
+    """The ``le`` label values, in seconds, for buckets of 2^k ns."""
+    assert all(k < HIST_SLOTS for k in exponents)
+    return tuple(floatToGoString(2.0**k / 1e9) for k in exponents)
+
+
 def cumulative_buckets(hist: Histogram, exponents: tuple[int, ...]) -> list[tuple[str, int]]:
     """Prometheus buckets (le in seconds, cumulative) from log2 slots; +Inf is the count."""
     buckets = []
-    for k in exponents:
-        assert k < HIST_SLOTS
-        buckets.append((floatToGoString(2.0**k / 1e9), sum(hist.slots[: k + 1])))
+    running, slot = 0, 0
+    for le, k in zip(bucket_bounds(exponents), exponents, strict=True):
+        while slot <= k:
+            running += hist.slots[slot]
+            slot += 1
+        buckets.append((le, running))
     buckets.append(("+Inf", hist.count))
     return buckets
 

@@ -1,4 +1,4 @@
-"""The HTTP listener: ``/metrics`` from a private registry, a small index page, 404 elsewhere.
+"""The HTTP listener: ``/metrics``, a small index page, 404 elsewhere.
 
 Built on the standard library's threading HTTP server rather than prometheus_client's
 ``start_http_server`` so that connections are bounded (count and time), the bind never waits
@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +28,20 @@ from procmond.errors import ListenError
 from procmond.webconfig import WebSettings
 
 log = logging.getLogger(__name__)
+
+# Accept header -> (body, content type): the exposition, chosen by what the client accepts.
+Render = Callable[[str], tuple[bytes, str]]
+
+
+def registry_render(registry: CollectorRegistry) -> Render:
+    """Render a plain registry, in whatever format the client asked for."""
+
+    def render(accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(registry), content_type
+
+    return render
+
 
 INDEX_PAGE = b"""<!DOCTYPE html>
 <html><head><title>procmond</title></head>
@@ -128,9 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, content_type = 401, b"Unauthorized\n", "text/plain"
             headers["WWW-Authenticate"] = 'Basic realm="procmond", charset="UTF-8"'
         elif path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             with self.server.scrape_lock:
-                body = encoder(self.server.registry)
+                body, content_type = self.server.render(self.headers.get("Accept", ""))
             if "gzip" in self.headers.get("Accept-Encoding", ""):
                 body = gzip.compress(body, compresslevel=1)
                 headers["Content-Encoding"] = "gzip"
@@ -162,12 +175,12 @@ class _Server(ThreadingHTTPServer):
         self,
         address: tuple[str, int],
         family: socket.AddressFamily,
-        registry: CollectorRegistry,
+        render: Render,
         max_connections: int,
         connection_timeout: float,
     ) -> None:
         self.address_family = family
-        self.registry = registry
+        self.render = render
         self.web = WebSettings()
         self.scrape_lock = threading.Lock()
         self.connection_timeout = connection_timeout
@@ -255,18 +268,18 @@ class _Server(ThreadingHTTPServer):
 
 
 class MetricsServer:
-    """Serves ``registry`` on host:port from a background thread until ``close()``."""
+    """Serves what ``render`` makes on host:port from a background thread until ``close()``."""
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        render: Render,
         host: str,
         port: int,
         web: WebSettings | None = None,
         max_connections: int = MAX_CONNECTIONS,
         connection_timeout: float = CONNECTION_TIMEOUT_SECONDS,
     ) -> None:
-        self._server = self._bind(registry, host, port, max_connections, connection_timeout)
+        self._server = self._bind(render, host, port, max_connections, connection_timeout)
         self._server.web = web or WebSettings()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -279,7 +292,7 @@ class MetricsServer:
 
     @staticmethod
     def _bind(
-        registry: CollectorRegistry, host: str, port: int, max_connections: int, timeout: float
+        render: Render, host: str, port: int, max_connections: int, timeout: float
     ) -> _Server:
         """Bind now, so a taken port fails before anything else has started."""
         if host:
@@ -296,7 +309,7 @@ class MetricsServer:
         error: OSError | None = None
         for family, address in candidates:
             try:
-                return _Server(address, family, registry, max_connections, timeout)
+                return _Server(address, family, render, max_connections, timeout)
             except OSError as exc:
                 error = exc
                 if exc.errno == 98:  # EADDRINUSE: no other family will do better

@@ -152,3 +152,34 @@ def test_series_budget_counts_every_bucket() -> None:
     per_label_set = sum(len(h.bucket_exponents) + 3 for h in HISTOGRAMS)
     assert series_budget(c) == len(COUNTERS) * 11 + 3 * per_label_set
     assert series_budget(Config(max_entries=10, histograms=False)) == len(COUNTERS) * 11
+
+
+def test_text_rendering_equals_prometheus_clients() -> None:
+    """render_text() (procmond's own renderer for the map families) gives exactly the samples
+    prometheus_client renders from collect(), hostile names included."""
+    forks = FakeHash(
+        [
+            (pair(b'q"u\\o\nte', b"{x}"), 3),
+            (pair(b"bad\xff", b"p"), 4),
+            (pair(b"make", b"bash"), 40),
+        ]
+    )
+    t = tables(forks_total=forks)
+    collector = ProcmondCollector(MapReader(t.__getitem__, MAP_IDS), DEFAULTS, STATUS)
+    registry = CollectorRegistry()
+    registry.register(collector)
+
+    def samples(text: str) -> dict[tuple, float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name != "procmond_scrape_duration_seconds"
+        }
+
+    ours = collector.render_text().decode()
+    theirs = generate_latest(registry).decode()
+    assert samples(ours) == samples(theirs)
+    assert len(samples(ours)) > 50
+    for family in ("procmond_forks_total", "procmond_process_lifetime_seconds"):
+        assert f"# TYPE {family} " in ours

@@ -12,14 +12,16 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from procmond.errors import ListenError
-from procmond.server import MetricsServer
+from procmond.server import MetricsServer, registry_render
 
 
 @pytest.fixture
 def server() -> Iterator[MetricsServer]:
     registry = CollectorRegistry()
     Counter("demo_events", "Demo.", registry=registry).inc(3)
-    s = MetricsServer(registry, "127.0.0.1", 0, max_connections=4, connection_timeout=1.0)
+    s = MetricsServer(
+        registry_render(registry), "127.0.0.1", 0, max_connections=4, connection_timeout=1.0
+    )
     s.start()
     yield s
     s.close()
@@ -91,4 +93,4 @@ def test_connection_cap_and_idle_timeout(server: MetricsServer) -> None:
 
 def test_port_in_use_is_a_listen_error(server: MetricsServer) -> None:
     with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{server.port}"):
-        MetricsServer(CollectorRegistry(), "127.0.0.1", server.port)
+        MetricsServer(registry_render(CollectorRegistry()), "127.0.0.1", server.port)
