@@ -62,6 +62,10 @@ class Probe:
     def name(self) -> str:
         return self.target.split(":")[-1]
 
+    @property
+    def syscall(self) -> bool:
+        return self.target.startswith("syscalls:")
+
 
 CREATION_SYSCALLS = ("clone", "clone3", "fork", "vfork")
 
@@ -220,8 +224,16 @@ def check_maps(bpf: Any) -> None:
 
 
 def wanted_probes(config: Config, watch: bool) -> list[Probe]:
-    """Every probe, but the syscall-entry ones only when something uses their clock."""
-    return [p for p in PROBES if not p.only_for_timing or config.histograms or watch]
+    """The probes this config uses. Any syscall tracepoint puts every task of the host on the
+    kernel's slower syscall path, so `syscall_probes: false` drops them all (and with them
+    fork durations and failures); entry probes are only needed for their clock."""
+    if watch:
+        return list(PROBES)
+    return [
+        p
+        for p in PROBES
+        if not p.syscall or (config.syscall_probes and (config.histograms or not p.only_for_timing))
+    ]
 
 
 def attach(bpf: Any, config: Config, watch: bool) -> dict[str, bool]:

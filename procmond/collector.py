@@ -24,12 +24,12 @@ from procmond.config import Config
 from procmond.exposition import CACHE_LIMIT, LabelCache, render_counter, render_histogram
 from procmond.maps import Histogram, MapReader
 from procmond.metrics import (
-    COUNTERS,
-    HISTOGRAMS,
     OVERFLOW_LABEL_VALUE,
     CounterMetric,
     HistogramMetric,
+    counters,
     cumulative_buckets,
+    histograms,
     label_names,
     label_value,
 )
@@ -136,17 +136,16 @@ class ProcmondCollector:
             snap.overflowed = self._reader.overflow_events()
         except Exception as exc:
             snap.ok = self._failed("overflow_events", exc)
-        for counter in COUNTERS:
+        for counter in counters(self._config):
             try:
                 snap.counters.append(self._counter_rows(counter, snap))
             except Exception as exc:
                 snap.ok = self._failed(counter.map_name, exc)
-        if self._config.histograms:
-            for hist in HISTOGRAMS:
-                try:
-                    snap.histograms.append(self._histogram_rows(hist, snap))
-                except Exception as exc:
-                    snap.ok = self._failed(hist.map_name, exc)
+        for hist in histograms(self._config):
+            try:
+                snap.histograms.append(self._histogram_rows(hist, snap))
+            except Exception as exc:
+                snap.ok = self._failed(hist.map_name, exc)
         try:
             snap.entries["inflight"] = self._reader.entries("inflight")
         except Exception as exc:

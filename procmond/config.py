@@ -36,6 +36,7 @@ class Config:
     listen: str = f":{DEFAULT_PORT}"
     max_entries: int = 4096
     histograms: bool = True
+    syscall_probes: bool = True
     histogram_max_entries: int = 256
     labels: tuple[str, ...] = KNOWN_LABELS
     log_level: str = "info"
@@ -184,6 +185,7 @@ _VALIDATORS = {
     "listen": _listen,
     "max_entries": _positive_int(MAX_ENTRIES_LIMIT),
     "histograms": _bool,
+    "syscall_probes": _bool,
     "histogram_max_entries": _positive_int(HISTOGRAM_MAX_ENTRIES_LIMIT),
     "labels": _labels,
     "log_level": _log_level,

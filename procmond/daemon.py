@@ -38,7 +38,7 @@ TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 IDLE_TICK_SECONDS = 5.0  # how often the loop checks the maps when systemd sets no watchdog
 
 # Settings that shape the kernel maps: a reload cannot change them without losing counts.
-KERNEL_SETTINGS = ("max_entries", "histograms", "histogram_max_entries", "labels")
+KERNEL_SETTINGS = ("max_entries", "histograms", "histogram_max_entries", "labels", "syscall_probes")
 
 
 @dataclass(eq=False)  # registered as a collector: must stay hashable

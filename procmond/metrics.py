@@ -24,6 +24,7 @@ class CounterMetric:
     documentation: str
     map_name: str
     key_fields: tuple[str, ...]  # the map key's fields, in order; each is also a label
+    needs_syscall_probes: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class HistogramMetric:
     # Bucket upper bounds are 2^k ns for each k here, then +Inf.
     bucket_exponents: tuple[int, ...]
     key_fields: tuple[str, ...] = ("comm",)
+    needs_syscall_probes: bool = False
 
 
 COUNTERS: tuple[CounterMetric, ...] = (
@@ -69,6 +71,7 @@ COUNTERS: tuple[CounterMetric, ...] = (
         "(EAGAIN: a task limit such as a cgroup's pids.max or RLIMIT_NPROC was hit).",
         "fork_failures_total",
         ("comm", "error"),
+        needs_syscall_probes=True,
     ),
 )
 
@@ -84,9 +87,22 @@ HISTOGRAMS: tuple[HistogramMetric, ...] = (
         "Time a thread spends in clone, clone3, fork or vfork, by command (for vfork this "
         "includes waiting until the child has exec'd or exited).",
         "fork_duration_seconds",
-        tuple(range(10, 31, 2)),
-    ),  # 1 us .. 1.07 s
+        tuple(range(10, 31, 2)),  # 1 us .. 1.07 s
+        needs_syscall_probes=True,
+    ),
 )
+
+
+def counters(config: Config) -> tuple[CounterMetric, ...]:
+    """The counter metrics this config exposes."""
+    return tuple(c for c in COUNTERS if config.syscall_probes or not c.needs_syscall_probes)
+
+
+def histograms(config: Config) -> tuple[HistogramMetric, ...]:
+    """The histogram metrics this config exposes."""
+    if not config.histograms:
+        return ()
+    return tuple(h for h in HISTOGRAMS if config.syscall_probes or not h.needs_syscall_probes)
 
 
 def label_names(key_fields: tuple[str, ...], config: Config) -> tuple[str, ...]:
@@ -125,8 +141,7 @@ def cumulative_buckets(hist: Histogram, exponents: tuple[int, ...]) -> list[tupl
 
 def series_budget(config: Config) -> int:
     """Worst-case series from the kernel maps: every map full, plus its overflow series."""
-    total = len(COUNTERS) * (config.max_entries + 1)
-    if config.histograms:
-        for h in HISTOGRAMS:
-            total += (config.histogram_max_entries + 1) * (len(h.bucket_exponents) + 3)
+    total = len(counters(config)) * (config.max_entries + 1)
+    for h in histograms(config):
+        total += (config.histogram_max_entries + 1) * (len(h.bucket_exponents) + 3)
     return total

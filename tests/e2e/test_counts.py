@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Daemon, own_comm, run_creator, unique_name
+from tests.e2e.harness import Daemon, own_comm, run_creator, start_daemon, unique_name
 
 N = 200
 
@@ -182,3 +182,22 @@ def test_task_limit_failures_are_eagain(daemon: Daemon, creator: Path) -> None:
                 break
             except OSError:
                 time.sleep(0.1)
+
+
+def test_without_syscall_probes(tmp_path: Path, creator: Path) -> None:
+    d = start_daemon(tmp_path, "syscall_probes: false\n")
+    try:
+        name = unique_name("nosys")
+        run_creator(creator, "fork", 30, [name])
+        run_creator(creator, "badclone3", 5, [name])
+        m = d.scrape()
+        assert m.value("procmond_forks_total", comm=name.decode(), parent_comm=own_comm()) == 30
+        assert set(dict(k)["probe"] for k in m.series("procmond_probe_attached")) == {
+            "sched_process_fork",
+            "sched_process_exec",
+            "sched_process_exit",
+        }
+        assert not m.series("procmond_fork_failures_total")
+        assert not m.series("procmond_fork_duration_seconds_count")
+    finally:
+        assert d.stop() == 0, d.log()

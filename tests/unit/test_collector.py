@@ -183,3 +183,12 @@ def test_text_rendering_equals_prometheus_clients() -> None:
     assert len(samples(ours)) > 50
     for family in ("procmond_forks_total", "procmond_process_lifetime_seconds"):
         assert f"# TYPE {family} " in ours
+
+
+def test_without_syscall_probes_their_families_are_absent() -> None:
+    m = scrape(tables(), Config(syscall_probes=False))
+    names = {k[0] for k in m}
+    assert "procmond_fork_failures_total" not in names
+    assert "procmond_fork_duration_seconds_count" not in names
+    assert "procmond_process_lifetime_seconds_count" in names
+    assert ("procmond_map_entries", (("map", "fork_failures_total"),)) not in m

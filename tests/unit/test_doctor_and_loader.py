@@ -77,3 +77,10 @@ def test_tracepoint_field_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert kernel.tracepoint_has_field("sched", "sched_process_exit", "group_dead")
     assert not kernel.tracepoint_has_field("sched", "sched_process_exit", "prio")
     assert not kernel.tracepoint_has_field("sched", "sched_process_fork", "group_dead")
+
+
+def test_no_syscall_probes_means_no_syscall_tracepoints() -> None:
+    config = Config(syscall_probes=False)
+    names = {p.name for p in bpf_loader.wanted_probes(config, watch=False)}
+    assert names == {"sched_process_fork", "sched_process_exec", "sched_process_exit"}
+    assert len(bpf_loader.wanted_probes(config, watch=True)) == 11  # watch names the calls
