@@ -26,7 +26,7 @@ from procmond.config import Config, load_config
 from procmond.errors import ProcmondError
 from procmond.logs import setup_logging
 from procmond.maps import MapReader
-from procmond.memory import release_loader_memory
+from procmond.memory import page_out_compiler, release_loader_memory
 from procmond.metrics import series_budget
 from procmond.server import MetricsServer, Render
 from procmond.systemd import Notifier
@@ -173,6 +173,7 @@ class Daemon:
             log.error("cannot read the kernel maps (%s): not pinging the watchdog", exc)
             return
         self.notifier.watchdog()
+        page_out_compiler()
         status = self._status_line()
         if status != self._last_status:
             self.notifier.status(status)

@@ -1,4 +1,4 @@
-from procmond.memory import loader_mappings
+from procmond.memory import _COMPILER_LIBRARIES, loader_mappings
 
 MAPS = """\
 55d0c0000000-55d0c0100000 r--p 00000000 fe:01 1 /usr/bin/python3.11
@@ -15,4 +15,11 @@ def test_only_compiler_libraries_are_selected() -> None:
         (0x7F0000000000, 0x7F0000800000),
         (0x7F0001000000, 0x7F0001200000),
         (0x7F0002000000, 0x7F0002100000),
+    ]
+
+
+def test_the_periodic_page_out_leaves_libbcc_alone() -> None:
+    assert loader_mappings(MAPS, _COMPILER_LIBRARIES) == [
+        (0x7F0000000000, 0x7F0000800000),
+        (0x7F0001000000, 0x7F0001200000),
     ]
