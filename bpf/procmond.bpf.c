@@ -287,9 +287,8 @@ static __always_inline int enter_creation(u32 syscall)
     return 0;
 }
 
-/* Runs in the creating thread, and in a new task returning to user space (with 0, or its
- * own tid for clone3 children: never negative, and with no inflight entry, so it counts
- * nothing). Failed calls are counted by error. For vfork the time includes waiting until the
+/* Runs in the creating thread, and in each new task as it first returns to user space (with
+ * 0, and no inflight entry: it counts nothing). Failed calls are counted by error. For vfork the time includes waiting until the
  * child has exec'd or exited, as the caller is suspended until then. */
 static __always_inline int exit_creation(void *ctx)
 {
