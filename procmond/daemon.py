@@ -41,6 +41,13 @@ IDLE_TICK_SECONDS = 5.0  # how often the loop checks the maps when systemd sets 
 KERNEL_SETTINGS = ("max_entries", "histograms", "histogram_max_entries", "labels", "syscall_probes")
 
 
+def accepts_text(accept: str) -> bool:
+    """Whether the client takes the text format. Prometheus lists OpenMetrics first but
+    accepts text/plain too (and */*); procmond then answers in text, its fast path."""
+    types = [part.split(";")[0].strip() for part in accept.split(",")]
+    return not accept.strip() or any(t in ("text/plain", "text/*", "*/*") for t in types)
+
+
 @dataclass(eq=False)  # registered as a collector: must stay hashable
 class ReloadState:
     """What procmond_config_last_reload_* report, as Prometheus itself names them."""
@@ -108,9 +115,10 @@ class Daemon:
         self.notifier.ready(self._status_line())
 
     def _render(self) -> Render:
-        """What /metrics serves. The text format, which Prometheus asks for by default, has
-        procmond's map families rendered by procmond itself (fast at 10,000s of series);
-        OpenMetrics goes all through prometheus_client. Both show the same samples."""
+        """What /metrics serves: the text format, with procmond's map families rendered by
+        procmond itself (fast at 10,000s of series), to every client that accepts it; only a
+        client that accepts nothing but OpenMetrics gets that, all through prometheus_client
+        (3-4 times slower at 10,000 series). Both show the same samples."""
         assert self.probe is not None and self.reader is not None
         status = ProbeStatus(
             self.probe.attached,
@@ -128,9 +136,9 @@ class Daemon:
                 registry.register(c)  # type: ignore[arg-type]
 
         def render(accept: str) -> tuple[bytes, str]:
-            encoder, content_type = choose_encoder(accept)
-            if content_type.startswith("text/plain"):
+            if accepts_text(accept):
                 return collector.render_text() + generate_latest(rest), TEXT_CONTENT_TYPE
+            encoder, content_type = choose_encoder(accept)
             return encoder(full), content_type
 
         return render

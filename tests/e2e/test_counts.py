@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,22 @@ def test_without_syscall_probes(tmp_path: Path, creator: Path) -> None:
         assert not m.series("procmond_fork_duration_seconds_count")
     finally:
         assert d.stop() == 0, d.log()
+
+
+def test_content_negotiation(daemon: Daemon) -> None:
+    """Prometheus (which also accepts text) gets the fast text path; a client that takes
+    only OpenMetrics gets OpenMetrics, with the same samples."""
+    prometheus = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+        "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
+    answers = {}
+    for accept in (prometheus, "application/openmetrics-text; version=1.0.0"):
+        request = urllib.request.Request(f"{daemon.url}/metrics", headers={"Accept": accept})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answers[accept] = (response.headers["Content-Type"], response.read().decode())
+    content_type, text = answers[prometheus]
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    content_type, om = answers["application/openmetrics-text; version=1.0.0"]
+    assert content_type.startswith("application/openmetrics-text") and om.endswith("# EOF\n")
+    assert "procmond_forks_total{" in text and "procmond_forks_total{" in om

@@ -84,3 +84,16 @@ def test_no_syscall_probes_means_no_syscall_tracepoints() -> None:
     names = {p.name for p in bpf_loader.wanted_probes(config, watch=False)}
     assert names == {"sched_process_fork", "sched_process_exec", "sched_process_exit"}
     assert len(bpf_loader.wanted_probes(config, watch=True)) == 11  # watch names the calls
+
+
+def test_text_is_served_to_whoever_accepts_it() -> None:
+    from procmond.daemon import accepts_text
+
+    prometheus = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+        "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
+    assert accepts_text(prometheus)
+    assert accepts_text("")
+    assert accepts_text("*/*")
+    assert not accepts_text("application/openmetrics-text; version=1.0.0")
