@@ -35,8 +35,9 @@ def test_soak(tmp_path: Path, creator: Path, request: pytest.FixtureRequest) -> 
             for mode in made:
                 run_creator(creator, mode, BATCH, [name])
                 made[mode] += BATCH
-            daemon.scrape()
+            # sampled before this scrape: the previous one's connection thread has ended by now
             samples.append((elapsed, sample(daemon.process.pid)))
+            daemon.scrape()
             time.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
         m = daemon.scrape()
         labels = {"comm": name.decode(), "parent_comm": own_comm()}
