@@ -19,8 +19,10 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -233,28 +235,22 @@ class Daemon(Configuration):
         return self._overflowed.get(comm)
 
 
-class Prototype(Configuration):
-    """The baseline in prototype.py: a perf-buffer event per clone() to a Python callback."""
-
-    name = "prototype"
+class _StderrTold(Configuration):
+    """A process whose first stderr line says it is ready, and whose stderr is its log."""
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        self.counts_path = workdir / f"prototype-{id(self)}.json"
         self._stderr = ""
 
-    def _launch(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(PROTOTYPE), "--counts", str(self.counts_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    def _spawn(
+        self, command: list[str], stdout: Any, ready: Callable[[str], bool], what: str
+    ) -> None:
+        self.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True)
         line = _read_line(self.process.stderr, time.monotonic() + 120)
-        if line.strip() != "ready":
+        if not ready(line):
             self.process.kill()
             _, rest = self.process.communicate()
-            raise RuntimeError(f"prototype did not start: {line}{rest}")
+            raise RuntimeError(f"{what} did not start: {line}{rest}")
 
     def log(self) -> str:
         return self._stderr
@@ -269,6 +265,24 @@ class Prototype(Configuration):
             raise
         super().stop()
 
+
+class Prototype(_StderrTold):
+    """The baseline in prototype.py: a perf-buffer event per clone() to a Python callback."""
+
+    name = "prototype"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.counts_path = workdir / f"prototype-{id(self)}.json"
+
+    def _launch(self) -> None:
+        self._spawn(
+            [sys.executable, str(PROTOTYPE), "--counts", str(self.counts_path)],
+            subprocess.DEVNULL,
+            lambda line: line.strip() == "ready",
+            "prototype",
+        )
+
     def _result(self) -> dict[str, object]:
         return json.loads(self.counts_path.read_text())  # type: ignore[no-any-return]
 
@@ -279,7 +293,7 @@ class Prototype(Configuration):
         return int(self._result()["lost"])  # type: ignore[call-overload]
 
 
-class Watch(Configuration):
+class Watch(_StderrTold):
     """``procmond watch``. Its lines go to a file on tmpfs rather than /dev/null, so that they
     can be counted; a tmpfs write costs about what a /dev/null one does (no disk involved)."""
 
@@ -290,31 +304,18 @@ class Watch(Configuration):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
         self.output_path = workdir / f"watch-{id(self)}.out"
-        self._stderr = ""
         self._counts: dict[str, int] = {}
 
     def _launch(self) -> None:
         with self.output_path.open("wb") as out:
-            self.process = subprocess.Popen(
-                [*procmond_command(), "watch"], stdout=out, stderr=subprocess.PIPE, text=True
+            self._spawn(
+                [*procmond_command(), "watch"],
+                out,
+                lambda line: "watching" in line,
+                "procmond watch",
             )
-        line = _read_line(self.process.stderr, time.monotonic() + 120)
-        if "watching" not in line:
-            self.process.kill()
-            _, rest = self.process.communicate()
-            raise RuntimeError(f"procmond watch did not start: {line}{rest}")
-
-    def log(self) -> str:
-        return self._stderr
 
     def stop(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            _, self._stderr = self.process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
         super().stop()
         counts: Counter[str] = Counter()
         with self.output_path.open(errors="replace") as lines:

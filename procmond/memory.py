@@ -9,6 +9,7 @@ fault back in from the library files if BCC ever compiles again.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import re
 from pathlib import Path
@@ -45,13 +46,20 @@ def page_out_compiler() -> None:
     _release(_COMPILER_LIBRARIES, trim=False)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc, loaded once: the page-out runs at every heartbeat."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
 def _release(libraries: re.Pattern[str], trim: bool) -> None:
     """Best effort: failures are logged at debug level and change nothing else."""
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc = _libc()
         if trim:
             libc.malloc_trim(0)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         for start, end in loader_mappings(Path("/proc/self/maps").read_text(), libraries):
             if libc.madvise(start, end - start, MADV_PAGEOUT) != 0:
                 log.debug("madvise(MADV_PAGEOUT) failed: errno %d", ctypes.get_errno())

@@ -17,6 +17,9 @@ class Certs:
     client_key: Path
 
 
+NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")  # P-256, unencrypted
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -26,11 +29,7 @@ def make_certs(folder: Path) -> Certs:
     _openssl(
         "req",
         "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
+        *NEW_KEY,
         "-keyout",
         "ca.key",
         "-out",
@@ -47,11 +46,7 @@ def make_certs(folder: Path) -> Certs:
     ):
         _openssl(
             "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
+            *NEW_KEY,
             "-keyout",
             f"{name}.key",
             "-out",
