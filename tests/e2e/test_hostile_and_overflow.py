@@ -106,9 +106,15 @@ def test_full_maps_count_under_overflow_and_totals_stay_exact(
 
 
 def every_byte_names() -> list[bytes]:
-    """Bytes 0x01-0xff spread over 15-byte names, each behind a unique 2-byte prefix."""
+    """Bytes 0x01-0xff spread over 15-byte names, each behind its own 2-byte prefix.
+
+    The prefixes must differ: names made only of invalid UTF-8 decode alike and are
+    (rightly) counted as one label value, so a shared prefix would merge two names.
+    """
     payload = bytes(range(1, 256))
-    return [secrets.token_hex(1).encode() + payload[i : i + 13] for i in range(0, len(payload), 13)]
+    chunks = [payload[i : i + 13] for i in range(0, len(payload), 13)]
+    prefixes = secrets.SystemRandom().sample(range(256), len(chunks))
+    return [f"{p:02x}".encode() + chunk for p, chunk in zip(prefixes, chunks, strict=True)]
 
 
 def test_every_byte_value_in_names(daemon: Daemon, creator: Path) -> None:
