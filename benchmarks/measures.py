@@ -73,7 +73,8 @@ def memory(pid: int) -> Memory:
 
 
 _MAPPING_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
-# BCC's compiler: needed to load the probe, never after (procmond/memory.py pages it out).
+# BCC and its compiler: the daemon leaves them to its loader child (procmond/handoff.py), so
+# any of their pages in the daemon is a regression.
 LOADER_LIBRARIES = re.compile(r"/lib(LLVM|clang|clang-cpp|bcc)[-.][^/]*$")
 
 

@@ -196,7 +196,8 @@ def scrape_latency(
 ) -> dict[str, object]:
     """Scrape times with ``series`` live procmond_forks_total series, made by one process
     renaming itself ``series`` times with one fork each. Plain text and Prometheus' own
-    request (OpenMetrics, gzip) are timed alternately, over kept-alive connections."""
+    request (it prefers OpenMetrics, accepts text; gzip) are timed alternately, over
+    kept-alive connections."""
     capacity = max(4096, 2 * series)  # room for the names and for the host's own commands
     daemon = Daemon(workdir, f"max_entries: {capacity}\n")
     started = daemon.start(settle)

@@ -426,7 +426,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
             ["request", "body", "p50", "p99"],
             [
                 [
-                    {"plain": "text/plain", "prometheus": "Prometheus' (OpenMetrics, gzip)"}[k],
+                    {"plain": "text/plain", "prometheus": "Prometheus' Accept, gzip"}[k],
                     f"{s['bytes'][k]:,} B",
                     f"{s['p50_ms'][k]:.1f} ms",
                     f"{s['p99_ms'][k]:.1f} ms",
@@ -572,10 +572,9 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
     if daemon and daemon["loader_file_mib"] > 5:
         out += [
             "",
-            f"**The daemon still held {daemon['loader_file_mib']:.0f} MiB of the compiler "
-            "libraries' pages after start**: procmond/memory.py pages them out once, and "
-            "MADV_PAGEOUT leaves alone the pages another process maps at that moment (another "
-            "BCC program loading on the same host). See README.md.",
+            f"**The daemon held {daemon['loader_file_mib']:.0f} MiB of BCC's and the "
+            "compiler's pages after start**: it should never load them (procmond/handoff.py "
+            "leaves them to the loader child).",
         ]
     return out
 

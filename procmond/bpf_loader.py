@@ -16,35 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from procmond import kernel
+from procmond.bpfmap import BPFMap
 from procmond.btf import BTF, BTFError, probe_offsets
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError
+from procmond.maps import MAP_LAYOUTS, check_layouts
 
 log = logging.getLogger(__name__)
-
-# Order of enum map_id in bpf/procmond.h: index into overflow_events / overflow_hist.
-MAP_IDS = (
-    "forks_total",
-    "threads_created_total",
-    "execs_total",
-    "exits_total",
-    "process_lifetime_seconds",
-    "fork_duration_seconds",
-    "fork_failures_total",
-    "inflight",
-)
-
-# Key fields each map must have, checked against what BCC compiled (like ebpf_exporter's
-# validateMaps): a mismatch between C and Python fails at load, not as garbage at scrape.
-_EXPECTED_KEY_FIELDS = {
-    "forks_total": ("comm", "parent_comm"),
-    "threads_created_total": ("comm", "parent_comm"),
-    "execs_total": ("comm", "parent_comm"),
-    "exits_total": ("comm",),
-    "fork_failures_total": ("comm", "error"),
-    "process_lifetime_seconds": ("comm",),
-    "fork_duration_seconds": ("comm",),
-}
 
 
 @dataclass(frozen=True)
@@ -100,9 +78,23 @@ class LoadedProbe:
     btf_offsets: bool
     bcc_version: str
     cflags: list[str] = field(default_factory=list)
+    _maps: dict[str, BPFMap] = field(default_factory=dict)
 
     def table(self, name: str) -> Any:
+        """BCC's table object (for its ring-buffer API)."""
         return self.bpf[name.encode()]
+
+    def map(self, name: str) -> BPFMap:
+        """The map, read by descriptor like the daemon reads it (the descriptor stays BCC's)."""
+        if name not in self._maps:
+            self._maps[name] = BPFMap(self.table(name).map_fd)
+        return self._maps[name]
+
+    def descriptors(self) -> tuple[dict[str, int], list[int]]:
+        """Map name → map descriptor, and the descriptors that hold the probes attached
+        (raw tracepoint links and tracepoint perf events): what procmond/handoff.py passes."""
+        links = [*self.bpf.raw_tracepoint_fds.values(), *self.bpf.tracepoint_fds.values()]
+        return {name: self.table(name).map_fd for name in MAP_LAYOUTS}, links
 
     def close(self) -> None:
         """Detach every probe and free the maps.
@@ -198,29 +190,14 @@ def load(
             else "run `procmond doctor`"
         )
         raise BPFLoadError(f"cannot compile or load {source}: {exc}", hint) from None
+    probe = LoadedProbe(bpf, {}, btf_offsets, getattr(bcc, "__version__", "unknown"), cflags)
     try:
-        check_maps(bpf)
-        attached = attach(bpf, config, watch)
+        check_layouts(probe.map)
+        probe.attached = attach(bpf, config, watch)
     except Exception:
         bpf.cleanup()
         raise
-    return LoadedProbe(bpf, attached, btf_offsets, getattr(bcc, "__version__", "unknown"), cflags)
-
-
-def check_maps(bpf: Any) -> None:
-    for name, expected in _EXPECTED_KEY_FIELDS.items():
-        fields_ = tuple(f for f, _ in getattr(bpf[name.encode()].Key, "_fields_", ()))
-        if fields_ != expected:
-            raise BPFLoadError(
-                f"map {name} has key fields {fields_}, expected {expected}",
-                "bpf/procmond.h and procmond/bpf_loader.py disagree",
-            )
-    size = bpf[b"overflow_events"].max_entries
-    if size != len(MAP_IDS):
-        raise BPFLoadError(
-            f"overflow_events has {size} slots, expected {len(MAP_IDS)}",
-            "enum map_id in bpf/procmond.h and MAP_IDS disagree",
-        )
+    return probe
 
 
 def wanted_probes(config: Config, watch: bool) -> list[Probe]:

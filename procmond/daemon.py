@@ -20,13 +20,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
-from procmond import __version__, bpf_loader, kernel
+from procmond import __version__, handoff, kernel
 from procmond.collector import ProbeStatus, ProcmondCollector
 from procmond.config import Config, load_config
 from procmond.errors import ProcmondError
 from procmond.logs import setup_logging
 from procmond.maps import MapReader
-from procmond.memory import page_out_compiler, release_loader_memory
 from procmond.metrics import series_budget
 from procmond.server import MetricsServer, Render
 from procmond.systemd import Notifier
@@ -81,7 +80,7 @@ class Daemon:
         self.notifier = Notifier()
         self.reload_state = ReloadState(True, time.time())
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.probe: bpf_loader.LoadedProbe | None = None
+        self.probe: handoff.HandedOffProbe | None = None
         self.server: MetricsServer | None = None
         self.reader: MapReader | None = None
         self.collector: ProcmondCollector | None = None
@@ -90,14 +89,13 @@ class Daemon:
     def start(self) -> None:
         started = time.monotonic()
         self.notifier.status("loading eBPF probe")
-        self.probe = bpf_loader.load(self.config)
-        self.reader = MapReader(self.probe.table, bpf_loader.MAP_IDS)
+        self.probe = handoff.load(self.config)
+        self.reader = MapReader(self.probe.map)
         self.notifier.status("opening HTTP listener")
         self.server = MetricsServer(
             self._render(), self.config.listen_host, self.config.listen_port, self.web
         )
         self.server.start()
-        release_loader_memory()
         attached = sum(self.probe.attached.values())
         log.info(
             "procmond %s: %d/%d probes attached, BTF offsets %s, config from %s, at most "
@@ -181,7 +179,6 @@ class Daemon:
             log.error("cannot read the kernel maps (%s): not pinging the watchdog", exc)
             return
         self.notifier.watchdog()
-        page_out_compiler()
         status = self._status_line()
         if status != self._last_status:
             self.notifier.status(status)

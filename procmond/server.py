@@ -193,6 +193,9 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = self.socket.accept()
+        # Headers and body leave in two writes; with Nagle on, a body that ends in a partial
+        # segment waited for the client's delayed ACK: +40 ms on every gzipped scrape.
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         context = self.web.ssl_context
         if context is not None:  # no I/O here: the handshake happens in the handler's thread
             connection = context.wrap_socket(

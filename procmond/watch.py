@@ -97,7 +97,7 @@ def watch(config: Config, as_json: bool, out: TextIO = sys.stdout, err: TextIO =
         while not stop:
             probe.bpf.ring_buffer_poll(200)
             out.flush()
-            lost = read_percpu_counts(probe.table("watch_lost"), 1)[0]
+            lost = read_percpu_counts(probe.map("watch_lost"), 1)[0]
             if lost > reported_lost:
                 err.write(
                     f"procmond: lost {lost - reported_lost} events (ring buffer full; "

@@ -21,7 +21,7 @@ def test_exit_count_without_group_dead(creator: Path) -> None:
         name = unique_name("old")
         run_creator(creator, "fork", 30, [name], "--exit-name-hex", unique_name().hex())
         run_creator(creator, "thread", 30, [name], "--exit-name-hex", unique_name().hex())
-        reader = MapReader(probe.table, bpf_loader.MAP_IDS)
+        reader = MapReader(probe.map)
         exits = reader.counters("exits_total", ("comm",))
         assert exits[(name,)] == 30  # children only: threads are not processes
         lifetimes = reader.histograms("process_lifetime_seconds")
@@ -60,9 +60,7 @@ def test_missing_tracepoint_is_reported_not_fatal(
         assert sum(probe.attached.values()) == 11
         name = unique_name("tp")
         run_creator(creator, "fork", 10, [name])
-        forks = MapReader(probe.table, bpf_loader.MAP_IDS).counters(
-            "forks_total", ("comm", "parent_comm")
-        )
+        forks = MapReader(probe.map).counters("forks_total", ("comm", "parent_comm"))
         assert sum(v for k, v in forks.items() if k[0] == name) == 10
     finally:
         probe.close()

@@ -1,79 +1,74 @@
-"""Stand-ins for BCC tables, shaped like what bcc 0.26 returns, for tests without root."""
+"""Stand-ins for procmond.bpfmap.BPFMap: raw keys and values, laid out as bpf/procmond.h does,
+for tests without root (tests/e2e reads the real maps)."""
 
 from __future__ import annotations
 
-import ctypes
-from typing import Any
+import struct
 
-from procmond.maps import HIST_SLOTS
-
-
-class PairKey(ctypes.Structure):
-    _fields_ = [("comm", ctypes.c_char * 16), ("parent_comm", ctypes.c_char * 16)]
+from procmond.maps import COMM_LEN, HIST_SLOTS
 
 
-class CommKey(ctypes.Structure):
-    _fields_ = [("comm", ctypes.c_char * 16)]
+def _comm(name: bytes) -> bytes:
+    return name[:COMM_LEN].ljust(COMM_LEN, b"\0")
 
 
-class FailureKey(ctypes.Structure):
-    _fields_ = [("comm", ctypes.c_char * 16), ("error", ctypes.c_uint)]
+def pair(comm: bytes, parent: bytes = b"") -> bytes:
+    """struct comm_pair_key"""
+    return _comm(comm) + _comm(parent)
 
 
-class HistValue(ctypes.Structure):
-    _fields_ = [("slots", ctypes.c_ulong * HIST_SLOTS), ("sum_ns", ctypes.c_ulong)]
+def one(comm: bytes) -> bytes:
+    """struct comm_key"""
+    return _comm(comm)
 
 
-def hist(slots: dict[int, int], sum_ns: int) -> HistValue:
-    value = HistValue()
+def failure(comm: bytes, error: int) -> bytes:
+    """struct failure_key"""
+    return _comm(comm) + struct.pack("=I", error)
+
+
+def hist(slots: dict[int, int], sum_ns: int) -> bytes:
+    """struct hist_value"""
+    values = [0] * HIST_SLOTS
     for k, n in slots.items():
-        value.slots[k] = n
-    value.sum_ns = sum_ns
-    return value
+        values[k] = n
+    return struct.pack(f"={HIST_SLOTS + 1}Q", *values, sum_ns)
+
+
+def _value(v: int | bytes) -> bytes:
+    return v if isinstance(v, bytes) else struct.pack("=Q", v)
 
 
 class FakeHash:
     def __init__(
-        self,
-        rows: list[tuple[Any, Any]],
-        max_entries: int = 100,
-        batch: bool = True,
-        broken: bool = False,
+        self, rows: list[tuple[bytes, int | bytes]], max_entries: int = 100, broken: bool = False
     ) -> None:
-        self.rows = rows
+        self.rows = [(k, _value(v)) for k, v in rows]
         self.max_entries = max_entries
-        self.batch = batch
         self.broken = broken
+        self.key_size = len(rows[0][0]) if rows else 0
+        self.value_size = len(self.rows[0][1]) if rows else 0
 
-    def items_lookup_batch(self) -> list[tuple[Any, Any]]:
+    def items(self) -> list[tuple[bytes, bytes]]:
         if self.broken:
             raise OSError(5, "Input/output error")
-        if not self.batch:
-            raise Exception("BPF_MAP_LOOKUP_BATCH unsupported")
-        return [(k, v if isinstance(v, HistValue) else int(v)) for k, v in self.rows]
+        return list(self.rows)
 
-    def items(self) -> list[tuple[Any, Any]]:
-        if self.broken:
-            raise OSError(5, "Input/output error")
-        return [(k, v if isinstance(v, HistValue) else ctypes.c_ulong(v)) for k, v in self.rows]
+    def per_cpu_values(self, key: bytes) -> list[bytes]:
+        raise AssertionError("not a per-CPU map")
 
 
 class FakePerCpuArray:
-    def __init__(self, per_index: list[list[Any]]) -> None:
-        self.per_index = per_index
+    """Index → one value per CPU."""
+
+    def __init__(self, per_index: list[list[int | bytes]]) -> None:
+        self.per_index = [[_value(v) for v in values] for values in per_index]
         self.max_entries = len(per_index)
+        self.key_size = 4
+        self.value_size = len(self.per_index[0][0]) if per_index and per_index[0] else 8
 
-    def __getitem__(self, index: ctypes.c_int) -> list[Any]:
-        return self.per_index[index.value]
+    def items(self) -> list[tuple[bytes, bytes]]:
+        raise AssertionError("read per CPU")
 
-
-def pair(comm: bytes, parent: bytes = b"") -> PairKey:
-    return PairKey(comm, parent)
-
-
-def one(comm: bytes) -> CommKey:
-    return CommKey(comm)
-
-
-def failure(comm: bytes, error: int) -> FailureKey:
-    return FailureKey(comm, error)
+    def per_cpu_values(self, key: bytes) -> list[bytes]:
+        return self.per_index[struct.unpack("=I", key)[0]]

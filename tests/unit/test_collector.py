@@ -7,10 +7,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from procmond.bpf_loader import MAP_IDS
 from procmond.collector import ProbeStatus, ProcmondCollector
 from procmond.config import Config
-from procmond.maps import Histogram, MapReader
+from procmond.maps import MAP_IDS, Histogram, MapReader
 from procmond.metrics import COUNTERS, HISTOGRAMS, cumulative_buckets, series_budget
 from tests.unit.fakes import FakeHash, FakePerCpuArray, failure, hist, one, pair
 
@@ -23,7 +22,7 @@ def tables(**overrides: Any) -> dict[str, Any]:
     t: dict[str, Any] = {
         "forks_total": FakeHash([(pair(b"bash", b"sshd"), 3), (pair(b"make", b"bash"), 40)]),
         "threads_created_total": FakeHash([(pair(b"java", b"systemd"), 7)]),
-        "execs_total": FakeHash([(pair(b"cc1", b"make"), 12)], batch=False),
+        "execs_total": FakeHash([(pair(b"cc1", b"make"), 12)]),
         "exits_total": FakeHash([(one(b"cc1"), 12)]),
         "fork_failures_total": FakeHash([(failure(b"bomb", 11), 70), (failure(b"x", 4095), 1)]),
         "process_lifetime_seconds": FakeHash([(one(b"cc1"), hist({20: 2, 28: 1}, 300_000_000))]),

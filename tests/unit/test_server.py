@@ -94,3 +94,16 @@ def test_connection_cap_and_idle_timeout(server: MetricsServer) -> None:
 def test_port_in_use_is_a_listen_error(server: MetricsServer) -> None:
     with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{server.port}"):
         MetricsServer(registry_render(CollectorRegistry()), "127.0.0.1", server.port)
+
+
+def test_accepted_connections_send_without_nagle() -> None:
+    """Headers and body go out in two writes: with Nagle's algorithm on, the end of a small
+    (gzipped) body waited ~40 ms for the client's delayed ACK. Not started: accepted by hand."""
+    s = MetricsServer(registry_render(CollectorRegistry()), "127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5):
+            accepted, _ = s._server.get_request()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        s._server.server_close()

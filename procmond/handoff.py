@@ -1,0 +1,177 @@
+"""Load the probe in a short-lived child process; the daemon keeps only its descriptors.
+
+BCC compiles with LLVM and clang, which bring ~100 MB of libraries and ~20 MB of heap into
+any process that imports ``bcc``, none of it needed once the probe is loaded. So the daemon
+starts ``python -m procmond.handoff``, which compiles, loads and attaches (procmond/bpf_loader.py)
+and then passes back, over a Unix socket (SCM_RIGHTS), the descriptors that keep it all alive:
+every map, and every attachment (raw tracepoint links, tracepoint perf events). The child then
+exits without detaching anything. The daemon reads the maps through procmond/bpfmap.py and
+detaches by closing the descriptors. Its errors reach the daemon as the same ProcmondError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from procmond import errors
+from procmond.bpfmap import BPFMap
+from procmond.config import Config
+from procmond.errors import BPFLoadError, ProcmondError
+from procmond.maps import check_layouts
+
+log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT_SECONDS = 120.0  # compiling takes ~0.3 s here; a wedged compiler must not hang us
+_MAX_MESSAGE = 1 << 16
+_MAX_FDS = 64
+
+
+@dataclass
+class HandedOffProbe:
+    """The loaded probe as the daemon holds it: descriptors, and what the loader reported."""
+
+    maps: dict[str, BPFMap]
+    links: list[int]
+    attached: dict[str, bool]
+    btf_offsets: bool
+    bcc_version: str
+    cflags: list[str]
+
+    def map(self, name: str) -> BPFMap:
+        return self.maps[name]
+
+    def close(self) -> None:
+        """Detach every probe (closing its last descriptor) and free the maps.
+
+        Each tracepoint detach waits for an RCU grace period (~70 ms measured here); closed
+        from parallel threads (os.close releases the GIL) they share grace periods.
+        """
+        if self.links:
+            with ThreadPoolExecutor(len(self.links)) as pool:
+                list(pool.map(os.close, self.links))
+            self.links = []
+        for bpf_map in self.maps.values():
+            bpf_map.close()
+        self.maps = {}
+
+
+def load(config: Config) -> HandedOffProbe:
+    """Run the loader child and take over what it loaded. Raises what the loader raised."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        with theirs:
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "procmond.handoff",
+                    str(theirs.fileno()),
+                    json.dumps(dataclasses.asdict(config)),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            ours.settimeout(LOAD_TIMEOUT_SECONDS)
+            data, fds, _flags, _addr = socket.recv_fds(ours, _MAX_MESSAGE, _MAX_FDS)
+        except TimeoutError:
+            child.kill()
+            raise BPFLoadError(
+                f"the probe loader did not finish in {LOAD_TIMEOUT_SECONDS:.0f} s",
+                "run `procmond doctor`",
+            ) from None
+        finally:
+            status = child.wait()
+    if not data:
+        raise BPFLoadError(
+            f"the probe loader exited with status {status} before handing over the probe",
+            "its error is logged just above; run `procmond doctor`",
+        )
+    return _take_over(json.loads(data), fds)
+
+
+def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:
+    if "error" in message:
+        for fd in fds:
+            os.close(fd)
+        error = message["error"]
+        cls = getattr(errors, error["type"], None)
+        if not (isinstance(cls, type) and issubclass(cls, ProcmondError)):
+            cls = BPFLoadError
+        raise cls(error["message"], error["hint"])
+    names: list[str] = message["maps"]
+    maps = {name: BPFMap(fd) for name, fd in zip(names, fds, strict=False)}
+    probe = HandedOffProbe(
+        maps,
+        fds[len(names) :],
+        {k: bool(v) for k, v in message["attached"].items()},
+        bool(message["btf_offsets"]),
+        str(message["bcc_version"]),
+        list(message["cflags"]),
+    )
+    try:
+        if len(fds) != len(names) + message["links"]:
+            raise BPFLoadError(
+                f"the probe loader sent {len(fds)} descriptors, expected "
+                f"{len(names) + message['links']}",
+                "raise the open-files limit (LimitNOFILE)",
+            )
+        check_layouts(probe.map)
+    except Exception:
+        probe.close()
+        raise
+    return probe
+
+
+def _child(sock: socket.socket, config: Config) -> int:
+    """In the loader child: load, send the descriptors, and leave without BCC's cleanup."""
+    from procmond import bpf_loader  # the only import of bcc, here in the child
+
+    try:
+        probe = bpf_loader.load(config)
+    except ProcmondError as exc:
+        error = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+        sock.send(json.dumps({"error": error}).encode())
+        return exc.exit_code
+    except Exception as exc:  # a bug: one log line with the traceback, and a clear error
+        log.exception("the probe loader failed")
+        error = {"type": "BPFLoadError", "message": f"the probe loader failed: {exc}", "hint": ""}
+        sock.send(json.dumps({"error": error}).encode())
+        return 1
+    maps, links = probe.descriptors()
+    message = {
+        "maps": list(maps),
+        "links": len(links),
+        "attached": probe.attached,
+        "btf_offsets": probe.btf_offsets,
+        "bcc_version": probe.bcc_version,
+        "cflags": probe.cflags,
+    }
+    socket.send_fds(sock, [json.dumps(message).encode()], [*maps.values(), *links])
+    sys.stderr.flush()
+    # BCC's cleanup (at exit or on garbage collection) would detach the probes, which the
+    # daemon now shares: leave without running it.
+    os._exit(0)
+
+
+def main() -> int:
+    from procmond.logs import setup_logging
+
+    fd, config_json = int(sys.argv[1]), json.loads(sys.argv[2])
+    config_json["labels"] = tuple(config_json["labels"])
+    config = Config(**config_json)
+    setup_logging(config.log_level)
+    with socket.socket(fileno=fd) as sock:
+        return _child(sock, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
