@@ -1,5 +1,6 @@
 """The configurations compared, each a process the benchmark starts, measures and stops:
-nothing, the procmond daemon, the prototype it replaces, and ``procmond watch``.
+nothing, the procmond daemon (by default and without syscall probes), the prototype it
+replaces, and ``procmond watch``.
 
 Each one says how many creations it saw under a command name, so the benchmark can compare
 that with what the load generator really created.
@@ -235,6 +236,16 @@ class Daemon(Configuration):
         return self._overflowed.get(comm)
 
 
+class DaemonWithoutSyscallProbes(Daemon):
+    """``procmond run`` with ``syscall_probes: false``: what the syscall tracepoints (fork
+    durations and failures) cost, beside the default config in the same run."""
+
+    name = "procmond-nosys"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, "syscall_probes: false\n")
+
+
 class _StderrTold(Configuration):
     """A process whose first stderr line says it is ready, and whose stderr is its log."""
 
@@ -334,7 +345,7 @@ class Watch(_StderrTold):
 
 
 CONFIGURATIONS: dict[str, type[Configuration]] = {
-    c.name: c for c in (Configuration, Daemon, Prototype, Watch)
+    c.name: c for c in (Configuration, Daemon, DaemonWithoutSyscallProbes, Prototype, Watch)
 }
 
 

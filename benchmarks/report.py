@@ -17,6 +17,7 @@ from benchmarks.measures import CLOCK_TICKS, median
 LABELS = {
     "none": "no probe",
     "procmond": "procmond daemon",
+    "procmond-nosys": "procmond daemon, syscall_probes: false",
     "prototype": "prototype (perf buffer → Python)",
     "watch": "procmond watch",
 }
