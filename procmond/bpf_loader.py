@@ -90,11 +90,14 @@ class LoadedProbe:
             self._maps[name] = BPFMap(self.table(name).map_fd)
         return self._maps[name]
 
-    def descriptors(self) -> tuple[dict[str, int], list[int]]:
-        """Map name → map descriptor, and the descriptors that hold the probes attached
-        (raw tracepoint links and tracepoint perf events): what procmond/handoff.py passes."""
+    def descriptors(self) -> tuple[dict[str, int], list[int], list[int]]:
+        """What procmond/handoff.py passes: map name → map descriptor, the descriptors that
+        hold the probes attached (raw tracepoint links, tracepoint perf events), and the
+        programs' own (so that `bpftool prog` names the daemon as their holder, and their
+        run-time statistics show in its /proc/PID/fdinfo)."""
         links = [*self.bpf.raw_tracepoint_fds.values(), *self.bpf.tracepoint_fds.values()]
-        return {name: self.table(name).map_fd for name in MAP_LAYOUTS}, links
+        programs = [function.fd for function in self.bpf.funcs.values()]
+        return {name: self.table(name).map_fd for name in MAP_LAYOUTS}, links, programs
 
     def close(self) -> None:
         """Detach every probe and free the maps.

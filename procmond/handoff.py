@@ -4,9 +4,10 @@ BCC compiles with LLVM and clang, which bring ~100 MB of libraries and ~20 MB of
 any process that imports ``bcc``, none of it needed once the probe is loaded. So the daemon
 starts ``python -m procmond.handoff``, which compiles, loads and attaches (procmond/bpf_loader.py)
 and then passes back, over a Unix socket (SCM_RIGHTS), the descriptors that keep it all alive:
-every map, and every attachment (raw tracepoint links, tracepoint perf events). The child then
-exits without detaching anything. The daemon reads the maps through procmond/bpfmap.py and
-detaches by closing the descriptors. Its errors reach the daemon as the same ProcmondError.
+every map, every attachment (raw tracepoint links, tracepoint perf events) and every program.
+The child then exits without detaching anything. The daemon reads the maps through
+procmond/bpfmap.py and detaches by closing the descriptors. The child's errors reach the
+daemon as the same ProcmondError.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class HandedOffProbe:
 
     maps: dict[str, BPFMap]
     links: list[int]
+    programs: list[int]
     attached: dict[str, bool]
     btf_offsets: bool
     bcc_version: str
@@ -58,6 +60,9 @@ class HandedOffProbe:
             with ThreadPoolExecutor(len(self.links)) as pool:
                 list(pool.map(os.close, self.links))
             self.links = []
+        for fd in self.programs:
+            os.close(fd)
+        self.programs = []
         for bpf_map in self.maps.values():
             bpf_map.close()
         self.maps = {}
@@ -109,19 +114,21 @@ def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:
         raise cls(error["message"], error["hint"])
     names: list[str] = message["maps"]
     maps = {name: BPFMap(fd) for name, fd in zip(names, fds, strict=False)}
+    links_end = len(names) + message["links"]
     probe = HandedOffProbe(
         maps,
-        fds[len(names) :],
+        fds[len(names) : links_end],
+        fds[links_end:],
         {k: bool(v) for k, v in message["attached"].items()},
         bool(message["btf_offsets"]),
         str(message["bcc_version"]),
         list(message["cflags"]),
     )
     try:
-        if len(fds) != len(names) + message["links"]:
+        expected = links_end + message["programs"]
+        if len(fds) != expected:
             raise BPFLoadError(
-                f"the probe loader sent {len(fds)} descriptors, expected "
-                f"{len(names) + message['links']}",
+                f"the probe loader sent {len(fds)} descriptors, expected {expected}",
                 "raise the open-files limit (LimitNOFILE)",
             )
         check_layouts(probe.map)
@@ -146,16 +153,18 @@ def _child(sock: socket.socket, config: Config) -> int:
         error = {"type": "BPFLoadError", "message": f"the probe loader failed: {exc}", "hint": ""}
         sock.send(json.dumps({"error": error}).encode())
         return 1
-    maps, links = probe.descriptors()
+    maps, links, programs = probe.descriptors()
     message = {
         "maps": list(maps),
         "links": len(links),
+        "programs": len(programs),
         "attached": probe.attached,
         "btf_offsets": probe.btf_offsets,
         "bcc_version": probe.bcc_version,
         "cflags": probe.cflags,
     }
-    socket.send_fds(sock, [json.dumps(message).encode()], [*maps.values(), *links])
+    fds = [*maps.values(), *links, *programs]
+    socket.send_fds(sock, [json.dumps(message).encode()], fds)
     sys.stderr.flush()
     # BCC's cleanup (at exit or on garbage collection) would detach the probes, which the
     # daemon now shares: leave without running it.

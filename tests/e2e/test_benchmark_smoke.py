@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.configurations import CONFIGURATIONS
 from benchmarks.loadgen import PATHS
 from tests.e2e.harness import REPO
 
-CONFIGS = ("none", "procmond", "prototype", "watch")
+CONFIGS = tuple(CONFIGURATIONS)
 
 
 def _numbers(value: object) -> list[float]:

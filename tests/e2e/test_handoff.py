@@ -59,7 +59,8 @@ def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -
         maps, progs = _kernel_objects(pid)
         assert len(maps) == len(MAP_LAYOUTS)
         assert maps <= _loaded(BPF_MAP_GET_NEXT_ID)
-        assert len(progs) == 3  # the raw tracepoints' links; perf events do not show theirs
+        attached = sum(ok for ok in (daemon.scrape().series("procmond_probe_attached").values()))
+        assert attached == 11 and len(progs) == attached  # it holds every program it runs
         name = unique_name("ho")
         run_creator(creator, "fork", 7, [name])
         assert daemon.scrape().total("procmond_forks_total") > 0
