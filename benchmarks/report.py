@@ -392,8 +392,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         + ".",
         "",
         f"Run: `{params['command']}`: {params['rounds']} rounds of every configuration in "
-        f"turn (ABCD ABCD …), each round {params['seconds']:g} s of back-to-back creations "
-        f"per path by {params['workers']} worker processes; scrape latency over "
+        f"turn, in the same order every round, each {params['seconds']:g} s of back-to-back "
+        f"creations per path by {params['workers']} worker processes; scrape latency over "
         f"{params['scrapes']} scrapes at {params['series']:,} series; soak "
         f"{_duration(params['soak'])}"
         + (" (shorter than the default 10 min)" if params["soak"] < 600 else "")
@@ -402,7 +402,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         + f". Load average before the run {' '.join(env['loadavg_before'])}, after "
         f"{' '.join(env['loadavg_after'])} (the benchmark's own load included).",
         "",
-        "How each figure is made, and why the missed targets are missed: [README.md](README.md).",
+        "How each figure is made, and what was found on the way to the targets: "
+        "[README.md](README.md).",
         "",
         "## Targets",
         "",
