@@ -515,6 +515,7 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
                 if c in cpu
             ],
         )
+    out += ratio_and_cpu_chart(summary)
     events = summary["events"]
     if events:
         out += ["", "## Events counted / created, all rounds", ""]
@@ -627,6 +628,38 @@ def _soak_section(data: dict[str, Any], soak: dict[str, Any]) -> list[str]:
         "```",
     ]
     return out
+
+
+def ratio_and_cpu_chart(summary: dict[str, Any], width: int = 40) -> list[str]:
+    """The fork throughput ratio and the CPU per 100,000 creations of every configuration as
+    text bars (no plotting library needed): the two figures that separate the designs."""
+    configs = [c for c in summary["configs"] if c != "none"]
+    cpu = summary["cpu_seconds_per_100k"]
+    if not configs or not cpu:
+        return []
+    name_width = max(len(LABELS[c]) for c in configs)
+    lines = ["fork throughput, ratio to no probe (bar: 0 to 1.1; | is the 0.98 target)"]
+    for c in configs:
+        ratio = summary["ratios"][c]["fork"]
+        bar = list("█" * round(width * min(ratio, 1.1) / 1.1) + " " * width)[:width]
+        target = int(width * 0.98 / 1.1)
+        bar[target] = "|" if bar[target] == " " else bar[target]
+        lines.append(f"{LABELS[c]:<{name_width}}  {ratio:6.3f}  {''.join(bar).rstrip()}")
+    top = max(cpu[c]["all"] for c in configs if c in cpu) or 1.0
+    lines += ["", f"CPU seconds per 100,000 creations, all paths (bar: 0 to {top:.3f})"]
+    for c in configs:
+        if c in cpu:
+            value = cpu[c]["all"]
+            bar = "█" * round(width * value / top)
+            lines.append(f"{LABELS[c]:<{name_width}}  {value:6.3f}  {bar}".rstrip())
+    return [
+        "",
+        "## Throughput ratio and monitoring CPU per configuration",
+        "",
+        "```",
+        *lines,
+        "```",
+    ]
 
 
 def text_chart(points: list[dict[str, float]], rows: int = 20, width: int = 40) -> list[str]:

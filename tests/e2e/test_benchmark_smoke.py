@@ -42,7 +42,14 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     table = result.stdout
     assert "## Targets" in table
-    headings = ("Creations per second", "CPU seconds", "Events counted", "BPF time", "Scrape")
+    headings = (
+        "Creations per second",
+        "CPU seconds",
+        "Throughput ratio and monitoring CPU",
+        "Events counted",
+        "BPF time",
+        "Scrape",
+    )
     for heading in headings:
         assert heading in table, heading
 
