@@ -122,6 +122,10 @@ class BPFMap:
     """One map, by descriptor. Its shape comes from the kernel (BPF_OBJ_GET_INFO_BY_FD), so a
     layout mismatch with procmond/maps.py is caught at start, not read as garbage."""
 
+    # Entries per batched lookup: the default maps fit in one call, and a map raised to a
+    # million entries is read in steps rather than into a buffer of tens of megabytes.
+    batch_entries = 8192
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
         info = _MapInfo()
@@ -172,7 +176,7 @@ class BPFMap:
 
     def _items_batched(self) -> list[tuple[bytes, bytes]]:
         ks, vs = self.key_size, self.stored_value_size
-        capacity = max(self.max_entries, 1)
+        capacity = max(1, min(self.max_entries, self.batch_entries))
         keys = ctypes.create_string_buffer(ks * capacity)
         values = ctypes.create_string_buffer(vs * capacity)
         token_in = ctypes.create_string_buffer(max(ks, 8))
@@ -193,8 +197,16 @@ class BPFMap:
                 bpf(BPF_MAP_LOOKUP_BATCH, attr)
             except FileNotFoundError:
                 done = True  # the last batch: attr.count still says how many it holds
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or capacity >= self.max_entries:
+                    raise
+                # One hash bucket holds more entries than a batch: retry it, twice as large.
+                capacity = min(2 * capacity, self.max_entries)
+                keys = ctypes.create_string_buffer(ks * capacity)
+                values = ctypes.create_string_buffer(vs * capacity)
+                continue
             n = attr.count
-            kraw, vraw = keys.raw[: n * ks], values.raw[: n * vs]
+            kraw, vraw = ctypes.string_at(keys, n * ks), ctypes.string_at(values, n * vs)
             rows += [(kraw[i * ks : (i + 1) * ks], vraw[i * vs : (i + 1) * vs]) for i in range(n)]
             if done:
                 return rows

@@ -79,17 +79,21 @@ def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -
 
 
 def test_batched_and_key_by_key_reads_agree(creator: Path) -> None:
-    """Kernels before 5.6 have no batch lookups: the fallback reads the same rows."""
+    """One batch, many small batches, and key by key (kernels before 5.6 have no batch
+    lookups) read the same rows."""
     probe = bpf_loader.load(Config())
     try:
-        names = [unique_name("kb") for _ in range(40)]
+        names = [unique_name("kb") for _ in range(300)]  # so that some hash bucket holds two
         run_creator(creator, "fork", 3, names)
         forks = probe.map("forks_total")
         batched = sorted(forks.items())
-        assert len(batched) >= 40
+        assert len(batched) >= 300
         one_by_one = BPFMap(forks.fd)
         one_by_one._batch = False
         assert sorted(one_by_one.items()) == batched
+        in_steps = BPFMap(forks.fd)
+        in_steps.batch_entries = 1  # many calls, and hash buckets larger than a batch
+        assert sorted(in_steps.items()) == batched
         counts = MapReader(probe.map).counters("forks_total", ("comm", "parent_comm"))
         assert all(sum(v for k, v in counts.items() if k[0] == n) == 3 for n in names)
         overflow = probe.map("overflow_events")
