@@ -22,10 +22,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from procmond import errors
 from procmond.bpfmap import BPFMap
 from procmond.config import Config
-from procmond.errors import BPFLoadError, ProcmondError
+from procmond.errors import BPFLoadError, PermissionDeniedError, ProcmondError
 from procmond.maps import check_layouts
 
 log = logging.getLogger(__name__)
@@ -33,6 +32,11 @@ log = logging.getLogger(__name__)
 LOAD_TIMEOUT_SECONDS = 120.0  # compiling takes ~0.3 s here; a wedged compiler must not hang us
 _MAX_MESSAGE = 1 << 16
 _MAX_FDS = 64
+# What the loader raises, by name: the daemon raises the same (and exits with its status).
+_LOADER_ERRORS: dict[str, type[ProcmondError]] = {
+    "BPFLoadError": BPFLoadError,
+    "PermissionDeniedError": PermissionDeniedError,
+}
 
 
 @dataclass
@@ -108,9 +112,7 @@ def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:
         for fd in fds:
             os.close(fd)
         error = message["error"]
-        cls = getattr(errors, error["type"], None)
-        if not (isinstance(cls, type) and issubclass(cls, ProcmondError)):
-            cls = BPFLoadError
+        cls = _LOADER_ERRORS.get(error["type"], BPFLoadError)
         raise cls(error["message"], error["hint"])
     names: list[str] = message["maps"]
     maps = {name: BPFMap(fd) for name, fd in zip(names, fds, strict=False)}
@@ -164,7 +166,11 @@ def _child(sock: socket.socket, config: Config) -> int:
         "cflags": probe.cflags,
     }
     fds = [*maps.values(), *links, *programs]
-    socket.send_fds(sock, [json.dumps(message).encode()], fds)
+    try:
+        socket.send_fds(sock, [json.dumps(message).encode()], fds)
+    except OSError as exc:  # the daemon is gone: BCC's cleanup at exit detaches it all
+        log.error("cannot hand the probe to the daemon: %s", exc)
+        return 1
     sys.stderr.flush()
     # BCC's cleanup (at exit or on garbage collection) would detach the probes, which the
     # daemon now shares: leave without running it.

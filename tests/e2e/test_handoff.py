@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from procmond import bpf_loader
 from procmond.bpfmap import BPFMap, bpf, possible_cpus
 from procmond.config import Config
 from procmond.maps import MAP_LAYOUTS, MapReader
-from tests.e2e.harness import run_creator, start_daemon, unique_name
+from tests.e2e.harness import PROCMOND, free_port, run_creator, start_daemon, unique_name
 
 BPF_PROG_GET_NEXT_ID = 11
 BPF_MAP_GET_NEXT_ID = 12
@@ -102,3 +103,28 @@ def test_batched_and_key_by_key_reads_agree(creator: Path) -> None:
         assert probe.map("forks_total").lookup(b"\xff" * 32) is None
     finally:
         probe.close()
+
+
+def test_a_daemon_killed_while_loading_leaves_nothing_loaded(tmp_path: Path) -> None:
+    """SIGKILL while the loader child compiles: whichever side is left frees the probe."""
+    before = _loaded(BPF_MAP_GET_NEXT_ID)
+    config = tmp_path / "c.yaml"
+    config.write_text(f'listen: "127.0.0.1:{free_port()}"\n')
+    daemon = subprocess.Popen(
+        [*PROCMOND, "run", "--config", str(config)], stderr=subprocess.DEVNULL
+    )
+    children: list[str] = []
+    deadline = time.monotonic() + 30
+    while not children and time.monotonic() < deadline:
+        children = Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()
+        time.sleep(0.005)
+    assert children, "no loader child appeared"
+    daemon.kill()
+    daemon.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{children[0]}").exists(), "the loader child outlived the daemon"
+    while time.monotonic() < deadline and _loaded(BPF_MAP_GET_NEXT_ID) - before:
+        time.sleep(0.1)
+    assert _loaded(BPF_MAP_GET_NEXT_ID) - before == set()

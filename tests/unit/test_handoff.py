@@ -25,7 +25,8 @@ def test_the_loaders_error_is_raised_as_itself() -> None:
     assert raised.value.exit_code == 77
 
 
-def test_an_unknown_error_type_is_a_load_error() -> None:
-    message = {"error": {"type": "SystemExit", "message": "odd", "hint": ""}}
+@pytest.mark.parametrize("name", ["SystemExit", "ConfigError", "ProcmondError"])
+def test_any_other_error_type_is_a_load_error(name: str) -> None:
+    message = {"error": {"type": name, "message": "odd", "hint": ""}}
     with pytest.raises(BPFLoadError, match="odd"):
         handoff._take_over(message, [])
