@@ -156,3 +156,11 @@ def procmond(
 def own_comm() -> str:
     """This test process's command: the parent_comm of every creator it starts."""
     return Path("/proc/self/comm").read_text().rstrip("\n")
+
+
+def created_on_host() -> int:
+    """Processes and threads created since boot, host-wide (/proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("processes "):
+            return int(line.split()[1])
+    raise AssertionError("no processes line in /proc/stat")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from procmond.config import Config
 from procmond.metrics import HISTOGRAMS, series_budget
-from tests.e2e.harness import Daemon, start_daemon
+from tests.e2e.harness import Daemon, created_on_host, start_daemon
 
 NAMES = 1_000_000
 CREATORS = 2  # one per core
@@ -71,14 +71,6 @@ def ours(m, metric: str, prefixes: list[str]) -> float:
         for labels, v in m.series(metric).items()
         if dict(labels)["comm"].startswith((*prefixes, "__overflow__"))
     )
-
-
-def created_on_host() -> int:
-    """Processes and threads created since boot, host-wide (/proc/stat)."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("processes "):
-            return int(line.split()[1])
-    raise AssertionError("no processes line in /proc/stat")
 
 
 def test_a_million_names(tmp_path: Path, creator: Path) -> None:
