@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from procmond.bpfmap import BPFMap
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError, ProcmondError
-from procmond.maps import check_layouts
 
 log = logging.getLogger(__name__)
 
@@ -126,17 +125,14 @@ def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:
         str(message["bcc_version"]),
         list(message["cflags"]),
     )
-    try:
-        expected = links_end + message["programs"]
-        if len(fds) != expected:
-            raise BPFLoadError(
-                f"the probe loader sent {len(fds)} descriptors, expected {expected}",
-                "raise the open-files limit (LimitNOFILE)",
-            )
-        check_layouts(probe.map)
-    except Exception:
+    # The loader already checked the maps' layouts (bpf_loader.load): same maps, same check.
+    expected = links_end + message["programs"]
+    if len(fds) != expected:
         probe.close()
-        raise
+        raise BPFLoadError(
+            f"the probe loader sent {len(fds)} descriptors, expected {expected}",
+            "raise the open-files limit (LimitNOFILE)",
+        )
     return probe
 
 

@@ -34,11 +34,21 @@ _U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
 _HIST = struct.Struct(f"={HIST_SLOTS + 1}Q")  # struct hist_value: slots[], then sum_ns
 
+
+def _comm_at(raw: bytes, offset: int) -> bytes:
+    """A command name field: its bytes up to the first NUL."""
+    return raw[offset : offset + COMM_LEN].split(b"\0", 1)[0]
+
+
+def _u32_at(raw: bytes, offset: int) -> int:
+    return int(_U32.unpack_from(raw, offset)[0])
+
+
 # Key field → (offset, decoder), for struct comm_key, comm_pair_key and failure_key.
 _KEY_FIELDS: dict[str, tuple[int, Callable[[bytes, int], bytes | int]]] = {
-    "comm": (0, lambda raw, off: raw[off : off + COMM_LEN].split(b"\0", 1)[0]),
-    "parent_comm": (COMM_LEN, lambda raw, off: raw[off : off + COMM_LEN].split(b"\0", 1)[0]),
-    "error": (COMM_LEN, lambda raw, off: _U32.unpack_from(raw, off)[0]),
+    "comm": (0, _comm_at),
+    "parent_comm": (COMM_LEN, _comm_at),
+    "error": (COMM_LEN, _u32_at),
 }
 
 # (key size, value size) of every map the daemon reads, as bpf/procmond.bpf.c declares them.
