@@ -6,11 +6,14 @@
  * (PROCMOND_BTF_OFFSETS undefined) the headers' layout is used.
  *
  * Probes, each attached by name from procmond/bpf_loader.py:
- *   on_sched_process_fork  raw tracepoint: one count per created process or thread
+ *   on_task_newtask        raw tracepoint: one count per task copy_process() creates, on every
+ *                          path (fork, vfork, clone, clone3, and the io_uring and vhost workers
+ *                          the kernel makes without kernel_clone(), which sched_process_fork
+ *                          never sees); the same count as /proc/stat's `processes`
  *   on_sched_process_exec  raw tracepoint: execs
  *   on_sched_process_exit  raw tracepoint: process exits (once per process) and lifetime
- *   on_sys_{enter,exit}_{clone,clone3,fork,vfork}  tracepoints: time spent in the call, and
- *                                                  failed calls by error
+ *   on_sys_{enter,exit}_{clone,clone3,fork,vfork}  tracepoints, only with SYSCALL_PROBES (or
+ *                          for `watch`): time spent in the call, and failed calls by error
  */
 #include "procmond.h"
 
@@ -34,7 +37,10 @@ BPF_HASH(exits_total, struct comm_key, u64, MAX_ENTRIES);
 BPF_HASH(fork_failures_total, struct failure_key, u64, MAX_ENTRIES);
 BPF_HASH(process_lifetime_seconds, struct comm_key, struct hist_value, HISTOGRAM_MAX_ENTRIES);
 BPF_HASH(fork_duration_seconds, struct comm_key, struct hist_value, HISTOGRAM_MAX_ENTRIES);
-BPF_HASH(inflight, u32, struct inflight, INFLIGHT_MAX_ENTRIES);
+#if SYSCALL_PROBES || defined(PROCMOND_WATCH)
+/* Per task, so nothing is left behind by a thread killed inside clone(), and no capacity. */
+BPF_TASK_STORAGE(inflight, struct inflight);
+#endif
 /* Per map: events that found the map full (see add_one), and their histogram observations. */
 BPF_PERCPU_ARRAY(overflow_events, u64, MAP_ID_COUNT);
 BPF_PERCPU_ARRAY(overflow_hist, struct hist_value, MAP_ID_COUNT);
@@ -150,38 +156,38 @@ static __always_inline struct hist_value *zeroed_hist(void)
 static __always_inline void count_fork(struct comm_pair_key *key)
 {
     u64 zero = 0;
-    add_one(forks_total.lookup_or_try_init(key, &zero), MAP_ID_FORKS);
+    add_one(forks_total.lookup_or_try_init(key, &zero), MAP_ID_FORKS_TOTAL);
 }
 
 static __always_inline void count_thread(struct comm_pair_key *key)
 {
     u64 zero = 0;
-    add_one(threads_created_total.lookup_or_try_init(key, &zero), MAP_ID_THREADS_CREATED);
+    add_one(threads_created_total.lookup_or_try_init(key, &zero), MAP_ID_THREADS_CREATED_TOTAL);
 }
 
 static __always_inline void count_exec(struct comm_pair_key *key)
 {
     u64 zero = 0;
-    add_one(execs_total.lookup_or_try_init(key, &zero), MAP_ID_EXECS);
+    add_one(execs_total.lookup_or_try_init(key, &zero), MAP_ID_EXECS_TOTAL);
 }
 
 static __always_inline void count_exit(struct comm_key *key)
 {
     u64 zero = 0;
-    add_one(exits_total.lookup_or_try_init(key, &zero), MAP_ID_EXITS);
+    add_one(exits_total.lookup_or_try_init(key, &zero), MAP_ID_EXITS_TOTAL);
 }
 
 static __always_inline void count_failure(struct failure_key *key)
 {
     u64 zero = 0;
-    add_one(fork_failures_total.lookup_or_try_init(key, &zero), MAP_ID_FORK_FAILURES);
+    add_one(fork_failures_total.lookup_or_try_init(key, &zero), MAP_ID_FORK_FAILURES_TOTAL);
 }
 
 static __always_inline void observe_lifetime(struct comm_key *key, u64 ns)
 {
     struct hist_value *zero = zeroed_hist();
     if (zero)
-        observe(process_lifetime_seconds.lookup_or_try_init(key, zero), MAP_ID_PROCESS_LIFETIME,
+        observe(process_lifetime_seconds.lookup_or_try_init(key, zero), MAP_ID_PROCESS_LIFETIME_SECONDS,
                 ns);
 }
 
@@ -189,7 +195,7 @@ static __always_inline void observe_fork_duration(struct comm_key *key, u64 ns)
 {
     struct hist_value *zero = zeroed_hist();
     if (zero)
-        observe(fork_duration_seconds.lookup_or_try_init(key, zero), MAP_ID_FORK_DURATION, ns);
+        observe(fork_duration_seconds.lookup_or_try_init(key, zero), MAP_ID_FORK_DURATION_SECONDS, ns);
 }
 
 #ifdef PROCMOND_WATCH
@@ -197,15 +203,15 @@ static __always_inline void emit_creation(void *parent, void *child, u32 is_thre
 {
     struct creation_event event = {};
     void *leader = leader_of(parent);
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct inflight *call = inflight.lookup(&tid);
+    struct inflight *call =
+        inflight.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
 
     event.timestamp_ns = bpf_ktime_get_ns();
     event.pid = read_u32(parent, TASK_TGID_OFF);
     event.ppid = read_u32(read_ptr(leader, TASK_REAL_PARENT_OFF), TASK_TGID_OFF);
     event.child_pid = read_u32(child, TASK_TGID_OFF);
     event.child_tid = read_u32(child, TASK_PID_OFF);
-    event.syscall = call ? call->syscall : SYSCALL_UNKNOWN;
+    event.syscall = call && call->start_ns ? call->syscall : SYSCALL_KERNEL_CLONE;
     event.is_thread = is_thread;
     read_comm(leader, event.comm);
     read_comm(parent_leader_of(parent), event.parent_comm);
@@ -218,22 +224,26 @@ static __always_inline void emit_creation(void *parent, void *child, u32 is_thre
 }
 #endif
 
-/* sched_process_fork(struct task_struct *parent, struct task_struct *child): runs in the
- * creating thread once the new task exists, for every path (fork, vfork, clone, clone3). */
-int on_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
-{
-    void *parent = (void *)ctx->args[0];
-    void *child = (void *)ctx->args[1];
-    struct comm_pair_key key = {};
-    u32 is_thread = read_u32(child, TASK_PID_OFF) != read_u32(child, TASK_TGID_OFF);
+#ifndef CLONE_THREAD
+#define CLONE_THREAD 0x00010000
+#endif
 
-    fill_pair_key(&key, parent);
-    if (is_thread)
+/* task_newtask(struct task_struct *task, u64 clone_flags): runs in the creating thread at the
+ * end of copy_process(), once the new task is sure to exist, where the kernel counts it in
+ * /proc/stat too. The creator is the current task: the caller of fork/clone, or for a worker
+ * the kernel makes on a process's behalf (io_uring), a thread of that process. */
+int on_task_newtask(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *creator = (void *)bpf_get_current_task();
+    struct comm_pair_key key = {};
+
+    fill_pair_key(&key, creator);
+    if (ctx->args[1] & CLONE_THREAD)
         count_thread(&key);
     else
         count_fork(&key);
 #ifdef PROCMOND_WATCH
-    emit_creation(parent, child, is_thread);
+    emit_creation(creator, (void *)ctx->args[0], (ctx->args[1] & CLONE_THREAD) != 0);
 #endif
     return 0;
 }
@@ -256,9 +266,7 @@ int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
 {
     void *task = (void *)ctx->args[0];
-    u32 tid = (u32)bpf_get_current_pid_tgid();
 
-    inflight.delete(&tid); /* a thread killed inside clone() leaves no stale timing entry */
 #ifdef EXIT_HAS_GROUP_DEAD
     if (!(ctx->args[1] & 0xff))
         return 0;
@@ -277,49 +285,84 @@ int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 
-static __always_inline int enter_creation(u32 syscall)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct inflight call = {.start_ns = bpf_ktime_get_ns(), .syscall = syscall};
+#if SYSCALL_PROBES || defined(PROCMOND_WATCH)
+/* What a syscall tracepoint program returns: non-zero hands the event on to perf and to every
+ * other perf user of this tracepoint (perf stat, perf record); 0 would drop it for all of them. */
+#define PASS_ON 1
 
-    if (inflight.update(&tid, &call) != 0)
-        count_overflow(MAP_ID_INFLIGHT);
-    return 0;
+/* The kernel's restart codes (include/linux/errno.h). copy_process() gives up with
+ * -ERESTARTNOINTR when a signal arrives; the kernel then runs the signal handler and
+ * re-issues the call, and user space never sees a failure. */
+static __always_inline int is_restart(long ret)
+{
+    return ret == -512 /* ERESTARTSYS */ || ret == -513 /* ERESTARTNOINTR */ ||
+           ret == -514 /* ERESTARTNOHAND */ || ret == -516 /* ERESTART_RESTARTBLOCK */;
 }
 
-/* Runs in the creating thread, and in each new task as it first returns to user space (with
- * 0, and no inflight entry: it counts nothing). Failed calls are counted by error. For vfork the time includes waiting until the
- * child has exec'd or exited, as the caller is suspended until then. */
+static __always_inline struct inflight *inflight_of_current(u64 flags)
+{
+    return inflight.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, flags);
+}
+
+static __always_inline int enter_creation(u32 syscall)
+{
+    struct inflight *call = inflight_of_current(BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+    if (!call) {
+        count_overflow(MAP_ID_INFLIGHT);
+        return PASS_ON;
+    }
+    if (call->restarting && call->syscall == syscall) {
+        call->restarting = 0; /* the same call, re-issued: its clock runs from the first entry */
+        return PASS_ON;
+    }
+    call->start_ns = bpf_ktime_get_ns();
+    call->syscall = syscall;
+    call->restarting = 0;
+    return PASS_ON;
+}
+
+/* Runs in the creating thread as the call returns, and in each new task as it first returns
+ * to user space (with 0: nothing to do). A call the kernel restarts is one call: no failure and
+ * no duration sample until it returns for good. Failed calls are counted by error. For vfork
+ * the time includes waiting until the child has exec'd or exited, as the caller is suspended
+ * until then. */
 static __always_inline int exit_creation(void *ctx)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    long ret = 0;
+    long ret = *(long *)((char *)ctx + SYS_EXIT_RET_OFF);
 
-    bpf_probe_read_kernel(&ret, sizeof(ret), (char *)ctx + SYS_EXIT_RET_OFF);
+    if (ret == 0)
+        return PASS_ON;
+    struct inflight *call = inflight_of_current(0);
+    if (is_restart(ret)) {
+        if (call)
+            call->restarting = 1;
+        return PASS_ON;
+    }
     if (ret < 0) {
         struct failure_key failure = {.error = (u32)-ret};
         if (LABEL_COMM)
             read_comm(leader_of((void *)bpf_get_current_task()), failure.comm);
         count_failure(&failure);
     }
-    struct inflight *call = inflight.lookup(&tid);
-    if (!call)
-        return 0;
+    if (!call || !call->start_ns)
+        return PASS_ON;
     u64 duration_ns = bpf_ktime_get_ns() - call->start_ns;
-    inflight.delete(&tid);
+    call->start_ns = 0;
 #if HISTOGRAMS
     struct comm_key key = {};
     fill_key(&key, (void *)bpf_get_current_task());
     observe_fork_duration(&key, duration_ns);
 #endif
-    return 0;
+    return PASS_ON;
 }
 
-int on_sys_enter_clone(void *ctx) { return enter_creation(SYSCALL_CLONE); }
-int on_sys_enter_clone3(void *ctx) { return enter_creation(SYSCALL_CLONE3); }
-int on_sys_enter_fork(void *ctx) { return enter_creation(SYSCALL_FORK); }
-int on_sys_enter_vfork(void *ctx) { return enter_creation(SYSCALL_VFORK); }
+int on_sys_enter_clone(void *ctx) { return enter_creation(SYSCALL_SYS_CLONE); }
+int on_sys_enter_clone3(void *ctx) { return enter_creation(SYSCALL_SYS_CLONE3); }
+int on_sys_enter_fork(void *ctx) { return enter_creation(SYSCALL_SYS_FORK); }
+int on_sys_enter_vfork(void *ctx) { return enter_creation(SYSCALL_SYS_VFORK); }
 int on_sys_exit_clone(void *ctx) { return exit_creation(ctx); }
 int on_sys_exit_clone3(void *ctx) { return exit_creation(ctx); }
 int on_sys_exit_fork(void *ctx) { return exit_creation(ctx); }
 int on_sys_exit_vfork(void *ctx) { return exit_creation(ctx); }
+#endif

@@ -1,7 +1,13 @@
 /* Shared definitions of the procmond probe: map keys and values, map ids, and the defaults
- * that the loader overrides with -D flags. The loader reads key and value layouts from the
- * compiled program (BCC builds ctypes types from them), so Python has no copy of these structs;
- * only the MAP_ID_* order is mirrored in procmond/bpf_loader.py (checked at load time). */
+ * that the loader overrides with -D flags.
+ *
+ * This file is the one source of truth between C and Python. Python never restates it:
+ *   - struct layouts (keys, values, events) come from the compiled program: the loader child
+ *     reads BCC's types of every map and hands their field offsets to the daemon;
+ *   - the enums are read from this file by procmond/header.py, by the naming rules stated at
+ *     each enum;
+ *   - the #ifndef defaults only let this file compile alone: the loader always passes the
+ *     config's values, and a test keeps these defaults equal to procmond/config.py's. */
 #ifndef PROCMOND_H
 #define PROCMOND_H
 
@@ -14,12 +20,7 @@
 #define MAX_ENTRIES 4096
 #endif
 #ifndef HISTOGRAM_MAX_ENTRIES
-#define HISTOGRAM_MAX_ENTRIES 512
-#endif
-
-/* Threads that can be inside clone/fork/vfork at the same time (fork-duration timing). */
-#ifndef INFLIGHT_MAX_ENTRIES
-#define INFLIGHT_MAX_ENTRIES 16384
+#define HISTOGRAM_MAX_ENTRIES 256
 #endif
 
 /* Which labels are kept: a dropped label is zeroed in the key, so its series merge. */
@@ -38,6 +39,12 @@
 
 #ifndef HISTOGRAMS
 #define HISTOGRAMS 1
+#endif
+
+/* The clone/clone3/fork/vfork syscall probes (fork durations, failures by errno): opt-in,
+ * because any syscall tracepoint slows every syscall of every task on the host. */
+#ifndef SYSCALL_PROBES
+#define SYSCALL_PROBES 0
 #endif
 
 /* Pages (of 4 KiB) of the ring buffer that `procmond watch` reads; a power of two. */
@@ -69,32 +76,37 @@ struct hist_value {
     u64 sum_ns;
 };
 
-/* Which syscall a thread is in, for fork-duration timing and for `watch`. */
+/* Which syscall a thread is in, for fork-duration timing and for `watch`. Python names each
+ * value by its member without the SYSCALL_ prefix, in lower case (`watch` prints it). */
 enum creation_syscall {
-    SYSCALL_UNKNOWN = 0, /* created by the kernel itself (kthreads, io_uring workers) */
-    SYSCALL_CLONE = 1,
-    SYSCALL_CLONE3 = 2,
-    SYSCALL_FORK = 3,
-    SYSCALL_VFORK = 4,
+    SYSCALL_KERNEL_CLONE = 0, /* made by the kernel itself (kthreads, io_uring workers) */
+    SYSCALL_SYS_CLONE = 1,
+    SYSCALL_SYS_CLONE3 = 2,
+    SYSCALL_SYS_FORK = 3,
+    SYSCALL_SYS_VFORK = 4,
 };
 
+/* The creation syscall a thread is in: per-task storage, freed with the task. */
 struct inflight {
-    u64 start_ns;
-    u32 syscall;
-    u32 _pad;
+    u64 start_ns;   /* first entry of the call; 0 when no call is being timed */
+    u32 syscall;    /* enum creation_syscall */
+    u32 restarting; /* the call returned a restart code: its re-entry keeps start_ns */
 };
 
-/* Ids of the maps whose overflow is counted in overflow_events[]. */
+/* Index of each map's slot in overflow_events[] and overflow_hist[]. Python names each slot
+ * by its member without the MAP_ID_ prefix, in lower case: the map of that name (the
+ * `map` label of procmond_map_overflow_events_total). MAP_ID_INFLIGHT counts fork-duration
+ * samples lost because the task's storage could not be had. */
 enum map_id {
-    MAP_ID_FORKS = 0,
-    MAP_ID_THREADS_CREATED = 1,
-    MAP_ID_EXECS = 2,
-    MAP_ID_EXITS = 3,
-    MAP_ID_PROCESS_LIFETIME = 4,
-    MAP_ID_FORK_DURATION = 5,
-    MAP_ID_FORK_FAILURES = 6,
-    MAP_ID_INFLIGHT = 7,
-    MAP_ID_COUNT = 8,
+    MAP_ID_FORKS_TOTAL,
+    MAP_ID_THREADS_CREATED_TOTAL,
+    MAP_ID_EXECS_TOTAL,
+    MAP_ID_EXITS_TOTAL,
+    MAP_ID_PROCESS_LIFETIME_SECONDS,
+    MAP_ID_FORK_DURATION_SECONDS,
+    MAP_ID_FORK_FAILURES_TOTAL,
+    MAP_ID_INFLIGHT,
+    MAP_ID_COUNT, /* not a map: the number of slots */
 };
 
 /* One creation, as streamed to `procmond watch`. */

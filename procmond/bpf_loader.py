@@ -11,7 +11,6 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,10 @@ from procmond.bpfmap import BPFMap
 from procmond.btf import BTF, BTFError, probe_offsets
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError
-from procmond.maps import MAP_LAYOUTS, check_layouts
+from procmond.header import bpf_source_dir, map_ids, read_header
+from procmond.layout import MapLayout, describe
+from procmond.maps import MapReader, check_layouts
+from procmond.metrics import daemon_maps
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class Probe:
 CREATION_SYSCALLS = ("clone", "clone3", "fork", "vfork")
 
 PROBES: tuple[Probe, ...] = (
-    Probe("sched_process_fork", "on_sched_process_fork", raw=True),
+    Probe("task_newtask", "on_task_newtask", raw=True),
     Probe("sched_process_exec", "on_sched_process_exec", raw=True),
     Probe("sched_process_exit", "on_sched_process_exit", raw=True),
     *(
@@ -64,11 +66,6 @@ PROBES: tuple[Probe, ...] = (
 )
 
 
-def bpf_source_dir() -> Path:
-    """Absolute path of the shipped C sources (BCC resolves relative ones against argv[0])."""
-    return Path(str(resources.files("procmond.bpf"))).resolve()
-
-
 @dataclass
 class LoadedProbe:
     """A compiled and attached probe: the BCC object, and what did and did not attach."""
@@ -78,6 +75,8 @@ class LoadedProbe:
     btf_offsets: bool
     bcc_version: str
     cflags: list[str] = field(default_factory=list)
+    layouts: dict[str, MapLayout] = field(default_factory=dict)
+    map_ids: tuple[str, ...] = ()
     _maps: dict[str, BPFMap] = field(default_factory=dict)
 
     def table(self, name: str) -> Any:
@@ -90,6 +89,9 @@ class LoadedProbe:
             self._maps[name] = BPFMap(self.table(name).map_fd)
         return self._maps[name]
 
+    def reader(self) -> MapReader:
+        return MapReader(self.map, self.layouts, self.map_ids)
+
     def descriptors(self) -> tuple[dict[str, int], list[int], list[int]]:
         """What procmond/handoff.py passes: map name → map descriptor, the descriptors that
         hold the probes attached (raw tracepoint links, tracepoint perf events), and the
@@ -97,7 +99,7 @@ class LoadedProbe:
         run-time statistics show in its /proc/PID/fdinfo)."""
         links = [*self.bpf.raw_tracepoint_fds.values(), *self.bpf.tracepoint_fds.values()]
         programs = [function.fd for function in self.bpf.funcs.values()]
-        return {name: self.table(name).map_fd for name in MAP_LAYOUTS}, links, programs
+        return {name: self.table(name).map_fd for name in self.layouts}, links, programs
 
     def close(self) -> None:
         """Detach every probe and free the maps.
@@ -118,13 +120,15 @@ def build_cflags(
     watch: bool = False,
     btf_path: Path | None = None,
     force_no_group_dead: bool = False,
+    source_dir: Path | None = None,
 ) -> tuple[list[str], bool]:
     """The -D flags for this host and config, and whether struct offsets came from BTF."""
     flags = [
-        f"-I{bpf_source_dir()}",
+        f"-I{source_dir or bpf_source_dir()}",
         f"-DMAX_ENTRIES={config.max_entries}",
         f"-DHISTOGRAM_MAX_ENTRIES={config.histogram_max_entries}",
         f"-DHISTOGRAMS={int(config.histograms)}",
+        f"-DSYSCALL_PROBES={int(config.syscall_probes)}",
         f"-DLABEL_COMM={int('comm' in config.labels)}",
         f"-DLABEL_PARENT_COMM={int('parent_comm' in config.labels)}",
     ]
@@ -158,8 +162,11 @@ def load(
     watch: bool = False,
     btf_path: Path | None = None,
     force_no_group_dead: bool = False,
+    source_dir: Path | None = None,
 ) -> LoadedProbe:
-    """Compile, load and attach. Raises PermissionDeniedError or BPFLoadError with the fix."""
+    """Compile, load and attach. Raises PermissionDeniedError or BPFLoadError with the fix.
+
+    ``source_dir`` holds procmond.bpf.c and procmond.h (default: the shipped ones)."""
     missing = kernel.missing_capabilities()
     if missing:
         raise PermissionDeniedError(
@@ -180,8 +187,9 @@ def load(
             "made with --system-site-packages",
         ) from None
 
-    cflags, btf_offsets = build_cflags(config, watch, btf_path, force_no_group_dead)
-    source = bpf_source_dir() / "procmond.bpf.c"
+    source_dir = source_dir or bpf_source_dir()
+    cflags, btf_offsets = build_cflags(config, watch, btf_path, force_no_group_dead, source_dir)
+    source = source_dir / "procmond.bpf.c"
     try:
         bpf = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
     except Exception as exc:  # BCC raises bare Exception for every compile/load failure
@@ -195,12 +203,20 @@ def load(
         raise BPFLoadError(f"cannot compile or load {source}: {exc}", hint) from None
     probe = LoadedProbe(bpf, {}, btf_offsets, getattr(bcc, "__version__", "unknown"), cflags)
     try:
-        check_layouts(probe.map)
+        probe.layouts = {name: layout_of(bpf[name.encode()]) for name in daemon_maps()}
+        probe.map_ids = map_ids(read_header(source_dir))
+        check_layouts(probe.map, probe.layouts)
         probe.attached = attach(bpf, config, watch)
     except Exception:
         bpf.cleanup()
         raise
     return probe
+
+
+def layout_of(table: Any) -> MapLayout:
+    """A BCC table's key and value layout; for a per-CPU map, one CPU's value (BCC's Leaf there
+    is the array over CPUs, sLeaf one element of it)."""
+    return MapLayout(describe(table.Key), describe(getattr(table, "sLeaf", table.Leaf)))
 
 
 def wanted_probes(config: Config, watch: bool) -> list[Probe]:

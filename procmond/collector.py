@@ -146,10 +146,6 @@ class ProcmondCollector:
                 snap.histograms.append(self._histogram_rows(hist, snap))
             except Exception as exc:
                 snap.ok = self._failed(hist.map_name, exc)
-        try:
-            snap.entries["inflight"] = self._reader.entries("inflight")
-        except Exception as exc:
-            snap.ok = self._failed("inflight", exc)
         self.last_series = sum(len(rows) for _, _, rows in snap.counters) + sum(
             len(rows) * (len(spec.bucket_exponents) + 3) for spec, _, rows in snap.histograms
         )
@@ -219,7 +215,7 @@ class ProcmondCollector:
         self, spec: HistogramMetric, snap: Snapshot
     ) -> tuple[HistogramMetric, tuple[str, ...], dict[tuple[str, ...], Histogram]]:
         names = label_names(spec.key_fields, self._config)
-        rows = self._reader.histograms(spec.map_name)
+        rows = self._reader.histograms(spec.map_name, spec.key_fields)
         snap.entries[spec.map_name] = len(rows)
         labelled = self._keys.labelled(rows, spec.key_fields, names)
         overflow = self._reader.overflow_histogram(spec.map_name)
@@ -241,13 +237,16 @@ class ProcmondCollector:
         overflow = CounterMetricFamily(
             "procmond_map_overflow_events_total",
             "Events that found their kernel map full; counters count them under the "
-            "__overflow__ label value, the in-flight map loses that fork-duration sample.",
+            "__overflow__ label value; for inflight, fork-duration samples lost because the "
+            "task's storage could not be allocated.",
             labels=["map"],
         )
         for name, count in sorted(entries.items()):
             used.add_metric([name], count)
             capacity.add_metric([name], self._reader.capacity(name))
             overflow.add_metric([name], overflowed.get(name, 0))
+        if self._config.syscall_probes:  # per-task storage: no entries to count, no capacity
+            overflow.add_metric(["inflight"], overflowed.get("inflight", 0))
         return [used, capacity, overflow]
 
     def _status_families(self) -> Iterator[Metric]:

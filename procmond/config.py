@@ -36,7 +36,7 @@ class Config:
     listen: str = f":{DEFAULT_PORT}"
     max_entries: int = 4096
     histograms: bool = True
-    syscall_probes: bool = True
+    syscall_probes: bool = False
     histogram_max_entries: int = 256
     labels: tuple[str, ...] = KNOWN_LABELS
     log_level: str = "info"

@@ -90,7 +90,7 @@ class Daemon:
         started = time.monotonic()
         self.notifier.status("loading eBPF probe")
         self.probe = handoff.load(self.config)
-        self.reader = MapReader(self.probe.map)
+        self.reader = self.probe.reader()
         self.notifier.status("opening HTTP listener")
         self.server = MetricsServer(
             self._render(), self.config.listen_host, self.config.listen_port, self.web

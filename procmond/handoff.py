@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from procmond.bpfmap import BPFMap
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError, ProcmondError
+from procmond.layout import MapLayout
+from procmond.maps import MapReader
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,14 @@ class HandedOffProbe:
     btf_offsets: bool
     bcc_version: str
     cflags: list[str]
+    layouts: dict[str, MapLayout]  # of every map, as compiled (procmond/layout.py)
+    map_ids: tuple[str, ...]  # the overflow arrays' slots (enum map_id)
 
     def map(self, name: str) -> BPFMap:
         return self.maps[name]
+
+    def reader(self) -> MapReader:
+        return MapReader(self.map, self.layouts, self.map_ids)
 
     def close(self) -> None:
         """Detach every probe (closing its last descriptor) and free the maps.
@@ -124,6 +131,8 @@ def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:
         bool(message["btf_offsets"]),
         str(message["bcc_version"]),
         list(message["cflags"]),
+        {name: MapLayout.from_json(layout) for name, layout in message["layouts"].items()},
+        tuple(message["map_ids"]),
     )
     # The loader already checked the maps' layouts (bpf_loader.load): same maps, same check.
     expected = links_end + message["programs"]
@@ -160,6 +169,8 @@ def _child(sock: socket.socket, config: Config) -> int:
         "btf_offsets": probe.btf_offsets,
         "bcc_version": probe.bcc_version,
         "cflags": probe.cflags,
+        "layouts": {name: layout.to_json() for name, layout in probe.layouts.items()},
+        "map_ids": probe.map_ids,
     }
     fds = [*maps.values(), *links, *programs]
     try:

@@ -1,9 +1,9 @@
-"""The probe's map layouts, and reading its maps into plain Python values.
+"""Reading the probe's maps into plain Python values.
 
-Maps are read as raw bytes (procmond/bpfmap.py) and decoded here by the layout of the structs
-in bpf/procmond.h. ``check_layouts`` compares those sizes with what the kernel reports for the
-loaded maps, so C and Python cannot silently disagree. No Prometheus and no ``bcc`` here; unit
-tests hand ``MapReader`` fakes with the same ``items()``/``per_cpu_values()`` shape.
+Maps are read as raw bytes (procmond/bpfmap.py) and decoded here by the layouts the loader
+took from the compiled program (procmond/layout.py); the overflow slots are named by
+``enum map_id`` in bpf/procmond.h (procmond/header.py). No Prometheus and no ``bcc`` here;
+unit tests hand ``MapReader`` fakes with the same ``items()``/``per_cpu_values()`` shape.
 """
 
 from __future__ import annotations
@@ -14,56 +14,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from procmond.errors import BPFLoadError
+from procmond.layout import MapLayout
 
-HIST_SLOTS = 64  # bpf/procmond.h
-COMM_LEN = 16
-
-# Order of enum map_id in bpf/procmond.h: index into overflow_events / overflow_hist.
-MAP_IDS = (
-    "forks_total",
-    "threads_created_total",
-    "execs_total",
-    "exits_total",
-    "process_lifetime_seconds",
-    "fork_duration_seconds",
-    "fork_failures_total",
-    "inflight",
-)
-
-_U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
-_HIST = struct.Struct(f"={HIST_SLOTS + 1}Q")  # struct hist_value: slots[], then sum_ns
-
-
-def _comm_at(raw: bytes, offset: int) -> bytes:
-    """A command name field: its bytes up to the first NUL."""
-    return raw[offset : offset + COMM_LEN].split(b"\0", 1)[0]
-
-
-def _u32_at(raw: bytes, offset: int) -> int:
-    return int(_U32.unpack_from(raw, offset)[0])
-
-
-# Key field → (offset, decoder), for struct comm_key, comm_pair_key and failure_key.
-_KEY_FIELDS: dict[str, tuple[int, Callable[[bytes, int], bytes | int]]] = {
-    "comm": (0, _comm_at),
-    "parent_comm": (COMM_LEN, _comm_at),
-    "error": (COMM_LEN, _u32_at),
-}
-
-# (key size, value size) of every map the daemon reads, as bpf/procmond.bpf.c declares them.
-MAP_LAYOUTS = {
-    "forks_total": (2 * COMM_LEN, 8),
-    "threads_created_total": (2 * COMM_LEN, 8),
-    "execs_total": (2 * COMM_LEN, 8),
-    "exits_total": (COMM_LEN, 8),
-    "fork_failures_total": (COMM_LEN + 4, 8),
-    "process_lifetime_seconds": (COMM_LEN, _HIST.size),
-    "fork_duration_seconds": (COMM_LEN, _HIST.size),
-    "inflight": (4, 16),
-    "overflow_events": (4, 8),
-    "overflow_hist": (4, _HIST.size),
-}
+_U64 = struct.Struct("=Q")  # a counter: the value of every counter map and per-CPU slot
+KeyValues = tuple[bytes | int, ...]
 
 
 class Table(Protocol):
@@ -96,44 +51,31 @@ class Histogram:
         )
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> Histogram:
-        values = _HIST.unpack_from(raw)
-        return cls(values[:HIST_SLOTS], values[HIST_SLOTS])
+    def decoder(cls, layout: MapLayout) -> Callable[[bytes], Histogram]:
+        """From a struct hist_value, by its layout."""
+        slots = layout.value.field("slots").decoder()
+        sum_ns = layout.value.field("sum_ns").decoder()
+        return lambda raw: cls(slots(raw), sum_ns(raw))  # type: ignore[arg-type]
 
 
-EMPTY_HISTOGRAM = Histogram((0,) * HIST_SLOTS, 0)
-
-
-def check_layouts(table: Callable[[str], Table]) -> None:
-    """Raise BPFLoadError if a loaded map's key or value size is not the one decoded here."""
-    for name, (key_size, value_size) in MAP_LAYOUTS.items():
+def check_layouts(table: Callable[[str], Table], layouts: dict[str, MapLayout]) -> None:
+    """Raise BPFLoadError if a loaded map's key or value size is not its layout's: the types
+    BCC built and the map the kernel made must be the same thing."""
+    for name, layout in layouts.items():
         t = table(name)
-        if (t.key_size, t.value_size) != (key_size, value_size):
+        if (t.key_size, t.value_size) != (layout.key.size, layout.value.size):
             raise BPFLoadError(
                 f"map {name} has {t.key_size}-byte keys and {t.value_size}-byte values, "
-                f"procmond decodes {key_size} and {value_size}",
-                "bpf/procmond.h and procmond/maps.py disagree",
+                f"its compiled types {layout.key.size} and {layout.value.size}",
+                "report this as a bug: BCC's types and the kernel's map disagree",
             )
-    slots = table("overflow_events").max_entries
-    if slots != len(MAP_IDS):
-        raise BPFLoadError(
-            f"overflow_events has {slots} slots, procmond names {len(MAP_IDS)}",
-            "enum map_id in bpf/procmond.h and MAP_IDS in procmond/maps.py disagree",
-        )
 
 
-def decode_key(raw: bytes, key_fields: tuple[str, ...]) -> tuple[bytes | int, ...]:
-    """A key's fields: commands as raw bytes up to the first NUL, integers as ints."""
-    return tuple(_KEY_FIELDS[f][1](raw, _KEY_FIELDS[f][0]) for f in key_fields)
-
-
-def read_counters(table: Table, key_fields: tuple[str, ...]) -> dict[tuple[bytes | int, ...], int]:
-    """{(comm, parent_comm): count}, {(comm,): count} or {(comm, error): count}."""
-    return {decode_key(k, key_fields): _U64.unpack_from(v)[0] for k, v in table.items()}
-
-
-def read_histograms(table: Table) -> dict[tuple[bytes | int, ...], Histogram]:
-    return {decode_key(k, ("comm",)): Histogram.from_bytes(v) for k, v in table.items()}
+def key_decoder(layout: MapLayout, key_fields: tuple[str, ...]) -> Callable[[bytes], KeyValues]:
+    """A function from a raw key to its fields: names as bytes up to the first NUL, integers
+    as ints."""
+    decoders = [layout.key.field(f).decoder() for f in key_fields]
+    return lambda raw: tuple(d(raw) for d in decoders)  # type: ignore[misc]
 
 
 def _index(i: int) -> bytes:
@@ -147,34 +89,59 @@ def read_percpu_counts(table: Table, size: int) -> list[int]:
     ]
 
 
-def read_percpu_histogram(table: Table, index: int) -> Histogram:
-    total = EMPTY_HISTOGRAM
-    for per_cpu in table.per_cpu_values(_index(index)):
-        total = total + Histogram.from_bytes(per_cpu)
-    return total
-
-
 class MapReader:
-    """The probe's maps by name, read fresh on every call (one call per scrape)."""
+    """The probe's maps by name, read fresh on every call (one call per scrape).
 
-    def __init__(self, table: Callable[[str], Table], map_ids: tuple[str, ...] = MAP_IDS) -> None:
+    ``layouts`` are the compiled program's (procmond/layout.py); ``map_ids`` name the slots of
+    the overflow arrays (procmond/header.py).
+    """
+
+    def __init__(
+        self,
+        table: Callable[[str], Table],
+        layouts: dict[str, MapLayout],
+        map_ids: tuple[str, ...],
+    ) -> None:
         self._table = table
+        self._layouts = layouts
         self._map_ids = map_ids
+        self._keys: dict[tuple[str, tuple[str, ...]], Callable[[bytes], KeyValues]] = {}
+        self._histograms: dict[str, Callable[[bytes], Histogram]] = {}
 
-    def counters(
-        self, name: str, key_fields: tuple[str, ...]
-    ) -> dict[tuple[bytes | int, ...], int]:
-        return read_counters(self._table(name), key_fields)
+    def _key_decoder(self, name: str, key_fields: tuple[str, ...]) -> Callable[[bytes], KeyValues]:
+        decoder = self._keys.get((name, key_fields))
+        if decoder is None:
+            decoder = self._keys[name, key_fields] = key_decoder(self._layouts[name], key_fields)
+        return decoder
 
-    def histograms(self, name: str) -> dict[tuple[bytes | int, ...], Histogram]:
-        return read_histograms(self._table(name))
+    def _histogram_decoder(self, name: str) -> Callable[[bytes], Histogram]:
+        if name not in self._histograms:
+            self._histograms[name] = Histogram.decoder(self._layouts[name])
+        return self._histograms[name]
+
+    def counters(self, name: str, key_fields: tuple[str, ...]) -> dict[KeyValues, int]:
+        """{(comm, parent_comm): count}, {(comm,): count} or {(comm, error): count}."""
+        decode = self._key_decoder(name, key_fields)
+        return {decode(k): _U64.unpack_from(v)[0] for k, v in self._table(name).items()}
+
+    def histograms(self, name: str, key_fields: tuple[str, ...]) -> dict[KeyValues, Histogram]:
+        decode_key = self._key_decoder(name, key_fields)
+        decode = self._histogram_decoder(name)
+        return {decode_key(k): decode(v) for k, v in self._table(name).items()}
 
     def overflow_events(self) -> dict[str, int]:
         counts = read_percpu_counts(self._table("overflow_events"), len(self._map_ids))
-        return dict(zip(self._map_ids, counts, strict=False))
+        return dict(zip(self._map_ids, counts, strict=True))
 
     def overflow_histogram(self, name: str) -> Histogram:
-        return read_percpu_histogram(self._table("overflow_hist"), self._map_ids.index(name))
+        """The observations of histogram map ``name`` that found it full, summed over CPUs."""
+        decode = self._histogram_decoder("overflow_hist")
+        per_cpu = self._table("overflow_hist").per_cpu_values(_index(self._map_ids.index(name)))
+        histograms = [decode(raw) for raw in per_cpu]
+        total = histograms[0]
+        for h in histograms[1:]:
+            total = total + h
+        return total
 
     def capacity(self, name: str) -> int:
         return int(self._table(name).max_entries)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from prometheus_client.utils import floatToGoString
 
 from procmond.config import KNOWN_LABELS, Config
-from procmond.maps import HIST_SLOTS, Histogram
+from procmond.maps import Histogram
 
 OVERFLOW_LABEL_VALUE = "__overflow__"
 
@@ -93,6 +93,16 @@ HISTOGRAMS: tuple[HistogramMetric, ...] = (
 )
 
 
+def daemon_maps() -> tuple[str, ...]:
+    """Every map the daemon reads: one per metric, and the per-map overflow arrays."""
+    return (
+        *(c.map_name for c in COUNTERS),
+        *(h.map_name for h in HISTOGRAMS),
+        "overflow_events",
+        "overflow_hist",
+    )
+
+
 def counters(config: Config) -> tuple[CounterMetric, ...]:
     """The counter metrics this config exposes."""
     return tuple(c for c in COUNTERS if config.syscall_probes or not c.needs_syscall_probes)
@@ -122,7 +132,6 @@ def label_value(raw: bytes | int) -> str:
 @functools.cache
 def bucket_bounds(exponents: tuple[int, ...]) -> tuple[str, ...]:
     """The ``le`` label values, in seconds, for buckets of 2^k ns."""
-    assert all(k < HIST_SLOTS for k in exponents)
     return tuple(floatToGoString(2.0**k / 1e9) for k in exponents)
 
 

@@ -14,9 +14,13 @@ from typing import Any, TextIO
 
 from procmond import bpf_loader
 from procmond.config import Config
+from procmond.header import read_header, syscall_names
 from procmond.maps import read_percpu_counts
 
-SYSCALL_NAMES = {0: "kernel_clone", 1: "sys_clone", 2: "sys_clone3", 3: "sys_fork", 4: "sys_vfork"}
+
+def syscall_name(value: int) -> str:
+    """What a creation_event's syscall field means (enum creation_syscall in procmond.h)."""
+    return syscall_names(read_header()).get(value, "unknown")
 
 
 def printable(raw: bytes) -> str:
@@ -36,7 +40,7 @@ def printable(raw: bytes) -> str:
 def format_text(event: Any) -> str:
     return (
         f"Process {printable(bytes(event.comm))} (PID:{event.pid}, PPID: {event.ppid}) "
-        f"called {SYSCALL_NAMES.get(event.syscall, 'unknown')}"
+        f"called {syscall_name(event.syscall)}"
     )
 
 
@@ -48,7 +52,7 @@ def format_json(event: Any) -> str:
             "pid": event.pid,
             "ppid": event.ppid,
             "parent_comm": bytes(event.parent_comm).decode("utf-8", "replace"),
-            "syscall": SYSCALL_NAMES.get(event.syscall, "unknown"),
+            "syscall": syscall_name(event.syscall),
             "kind": "thread" if event.is_thread else "process",
             "child_pid": event.child_pid,
             "child_tid": event.child_tid,

@@ -74,7 +74,10 @@ setup() {
         # the .deb runs on in the systemd tests. Keep services from starting while installing.
         local policy=/usr/sbin/policy-rc.d added=""
         if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod +x $policy; added=1; fi
-        apt_install gcc libc6-dev prometheus openssl python3-prometheus-client || { [ -z "$added" ] || rm -f $policy; exit 1; }
+        # perf checks that procmond's syscall probes leave the events to other perf users.
+        local perf=linux-perf  # Debian; Ubuntu ships perf in linux-tools
+        has_candidate linux-perf || perf=linux-tools-generic
+        apt_install gcc libc6-dev prometheus openssl python3-prometheus-client $perf || { [ -z "$added" ] || rm -f $policy; exit 1; }
         [ -z "$added" ] || rm -f $policy
     fi
     setup_headers

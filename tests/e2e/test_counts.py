@@ -1,4 +1,8 @@
-"""Exact counts from the real probe: each creation path, under a name nothing else uses."""
+"""Exact counts from the real probe: each creation path, under a name nothing else uses.
+
+``daemon`` runs the default config (no syscall probes); ``timed`` the same with
+``syscall_probes: true`` (fork durations, failures by error). Both watch every creation.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,30 @@ import os
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Daemon, own_comm, run_creator, start_daemon, unique_name
+from tests.e2e.harness import (
+    Daemon,
+    created_on_host,
+    own_comm,
+    run_creator,
+    start_daemon,
+    unique_name,
+)
 
 N = 200
+CREATION_METRICS = ("procmond_forks_total", "procmond_threads_created_total")
+
+
+@pytest.fixture(scope="module")
+def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = start_daemon(tmp_path_factory.mktemp("timed"), "syscall_probes: true\n")
+    yield d
+    assert d.stop() == 0, d.log()
+
 
 # (creator mode, metric it must count in, syscall it makes)
 PATHS = [
@@ -26,17 +47,58 @@ PATHS = [
 
 @pytest.mark.parametrize(("mode", "metric"), PATHS)
 def test_each_creation_path_is_counted_exactly(
-    daemon: Daemon, creator: Path, mode: str, metric: str
+    daemon: Daemon, timed: Daemon, creator: Path, mode: str, metric: str
 ) -> None:
     name = unique_name(mode[:2])
     run_creator(creator, mode, N, [name], "--exit-name-hex", unique_name().hex())
-    m = daemon.scrape()
     labels = {"comm": name.decode(), "parent_comm": own_comm()}
-    assert m.value(metric, **labels) == N
-    other = ({"procmond_forks_total", "procmond_threads_created_total"} - {metric}).pop()
-    assert m.value(other, comm=name.decode(), parent_comm=own_comm()) == 0
+    for d in (daemon, timed):
+        m = d.scrape()
+        assert m.value(metric, **labels) == N
+        other = (set(CREATION_METRICS) - {metric}).pop()
+        assert m.value(other, **labels) == 0
     # one clone/clone3/fork/vfork call per creation, timed by the syscall probes
-    assert m.value("procmond_fork_duration_seconds_count", comm=name.decode()) == N
+    assert timed.scrape().value("procmond_fork_duration_seconds_count", comm=name.decode()) == N
+
+
+def test_calls_restarted_by_signals_are_one_call(timed: Daemon, creator: Path) -> None:
+    """A signal arriving inside clone() makes the kernel restart the call (-ERESTARTNOINTR):
+    user space sees one successful fork, so procmond counts no failure and one duration."""
+    name = unique_name("sig")
+    forks = 3000
+    result = run_creator(creator, "fork", forks, [name], "--signal-every-us", "20")
+    signals = int(result.stdout.split()[1])
+    assert signals > forks  # the timer really interrupted the forking (restarts happen)
+    m = timed.scrape()
+    comm = name.decode()
+    assert m.value("procmond_forks_total", comm=comm, parent_comm=own_comm()) == forks
+    assert {
+        k: v for k, v in m.series("procmond_fork_failures_total").items() if ("comm", comm) in k
+    } == {}
+    assert m.value("procmond_fork_duration_seconds_count", comm=comm) == forks
+
+
+def test_every_task_the_kernel_creates_is_counted(daemon: Daemon, creator: Path) -> None:
+    """io_uring's io-wq workers are made by copy_process() without kernel_clone(): procmond
+    counts them, so its creations grow exactly as the kernel's own count (/proc/stat
+    `processes`), bounded only by when each scrape read the maps."""
+
+    def creations() -> tuple[int, float, int]:
+        before = created_on_host()
+        m = daemon.scrape()
+        return before, sum(m.total(metric) for metric in CREATION_METRICS), created_on_host()
+
+    first_before, first, first_after = creations()
+    name = unique_name("uring")
+    run_creator(creator, "iouring", 100, [name])
+    run_creator(creator, "fork", 100, [name])
+    last_before, last, last_after = creations()
+    counted = last - first
+    assert last_before - first_after <= counted <= last_after - first_before
+    workers = daemon.scrape().value(
+        "procmond_threads_created_total", comm=name.decode(), parent_comm=own_comm()
+    )
+    assert workers >= 1  # io-wq workers, counted as threads of the process they serve
 
 
 def test_fork_children_exits_and_lifetimes(daemon: Daemon, creator: Path) -> None:
@@ -114,7 +176,12 @@ def test_self_metrics(daemon: Daemon) -> None:
     assert m.value("procmond_btf_offsets_in_use") == 1
     assert m.value("procmond_scrape_success") == 1
     probes = m.series("procmond_probe_attached")
-    assert len(probes) == 11 and all(v == 1 for v in probes.values())
+    assert {dict(k)["probe"] for k in probes} == {
+        "task_newtask",
+        "sched_process_exec",
+        "sched_process_exit",
+    }
+    assert all(v == 1 for v in probes.values())
     assert m.value("procmond_map_max_entries", map="forks_total") == 4096
     assert m.value("procmond_map_max_entries", map="process_lifetime_seconds") == 256
     assert m.value("procmond_map_overflow_events_total", map="forks_total") == 0
@@ -124,10 +191,10 @@ def test_self_metrics(daemon: Daemon) -> None:
     assert m.value("procmond_config_last_reload_successful") == 1
 
 
-def test_failed_calls_are_counted_by_error(daemon: Daemon, creator: Path) -> None:
+def test_failed_calls_are_counted_by_error(timed: Daemon, creator: Path) -> None:
     name = unique_name("bad")
     run_creator(creator, "badclone3", 40, [name], "--exit-name-hex", unique_name().hex())
-    m = daemon.scrape()
+    m = timed.scrape()
     assert m.value("procmond_fork_failures_total", comm=name.decode(), error="EINVAL") == 40
     assert m.value("procmond_fork_duration_seconds_count", comm=name.decode()) == 40
     assert m.value("procmond_forks_total", comm=name.decode(), parent_comm=own_comm()) == 0
@@ -143,7 +210,7 @@ def pids_cgroup_root() -> Path:
     raise AssertionError("no pids cgroup controller on this host")
 
 
-def test_task_limit_failures_are_eagain(daemon: Daemon, creator: Path) -> None:
+def test_task_limit_failures_are_eagain(timed: Daemon, creator: Path) -> None:
     """A cgroup's pids.max, as a contained fork bomb meets it."""
     cgroup = pids_cgroup_root() / f"procmond-test-{os.getpid()}"
     cgroup.mkdir()
@@ -173,7 +240,7 @@ def test_task_limit_failures_are_eagain(daemon: Daemon, creator: Path) -> None:
         )
         made, failed = (int(x) for x in result.stdout.split()[1::2])
         assert (made, failed) == (3, 17)
-        m = daemon.scrape()
+        m = timed.scrape()
         assert m.value("procmond_fork_failures_total", comm=name.decode(), error="EAGAIN") == 17
         assert m.value("procmond_forks_total", comm=name.decode(), parent_comm=own_comm()) == 3
     finally:
@@ -185,23 +252,51 @@ def test_task_limit_failures_are_eagain(daemon: Daemon, creator: Path) -> None:
                 time.sleep(0.1)
 
 
-def test_without_syscall_probes(tmp_path: Path, creator: Path) -> None:
-    d = start_daemon(tmp_path, "syscall_probes: false\n")
-    try:
-        name = unique_name("nosys")
-        run_creator(creator, "fork", 30, [name])
-        run_creator(creator, "badclone3", 5, [name])
-        m = d.scrape()
-        assert m.value("procmond_forks_total", comm=name.decode(), parent_comm=own_comm()) == 30
-        assert set(dict(k)["probe"] for k in m.series("procmond_probe_attached")) == {
-            "sched_process_fork",
-            "sched_process_exec",
-            "sched_process_exit",
-        }
-        assert not m.series("procmond_fork_failures_total")
-        assert not m.series("procmond_fork_duration_seconds_count")
-    finally:
-        assert d.stop() == 0, d.log()
+def test_syscall_probes_are_opt_in(daemon: Daemon, creator: Path) -> None:
+    """The default config attaches no syscall tracepoint (they tax every syscall on the host):
+    creations are counted, fork durations and failures by errno are not served."""
+    name = unique_name("nosys")
+    run_creator(creator, "fork", 30, [name])
+    run_creator(creator, "badclone3", 5, [name])
+    m = daemon.scrape()
+    assert m.value("procmond_forks_total", comm=name.decode(), parent_comm=own_comm()) == 30
+    assert not [p for p in m.series("procmond_probe_attached") if "sys_" in dict(p)["probe"]]
+    assert not m.series("procmond_fork_failures_total")
+    assert not m.series("procmond_fork_duration_seconds_count")
+
+
+def test_other_perf_users_still_see_the_syscall_events(timed: Daemon, creator: Path) -> None:
+    """A BPF program on a tracepoint that returns 0 drops the event for every perf user of it;
+    procmond's pass it on, so `perf stat` counts the same with procmond running."""
+    forks = 10
+    events = "syscalls:sys_enter_clone,syscalls:sys_exit_clone"
+    result = subprocess.run(
+        [
+            "perf",
+            "stat",
+            "-x",
+            ",",
+            "-e",
+            events,
+            "--",
+            str(creator),
+            "fork",
+            str(forks),
+            unique_name().hex(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    counts = {
+        line.split(",")[2]: int(line.split(",")[0])
+        for line in result.stderr.splitlines()
+        if line.count(",") >= 2 and line.split(",")[0].isdigit()
+    }
+    assert timed.scrape().value("procmond_probe_attached", probe="sys_enter_clone") == 1
+    # one entry per fork; one exit in the parent and one in each child as it starts
+    assert counts == {"syscalls:sys_enter_clone": forks, "syscalls:sys_exit_clone": 2 * forks}
 
 
 def test_content_negotiation(daemon: Daemon) -> None:

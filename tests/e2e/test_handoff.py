@@ -13,7 +13,7 @@ from pathlib import Path
 from procmond import bpf_loader
 from procmond.bpfmap import BPFMap, bpf, possible_cpus
 from procmond.config import Config
-from procmond.maps import MAP_LAYOUTS, MapReader
+from procmond.metrics import daemon_maps
 from tests.e2e.harness import PROCMOND, free_port, run_creator, start_daemon, unique_name
 
 BPF_PROG_GET_NEXT_ID = 11
@@ -58,7 +58,7 @@ def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         assert children == [], "the loader child is still there"
         maps, progs = _kernel_objects(pid)
-        assert len(maps) == len(MAP_LAYOUTS)
+        assert len(maps) == len(daemon_maps())
         assert maps <= _loaded(BPF_MAP_GET_NEXT_ID)
         attached = sum(ok for ok in (daemon.scrape().series("procmond_probe_attached").values()))
         assert attached == 11 and len(progs) == attached  # it holds every program it runs
@@ -95,7 +95,7 @@ def test_batched_and_key_by_key_reads_agree(creator: Path) -> None:
         in_steps = BPFMap(forks.fd)
         in_steps.batch_entries = 1  # many calls, and hash buckets larger than a batch
         assert sorted(in_steps.items()) == batched
-        counts = MapReader(probe.map).counters("forks_total", ("comm", "parent_comm"))
+        counts = probe.reader().counters("forks_total", ("comm", "parent_comm"))
         assert all(sum(v for k, v in counts.items() if k[0] == n) == 3 for n in names)
         overflow = probe.map("overflow_events")
         assert overflow.per_cpu

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
 
 from procmond import bpf_loader
 from procmond.config import Config
-from procmond.maps import MapReader
-from tests.e2e.harness import run_creator, unique_name
+from tests.e2e.harness import own_comm, run_creator, unique_name
 
 
 def test_exit_count_without_group_dead(creator: Path) -> None:
@@ -21,10 +21,10 @@ def test_exit_count_without_group_dead(creator: Path) -> None:
         name = unique_name("old")
         run_creator(creator, "fork", 30, [name], "--exit-name-hex", unique_name().hex())
         run_creator(creator, "thread", 30, [name], "--exit-name-hex", unique_name().hex())
-        reader = MapReader(probe.map)
+        reader = probe.reader()
         exits = reader.counters("exits_total", ("comm",))
         assert exits[(name,)] == 30  # children only: threads are not processes
-        lifetimes = reader.histograms("process_lifetime_seconds")
+        lifetimes = reader.histograms("process_lifetime_seconds", ("comm",))
         assert lifetimes[(name,)].count == 30
     finally:
         probe.close()
@@ -54,13 +54,56 @@ def test_missing_tracepoint_is_reported_not_fatal(
         "syscalls:sys_enter_nonexistent", "on_sys_enter_clone", raw=False, only_for_timing=True
     )
     monkeypatch.setattr(bpf_loader, "PROBES", (*bpf_loader.PROBES, broken))
-    probe = bpf_loader.load(Config())
+    probe = bpf_loader.load(Config(syscall_probes=True))
     try:
         assert probe.attached["sys_enter_nonexistent"] is False
         assert sum(probe.attached.values()) == 11
         name = unique_name("tp")
         run_creator(creator, "fork", 10, [name])
-        forks = MapReader(probe.map).counters("forks_total", ("comm", "parent_comm"))
+        forks = probe.reader().counters("forks_total", ("comm", "parent_comm"))
         assert sum(v for k, v in forks.items() if k[0] == name) == 10
+    finally:
+        probe.close()
+
+
+def test_c_is_the_one_source_of_the_layouts_and_map_ids(tmp_path: Path, creator: Path) -> None:
+    """Python restates nothing of bpf/procmond.h: a probe built from a header whose key fields
+    and map ids are reordered still decodes every count to the right label and map."""
+    source = tmp_path / "bpf"
+    shutil.copytree(bpf_loader.bpf_source_dir(), source)
+    header = source / "procmond.h"
+    text = header.read_text()
+    swapped = "char parent_comm[COMM_LEN];\n    char comm[COMM_LEN];"
+    text = text.replace("char comm[COMM_LEN];\n    char parent_comm[COMM_LEN];", swapped)
+    lifetime, duration = "MAP_ID_PROCESS_LIFETIME_SECONDS,", "MAP_ID_FORK_DURATION_SECONDS,"
+    text = text.replace(lifetime, "@").replace(duration, lifetime).replace("@", duration)
+    assert swapped in text and text.index(duration) < text.index(lifetime)
+    header.write_text(text)
+
+    # One histogram entry, taken by a first creator: the children's lifetimes and fork
+    # durations then overflow, each into its own map's slot of overflow_hist.
+    config = Config(histogram_max_entries=1, syscall_probes=True)
+    probe = bpf_loader.load(config, source_dir=source)
+    try:
+        assert probe.map_ids.index("fork_duration_seconds") < probe.map_ids.index(
+            "process_lifetime_seconds"
+        )
+        run_creator(creator, "fork", 1, [unique_name("first")])
+        name, children = unique_name("src"), 20
+        run_creator(
+            creator,
+            "fork",
+            children,
+            [name],
+            *("--child-sleep-ms", "300", "--together", "--exit-name-hex", unique_name().hex()),
+        )
+        reader = probe.reader()
+        forks = reader.counters("forks_total", ("comm", "parent_comm"))
+        assert forks[(name, own_comm().encode())] == children
+        lifetimes = reader.overflow_histogram("process_lifetime_seconds")
+        durations = reader.overflow_histogram("fork_duration_seconds")
+        assert lifetimes.count >= children and durations.count >= children
+        # the children lived 0.3 s each; forks (ours and the host's) take microseconds
+        assert lifetimes.sum_ns >= children * 0.3e9 > durations.sum_ns
     finally:
         probe.close()

@@ -176,7 +176,7 @@ def test_hung_daemon_is_restarted_by_the_watchdog(box: SystemdSandbox) -> None:
     wait_for(lambda: show(box, "ActiveState")["ActiveState"] == "active", 30, "restart")
     print(f"hung daemon restarted after {took:.1f} s")
     assert show(box, "MainPID")["MainPID"] != first["MainPID"]
-    assert scrape(box).value("procmond_probe_attached", probe="sched_process_fork") == 1
+    assert scrape(box).value("procmond_probe_attached", probe="task_newtask") == 1
     box.run("rm", "/etc/systemd/system/procmond.service.d/watchdog.conf")
     box.run("systemctl", "daemon-reload")
 

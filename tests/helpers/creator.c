@@ -4,7 +4,9 @@
  *
  *   creator MODE COUNT [options] NAME_HEX...
  *     MODE         fork | vfork | clone3 | spawn | thread, or badclone3 (a clone3 call that
- *                  fails with EINVAL: its args are too short)
+ *                  fails with EINVAL: its args are too short), or iouring (an io_uring that
+ *                  runs one NOP asynchronously: the kernel makes an io-wq worker thread for it
+ *                  without kernel_clone(), then the ring is closed)
  *     COUNT        creations per name
  *     NAME_HEX     each name, hex-encoded (any bytes but NUL); the creator sets its own comm to
  *                  it with prctl(PR_SET_NAME) and then makes COUNT creations under it
@@ -17,6 +19,9 @@
  *     --generate K         the one NAME_HEX is a prefix: use K names, prefix + a counter
  *                          (cut to 15 bytes), without putting K names on the command line
  *     --tolerate-failures  count failed creations instead of stopping at the first one
+ *     --signal-every-us U  a SIGALRM every U microseconds (interval timer, SA_RESTART
+ *                          handler) while creating: clone() calls it interrupts are restarted
+ *                          by the kernel, invisibly to the program; prints "signals S" too
  *     --wait               print "ready" and wait for a line on stdin before creating;
  *                          after "done", stay alive until stdin closes
  *
@@ -25,6 +30,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/io_uring.h>
 #include <linux/sched.h>
 #include <pthread.h>
 #include <signal.h>
@@ -33,8 +39,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -96,6 +104,56 @@ static void set_generated_name(const char *prefix_hex, long n)
     set_name(name);
 }
 
+static volatile sig_atomic_t signals;
+
+static void on_alarm(int signum)
+{
+    (void)signum;
+    signals++;
+}
+
+static void signal_every(long usec)
+{
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = on_alarm;
+    action.sa_flags = SA_RESTART;
+    if (sigaction(SIGALRM, &action, NULL) != 0)
+        die("sigaction");
+    struct itimerval timer = {{usec / 1000000, usec % 1000000}, {usec / 1000000, usec % 1000000}};
+    if (setitimer(ITIMER_REAL, &timer, NULL) != 0)
+        die("setitimer");
+}
+
+/* One io_uring with one NOP forced to io-wq (IOSQE_ASYNC), waited for, then closed. */
+static int iouring_nop(void)
+{
+    struct io_uring_params params;
+    memset(&params, 0, sizeof(params));
+    int fd = (int)syscall(__NR_io_uring_setup, 4, &params);
+    if (fd < 0)
+        return -1;
+    size_t sq_size = params.sq_off.array + params.sq_entries * sizeof(unsigned);
+    size_t sqes_size = params.sq_entries * sizeof(struct io_uring_sqe);
+    char *sq = mmap(NULL, sq_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, IORING_OFF_SQ_RING);
+    struct io_uring_sqe *sqes =
+        mmap(NULL, sqes_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || sqes == MAP_FAILED)
+        die("mmap io_uring");
+    unsigned *tail = (unsigned *)(sq + params.sq_off.tail);
+    unsigned index = *tail & *(unsigned *)(sq + params.sq_off.ring_mask);
+    memset(&sqes[index], 0, sizeof(sqes[index]));
+    sqes[index].opcode = IORING_OP_NOP;
+    sqes[index].flags = IOSQE_ASYNC;
+    ((unsigned *)(sq + params.sq_off.array))[index] = index;
+    __atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
+    int done = (int)syscall(__NR_io_uring_enter, fd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0);
+    munmap(sqes, sqes_size);
+    munmap(sq, sq_size);
+    close(fd);
+    return done == 1 ? 0 : -1;
+}
+
 static void *thread_body(void *arg)
 {
     return arg;
@@ -132,6 +190,8 @@ static pid_t create_one(const char *mode)
             errno = err;
             return -1;
         }
+    } else if (!strcmp(mode, "iouring")) {
+        return iouring_nop();
     } else if (!strcmp(mode, "thread")) {
         pthread_t thread;
         int err = pthread_create(&thread, NULL, thread_body, NULL);
@@ -165,7 +225,7 @@ int main(int argc, char **argv)
     long count = strtol(argv[2], NULL, 10);
     const char *exit_name = NULL;
     int together = 0, wait_go = 0, tolerate = 0, first_name = 3;
-    long generate = 0;
+    long generate = 0, signal_usec = 0;
 
     for (; first_name < argc && !strncmp(argv[first_name], "--", 2); first_name++) {
         const char *opt = argv[first_name];
@@ -181,6 +241,8 @@ int main(int argc, char **argv)
             exec_path = argv[++first_name];
         else if (!strcmp(opt, "--generate") && first_name + 1 < argc)
             generate = strtol(argv[++first_name], NULL, 10);
+        else if (!strcmp(opt, "--signal-every-us") && first_name + 1 < argc)
+            signal_usec = strtol(argv[++first_name], NULL, 10);
         else if (!strcmp(opt, "--exit-name-hex") && first_name + 1 < argc)
             exit_name = argv[++first_name];
         else {
@@ -195,6 +257,8 @@ int main(int argc, char **argv)
         if (!fgets(line, sizeof(line), stdin))
             return 1;
     }
+    if (signal_usec > 0)
+        signal_every(signal_usec);
     pid_t *pids = calloc((size_t)count, sizeof(pid_t));
     long made = 0, failed = 0;
     long names = generate ? generate : argc - first_name;
@@ -221,6 +285,11 @@ int main(int argc, char **argv)
         for (long i = 0; together && i < count; i++)
             if (pids[i] > 0)
                 reap(pids[i]);
+    }
+    if (signal_usec > 0) {
+        struct itimerval off = {{0, 0}, {0, 0}};
+        setitimer(ITIMER_REAL, &off, NULL);
+        printf("signals %ld\n", (long)signals);
     }
     if (exit_name)
         set_name_hex(exit_name);

@@ -1,11 +1,43 @@
 """Stand-ins for procmond.bpfmap.BPFMap: raw keys and values, laid out as bpf/procmond.h does,
-for tests without root (tests/e2e reads the real maps)."""
+with the layouts the loader would hand over, for tests without root (tests/e2e reads the real
+maps, with the layouts of the real compiled program)."""
 
 from __future__ import annotations
 
 import struct
 
-from procmond.maps import COMM_LEN, HIST_SLOTS
+from procmond.header import map_ids, read_header
+from procmond.layout import CHARS, UINT, UINTS, Field, Layout, MapLayout
+
+COMM_LEN = 16
+HIST_SLOTS = 64
+MAP_IDS = map_ids(read_header())
+
+_COUNT = Layout(8, (Field("", 0, 8, UINT),))
+_HIST = Layout(
+    8 * HIST_SLOTS + 8,
+    (Field("slots", 0, 8 * HIST_SLOTS, UINTS), Field("sum_ns", 8 * HIST_SLOTS, 8, UINT)),
+)
+_INDEX = Layout(4, (Field("", 0, 4, UINT),))
+_ONE = Layout(COMM_LEN, (Field("comm", 0, COMM_LEN, CHARS),))
+_PAIR = Layout(
+    2 * COMM_LEN,
+    (Field("comm", 0, COMM_LEN, CHARS), Field("parent_comm", COMM_LEN, COMM_LEN, CHARS)),
+)
+_FAILURE = Layout(
+    COMM_LEN + 4, (Field("comm", 0, COMM_LEN, CHARS), Field("error", COMM_LEN, 4, UINT))
+)
+LAYOUTS = {
+    "forks_total": MapLayout(_PAIR, _COUNT),
+    "threads_created_total": MapLayout(_PAIR, _COUNT),
+    "execs_total": MapLayout(_PAIR, _COUNT),
+    "exits_total": MapLayout(_ONE, _COUNT),
+    "fork_failures_total": MapLayout(_FAILURE, _COUNT),
+    "process_lifetime_seconds": MapLayout(_ONE, _HIST),
+    "fork_duration_seconds": MapLayout(_ONE, _HIST),
+    "overflow_events": MapLayout(_INDEX, _COUNT),
+    "overflow_hist": MapLayout(_INDEX, _HIST),
+}
 
 
 def _comm(name: bytes) -> bytes:

@@ -9,12 +9,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from procmond.collector import ProbeStatus, ProcmondCollector
 from procmond.config import Config
-from procmond.maps import MAP_IDS, Histogram, MapReader
+from procmond.maps import Histogram, MapReader
 from procmond.metrics import COUNTERS, HISTOGRAMS, cumulative_buckets, series_budget
-from tests.unit.fakes import FakeHash, FakePerCpuArray, failure, hist, one, pair
+from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, failure, hist, one, pair
 
 STATUS = ProbeStatus(
-    {"sched_process_fork": True, "sys_enter_clone": False}, True, "9.9", "0.26.0", "6.18.0"
+    {"task_newtask": True, "sys_enter_clone": False}, True, "9.9", "0.26.0", "6.18.0"
 )
 
 
@@ -27,7 +27,6 @@ def tables(**overrides: Any) -> dict[str, Any]:
         "fork_failures_total": FakeHash([(failure(b"bomb", 11), 70), (failure(b"x", 4095), 1)]),
         "process_lifetime_seconds": FakeHash([(one(b"cc1"), hist({20: 2, 28: 1}, 300_000_000))]),
         "fork_duration_seconds": FakeHash([]),
-        "inflight": FakeHash([], max_entries=16384),
         "overflow_events": FakePerCpuArray([[0, 0]] * len(MAP_IDS)),
         "overflow_hist": FakePerCpuArray([[hist({}, 0), hist({}, 0)]] * len(MAP_IDS)),
     }
@@ -35,12 +34,12 @@ def tables(**overrides: Any) -> dict[str, Any]:
     return t
 
 
-DEFAULTS = Config()
+DEFAULTS = Config(syscall_probes=True)  # every family present
 
 
 def scrape(t: dict[str, Any], config: Config = DEFAULTS) -> dict[tuple, float]:
     registry = CollectorRegistry()
-    registry.register(ProcmondCollector(MapReader(t.__getitem__, MAP_IDS), config, STATUS))
+    registry.register(ProcmondCollector(MapReader(t.__getitem__, LAYOUTS, MAP_IDS), config, STATUS))
     text = generate_latest(registry).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -110,7 +109,7 @@ def test_dropped_labels_are_not_exposed() -> None:
     failures = FakeHash([(failure(b"", 11), 5)])
     m = scrape(
         tables(forks_total=FakeHash([(pair(b""), 9)]), fork_failures_total=failures),
-        Config(labels=()),
+        Config(labels=(), syscall_probes=True),
     )
     assert m[("procmond_forks_total", ())] == 9
     assert m[("procmond_fork_failures_total", (("error", "EAGAIN"),))] == 5  # error stays
@@ -136,7 +135,10 @@ def test_self_metrics() -> None:
     info = (("bcc_version", "0.26.0"), ("kernel", "6.18.0"), ("version", "9.9"))
     assert m[("procmond_build_info", info)] == 1
     assert m[("procmond_map_entries", (("map", "forks_total"),))] == 2
-    assert m[("procmond_map_max_entries", (("map", "inflight"),))] == 16384
+    assert m[("procmond_map_max_entries", (("map", "forks_total"),))] == 100
+    # In-flight timings live in per-task storage: lost ones are counted, there is no capacity.
+    assert m[("procmond_map_overflow_events_total", (("map", "inflight"),))] == 0
+    assert ("procmond_map_max_entries", (("map", "inflight"),)) not in m
 
 
 def test_cumulative_buckets_edges() -> None:
@@ -147,10 +149,10 @@ def test_cumulative_buckets_edges() -> None:
 
 
 def test_series_budget_counts_every_bucket() -> None:
-    c = Config(max_entries=10, histogram_max_entries=2)
+    c = Config(max_entries=10, histogram_max_entries=2, syscall_probes=True)
     per_label_set = sum(len(h.bucket_exponents) + 3 for h in HISTOGRAMS)
     assert series_budget(c) == len(COUNTERS) * 11 + 3 * per_label_set
-    assert series_budget(Config(max_entries=10, histograms=False)) == len(COUNTERS) * 11
+    assert series_budget(Config(max_entries=10, histograms=False, syscall_probes=True)) == 55
 
 
 def test_text_rendering_equals_prometheus_clients() -> None:
@@ -164,7 +166,7 @@ def test_text_rendering_equals_prometheus_clients() -> None:
         ]
     )
     t = tables(forks_total=forks)
-    collector = ProcmondCollector(MapReader(t.__getitem__, MAP_IDS), DEFAULTS, STATUS)
+    collector = ProcmondCollector(MapReader(t.__getitem__, LAYOUTS, MAP_IDS), DEFAULTS, STATUS)
     registry = CollectorRegistry()
     registry.register(collector)
 

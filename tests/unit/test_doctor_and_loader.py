@@ -58,11 +58,13 @@ def test_without_bcc_one_sentence_with_the_fix(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_syscall_entry_probes_only_when_something_uses_them() -> None:
-    names = {p.name for p in bpf_loader.wanted_probes(Config(histograms=False), watch=False)}
+    timed = Config(histograms=False, syscall_probes=True)
+    names = {p.name for p in bpf_loader.wanted_probes(timed, watch=False)}
     exits = {f"sys_exit_{call}" for call in ("clone", "clone3", "fork", "vfork")}
-    assert names == {"sched_process_fork", "sched_process_exec", "sched_process_exit"} | exits
+    assert names == {"task_newtask", "sched_process_exec", "sched_process_exit"} | exits
     assert len(bpf_loader.wanted_probes(Config(histograms=False), watch=True)) == 11
-    assert len(bpf_loader.wanted_probes(Config(), watch=False)) == 11
+    assert len(bpf_loader.wanted_probes(Config(syscall_probes=True), watch=False)) == 11
+    assert len(bpf_loader.wanted_probes(Config(), watch=False)) == 3  # the default: no syscalls
 
 
 def test_tracepoint_field_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -76,13 +78,13 @@ def test_tracepoint_field_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setattr(kernel, "TRACEFS_CANDIDATES", (tmp_path,))
     assert kernel.tracepoint_has_field("sched", "sched_process_exit", "group_dead")
     assert not kernel.tracepoint_has_field("sched", "sched_process_exit", "prio")
-    assert not kernel.tracepoint_has_field("sched", "sched_process_fork", "group_dead")
+    assert not kernel.tracepoint_has_field("sched", "task_newtask", "group_dead")
 
 
 def test_no_syscall_probes_means_no_syscall_tracepoints() -> None:
     config = Config(syscall_probes=False)
     names = {p.name for p in bpf_loader.wanted_probes(config, watch=False)}
-    assert names == {"sched_process_fork", "sched_process_exec", "sched_process_exit"}
+    assert names == {"task_newtask", "sched_process_exec", "sched_process_exit"}
     assert len(bpf_loader.wanted_probes(config, watch=True)) == 11  # watch names the calls
 
 
