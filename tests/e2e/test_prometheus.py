@@ -68,7 +68,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus")
     storm, calm, dash = (unique_name(p).decode() for p in ("storm", "calm", "dash"))
     # Room for every label set the rest of the host makes meanwhile: no map overflow here.
-    daemon = start_daemon(tmp, "histogram_max_entries: 4096\n")
+    # Syscall probes on: the dashboard's fork-duration and failures-by-errno panels read them.
+    daemon = start_daemon(tmp, "histogram_max_entries: 4096\nsyscall_probes: true\n")
     overrides = threshold_overrides(
         tmp / "thresholds.rules.yml",
         [("fork_storm", STORM_THRESHOLD, {"comm": name}) for name in (storm, dash)],
