@@ -236,14 +236,14 @@ class Daemon(Configuration):
         return self._overflowed.get(comm)
 
 
-class DaemonWithoutSyscallProbes(Daemon):
-    """``procmond run`` with ``syscall_probes: false``: what the syscall tracepoints (fork
-    durations and failures) cost, beside the default config in the same run."""
+class DaemonWithSyscallProbes(Daemon):
+    """``procmond run`` with ``syscall_probes: true`` (opt-in): what the syscall tracepoints
+    (fork durations and failures by errno) cost, beside the default config in the same run."""
 
-    name = "procmond-nosys"
+    name = "procmond-sys"
 
     def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir, "syscall_probes: false\n")
+        super().__init__(workdir, "syscall_probes: true\n")
 
 
 class _StderrTold(Configuration):
@@ -345,7 +345,7 @@ class Watch(_StderrTold):
 
 
 CONFIGURATIONS: dict[str, type[Configuration]] = {
-    c.name: c for c in (Configuration, Daemon, DaemonWithoutSyscallProbes, Prototype, Watch)
+    c.name: c for c in (Configuration, Daemon, DaemonWithSyscallProbes, Prototype, Watch)
 }
 
 

@@ -17,7 +17,7 @@ from benchmarks.measures import CLOCK_TICKS, median
 LABELS = {
     "none": "no probe",
     "procmond": "procmond daemon",
-    "procmond-nosys": "procmond daemon, syscall_probes: false",
+    "procmond-sys": "procmond daemon, syscall_probes: true (opt-in)",
     "prototype": "prototype (perf buffer → Python)",
     "watch": "procmond watch",
 }
