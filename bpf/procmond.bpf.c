@@ -12,6 +12,7 @@
  *                          never sees); the same count as /proc/stat's `processes`
  *   on_sched_process_exec  raw tracepoint: execs
  *   on_sched_process_exit  raw tracepoint: process exits (once per process) and lifetime
+ *   on_cgroup_mkdir        tracepoint, only with LABEL_CGROUP: the path of each new cgroup
  *   on_sys_{enter,exit}_{clone,clone3,fork,vfork}  tracepoints, only with SYSCALL_PROBES (or
  *                          for `watch`): time spent in the call, and failed calls by error
  */
@@ -33,7 +34,7 @@
 BPF_HASH(forks_total, struct comm_pair_key, u64, MAX_ENTRIES);
 BPF_HASH(threads_created_total, struct comm_pair_key, u64, MAX_ENTRIES);
 BPF_HASH(execs_total, struct comm_pair_key, u64, MAX_ENTRIES);
-BPF_HASH(exits_total, struct comm_key, u64, MAX_ENTRIES);
+BPF_HASH(exits_total, struct cgroup_comm_key, u64, MAX_ENTRIES);
 BPF_HASH(fork_failures_total, struct failure_key, u64, MAX_ENTRIES);
 BPF_HASH(process_lifetime_seconds, struct comm_key, struct hist_value, HISTOGRAM_MAX_ENTRIES);
 BPF_HASH(fork_duration_seconds, struct comm_key, struct hist_value, HISTOGRAM_MAX_ENTRIES);
@@ -46,6 +47,8 @@ BPF_PERCPU_ARRAY(overflow_events, u64, MAP_ID_COUNT);
 BPF_PERCPU_ARRAY(overflow_hist, struct hist_value, MAP_ID_COUNT);
 /* A zeroed hist_value to initialise new histogram entries from: it is too big for the stack. */
 BPF_ARRAY(hist_zero, struct hist_value, 1);
+
+BPF_LRU_HASH(cgroup_paths, u64, struct cgroup_path, CGROUP_PATHS_MAX_ENTRIES);
 
 #ifdef PROCMOND_WATCH
 BPF_RINGBUF_OUTPUT(events, WATCH_RINGBUF_PAGES);
@@ -95,8 +98,14 @@ static __always_inline void *parent_leader_of(void *task)
 
 /* Each bpf_probe_read_kernel() costs ~35 ns here, a third of a program's run: the keys read
  * each pointer once. */
+static __always_inline u64 current_cgroup(void)
+{
+    return LABEL_CGROUP ? bpf_get_current_cgroup_id() : 0;
+}
+
 static __always_inline void fill_pair_key(struct comm_pair_key *key, void *task)
 {
+    key->cgroup_id = current_cgroup();
     if (LABEL_COMM)
         read_comm(leader_of(task), key->comm);
     if (LABEL_PARENT_COMM)
@@ -169,7 +178,7 @@ static __always_inline void count_exec(struct comm_pair_key *key)
     add_one(execs_total.lookup_or_try_init(key, &zero), MAP_ID_EXECS_TOTAL);
 }
 
-static __always_inline void count_exit(struct comm_key *key)
+static __always_inline void count_exit(struct cgroup_comm_key *key)
 {
     u64 zero = 0;
     add_one(exits_total.lookup_or_try_init(key, &zero), MAP_ID_EXITS_TOTAL);
@@ -276,17 +285,36 @@ int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
     if (read_u32(read_ptr(task, TASK_SIGNAL_OFF), SIGNAL_LIVE_OFF) != 0)
         return 0;
 #endif
-    struct comm_key key = {};
+    struct cgroup_comm_key key = {.cgroup_id = current_cgroup()}; /* the task is current */
     void *leader = leader_of(task);
     if (LABEL_COMM)
         read_comm(leader, key.comm);
     count_exit(&key);
 #if HISTOGRAMS
+    struct comm_key command = {};
+    __builtin_memcpy(command.comm, key.comm, COMM_LEN);
     u64 lifetime_ns = bpf_ktime_get_ns() - read_u64(leader, TASK_START_TIME_OFF);
-    observe_lifetime(&key, lifetime_ns);
+    observe_lifetime(&command, lifetime_ns);
 #endif
     return 0;
 }
+
+#if LABEL_CGROUP
+/* cgroup_mkdir(struct cgroup *cgrp, const char *path): a new cgroup, on any hierarchy; root 0
+ * is the cgroup v2 one, whose ids bpf_get_current_cgroup_id() returns. Rare: a plain
+ * tracepoint does. */
+int on_cgroup_mkdir(struct tracepoint__cgroup__cgroup_mkdir *args)
+{
+    struct cgroup_path entry = {};
+    u64 id = args->id;
+
+    if (args->root != 0)
+        return 0;
+    TP_DATA_LOC_READ_STR(entry.path, path, sizeof(entry.path));
+    cgroup_paths.update(&id, &entry);
+    return 0;
+}
+#endif
 
 #if SYSCALL_PROBES || defined(PROCMOND_WATCH)
 /* What a syscall tracepoint program returns: non-zero hands the event on to perf and to every
@@ -343,7 +371,7 @@ static __always_inline int exit_creation(void *ctx)
         return PASS_ON;
     }
     if (ret < 0) {
-        struct failure_key failure = {.error = (u32)-ret};
+        struct failure_key failure = {.cgroup_id = current_cgroup(), .error = (u32)-ret};
         if (LABEL_COMM)
             read_comm(leader_of((void *)bpf_get_current_task()), failure.comm);
         count_failure(&failure);

@@ -23,13 +23,25 @@
 #define HISTOGRAM_MAX_ENTRIES 256
 #endif
 
-/* Which labels are kept: a dropped label is zeroed in the key, so its series merge. */
+/* Which labels are kept: a dropped label is zeroed in the key, so its series merge.
+ * LABEL_CGROUP keys counters by the creating task's cgroup v2 id, from which user space
+ * derives the unit, namespace, pod and container labels. */
 #ifndef LABEL_COMM
 #define LABEL_COMM 1
 #endif
 #ifndef LABEL_PARENT_COMM
 #define LABEL_PARENT_COMM 1
 #endif
+#ifndef LABEL_CGROUP
+#define LABEL_CGROUP 1
+#endif
+
+/* Paths of the cgroups created while the probe runs, by id (an LRU map: the newest are kept),
+ * so that a cgroup gone before the next scrape is still named. */
+#ifndef CGROUP_PATHS_MAX_ENTRIES
+#define CGROUP_PATHS_MAX_ENTRIES 4096
+#endif
+#define CGROUP_PATH_LEN 256
 
 /* Offset of `long ret` in the syscalls:sys_exit_* records; the loader reads it from the
  * tracepoint's format file. */
@@ -56,19 +68,33 @@
  * 2^(k-1) < v <= 2^k (slot 0: v <= 1), so slot k is exactly Prometheus' le="2^k ns" step. */
 #define HIST_SLOTS 64
 
+/* Histogram keys: the command only (a histogram entry is 65 counters; no cgroup). */
 struct comm_key {
     char comm[COMM_LEN];
 };
 
+/* Counter keys carry the cgroup v2 id of the task that made the event (0 when LABEL_CGROUP is
+ * off): the same id is the inode number of the cgroup's directory. */
+struct cgroup_comm_key {
+    u64 cgroup_id;
+    char comm[COMM_LEN];
+};
+
 struct comm_pair_key {
+    u64 cgroup_id;
     char comm[COMM_LEN];
     char parent_comm[COMM_LEN];
 };
 
 /* A failed clone/clone3/fork/vfork call: the caller's command and the error (positive errno). */
 struct failure_key {
+    u64 cgroup_id;
     char comm[COMM_LEN];
     u32 error;
+};
+
+struct cgroup_path {
+    char path[CGROUP_PATH_LEN]; /* below the cgroup2 mount, as "/system.slice/cron.service" */
 };
 
 struct hist_value {

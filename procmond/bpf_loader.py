@@ -37,6 +37,8 @@ class Probe:
     # Syscall-entry probes start the fork-duration clock and name the call for `watch`;
     # without histograms or watch nothing uses them. Exit probes also count failed calls.
     only_for_timing: bool = False
+    # Names new cgroups: only needed when a cgroup label (unit, pod...) is configured.
+    for_attribution: bool = False
 
     @property
     def name(self) -> str:
@@ -53,6 +55,7 @@ PROBES: tuple[Probe, ...] = (
     Probe("task_newtask", "on_task_newtask", raw=True),
     Probe("sched_process_exec", "on_sched_process_exec", raw=True),
     Probe("sched_process_exit", "on_sched_process_exit", raw=True),
+    Probe("cgroup:cgroup_mkdir", "on_cgroup_mkdir", raw=False, for_attribution=True),
     *(
         Probe(
             f"syscalls:sys_{phase}_{call}",
@@ -131,6 +134,8 @@ def build_cflags(
         f"-DSYSCALL_PROBES={int(config.syscall_probes)}",
         f"-DLABEL_COMM={int('comm' in config.labels)}",
         f"-DLABEL_PARENT_COMM={int('parent_comm' in config.labels)}",
+        f"-DLABEL_CGROUP={int(bool(config.cgroup_labels))}",
+        f"-DCGROUP_PATHS_MAX_ENTRIES={config.max_entries}",
     ]
     if watch:
         flags.append("-DPROCMOND_WATCH")
@@ -223,12 +228,15 @@ def wanted_probes(config: Config, watch: bool) -> list[Probe]:
     """The probes this config uses. Any syscall tracepoint puts every task of the host on the
     kernel's slower syscall path, so `syscall_probes: false` drops them all (and with them
     fork durations and failures); entry probes are only needed for their clock."""
-    if watch:
-        return list(PROBES)
     return [
         p
         for p in PROBES
-        if not p.syscall or (config.syscall_probes and (config.histograms or not p.only_for_timing))
+        if (not p.for_attribution or config.cgroup_labels)
+        and (
+            watch
+            or not p.syscall
+            or (config.syscall_probes and (config.histograms or not p.only_for_timing))
+        )
     ]
 
 

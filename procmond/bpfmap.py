@@ -18,6 +18,7 @@ from pathlib import Path
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_MAP_LOOKUP_BATCH = 24
 
 # enum bpf_map_type: the per-CPU ones return one value per possible CPU
@@ -151,6 +152,21 @@ class BPFMap:
         try:
             bpf(
                 BPF_MAP_LOOKUP_ELEM, _ElemAttr(self.fd, 0, ctypes.addressof(k), ctypes.addressof(v))
+            )
+        except FileNotFoundError:
+            return None
+        return v.raw
+
+    def take(self, key: bytes) -> bytes | None:
+        """Delete the entry at ``key`` and return its last value, in one step (hash maps,
+        Linux 5.14+): a count made up to the deletion is in the value, none is lost. None if
+        absent."""
+        k = ctypes.create_string_buffer(key, self.key_size)
+        v = ctypes.create_string_buffer(self.stored_value_size)
+        try:
+            bpf(
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                _ElemAttr(self.fd, 0, ctypes.addressof(k), ctypes.addressof(v)),
             )
         except FileNotFoundError:
             return None

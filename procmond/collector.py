@@ -20,6 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from procmond.attribution import Attribution
 from procmond.config import Config
 from procmond.exposition import CACHE_LIMIT, LabelCache, render_counter, render_histogram
 from procmond.maps import Histogram, MapReader
@@ -27,6 +28,7 @@ from procmond.metrics import (
     OVERFLOW_LABEL_VALUE,
     CounterMetric,
     HistogramMetric,
+    attributed_fields,
     counters,
     cumulative_buckets,
     histograms,
@@ -92,6 +94,17 @@ class KeyDecoder:
         return out
 
 
+@dataclass(frozen=True)
+class _Taker:
+    """One counter map, as procmond/attribution.py takes entries from it."""
+
+    reader: MapReader
+    spec: CounterMetric
+
+    def take(self, raw_key: bytes) -> int | None:
+        return self.reader.take(self.spec.map_name, raw_key)
+
+
 def _merge(out: dict[tuple[str, ...], object], labels: tuple[str, ...], value: object) -> None:
     """Add ``value`` (a count or a Histogram) to ``out[labels]``. With labels dropped, or a
     process really named ``__overflow__``, several sources share one series."""
@@ -119,10 +132,17 @@ class ProcmondCollector:
     procmond/exposition.py). Both start from one ``snapshot()``.
     """
 
-    def __init__(self, reader: MapReader, config: Config, status: ProbeStatus) -> None:
+    def __init__(
+        self,
+        reader: MapReader,
+        config: Config,
+        status: ProbeStatus,
+        attribution: Attribution | None = None,
+    ) -> None:
         self._reader = reader
         self._config = config
         self._status = status
+        self._attribution = attribution  # None: no cgroup label is kept
         self._labels = LabelCache()
         self._keys = KeyDecoder()
         self.last_series: int | None = None  # series read from the maps at the last scrape
@@ -203,10 +223,17 @@ class ProcmondCollector:
     def _counter_rows(
         self, spec: CounterMetric, snap: Snapshot
     ) -> tuple[CounterMetric, tuple[str, ...], dict[tuple[str, ...], int]]:
-        names = label_names(spec.key_fields, self._config)
-        rows = self._reader.counters(spec.map_name, spec.key_fields)
-        snap.entries[spec.map_name] = len(rows)
-        labelled = self._keys.labelled(rows, spec.key_fields, names)
+        if self._attribution is not None:
+            entries = self._reader.counter_entries(spec.map_name, spec.key_fields)
+            snap.entries[spec.map_name] = len(entries)
+            fields = attributed_fields(spec.key_fields)
+            rows = self._attribution.rows(spec.map_name, entries, _Taker(self._reader, spec))
+        else:  # the probe zeroes the cgroup id: leave it out
+            fields = tuple(f for f in spec.key_fields if f != "cgroup_id")
+            rows = self._reader.counters(spec.map_name, fields)
+            snap.entries[spec.map_name] = len(rows)
+        names = label_names(fields, self._config)
+        labelled = self._keys.labelled(rows, fields, names)
         if snap.overflowed.get(spec.map_name):
             _merge(labelled, (OVERFLOW_LABEL_VALUE,) * len(names), snap.overflowed[spec.map_name])
         return spec, names, labelled  # type: ignore[return-value]

@@ -19,7 +19,10 @@ from procmond.errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/procmond/config.yaml")
 DEFAULT_PORT = 10057
 
-KNOWN_LABELS = ("comm", "parent_comm")
+# Labels a config may keep. The cgroup ones come from the creating task's cgroup (its systemd
+# unit, or its Kubernetes pod and container): an empty value where the task has none.
+CGROUP_LABELS = ("unit", "namespace", "pod", "container")
+KNOWN_LABELS = ("comm", "parent_comm", *CGROUP_LABELS)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # Kernel maps are preallocated: these caps keep a typo from asking for gigabytes.
@@ -41,6 +44,11 @@ class Config:
     labels: tuple[str, ...] = KNOWN_LABELS
     log_level: str = "info"
     web_config_file: str = ""
+
+    @property
+    def cgroup_labels(self) -> tuple[str, ...]:
+        """The cgroup labels kept: any of them makes the probe key counters by cgroup."""
+        return tuple(label for label in CGROUP_LABELS if label in self.labels)
 
     @property
     def listen_host(self) -> str:

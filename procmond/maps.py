@@ -30,6 +30,8 @@ class Table(Protocol):
 
     def items(self) -> list[tuple[bytes, bytes]]: ...
 
+    def take(self, key: bytes) -> bytes | None: ...
+
     def per_cpu_values(self, key: bytes) -> list[bytes]: ...
 
 
@@ -123,6 +125,18 @@ class MapReader:
         """{(comm, parent_comm): count}, {(comm,): count} or {(comm, error): count}."""
         decode = self._key_decoder(name, key_fields)
         return {decode(k): _U64.unpack_from(v)[0] for k, v in self._table(name).items()}
+
+    def counter_entries(
+        self, name: str, key_fields: tuple[str, ...]
+    ) -> list[tuple[bytes, KeyValues, int]]:
+        """Each entry as (raw key, decoded key, count): the raw key lets it be taken."""
+        decode = self._key_decoder(name, key_fields)
+        return [(k, decode(k), _U64.unpack_from(v)[0]) for k, v in self._table(name).items()]
+
+    def take(self, name: str, raw_key: bytes) -> int | None:
+        """Delete a counter entry and return its last count (None if it was not there)."""
+        value = self._table(name).take(raw_key)
+        return None if value is None else int(_U64.unpack_from(value)[0])
 
     def histograms(self, name: str, key_fields: tuple[str, ...]) -> dict[KeyValues, Histogram]:
         decode_key = self._key_decoder(name, key_fields)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
-from procmond.config import KNOWN_LABELS, Config
+from procmond.config import CGROUP_LABELS, KNOWN_LABELS, Config
 from procmond.maps import Histogram
 
 OVERFLOW_LABEL_VALUE = "__overflow__"
@@ -44,33 +44,36 @@ COUNTERS: tuple[CounterMetric, ...] = (
         "Processes created (fork, vfork, clone and clone3 without CLONE_THREAD), by the "
         "creating process's command and its parent's command.",
         "forks_total",
-        ("comm", "parent_comm"),
+        ("cgroup_id", "comm", "parent_comm"),
     ),
     CounterMetric(
         "procmond_threads_created_total",
         "Threads created (clone or clone3 with CLONE_THREAD), by the process's command and its "
         "parent's command.",
         "threads_created_total",
-        ("comm", "parent_comm"),
+        ("cgroup_id", "comm", "parent_comm"),
     ),
     CounterMetric(
         "procmond_execs_total",
         "Successful execs, by the new command and the command of the exec'ing process's parent.",
         "execs_total",
-        ("comm", "parent_comm"),
+        ("cgroup_id", "comm", "parent_comm"),
     ),
     CounterMetric(
         "procmond_exits_total",
         "Processes exited (once per process, when its last thread exits), by command.",
         "exits_total",
-        ("comm",),
+        (
+            "cgroup_id",
+            "comm",
+        ),
     ),
     CounterMetric(
         "procmond_fork_failures_total",
         "Failed clone, clone3, fork and vfork calls, by the caller's command and the error "
         "(EAGAIN: a task limit such as a cgroup's pids.max or RLIMIT_NPROC was hit).",
         "fork_failures_total",
-        ("comm", "error"),
+        ("cgroup_id", "comm", "error"),
         needs_syscall_probes=True,
     ),
 )
@@ -115,15 +118,26 @@ def histograms(config: Config) -> tuple[HistogramMetric, ...]:
     return tuple(h for h in HISTOGRAMS if config.syscall_probes or not h.needs_syscall_probes)
 
 
+def attributed_fields(key_fields: tuple[str, ...]) -> tuple[str, ...]:
+    """A counter map's key fields once the cgroup id has been turned into its labels
+    (procmond/attribution.py): the cgroup labels first, in CGROUP_LABELS order."""
+    if "cgroup_id" not in key_fields:
+        return key_fields
+    return (*CGROUP_LABELS, *(f for f in key_fields if f != "cgroup_id"))
+
+
 def label_names(key_fields: tuple[str, ...], config: Config) -> tuple[str, ...]:
     """The labels a metric carries under this config: comm and parent_comm only if configured
     (a dropped one is zeroed in the kernel), any other key field always."""
     return tuple(f for f in key_fields if f not in KNOWN_LABELS or f in config.labels)
 
 
-def label_value(raw: bytes | int) -> str:
+def label_value(raw: bytes | int | str) -> str:
     """A key field as a label value. A comm: UTF-8, each invalid byte replaced by U+FFFD. An
-    error number: its symbolic name (EAGAIN), or the number if the name is unknown."""
+    error number: its symbolic name (EAGAIN), or the number if the name is unknown. A cgroup
+    label (unit, pod...) is already text."""
+    if isinstance(raw, str):
+        return raw
     if isinstance(raw, int):
         return errno.errorcode.get(raw, str(raw))
     return raw.decode("utf-8", "replace")

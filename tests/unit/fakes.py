@@ -19,19 +19,22 @@ _HIST = Layout(
     (Field("slots", 0, 8 * HIST_SLOTS, UINTS), Field("sum_ns", 8 * HIST_SLOTS, 8, UINT)),
 )
 _INDEX = Layout(4, (Field("", 0, 4, UINT),))
+_ID = Field("cgroup_id", 0, 8, UINT)
 _ONE = Layout(COMM_LEN, (Field("comm", 0, COMM_LEN, CHARS),))
+_CGROUP_ONE = Layout(8 + COMM_LEN, (_ID, Field("comm", 8, COMM_LEN, CHARS)))
 _PAIR = Layout(
-    2 * COMM_LEN,
-    (Field("comm", 0, COMM_LEN, CHARS), Field("parent_comm", COMM_LEN, COMM_LEN, CHARS)),
+    8 + 2 * COMM_LEN,
+    (_ID, Field("comm", 8, COMM_LEN, CHARS), Field("parent_comm", 8 + COMM_LEN, COMM_LEN, CHARS)),
 )
 _FAILURE = Layout(
-    COMM_LEN + 4, (Field("comm", 0, COMM_LEN, CHARS), Field("error", COMM_LEN, 4, UINT))
+    8 + COMM_LEN + 8,
+    (_ID, Field("comm", 8, COMM_LEN, CHARS), Field("error", 8 + COMM_LEN, 4, UINT)),
 )
 LAYOUTS = {
     "forks_total": MapLayout(_PAIR, _COUNT),
     "threads_created_total": MapLayout(_PAIR, _COUNT),
     "execs_total": MapLayout(_PAIR, _COUNT),
-    "exits_total": MapLayout(_ONE, _COUNT),
+    "exits_total": MapLayout(_CGROUP_ONE, _COUNT),
     "fork_failures_total": MapLayout(_FAILURE, _COUNT),
     "process_lifetime_seconds": MapLayout(_ONE, _HIST),
     "fork_duration_seconds": MapLayout(_ONE, _HIST),
@@ -44,19 +47,24 @@ def _comm(name: bytes) -> bytes:
     return name[:COMM_LEN].ljust(COMM_LEN, b"\0")
 
 
-def pair(comm: bytes, parent: bytes = b"") -> bytes:
+def pair(comm: bytes, parent: bytes = b"", cgroup_id: int = 0) -> bytes:
     """struct comm_pair_key"""
-    return _comm(comm) + _comm(parent)
+    return struct.pack("=Q", cgroup_id) + _comm(comm) + _comm(parent)
 
 
 def one(comm: bytes) -> bytes:
-    """struct comm_key"""
+    """struct comm_key (histograms)"""
     return _comm(comm)
 
 
-def failure(comm: bytes, error: int) -> bytes:
-    """struct failure_key"""
-    return _comm(comm) + struct.pack("=I", error)
+def exited(comm: bytes, cgroup_id: int = 0) -> bytes:
+    """struct cgroup_comm_key (exits)"""
+    return struct.pack("=Q", cgroup_id) + _comm(comm)
+
+
+def failure(comm: bytes, error: int, cgroup_id: int = 0) -> bytes:
+    """struct failure_key (with its tail padding)"""
+    return struct.pack("=Q", cgroup_id) + _comm(comm) + struct.pack("=II", error, 0)
 
 
 def hist(slots: dict[int, int], sum_ns: int) -> bytes:

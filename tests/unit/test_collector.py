@@ -11,7 +11,17 @@ from procmond.collector import ProbeStatus, ProcmondCollector
 from procmond.config import Config
 from procmond.maps import Histogram, MapReader
 from procmond.metrics import COUNTERS, HISTOGRAMS, cumulative_buckets, series_budget
-from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, failure, hist, one, pair
+from tests.unit.fakes import (
+    LAYOUTS,
+    MAP_IDS,
+    FakeHash,
+    FakePerCpuArray,
+    exited,
+    failure,
+    hist,
+    one,
+    pair,
+)
 
 STATUS = ProbeStatus(
     {"task_newtask": True, "sys_enter_clone": False}, True, "9.9", "0.26.0", "6.18.0"
@@ -23,7 +33,7 @@ def tables(**overrides: Any) -> dict[str, Any]:
         "forks_total": FakeHash([(pair(b"bash", b"sshd"), 3), (pair(b"make", b"bash"), 40)]),
         "threads_created_total": FakeHash([(pair(b"java", b"systemd"), 7)]),
         "execs_total": FakeHash([(pair(b"cc1", b"make"), 12)]),
-        "exits_total": FakeHash([(one(b"cc1"), 12)]),
+        "exits_total": FakeHash([(exited(b"cc1"), 12)]),
         "fork_failures_total": FakeHash([(failure(b"bomb", 11), 70), (failure(b"x", 4095), 1)]),
         "process_lifetime_seconds": FakeHash([(one(b"cc1"), hist({20: 2, 28: 1}, 300_000_000))]),
         "fork_duration_seconds": FakeHash([]),

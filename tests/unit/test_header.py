@@ -16,8 +16,10 @@ def test_the_headers_defaults_are_the_configs() -> None:
     assert header.define("HISTOGRAM_MAX_ENTRIES") == config.histogram_max_entries
     assert header.define("HISTOGRAMS") == int(config.histograms)
     assert header.define("SYSCALL_PROBES") == int(config.syscall_probes)
-    assert header.define("LABEL_COMM") == header.define("LABEL_PARENT_COMM") == 1
-    assert set(config.labels) == {"comm", "parent_comm"}
+    assert header.define("LABEL_COMM") == int("comm" in config.labels) == 1
+    assert header.define("LABEL_PARENT_COMM") == int("parent_comm" in config.labels) == 1
+    assert header.define("LABEL_CGROUP") == int(bool(config.cgroup_labels)) == 1
+    assert header.define("CGROUP_PATHS_MAX_ENTRIES") == config.max_entries
 
 
 def test_every_overflow_slot_names_a_map_the_daemon_reads() -> None:

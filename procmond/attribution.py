@@ -1,0 +1,154 @@
+"""Counter rows keyed by cgroup id → rows keyed by unit, namespace, pod and container.
+
+The probe keys every counter by the creating task's cgroup v2 id. Turning ids into names and
+keeping the kernel maps bounded under cgroup churn must not cost a single count, nor make any
+exposed series go down. So, per counter map entry (its raw key), this module remembers which
+labels its count is shown under and from which base:
+
+- A new entry is shown under its cgroup's labels as resolved now (empty where unknown).
+- Late names: when a cgroup's labels become known later (a pod's log link appears after its
+  cgroup), what its entries counted so far stays under the old labels (folded into user space)
+  and only what they count from then on shows under the new ones. Nothing moves.
+- Reclaim: an entry of a cgroup that is gone (rmdir'd: no task can count in it any more) is
+  deleted from the kernel map, atomically with reading its last value, once the cgroup has
+  been seen gone at an earlier scrape (a program that read the id just before the rmdir has
+  long finished). Its count is folded into user space under its labels, so the kernel entry is
+  free for a new cgroup.
+- Folded counts are kept per label set, at most ``capacity`` label sets per map; beyond that
+  they go to the ``__overflow__`` label set, as kernel-map overflow does. Memory is fixed by
+  the config whatever the churn.
+
+Invariants (tests/unit/test_attribution.py, tests/e2e/test_attribution.py): every count shows
+exactly once; no exposed series goes down; kernel entries and user-space state are bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from procmond.config import CGROUP_LABELS
+
+CgroupLabels = tuple[str, ...]  # values for CGROUP_LABELS, in order
+Row = tuple[bytes | int | str, ...]
+UNKNOWN: CgroupLabels = ("",) * len(CGROUP_LABELS)
+RECLAIM_AFTER_SECONDS = 1.0  # a cgroup seen gone this long ago is reclaimed at the next scrape
+
+
+class Namer(Protocol):
+    """What attribution needs of cgroup resolution (procmond/cgroups.py)."""
+
+    def labels(self, cgroup_id: int) -> tuple[CgroupLabels, bool]:
+        """The cgroup's labels, and whether they are final (False: a name may still come)."""
+        ...
+
+    def alive(self, cgroup_id: int) -> bool | None:
+        """Whether the cgroup exists; None when that cannot be told yet (not looked up)."""
+        ...
+
+
+class Table(Protocol):
+    def take(self, raw_key: bytes) -> int | None:
+        """Delete the entry and return its last value (None if it is not there)."""
+        ...
+
+
+@dataclass
+class _Cgroup:
+    labels: CgroupLabels
+    final: bool
+    gone_since: float | None = None
+    seen: float = 0.0
+
+
+@dataclass
+class _Entry:
+    labels: Row  # what this kernel entry's count shows under
+    base: int  # the part of its count already folded under earlier labels
+
+
+class Attribution:
+    def __init__(
+        self,
+        namer: Namer,
+        capacity: int,
+        overflow_value: str,
+        clock: Callable[[], float] = time.monotonic,
+        reclaim_after: float = RECLAIM_AFTER_SECONDS,
+    ) -> None:
+        self._namer = namer
+        self._capacity = capacity
+        self._overflow = overflow_value
+        self._clock = clock
+        self._reclaim_after = reclaim_after
+        self._cgroups: dict[int, _Cgroup] = {}
+        self._entries: dict[tuple[str, bytes], _Entry] = {}
+        self._folded: dict[str, dict[Row, int]] = {}
+        self.reclaimed = 0  # kernel entries deleted, for procmond_cgroup_entries_reclaimed_total
+
+    def rows(
+        self, map_name: str, entries: list[tuple[bytes, Row, int]], table: Table
+    ) -> dict[Row, int]:
+        """{(unit, namespace, pod, container, *rest): count} for one map's entries, each given
+        as (raw key, (cgroup_id, *rest), count)."""
+        now = self._clock()
+        folded = self._folded.setdefault(map_name, {})
+        out: dict[Row, int] = dict(folded)
+        present: set[tuple[str, bytes]] = set()
+        for raw, (cgroup_id, *rest), count in entries:
+            cgroup = self._cgroup(int(cgroup_id), now)
+            labels: Row = (*cgroup.labels, *rest)
+            key = (map_name, raw)
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry(labels, 0)
+            elif entry.labels != labels:  # late names: what was counted stays where it was
+                self._fold(folded, out, entry.labels, count - entry.base)
+                entry.labels, entry.base = labels, count
+            if cgroup.gone_since is not None and now - cgroup.gone_since >= self._reclaim_after:
+                last = table.take(raw)
+                self._fold(folded, out, labels, (count if last is None else last) - entry.base)
+                del self._entries[key]
+                self.reclaimed += 1
+                continue
+            present.add(key)
+            out[labels] = out.get(labels, 0) + count - entry.base
+        for key in [k for k in self._entries if k[0] == map_name and k not in present]:
+            del self._entries[key]  # deleted by someone else: nothing more to account
+        return out
+
+    def forget_unused(self, older_than: float = 600.0) -> None:
+        """Drop cgroups no map entry has named for ``older_than`` seconds (after a reclaim)."""
+        cutoff = self._clock() - older_than
+        for cgroup_id in [i for i, c in self._cgroups.items() if c.seen < cutoff]:
+            del self._cgroups[cgroup_id]
+
+    def _cgroup(self, cgroup_id: int, now: float) -> _Cgroup:
+        cgroup = self._cgroups.get(cgroup_id)
+        if cgroup is None or not cgroup.final:
+            labels, final = self._namer.labels(cgroup_id) if cgroup_id else (UNKNOWN, True)
+            if cgroup is None:
+                cgroup = self._cgroups[cgroup_id] = _Cgroup(labels, final)
+            elif labels != cgroup.labels and not _less_known(labels, cgroup.labels):
+                cgroup.labels, cgroup.final = labels, final
+            else:
+                cgroup.final = final
+        cgroup.seen = now
+        if cgroup_id and cgroup.gone_since is None and self._namer.alive(cgroup_id) is False:
+            cgroup.gone_since = now
+        return cgroup
+
+    def _fold(self, folded: dict[Row, int], out: dict[Row, int], labels: Row, count: int) -> None:
+        if count <= 0:
+            return
+        if labels not in folded and len(folded) >= self._capacity:
+            labels = (self._overflow,) * len(labels)
+        folded[labels] = folded.get(labels, 0) + count
+        out[labels] = out.get(labels, 0) + count
+
+
+def _less_known(new: CgroupLabels, old: CgroupLabels) -> bool:
+    """Whether ``new`` knows less than ``old`` (a name that went away): keep the old ones."""
+    return any(o and not n for n, o in zip(new, old, strict=True))
