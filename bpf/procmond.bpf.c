@@ -48,7 +48,7 @@ BPF_PERCPU_ARRAY(overflow_hist, struct hist_value, MAP_ID_COUNT);
 /* A zeroed hist_value to initialise new histogram entries from: it is too big for the stack. */
 BPF_ARRAY(hist_zero, struct hist_value, 1);
 
-BPF_LRU_HASH(cgroup_paths, u64, struct cgroup_path, CGROUP_PATHS_MAX_ENTRIES);
+BPF_TABLE("lru_hash", u64, struct cgroup_path, cgroup_paths, CGROUP_PATHS_MAX_ENTRIES);
 
 #ifdef PROCMOND_WATCH
 BPF_RINGBUF_OUTPUT(events, WATCH_RINGBUF_PAGES);
