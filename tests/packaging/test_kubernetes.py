@@ -17,6 +17,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+import urllib.error
 from pathlib import Path
 
 import jsonschema
@@ -26,6 +28,7 @@ import yaml
 from kubernetes_validate.utils import all_versions, latest_version
 
 from procmond.config import load_config
+from tests.e2e.harness import Daemon, build_creator, free_port, run_creator, unique_name
 from tests.packaging.shipped import REPO, RULES
 
 K8S = REPO / "packaging" / "kubernetes"
@@ -405,3 +408,95 @@ def test_the_images_packages_resolve_on_debian_12(context: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "procmond" in result.stdout
+
+
+# ---- the pod, emulated on this host ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def creator(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_creator(tmp_path_factory.mktemp("creator"))
+
+
+POD_SCRIPT = r"""
+set -eu
+host=$1 state=$2; shift 2
+mount --bind /usr/src "$host/usr/src"
+mount -o remount,bind,ro "$host/usr/src"
+if [ "$NODE_HEADERS" = yes ]; then
+    mount --bind /lib/modules "$host/lib/modules"
+    mount -o remount,bind,ro "$host/lib/modules"
+fi
+mount -t tmpfs lib-modules /lib/modules        # the pod's emptyDir
+mount -t tmpfs tmp "$state"                    # the pod's /tmp
+mount -o remount,bind,ro /                     # readOnlyRootFilesystem
+exec setpriv --no-new-privs --bounding-set=-all,+bpf,+perfmon --inh-caps=-all,+bpf,+perfmon \
+    --ambient-caps=-all,+bpf,+perfmon "$@"
+"""
+
+
+@pytest.mark.parametrize("node_headers", ["yes", "no"], ids=["node-headers", "image-headers"])
+def test_the_pod_emulated_counts_with_only_bpf_and_perfmon(
+    tmp_path: Path, creator: Path, node_headers: str
+) -> None:
+    """What the DaemonSet sets up, made with the host's own tools: the node's /lib/modules and
+    /usr/src read-only under /host, an empty /lib/modules, a read-only root with a tmpfs for
+    state, uid 0 with only CAP_BPF and CAP_PERFMON (bounding, ambient, no_new_privs), and the
+    image's entrypoint starting procmond. With node headers it links them; without, the .deb's
+    link-kernel-headers links the generic ones, and the probe still counts exactly."""
+    host, state = tmp_path / "host", tmp_path / "state"
+    for d in (host / "lib/modules", host / "usr/src", state):
+        d.mkdir(parents=True)
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f'listen: "127.0.0.1:{port}"\n')
+    env = {
+        **os.environ,
+        "NODE_HEADERS": node_headers,
+        "PROCMOND_HOST_ROOT": str(host),
+        "PROCMOND_STATE_DIR": str(state),
+        "TMPDIR": str(state),
+        "PROCMOND_LINK_HEADERS": str(REPO / "packaging/debian/link-kernel-headers"),
+        "PROCMOND_BIN": f"{sys.executable} -m procmond",
+    }
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", POD_SCRIPT, "_"]
+    argv += [str(host), str(state), str(K8S / "entrypoint.sh"), "run", "--config", str(config)]
+    log = tmp_path / "pod.log"
+    with log.open("wb") as out:
+        pod = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    daemon = Daemon(pod, port, log, config)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert pod.poll() is None, daemon.log()
+            try:
+                daemon.scrape()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, daemon.log()
+                time.sleep(0.1)
+        name = unique_name("pod")
+        run_creator(creator, "fork", 25, [name])
+        counted = {
+            dict(labels)["comm"]: v
+            for labels, v in daemon.scrape().series("procmond_forks_total").items()
+        }
+        assert counted[name.decode()] == 25
+        # unshare, sh, setpriv and the entrypoint each exec the next: the pid is procmond's
+        lines = Path(f"/proc/{pod.pid}/status").read_text().splitlines()
+        status = dict(line.split(":\t", 1) for line in lines)
+        bpf_and_perfmon = f"{(1 << 39) | (1 << 38):016x}"
+        assert (status["CapEff"], status["CapBnd"], status["NoNewPrivs"]) == (
+            bpf_and_perfmon,
+            bpf_and_perfmon,
+            "1",
+        )
+        assert "procmond" in Path(f"/proc/{pod.pid}/cmdline").read_text()
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    expected = (
+        "compiling against the node's kernel headers"
+        if node_headers == "yes"
+        else "the node has no headers"
+    )
+    assert expected in daemon.log()
