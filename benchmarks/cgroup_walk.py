@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from subprocess import DEVNULL
 
 from procmond.cgroups import CgroupResolver, Hierarchy, read_layout, walk
 from procmond.tasklimits import PidsHierarchy, TaskLimits, find_pids_hierarchy, read_pids
@@ -46,6 +48,10 @@ def remove_tree(made: list[Path]) -> None:
     for path in sorted(made, key=lambda p: -len(p.parts)):
         if path.exists():
             path.rmdir()
+
+
+def find_dirs(hierarchy: Hierarchy) -> None:
+    subprocess.run(["find", str(hierarchy.mount_point), "-type", "d"], check=True, stdout=DEVNULL)
 
 
 def median_ms(run: Callable[[], object], rounds: int) -> float:
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         sub_pids = PidsHierarchy(sub, pids.version)
         rows = [
             (f"walk of the cgroup v2 tree ({len(ids)} cgroups)", lambda: list(walk(layout.v2))),
+            ("the same walk by find(1), in C, for comparison", lambda: find_dirs(layout.v2)),
             ("resolver, cold: labels for every id (one walk)", cold_labels),
             ("resolver, warm: labels for every id (cache hits)", lambda: warm.labels_many(ids)),
             (
