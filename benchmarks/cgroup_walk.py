@@ -6,8 +6,8 @@ every pids.events in a pids hierarchy of the same size.
 It makes the cgroups for real (a tree of slices and services, as systemd lays them out)
 under a directory of its own in the cgroup v2 hierarchy and in the pids hierarchy (v1 on
 hybrid hosts), times the reads (median of ``--rounds``), and removes every cgroup it made, also
-on failure. Results are printed as markdown; the figures of a run are in
-``benchmarks/CGROUPS.md``.
+on failure. Results are printed as markdown; benchmarks/CGROUPS.md has the figures of the runs
+made so far and what follows from them.
 """
 
 from __future__ import annotations
