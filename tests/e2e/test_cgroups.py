@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from procmond.cgroups import CgroupLabels, CgroupResolver, Hierarchy, read_layout, walk
 from procmond.kubelet import KubeletNames
 from tests.e2e.cgroup_tree import CgroupTree, Pod, proc_cgroup_v2
+from tests.e2e.harness import REPO
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +160,22 @@ def test_bpf_reports_the_id_the_resolver_resolves(tree: CgroupTree, v2: Hierarch
         bpf.cleanup()
     assert ids[shell.pid] == os.stat(cgroup).st_ino
     assert CgroupResolver(v2).labels(ids[shell.pid]) == CgroupLabels(unit=unit)
+
+
+def test_the_walk_benchmark_runs_and_removes_its_cgroups(v2: Hierarchy) -> None:
+    """Only that benchmarks/cgroup_walk.py works (its figures are in benchmarks/CGROUPS.md)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cgroup_walk", "--cgroups", "120", "--rounds", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 10, result.stdout  # header, rule and eight timings
+    layout = read_layout()
+    for hierarchy in (layout.v2, layout.pids_v1):
+        if hierarchy is not None:
+            left = [p.name for p in hierarchy.mount_point.glob("procmond-bench-*")]
+            assert not left, left
