@@ -40,14 +40,6 @@ def pod(tmp_path: Path) -> Iterator[Pod]:
     p.remove()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def cgroup_id(tree: CgroupTree, path: str) -> int:
     """What bpf_get_current_cgroup_id() returns for a task in it: the directory's inode."""
     return os.stat(tree.mount / path.lstrip("/")).st_ino
@@ -110,14 +102,14 @@ def test_a_container_link_made_later_is_picked_up(
     containers.mkdir()
     pod.write_pod_dir(pods)
     pid = tree.sleeper(tree.make(pod.container_cgroup("systemd", "besteffort")))
-    clock = Clock()
-    kubelet = KubeletNames(pods, containers, refresh_interval=5, clock=clock)
-    resolver = CgroupResolver(v2, kubelet=kubelet, link_grace=30, clock=clock)
+    now = [0.0]
+    kubelet = KubeletNames(pods, containers, refresh_interval=5, clock=lambda: now[0])
+    resolver = CgroupResolver(v2, kubelet=kubelet, link_grace=30, clock=lambda: now[0])
     container_id = cgroup_id(tree, proc_cgroup_v2(pid))
     assert resolver.labels(container_id) is None  # not known yet
     pod.write_link(pods, containers)
     assert resolver.labels(container_id) is None  # the files are re-read at most every 5 s
-    clock.now += 5
+    now[0] += 5
     assert resolver.labels(container_id) == CgroupLabels("", pod.namespace, pod.name, pod.container)
     assert kubelet.refreshes == 2
 
