@@ -360,8 +360,11 @@ class CgroupResolver:
 
     ``kernel_path`` is the id → path look-up in the probe's ``cgroup_mkdir`` records (a cgroup
     made while procmond runs resolves from there even after it is gone); it returns None for an
-    id it has no record of and must not raise. ``hierarchy`` None (no cgroup v2 here) makes every
-    id final with empty labels. ``clock`` is injectable for tests.
+    id it has no record of and must not raise. Only records of the v2 hierarchy belong there:
+    the tracepoint also fires for v1 hierarchies, and its ``root`` field (the hierarchy id, as
+    in /proc/PID/cgroup) is 0 for v2. Its ``path`` is from the hierarchy's root, as the walk's
+    paths are. ``hierarchy`` None (no cgroup v2 here) makes every id final with empty labels.
+    ``clock`` is injectable for tests.
     """
 
     def __init__(

@@ -59,11 +59,14 @@ class CgroupTree:
         raise AssertionError(f"pid {p.pid} never showed {relative} in /proc/{p.pid}/cgroup")
 
     def remove(self) -> None:
+        """Kill what was started, then remove the cgroups; a second call does nothing."""
         for p in self.processes:
             if p.poll() is None:
                 p.kill()
             p.communicate(timeout=10)
-        for d in sorted(self.made, key=lambda p: -len(p.parts)):
+        self.processes = []
+        made, self.made = self.made, []
+        for d in sorted(made, key=lambda p: -len(p.parts)):
             deadline = time.monotonic() + 10
             while d.exists():
                 try:

@@ -171,3 +171,42 @@ def test_the_walk_benchmark_runs_and_removes_its_cgroups(v2: Hierarchy) -> None:
         if hierarchy is not None:
             left = [p.name for p in hierarchy.mount_point.glob("procmond-bench-*")]
             assert not left, left
+
+
+def test_a_cgroup_gone_before_any_walk_resolves_from_the_mkdir_tracepoint(
+    tree: CgroupTree, v2: Hierarchy
+) -> None:
+    """The records the probe is to keep: cgroup:cgroup_mkdir's id, root and path. For the v2
+    hierarchy root is 0 and the path is the one the walk sees; with them as ``kernel_path``
+    a cgroup made and removed before any walk still resolves, with no walk at all."""
+    from bcc import BPF
+
+    bpf = BPF(
+        text=b"""
+        struct record { int root; char path[256]; };
+        BPF_HASH(mkdirs, u64, struct record);
+        TRACEPOINT_PROBE(cgroup, cgroup_mkdir) {
+            struct record r = {.root = args->root};
+            u64 id = args->id;
+            TP_DATA_LOC_READ_STR(&r.path, path, sizeof(r.path));
+            mkdirs.update(&id, &r);
+            return 0;
+        }
+        """
+    )
+    try:
+        unit = f"test-{secrets.token_hex(4)}.service"
+        short = tree.make(f"/test.slice/{unit}")
+        cgroup_id = os.stat(short).st_ino
+        shell = tree.start(short, "true")
+        assert shell.wait(timeout=30) == 0
+        tree.remove()
+        assert not short.exists()
+        records = {k.value: (v.root, v.path.decode()) for k, v in bpf[b"mkdirs"].items()}
+    finally:
+        bpf.cleanup()
+    assert records[cgroup_id] == (0, f"/test.slice/{unit}")
+    v2_paths = {i: path for i, (root, path) in records.items() if root == 0}
+    resolver = CgroupResolver(v2, kernel_path=v2_paths.get)
+    assert resolver.labels(cgroup_id) == CgroupLabels(unit=unit)
+    assert resolver.stats().walks == 0
