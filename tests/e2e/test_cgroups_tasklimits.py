@@ -1,0 +1,113 @@
+"""Task-limit hits for real: a unit's cgroup in the host's pids hierarchy (v1 on hybrid hosts,
+v2 on unified ones) with a small pids.max, the creator forking past it, and the reader's count
+compared with the forks the creator saw refused."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from procmond.cgroups import read_layout
+from procmond.tasklimits import (
+    PidsHierarchy,
+    TaskLimitLabels,
+    TaskLimits,
+    find_pids_hierarchy,
+    read_pids,
+)
+from tests.e2e.cgroup_tree import CgroupTree
+
+
+@pytest.fixture(scope="module")
+def pids() -> PidsHierarchy:
+    layout = read_layout()
+    found = find_pids_hierarchy(layout)
+    assert found is not None, f"no pids controller on this host: {layout.describe()}"
+    return found
+
+
+@pytest.fixture
+def tree(pids: PidsHierarchy) -> Iterator[CgroupTree]:
+    t = CgroupTree(pids.hierarchy.mount_point)
+    yield t
+    t.remove()
+
+
+def limited(tree: CgroupTree, pids: PidsHierarchy, path: str, limit: int) -> Path:
+    """A cgroup with pids.max = limit (on v2 the controller is enabled down to it)."""
+    cgroup = tree.make(path)
+    if pids.version == 2:
+        d = tree.mount
+        for name in path.strip("/").split("/"):
+            (d / "cgroup.subtree_control").write_text("+pids\n")
+            d = d / name
+    (cgroup / "pids.max").write_text(f"{limit}\n")
+    return cgroup
+
+
+def fork_past_limit(tree: CgroupTree, cgroup: Path, creator: Path, forks: int) -> int:
+    """Run the creator in ``cgroup``, making ``forks`` children that overlap; the number of
+    forks it saw fail."""
+    name = ("lim" + secrets.token_hex(5)).encode()
+    p = tree.start(
+        cgroup,
+        str(creator),
+        "fork",
+        str(forks),
+        "--together",
+        "--child-sleep-ms",
+        "300",
+        "--tolerate-failures",
+        name.hex(),
+    )
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    made, failed = (int(x) for x in out.split()[1::2])
+    assert made + failed == forks
+    return failed
+
+
+def test_refused_forks_are_counted_under_the_unit(
+    tree: CgroupTree, pids: PidsHierarchy, creator: Path
+) -> None:
+    unit = f"test-{secrets.token_hex(4)}.service"
+    cgroup = limited(tree, pids, f"/test.slice/{unit}", 5)
+    failed = fork_past_limit(tree, cgroup, creator, 20)
+    assert failed >= 11  # the creator and at most 4 children fit, plus any that exited early
+
+    readings = {r.path: r for r in read_pids(pids, limits=True)}
+    reading = readings[f"/test.slice/{unit}"]
+    assert (reading.refused, reading.limit) == (failed, 5)
+    assert reading.current == 0  # all of them exited
+
+    limits = TaskLimits(pids)
+    assert limits.collect()[TaskLimitLabels(unit)] == failed
+
+
+def test_totals_only_grow_across_a_removed_and_recreated_unit(
+    pids: PidsHierarchy, creator: Path
+) -> None:
+    unit = f"test-{secrets.token_hex(4)}.service"
+    path = f"/test.slice/{unit}"
+    limits = TaskLimits(pids)
+    first = CgroupTree(pids.hierarchy.mount_point)
+    try:
+        # The fork fails in a worker cgroup below the unit; the unit's limit refuses it.
+        limited(first, pids, path, 4)
+        worker = first.make(f"{path}/worker")
+        failed = fork_past_limit(first, worker, creator, 10)
+        assert limits.collect()[TaskLimitLabels(unit)] == failed
+    finally:
+        first.remove()
+    assert limits.collect()[TaskLimitLabels(unit)] == failed  # the cgroup is gone, not its count
+
+    second = CgroupTree(pids.hierarchy.mount_point)
+    try:
+        again = fork_past_limit(second, limited(second, pids, path, 3), creator, 6)
+        assert again >= 1
+        assert limits.collect()[TaskLimitLabels(unit)] == failed + again
+    finally:
+        second.remove()

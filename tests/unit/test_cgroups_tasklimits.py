@@ -1,0 +1,173 @@
+"""Task-limit hits: the pids files' formats, the reader on v1- and v2-shaped trees in tmp_path,
+and the totals that only grow. tests/e2e/test_cgroups_tasklimits.py makes real refused forks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from procmond.cgroups import Hierarchy
+from procmond.kubelet import KubeletNames
+from procmond.tasklimits import (
+    EMPTY,
+    OVERFLOW,
+    PidsHierarchy,
+    PidsReading,
+    TaskLimitCounter,
+    TaskLimitLabels,
+    labeller,
+    parse_pids_events,
+    parse_pids_value,
+    read_pids,
+)
+
+UID = "0a1b2c3d-0000-4111-8222-333344445555"
+
+
+def test_pids_events_format() -> None:
+    assert parse_pids_events("max 3\n") == 3
+    assert parse_pids_events("max 0\n") == 0
+    assert parse_pids_events("max.imposed 9\nmax 7\n") == 7  # other lines are ignored
+    with pytest.raises(ValueError, match="no 'max' line"):
+        parse_pids_events("")
+    with pytest.raises(ValueError):
+        parse_pids_events("max x\n")
+
+
+def test_pids_max_and_current_format() -> None:
+    assert parse_pids_value("max\n") is None
+    assert parse_pids_value("5\n") == 5
+
+
+def cgroup(root: Path, path: str, **files: str) -> int:
+    d = root / path.lstrip("/")
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (d / name.replace("_", ".")).write_text(text)
+    return os.stat(d).st_ino
+
+
+def test_v1_reader_reads_every_cgroups_pids_events(tmp_path: Path) -> None:
+    a = cgroup(tmp_path, "/a.slice", pids_events="max 0\n", pids_max="max\n", pids_current="3\n")
+    b = cgroup(
+        tmp_path, "/a.slice/b.service", pids_events="max 4\n", pids_max="5\n", pids_current="2\n"
+    )
+    readings = read_pids(PidsHierarchy(Hierarchy(tmp_path), 1), limits=True)
+    assert sorted(readings, key=lambda r: r.path) == [
+        PidsReading("/a.slice", a, 0, None, 3),
+        PidsReading("/a.slice/b.service", b, 4, 5, 2),
+    ]
+
+
+def test_v2_reader_prefers_the_local_count(tmp_path: Path) -> None:
+    """Since 6.13 v2's pids.events is hierarchical (the parent repeats its children's hits):
+    pids.events.local counts each refusal once, at the cgroup whose limit was hit."""
+    cgroup(tmp_path, "/", cgroup_controllers="pids\n")
+    parent = cgroup(tmp_path, "/p.slice", pids_events="max 7\n", pids_events_local="max 0\n")
+    child = cgroup(
+        tmp_path, "/p.slice/c.service", pids_events="max 7\n", pids_events_local="max 7\n"
+    )
+    old = cgroup(tmp_path, "/old.service", pids_events="max 2\n")  # a kernel before 6.13
+    cgroup(tmp_path, "/no-pids.service")  # pids not enabled for it
+    readings = read_pids(PidsHierarchy(Hierarchy(tmp_path), 2))
+    assert {r.path: (r.inode, r.refused) for r in readings} == {
+        "/p.slice": (parent, 0),
+        "/p.slice/c.service": (child, 7),
+        "/old.service": (old, 2),
+    }
+
+
+def test_unreadable_pids_files_are_skipped(tmp_path: Path) -> None:
+    cgroup(tmp_path, "/bad.service", pids_events="nonsense\n")
+    cgroup(tmp_path, "/good.service", pids_events="max 1\n")
+    readings = read_pids(PidsHierarchy(Hierarchy(tmp_path), 1))
+    assert [(r.path, r.refused) for r in readings] == [("/good.service", 1)]
+
+
+# ---- totals that only grow --------------------------------------------------------------------
+
+
+def unit_labels(path: str) -> tuple[TaskLimitLabels, bool]:
+    return labeller(None)(path)
+
+
+def R(path: str, refused: int, inode: int = 1) -> PidsReading:  # noqa: N802
+    return PidsReading(path, inode, refused)
+
+
+def test_growth_is_added_by_unit() -> None:
+    c = TaskLimitCounter(unit_labels)
+    c.update([R("/system.slice/a.service", 2), R("/system.slice/a.service/sub", 1, 2)])
+    assert c.totals() == {TaskLimitLabels("a.service"): 3}
+    c.update([R("/system.slice/a.service", 5), R("/system.slice/a.service/sub", 1, 2)])
+    assert c.totals() == {TaskLimitLabels("a.service"): 6}
+
+
+def test_a_removed_cgroup_does_not_make_the_total_go_down() -> None:
+    c = TaskLimitCounter(unit_labels)
+    c.update([R("/s.slice/x.service", 5, inode=10), R("/s.slice/x.service/w", 0, inode=11)])
+    c.update([R("/s.slice/x.service", 5, inode=10)])  # the sub-cgroup went away
+    assert c.totals() == {TaskLimitLabels("x.service"): 5}
+    c.update([])  # the unit stopped: its total stays, flat
+    assert c.totals() == {TaskLimitLabels("x.service"): 5}
+    c.update([R("/s.slice/x.service", 2, inode=12)])  # restarted: a new cgroup, new count
+    assert c.totals() == {TaskLimitLabels("x.service"): 7}
+
+
+def test_a_recreated_cgroup_with_a_higher_count_adds_all_of_it() -> None:
+    c = TaskLimitCounter(unit_labels)
+    c.update([R("/x.service", 5, inode=10)])
+    c.update([R("/x.service", 8, inode=11)])  # same path, a new cgroup: its 8 are all new
+    assert c.totals() == {TaskLimitLabels("x.service"): 13}
+
+
+def test_gone_label_sets_with_nothing_counted_are_dropped() -> None:
+    c = TaskLimitCounter(unit_labels)
+    c.update([R("/a.service", 0), R("/b.service", 1, 2)])
+    c.update([])
+    assert c.totals() == {TaskLimitLabels("b.service"): 1}
+
+
+def test_late_pod_names_move_nothing(tmp_path: Path) -> None:
+    """Growth seen while a pod's names are unknown stays under the empty labels."""
+    pods, clock = tmp_path / "pods", [0.0]
+    pods.mkdir()
+    kubelet = KubeletNames(pods, tmp_path / "none", refresh_interval=1, clock=lambda: clock[0])
+    c = TaskLimitCounter(labeller(kubelet))
+    pod = f"/kubepods/burstable/pod{UID}"
+    c.update([R(pod, 3)])
+    assert c.totals() == {EMPTY: 3}
+    (pods / f"shop_web_{UID}").mkdir()
+    clock[0] += 1
+    c.update([R(pod, 5)])
+    assert c.totals() == {EMPTY: 3, TaskLimitLabels("", "shop", "web"): 2}
+    c.update([R(pod, 6)])
+    assert c.totals() == {EMPTY: 3, TaskLimitLabels("", "shop", "web"): 3}
+
+
+def test_label_sets_are_bounded_by_evicting_the_longest_gone() -> None:
+    c = TaskLimitCounter(unit_labels, max_label_sets=3)
+    c.update([R("/a.service", 1, 1), R("/b.service", 1, 2)])
+    c.update([R("/b.service", 1, 2)])  # a is gone (kept: it counted something)
+    c.update([])  # b is gone too, more recently
+    c.update([R("/c.service", 1, 3)])  # needs room: a goes, b stays
+    assert c.totals() == {TaskLimitLabels("b.service"): 1, TaskLimitLabels("c.service"): 1}
+
+
+def test_beyond_the_bound_live_cgroups_count_under_overflow() -> None:
+    c = TaskLimitCounter(unit_labels, max_label_sets=3)
+    c.update([R(f"/u{n}.service", 1, n) for n in range(5)])
+    totals = c.totals()
+    assert len(totals) == 3
+    assert totals[OVERFLOW] == 3
+    assert sum(totals.values()) == 5
+    c.update([R(f"/u{n}.service", 2, n) for n in range(5)])
+    assert sum(c.totals().values()) == 10
+    assert c.totals()[OVERFLOW] == 6  # pinned: the same cgroups keep counting there
+
+
+def test_label_set_bound_must_leave_room_for_overflow() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        TaskLimitCounter(unit_labels, max_label_sets=1)
