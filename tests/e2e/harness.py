@@ -11,14 +11,34 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 CREATOR_SOURCE = REPO / "tests" / "helpers" / "creator.c"
 PROCMOND = [sys.executable, "-m", "procmond"]
+# The installed command, as a user runs it: unlike `python -m`, it does not import from the
+# working directory, so it can be started from anywhere.
+PROCMOND_SCRIPT = [str(Path(sys.executable).with_name("procmond"))]
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail after
+    ``timeout`` seconds naming ``what`` was awaited. For waiting on output, never a sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}, in vain")
+        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -79,6 +99,17 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 10) -> str:
+        """Wait until ``text`` appears ``count`` times in the log; return the log."""
+        wait_until(
+            lambda: self.log().count(text) >= count or self.process.poll() is not None,
+            timeout,
+            f"{text!r} x{count} in the daemon's log",
+        )
+        log = self.log()
+        assert log.count(text) >= count, f"daemon exited {self.process.returncode}:\n{log}"
+        return log
+
     def scrape(self) -> Exposition:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
             return Exposition(response.read().decode())
@@ -102,19 +133,24 @@ def start_daemon(
     env: dict[str, str] | None = None,
     ready_timeout: float = 30,
     tls: bool = False,
+    args: Sequence[str] = (),
+    command: Sequence[str] = PROCMOND,
+    cwd: Path | None = None,
 ) -> Daemon:
     """Start ``procmond run`` and wait until it serves: a plain scrape answers or, with TLS,
-    the daemon has logged that it serves (the test then scrapes with its own certificates)."""
+    the daemon has logged that it serves (the test then scrapes with its own certificates).
+    ``args`` follow ``run --config FILE``."""
     port = port or free_port()
     config = tmp / "procmond.yaml"
     config.write_text(f'listen: "127.0.0.1:{port}"\n{config_text}')
     log_path = tmp / "procmond.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [*PROCMOND, "run", "--config", str(config)],
+            [*command, "run", "--config", str(config), *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
     daemon = Daemon(process, port, log_path, config)
     deadline = time.monotonic() + ready_timeout
@@ -127,7 +163,7 @@ def start_daemon(
                 return daemon
             if "serving https://" in daemon.log():
                 return daemon
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.05)
     daemon.stop(9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from procmond import __version__
-from tests.e2e.harness import free_port, procmond, run_creator, start_daemon, unique_name
+from tests.e2e.harness import (
+    PROCMOND_SCRIPT,
+    REPO,
+    free_port,
+    procmond,
+    run_creator,
+    start_daemon,
+    unique_name,
+)
 
 BAD_CONFIGS = [
     ("max_entries: -5\n", "line 1: max_entries: must be from 1"),
@@ -146,3 +155,20 @@ def test_sighup_reload_good_and_bad(tmp_path: Path, creator: Path) -> None:
         assert len(errors) == 1 and "max_entries" in errors[0]
     finally:
         assert daemon.stop() == 0
+
+
+def test_run_from_the_folder_holding_a_clone_named_procmond(tmp_path: Path) -> None:
+    """`git clone .../procmond && procmond run`: the clone's folder must not be imported in
+    place of the installed package, by the daemon or by its loader child."""
+    shutil.copytree(
+        REPO,
+        tmp_path / "procmond",
+        ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*_cache", "out", "dist"),
+    )
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    daemon = start_daemon(config_dir, command=PROCMOND_SCRIPT, cwd=tmp_path)
+    try:
+        assert daemon.scrape().value("procmond_probe_attached", probe="sched_process_fork") == 1
+    finally:
+        assert daemon.stop() == 0, daemon.log()
