@@ -2,9 +2,10 @@
 
 BCC compiles with LLVM and clang, which bring ~100 MB of libraries and ~20 MB of heap into
 any process that imports ``bcc``, none of it needed once the probe is loaded. So the daemon
-starts a child running ``procmond.handoff``, which compiles, loads and attaches (procmond/bpf_loader.py)
-and then passes back, over a Unix socket (SCM_RIGHTS), the descriptors that keep it all alive:
-every map, every attachment (raw tracepoint links, tracepoint perf events) and every program.
+starts a child running ``procmond.handoff``, which compiles, loads and attaches
+(procmond/bpf_loader.py) and then passes back, over a Unix socket (SCM_RIGHTS), the
+descriptors that keep it all alive: every map, every attachment (raw tracepoint links,
+tracepoint perf events) and every program.
 The child then exits without detaching anything. The daemon reads the maps through
 procmond/bpfmap.py and detaches by closing the descriptors. The child's errors reach the
 daemon as the same ProcmondError.
