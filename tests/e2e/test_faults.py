@@ -109,3 +109,15 @@ def test_sigterm_during_scrapes_never_gives_a_short_exposition(
         assert b"procmond_scrape_success" in body
         assert b"process_start_time_seconds" in body  # from the last collector registered
     print(f"{len(complete)} complete scrapes; the rest were refused or cut off by the exit")
+
+
+def test_unreachable_notify_socket_is_a_warning_not_a_crash(tmp_path: Path) -> None:
+    """A NOTIFY_SOCKET inherited from elsewhere (a container, a stale path) must not stop it."""
+    absent = tmp_path / "no-such-socket"
+    daemon = start_daemon(tmp_path, env={"NOTIFY_SOCKET": str(absent)})
+    try:
+        assert daemon.scrape().value("procmond_scrape_success") == 1
+        warnings = [ln for ln in daemon.log().splitlines() if "NOTIFY_SOCKET" in ln]
+        assert len(warnings) == 1 and "WARNING" in warnings[0], warnings
+    finally:
+        assert daemon.stop() == 0, daemon.log()
