@@ -105,16 +105,32 @@ def test_unprivileged_user_gets_one_sentence() -> None:
     assert "Traceback" not in result.stderr
 
 
+NOBODY = (
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+)
+
+
 def _run_as_nobody(config: Path) -> subprocess.CompletedProcess:
-    nobody = (
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-    )
-    return procmond("run", "--config", str(config), wrapper=nobody)
+    return procmond("run", "--config", str(config), wrapper=NOBODY)
+
+
+def test_doctor_as_an_unprivileged_user_answers_in_sentences() -> None:
+    result = procmond("doctor", wrapper=NOBODY)
+    assert result.returncode == 77, result.stdout + result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert "[FAIL] capabilities: missing CAP_BPF, CAP_PERFMON" in lines
+    # tracefs is root's alone: the check says it could not look, and how to fix that
+    denied = "cannot read /sys/kernel/tracing/events: Permission denied"
+    tracefs = lines.index(f"[FAIL] tracefs: {denied}")
+    assert lines[tracefs + 1] == "       fix: run it as root: sudo procmond doctor"
+    assert lines[-1].startswith("procmond cannot run as this user: it needs root")
+    assert "sudo procmond doctor" in lines[-1]
 
 
 def test_sigterm_and_sigint_exit_zero_within_a_second(tmp_path: Path) -> None:
