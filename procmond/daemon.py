@@ -84,18 +84,25 @@ class Daemon:
         self.server: MetricsServer | None = None
         self.reader: MapReader | None = None
         self.collector: ProcmondCollector | None = None
+        self._serving: Render | None = None
+        self._loaded = threading.Event()  # set once _serving is, or when stopping
         self._last_status = ""
 
     def start(self) -> None:
         started = time.monotonic()
-        self.notifier.status("loading eBPF probe")
-        self.probe = handoff.load(self.config)
-        self.reader = MapReader(self.probe.map)
         self.notifier.status("opening HTTP listener")
+        # Bind before loading: a taken port or a host that does not resolve fails at once,
+        # not after the probe's compile. Until the probe is loaded a scrape waits (_serve).
         self.server = MetricsServer(
-            self._render(), self.config.listen_host, self.config.listen_port, self.web
+            self._serve, self.config.listen_host, self.config.listen_port, self.web
         )
         self.server.start()
+        self.notifier.status("loading eBPF probe")
+        log.info("loading the eBPF probe (compiling takes a second or two)")
+        self.probe = handoff.load(self.config)
+        self.reader = MapReader(self.probe.map)
+        self._serving = self._render()
+        self._loaded.set()
         attached = sum(self.probe.attached.values())
         log.info(
             "procmond %s: %d/%d probes attached, BTF offsets %s, config from %s, at most "
@@ -111,6 +118,14 @@ class Daemon:
             time.monotonic() - started,
         )
         self.notifier.ready(self._status_line())
+
+    def _serve(self, accept: str) -> tuple[bytes, str]:
+        """What the first listener serves. It opens before the probe is loaded: a scrape that
+        arrives meanwhile waits for it; if loading fails, its connection is closed."""
+        self._loaded.wait()
+        if self._serving is None:
+            raise ConnectionAbortedError("procmond stopped before its probe was loaded")
+        return self._serving(accept)
 
     def _render(self) -> Render:
         """What /metrics serves: the text format, with procmond's map families rendered by
@@ -228,6 +243,7 @@ class Daemon:
         """Close the listener and detach the probes side by side: both wait on the kernel or
         on the HTTP loop's poll interval, and systemd expects a prompt exit."""
         self.notifier.stopping()
+        self._loaded.set()  # scrapes waiting for a probe that never came give up
         closing = threading.Thread(target=self.server.close) if self.server else None
         if closing is not None:
             closing.start()
@@ -235,7 +251,8 @@ class Daemon:
             self.probe.close()
         if closing is not None:
             closing.join()
-        log.info("stopped: probes detached")
+        if self.probe is not None:
+            log.info("stopped: probes detached")
 
 
 def run(config_path: Path | None) -> int:

@@ -77,7 +77,10 @@ def test_doctor_passes_on_this_machine() -> None:
     assert "procmond can run here" in result.stdout
 
 
-def test_taken_port_is_a_clear_error_and_starts_nothing(tmp_path: Path) -> None:
+LOADING = "loading the eBPF probe"  # logged just before the loader child starts
+
+
+def test_taken_port_is_a_clear_error_and_loads_nothing(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -86,10 +89,24 @@ def test_taken_port_is_a_clear_error_and_starts_nothing(tmp_path: Path) -> None:
         config.write_text(f'listen: "127.0.0.1:{port}"\n')
         result = procmond("run", "--config", str(config))
     assert result.returncode == 69, result.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"procmond: error: cannot listen on 127.0.0.1:{port}: Address already in use; fix: "
+        "another process holds the port (ss -ltnp), or change listen in the config"
+    )
+    # found before any probe was compiled or loaded, so nothing claims to be detached
+    assert LOADING not in result.stderr
+    assert "detached" not in result.stderr
+
+
+def test_unresolvable_listen_host_fails_before_loading(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('listen: "no-such-host.invalid:10057"\n')
+    result = procmond("run", "--config", str(config))
+    assert result.returncode == 69, result.stderr
+    assert "cannot resolve listen address no-such-host.invalid" in result.stderr
+    assert LOADING not in result.stderr
+    assert "detached" not in result.stderr
     assert "Traceback" not in result.stderr
-    # the probe it had loaded was detached again
-    assert "stopped: probes detached" in result.stderr
 
 
 def test_unprivileged_user_gets_one_sentence() -> None:
@@ -139,6 +156,7 @@ def test_sigterm_and_sigint_exit_zero_within_a_second(tmp_path: Path) -> None:
         started = time.monotonic()
         assert daemon.stop(sig) == 0, daemon.log()
         assert time.monotonic() - started < 1.0
+        assert LOADING in daemon.log()
         assert "stopped: probes detached" in daemon.log()
 
 
