@@ -151,6 +151,29 @@ def test_series_budget_counts_every_bucket() -> None:
     per_label_set = sum(len(h.bucket_exponents) + 3 for h in HISTOGRAMS)
     assert series_budget(c) == len(COUNTERS) * 11 + 3 * per_label_set
     assert series_budget(Config(max_entries=10, histograms=False)) == len(COUNTERS) * 11
+    assert series_budget(Config()) == 28_966  # the README's figure for the defaults
+
+
+def test_series_budget_counts_dropped_labels() -> None:
+    """A dropped label is zeroed in the kernel: with no command name a counter holds one
+    label set, the fork-failure counter one per error (+ __overflow__ under `error`)."""
+    buckets = {h.name: len(h.bucket_exponents) + 3 for h in HISTOGRAMS}
+    assert buckets == {
+        "procmond_process_lifetime_seconds": 19,
+        "procmond_fork_duration_seconds": 14,
+    }
+    # forks, threads, execs, exits: 1 each; failures: 4095 errors + __overflow__; 19 + 14
+    assert series_budget(Config(labels=())) == 4 + 4095 + 1 + 19 + 14
+    assert series_budget(Config(labels=(), max_entries=10)) == 4 + 10 + 1 + 19 + 14
+    assert series_budget(Config(labels=(), syscall_probes=False)) == 4 + 19
+    # parent_comm alone: the three pair maps stay full-size; exits, failures, histograms not
+    assert (
+        series_budget(Config(labels=("parent_comm",), max_entries=10, histogram_max_entries=2))
+        == 3 * 11 + 1 + 11 + 19 + 14
+    )
+    assert series_budget(
+        Config(labels=("comm",), max_entries=10, histogram_max_entries=2)
+    ) == 5 * 11 + 3 * (19 + 14)
 
 
 def test_text_rendering_equals_prometheus_clients() -> None:
