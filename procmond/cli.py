@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from procmond import __version__
-from procmond.config import DEFAULT_CONFIG_PATH, load_config
+from procmond.config import DEFAULT_CONFIG_PATH, check_listen_resolves, load_config
 from procmond.errors import ConfigError, ProcmondError
 from procmond.metrics import series_budget
 from procmond.webconfig import load_web_config
@@ -27,6 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon in the foreground, serving /metrics")
     run.add_argument("--config", type=Path, help=config_help)
+    # No argparse choices or types: the values go through the config file's validation.
+    run.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help='address to serve on, "host:port", "[v6]:port" or ":port"; overrides listen '
+        "in the config file, also after a reload",
+    )
+    run.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="debug, info, warning or error; overrides log_level in the config file, also "
+        "after a reload",
+    )
 
     watch = sub.add_parser("watch", help="print one line per process or thread creation")
     watch.add_argument("--config", type=Path, help=config_help)
@@ -68,7 +81,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from procmond.daemon import run
 
-        return run(args.config)
+        flags = {"listen": args.listen, "log_level": args.log_level}
+        return run(args.config, {key: value for key, value in flags.items() if value is not None})
     if args.command == "watch":
         from procmond.watch import watch
 
@@ -77,6 +91,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         config, source = load_config(args.file)
         load_web_config(config.web_config_file)
+        check_listen_resolves(config, source)
         print(f"{source}: OK; at most {series_budget(config)} series from the kernel maps")
         return 0
     if args.command == "doctor":

@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,11 +72,17 @@ class ReloadState:
 
 class Daemon:
     def __init__(
-        self, config: Config, config_path: Path | None, source: str, web: WebSettings
+        self,
+        config: Config,
+        config_path: Path | None,
+        source: str,
+        web: WebSettings,
+        overrides: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.web = web
         self.config_path = config_path
+        self.overrides = dict(overrides or {})  # command-line settings: they win at reload too
         self.source = source
         self.notifier = Notifier()
         self.reload_state = ReloadState(True, time.time())
@@ -203,7 +210,7 @@ class Daemon:
         """Re-read the config. Invalid: keep the old one. Valid: apply what can change live."""
         self.notifier.reloading()
         try:
-            new, source = load_config(self.config_path)
+            new, source = load_config(self.config_path, self.overrides)
             web = load_web_config(new.web_config_file)
             kept = [k for k in KERNEL_SETTINGS if getattr(new, k) != getattr(self.config, k)]
             if kept:
@@ -255,12 +262,13 @@ class Daemon:
             log.info("stopped: probes detached")
 
 
-def run(config_path: Path | None) -> int:
-    """``procmond run``: raises ProcmondError (with its exit code) if it cannot start."""
-    config, source = load_config(config_path)
+def run(config_path: Path | None, overrides: Mapping[str, str] | None = None) -> int:
+    """``procmond run``: raises ProcmondError (with its exit code) if it cannot start.
+    ``overrides``: config keys set on the command line, over the file's."""
+    config, source = load_config(config_path, overrides)
     web = load_web_config(config.web_config_file)
     setup_logging(config.log_level)
-    daemon = Daemon(config, config_path, source, web)
+    daemon = Daemon(config, config_path, source, web, overrides)
     daemon.install_signal_handlers()
     try:
         daemon.start()

@@ -136,13 +136,16 @@ def start_daemon(
     args: Sequence[str] = (),
     command: Sequence[str] = PROCMOND,
     cwd: Path | None = None,
+    listen_in_file: bool = True,
 ) -> Daemon:
     """Start ``procmond run`` and wait until it serves: a plain scrape answers or, with TLS,
     the daemon has logged that it serves (the test then scrapes with its own certificates).
-    ``args`` follow ``run --config FILE``."""
+    ``args`` follow ``run --config FILE``; the file says to listen on ``port``, unless
+    ``listen_in_file`` is false (then the test sets the address itself)."""
     port = port or free_port()
     config = tmp / "procmond.yaml"
-    config.write_text(f'listen: "127.0.0.1:{port}"\n{config_text}')
+    listen = f'listen: "127.0.0.1:{port}"\n' if listen_in_file else ""
+    config.write_text(listen + config_text)
     log_path = tmp / "procmond.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(

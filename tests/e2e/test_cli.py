@@ -18,6 +18,7 @@ from tests.e2e.harness import (
     PROCMOND_SCRIPT,
     REPO,
     free_port,
+    own_comm,
     procmond,
     run_creator,
     start_daemon,
@@ -30,7 +31,10 @@ BAD_CONFIGS = [
     ("histograms: true\nlisten: '127.0.0.1:99999'\n", "line 2: listen: port must be"),
     ("listen: 'not an address:80'\n", "line 1: listen:"),
     ("labels: [comm, pid]\n", "line 1: labels: unknown label 'pid'"),
-    ("log_level: info\nmax_entires: 10\n", "line 2: max_entires: unknown key"),
+    (
+        "log_level: info\nmax_entires: 10\n",
+        "line 2: max_entires: unknown key; did you mean max_entries?",
+    ),
     ("max_entries: [1, 2\n", "YAML syntax error"),
     ("- a\n- b\n", "expected a mapping"),
 ]
@@ -64,6 +68,51 @@ def test_check_config_accepts_the_shipped_config() -> None:
     result = procmond("check-config", str(Path(__file__).parents[2] / "config/procmond.yaml"))
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+
+
+def test_check_config_resolves_the_listen_host(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('listen: "no-such-host.invalid:10057"\n')
+    result = procmond("check-config", str(config))
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert result.stderr == (
+        f"procmond: config error: {config}: listen: host no-such-host.invalid does not "
+        "resolve (Name or service not known); use an IP address of this host or a name it "
+        "resolves\n"
+    )
+
+
+def test_check_config_counts_series_without_the_dropped_labels(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("labels: []\n")
+    result = procmond("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    # 4 counters of one label set each, fork failures by error (4,095 + __overflow__) and
+    # one label set of each histogram (19 + 14 series); see series_budget
+    assert result.stdout == f"{config}: OK; at most 4133 series from the kernel maps\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--listen", "127.0.0.1:99999"], "command line: --listen: port must be a number"),
+        (["--listen", "::1:80"], "command line: --listen: an IPv6 address needs brackets"),
+        (["--log-level", "loud"], "command line: --log-level: must be one of debug, info"),
+    ],
+)
+def test_bad_command_line_setting_is_a_config_error(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("max_entries: 0\n")  # both the file's problem and the flag's are listed
+    result = procmond("run", "--config", str(config), *flags)
+    assert result.returncode == 78, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0] == (
+        f"procmond: config error: {config}: line 1: max_entries: must be from 1 to 1048576, got 0"
+    )
+    assert lines[1].startswith(f"procmond: config error: {message}"), lines
 
 
 def test_version() -> None:
@@ -160,35 +209,73 @@ def test_sigterm_and_sigint_exit_zero_within_a_second(tmp_path: Path) -> None:
         assert "stopped: probes detached" in daemon.log()
 
 
+REQUEST_LOGGED = '"GET /metrics HTTP/1.1" 200'  # a debug line, one per request
+
+
 def test_sighup_reload_good_and_bad(tmp_path: Path, creator: Path) -> None:
     daemon = start_daemon(tmp_path, "log_level: info\n")
     name = unique_name("hup")
+    labels = {"comm": name.decode(), "parent_comm": own_comm()}
     try:
         run_creator(creator, "fork", 5, [name])
+        loaded = daemon.scrape().value("procmond_config_last_reload_success_timestamp_seconds")
+        assert loaded > 0
+        assert REQUEST_LOGGED not in daemon.log()  # scraped already, but at info
         daemon.config_path.write_text(f'listen: "127.0.0.1:{daemon.port}"\nlog_level: debug\n')
         daemon.process.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        daemon.wait_for_log(f"reloaded config from {daemon.config_path}")
         run_creator(creator, "fork", 5, [name])
         m = daemon.scrape()
         assert m.value("procmond_config_last_reload_successful") == 1
-        assert (
-            m.value(
-                "procmond_forks_total",
-                comm=name.decode(),
-                parent_comm=Path("/proc/self/comm").read_text().strip(),
-            )
-            == 10
-        )
+        reloaded = m.value("procmond_config_last_reload_success_timestamp_seconds")
+        assert reloaded > loaded
+        assert m.value("procmond_forks_total", **labels) == 10  # nothing lost meanwhile
+        daemon.wait_for_log(REQUEST_LOGGED)  # the reloaded log_level applies
+
         daemon.config_path.write_text("max_entries: -1\n")
         daemon.process.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        daemon.wait_for_log("reload failed")
         m = daemon.scrape()  # still serving, on the old config
         assert m.value("procmond_config_last_reload_successful") == 0
-        assert m.value("procmond_config_last_reload_success_timestamp_seconds") > 0
+        assert m.value("procmond_config_last_reload_success_timestamp_seconds") == reloaded
         errors = [ln for ln in daemon.log().splitlines() if "reload failed" in ln]
         assert len(errors) == 1 and "max_entries" in errors[0]
     finally:
         assert daemon.stop() == 0
+
+
+def test_command_line_settings_win_over_the_file_and_after_reload(tmp_path: Path) -> None:
+    file_port, flag_port = free_port(), free_port()
+    daemon = start_daemon(
+        tmp_path,
+        f'listen: "127.0.0.1:{file_port}"\nlog_level: warning\n',
+        port=flag_port,
+        listen_in_file=False,
+        args=["--listen", f"127.0.0.1:{flag_port}", "--log-level", "debug"],
+    )
+    try:
+        assert (
+            f"config from {daemon.config_path} (--listen, --log-level from the command line)"
+            in (
+                daemon.wait_for_log(REQUEST_LOGGED)  # started serving on the flag's port, at debug
+            )
+        )
+        assert not _listening(file_port)
+        # the file changes both; a reload re-reads it, and the flags still win
+        daemon.config_path.write_text(f'listen: "127.0.0.1:{file_port}"\nlog_level: error\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        log = daemon.wait_for_log("reloaded config from")  # an info line: still at debug
+        daemon.scrape()
+        daemon.wait_for_log(REQUEST_LOGGED, count=log.count(REQUEST_LOGGED) + 1)
+        assert daemon.scrape().value("procmond_config_last_reload_successful") == 1
+        assert not _listening(file_port)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_run_from_the_folder_holding_a_clone_named_procmond(tmp_path: Path) -> None:
