@@ -13,6 +13,25 @@ from procmond.errors import ConfigError, ProcmondError
 from procmond.metrics import series_budget
 from procmond.webconfig import load_web_config
 
+WATCH_HELP = """\
+One line per process or thread creation, live, as
+  Process <comm> (PID:<pid>, PPID: <ppid>) called <syscall>
+
+With --json, one JSON object a line, with these fields:
+  time          wall-clock time of the creation: RFC 3339, UTC, microseconds
+  timestamp_ns  the same instant on the kernel's CLOCK_MONOTONIC: nanoseconds since
+                boot, not counting suspend (for ordering events and timing intervals)
+  comm, pid     the creating process: its command and process id
+  ppid          the creating process's parent's process id
+  parent_comm   that parent's command
+  syscall       sys_clone, sys_clone3, sys_fork, sys_vfork, or kernel_clone (a task
+                the kernel made)
+  kind          process or thread: what was created
+  child_pid     the new task's process id (its creator's, for a thread)
+  child_tid     the new task's thread id
+Control characters in text lines are escaped; lost events are reported on stderr.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -41,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         "after a reload",
     )
 
-    watch = sub.add_parser("watch", help="print one line per process or thread creation")
+    watch = sub.add_parser(
+        "watch",
+        help="print one line per process or thread creation",
+        description=WATCH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     watch.add_argument("--config", type=Path, help=config_help)
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
 

@@ -8,6 +8,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -171,6 +172,46 @@ def start_daemon(
         time.sleep(0.05)
     daemon.stop(9)
     raise AssertionError(f"daemon not serving after {ready_timeout} s:\n{daemon.log()}")
+
+
+class Watch:
+    """``procmond watch`` as a subprocess: started once its probe is attached, its output
+    lines collected as they come, so a test waits for the lines it expects."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*PROCMOND, "watch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()  # printed once every probe is attached
+        assert b"watching" in line, line + self.process.stderr.read()
+        self.raw: list[bytes] = []  # whole lines, newline included
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.raw.append(line)
+
+    def lines(self) -> list[str]:
+        return [line.decode("utf-8", "replace").rstrip("\n") for line in list(self.raw)]
+
+    def wait_for(
+        self, what: str, predicate: Callable[[list[str]], object], timeout: float = 30
+    ) -> None:
+        wait_until(
+            lambda: predicate(self.lines()) or self.process.poll() is not None, timeout, what
+        )
+        assert self.process.poll() is None, f"watch exited {self.process.returncode}"
+
+    def stop(self) -> tuple[str, int]:
+        """SIGTERM; its stderr and exit status. Lines stay in ``raw`` / ``lines()``."""
+        assert self.process.stderr is not None
+        self.process.terminate()
+        code = self.process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        return self.process.stderr.read().decode("utf-8", "replace"), code
 
 
 def run_creator(
