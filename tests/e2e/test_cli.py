@@ -293,3 +293,22 @@ def test_run_from_the_folder_holding_a_clone_named_procmond(tmp_path: Path) -> N
         assert daemon.scrape().value("procmond_probe_attached", probe="sched_process_fork") == 1
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_dev_script_run_skips_what_is_done_and_says_how_to_stop(tmp_path: Path) -> None:
+    dev = REPO / "scripts" / "dev.sh"
+    subprocess.run([str(dev), "setup", "--test"], check=True, capture_output=True, timeout=600)
+    # what pip writes for an editable install: rewritten if pip runs again
+    installed = list((REPO / ".venv").glob("lib/python3*/site-packages/__editable__*procmond*"))
+    assert installed
+    written = {path: path.stat().st_mtime_ns for path in installed}
+    daemon = start_daemon(tmp_path, command=[str(dev)], ready_timeout=60)
+    try:
+        log = daemon.log()
+        assert "dev.sh: procmond is installed in" in log and "from this tree: skipping pip" in log
+        assert (
+            f"dev.sh: starting procmond run --config {daemon.config_path}; Ctrl-C stops it" in log
+        )
+        assert {path: path.stat().st_mtime_ns for path in installed} == written
+    finally:
+        assert daemon.stop(signal.SIGINT) == 0, daemon.log()  # what Ctrl-C sends
