@@ -65,7 +65,9 @@ def split_listen(listen: str) -> tuple[str, int]:
         _check_ip(host, listen)
     elif ":" in host:
         raise ValueError(f'an IPv6 address needs brackets, as in "[::1]:{port_text}"')
-    elif host and not _HOSTNAME.match(host):
+    elif host and not (
+        _HOSTNAME.match(host) and all(1 <= len(label) <= 63 for label in host.split("."))
+    ):  # labels of 1 to 63 characters, or the resolver refuses the name (RFC 1035)
         raise ValueError(f'"{host}" is not an IP address or host name')
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f'port must be a number from 1 to 65535, got "{port_text}"')

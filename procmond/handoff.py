@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_SECONDS = 120.0  # compiling takes ~0.3 s here; a wedged compiler must not hang us
 _MAX_MESSAGE = 1 << 16
+_MAX_FDS = 64
 # The child's program: take the daemon's sys.path (argv[1]), then run main(). With -I the
 # interpreter itself puts neither the working directory nor PYTHON* variables on sys.path.
 _CHILD_PROGRAM = (
     "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
     "from procmond.handoff import main; sys.exit(main())"
 )
-_MAX_FDS = 64
 # What the loader raises, by name: the daemon raises the same (and exits with its status).
 _LOADER_ERRORS: dict[str, type[ProcmondError]] = {
     "BPFLoadError": BPFLoadError,

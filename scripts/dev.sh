@@ -68,12 +68,13 @@ setup_tracefs() {
     mount -t tracefs nodev /sys/kernel/tracing
 }
 
+pyproject_hash() { sha256sum < "$ROOT/pyproject.toml" | cut -d' ' -f1; }
+
 installed_from_here() {  # the venv's procmond is this tree's (editable), for these extras
-    local extras=$1 hash stamped_hash stamped_extras
+    local extras=$1 stamped_hash stamped_extras
     [ -f "$STAMP" ] || return 1
-    hash=$(sha256sum < "$ROOT/pyproject.toml" | cut -d' ' -f1)
     read -r stamped_hash stamped_extras < "$STAMP" || true
-    [ "$stamped_hash" = "$hash" ] || return 1
+    [ "$stamped_hash" = "$(pyproject_hash)" ] || return 1
     [ -z "$extras" ] || [ "$stamped_extras" = "$extras" ] || return 1
     # -I and cd /: import it as the daemon would, not from the working directory
     [ "$(cd / && "$VENV/bin/python" -I -c 'import procmond; print(procmond.__file__)' 2>/dev/null)" \
@@ -93,7 +94,7 @@ setup_venv() {
     say "installing procmond$extras and its dependencies into $VENV with pip (editable)"
     rm -f "$STAMP"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT$extras"
-    echo "$(sha256sum < "$ROOT/pyproject.toml" | cut -d' ' -f1) $extras" > "$STAMP"
+    echo "$(pyproject_hash) $extras" > "$STAMP"
 }
 
 setup() {

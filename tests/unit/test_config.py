@@ -92,7 +92,11 @@ def test_listen_forms(listen: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "listen", ["10057", ":0", ":65536", "::1:80", "[zz]:80", "a b:80", "host:", ":http"]
+    "listen",
+    [
+        *("10057", ":0", ":65536", "::1:80", "[zz]:80", "a b:80", "host:", ":http", "a..b:80"),
+        f"{'a' * 64}.example:80",  # a label longer than 63 characters
+    ],
 )
 def test_bad_listen(listen: str) -> None:
     with pytest.raises(ValueError):
