@@ -8,10 +8,29 @@ import sys
 from pathlib import Path
 
 from procmond import __version__
-from procmond.config import DEFAULT_CONFIG_PATH, load_config
+from procmond.config import DEFAULT_CONFIG_PATH, check_listen_resolves, load_config
 from procmond.errors import ConfigError, ProcmondError
 from procmond.metrics import series_budget
 from procmond.webconfig import load_web_config
+
+WATCH_HELP = """\
+One line per process or thread creation, live, as
+  Process <comm> (PID:<pid>, PPID: <ppid>) called <syscall>
+
+With --json, one JSON object a line, with these fields:
+  time          wall-clock time of the creation: RFC 3339, UTC, microseconds
+  timestamp_ns  the same instant on the kernel's CLOCK_MONOTONIC: nanoseconds since
+                boot, not counting suspend (for ordering events and timing intervals)
+  comm, pid     the creating process: its command and process id
+  ppid          the creating process's parent's process id
+  parent_comm   that parent's command
+  syscall       sys_clone, sys_clone3, sys_fork, sys_vfork, or kernel_clone (a task
+                the kernel made)
+  kind          process or thread: what was created
+  child_pid     the new task's process id (its creator's, for a thread)
+  child_tid     the new task's thread id
+Control characters in text lines are escaped; lost events are reported on stderr.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon in the foreground, serving /metrics")
     run.add_argument("--config", type=Path, help=config_help)
+    # No argparse choices or types: the values go through the config file's validation.
+    run.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help='address to serve on, "host:port", "[v6]:port" or ":port"; overrides listen '
+        "in the config file, also after a reload",
+    )
+    run.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="debug, info, warning or error; overrides log_level in the config file, also "
+        "after a reload",
+    )
 
-    watch = sub.add_parser("watch", help="print one line per process or thread creation")
+    watch = sub.add_parser(
+        "watch",
+        help="print one line per process or thread creation",
+        description=WATCH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     watch.add_argument("--config", type=Path, help=config_help)
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -68,7 +105,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from procmond.daemon import run
 
-        return run(args.config)
+        flags = {"listen": args.listen, "log_level": args.log_level}
+        return run(args.config, {key: value for key, value in flags.items() if value is not None})
     if args.command == "watch":
         from procmond.watch import watch
 
@@ -77,6 +115,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         config, source = load_config(args.file)
         load_web_config(config.web_config_file)
+        check_listen_resolves(config, source)
         print(f"{source}: OK; at most {series_budget(config)} series from the kernel maps")
         return 0
     if args.command == "doctor":

@@ -28,7 +28,7 @@ from procmond.metrics import (
     OVERFLOW_LABEL_VALUE,
     CounterMetric,
     HistogramMetric,
-    attributed_fields,
+    counter_fields,
     counters,
     cumulative_buckets,
     histograms,
@@ -223,12 +223,12 @@ class ProcmondCollector:
     def _counter_rows(
         self, spec: CounterMetric, snap: Snapshot
     ) -> tuple[CounterMetric, tuple[str, ...], dict[tuple[str, ...], int]]:
-        if self._attribution is not None:
+        if self._attribution is not None and self._config.cgroup_labels:
+            fields = counter_fields(spec, self._config)
             entries = self._reader.counter_entries(spec.map_name, spec.key_fields)
             snap.entries[spec.map_name] = len(entries)
-            fields = attributed_fields(spec.key_fields)
             rows = self._attribution.rows(spec.map_name, entries, _Taker(self._reader, spec))
-        else:  # the probe zeroes the cgroup id: leave it out
+        else:  # cgroup ids are zero (no cgroup label) or not resolved: leave them out
             fields = tuple(f for f in spec.key_fields if f != "cgroup_id")
             rows = self._reader.counters(spec.map_name, fields)
             snap.entries[spec.map_name] = len(rows)

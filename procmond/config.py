@@ -1,14 +1,18 @@
 """procmond's configuration: one frozen dataclass, its defaults, and all of its validation.
 
 The defaults here are the embedded config the daemon uses when no file exists; the documented
-``config/procmond.yaml`` carries the same values (a test keeps the two equal).
+``config/procmond.yaml`` carries the same values (a test keeps the two equal). Settings given
+on the command line (``run --listen``, ``--log-level``) go through the same validators.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
-from dataclasses import dataclass, fields
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +73,9 @@ def split_listen(listen: str) -> tuple[str, int]:
         _check_ip(host, listen)
     elif ":" in host:
         raise ValueError(f'an IPv6 address needs brackets, as in "[::1]:{port_text}"')
-    elif host and not _HOSTNAME.match(host):
+    elif host and not (
+        _HOSTNAME.match(host) and all(1 <= len(label) <= 63 for label in host.split("."))
+    ):  # labels of 1 to 63 characters, or the resolver refuses the name (RFC 1035)
         raise ValueError(f'"{host}" is not an IP address or host name')
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f'port must be a number from 1 to 65535, got "{port_text}"')
@@ -83,12 +89,39 @@ def _check_ip(host: str, listen: str) -> None:
         raise ValueError(f'"{listen}" has an invalid IP address') from None
 
 
-def load_config(path: Path | None) -> tuple[Config, str]:
+def load_config(
+    path: Path | None, overrides: Mapping[str, Any] | None = None
+) -> tuple[Config, str]:
     """The config to run with, and where it came from.
 
     An explicit ``path`` must exist. Without one, ``/etc/procmond/config.yaml`` is used if it
-    exists, else the embedded defaults.
+    exists, else the embedded defaults. ``overrides`` (key → value, from command-line flags)
+    win over the file; every problem, in the file or in a flag, is reported at once.
     """
+    flags, flag_problems = _validate(
+        (
+            (key, value, f"command line: {flag_name(key)}")
+            for key, value in (overrides or {}).items()
+        )
+    )
+    try:
+        config, source = _load_file(path)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + flag_problems) from None
+    if flag_problems:
+        raise ConfigError(flag_problems)
+    if not flags:
+        return config, source
+    given = ", ".join(flag_name(key) for key in flags)
+    return replace(config, **flags), f"{source} ({given} from the command line)"
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag that sets a config key: ``log_level`` → ``--log-level``."""
+    return "--" + key.replace("_", "-")
+
+
+def _load_file(path: Path | None) -> tuple[Config, str]:
     if path is None:
         if not DEFAULT_CONFIG_PATH.exists():
             return Config(), "embedded defaults"
@@ -119,21 +152,59 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: expected a mapping of keys to values at the top level"])
     lines = _key_lines(root)
-    problems: list[str] = []
+    values, problems = _validate(
+        (key, value, f"{source}: line {lines[key]}: {key}" if key in lines else f"{source}: {key}")
+        for key, value in data.items()
+    )
+    if problems:
+        raise ConfigError(problems)
+    return Config(**values)
+
+
+def _validate(items: Iterable[tuple[Any, Any, str]]) -> tuple[dict[str, Any], list[str]]:
+    """Validate (key, value, where) triples, ``where`` naming the setting as the person wrote
+    it (file, line and key, or the flag): the good values by key, and a line per problem."""
     values: dict[str, Any] = {}
-    known = {f.name for f in fields(Config)}
-    for key, value in data.items():
-        where = f"{source}: line {lines[key]}" if key in lines else source
-        if key not in known:
-            problems.append(f"{where}: {key}: unknown key (known keys: {', '.join(sorted(known))})")
+    problems: list[str] = []
+    for key, value, where in items:
+        if key not in _VALIDATORS:
+            problems.append(f"{where}: unknown key{_suggestion(str(key))}")
             continue
         try:
             values[key] = _VALIDATORS[key](value)
         except ValueError as exc:
-            problems.append(f"{where}: {key}: {exc}")
-    if problems:
-        raise ConfigError(problems)
-    return Config(**values)
+            problems.append(f"{where}: {exc}")
+    return values, problems
+
+
+def _suggestion(key: str) -> str:
+    """For an unknown key: the known key it is probably a typo of, else the known keys."""
+    close = difflib.get_close_matches(key, _VALIDATORS, n=1)
+    if close:
+        return f"; did you mean {close[0]}?"
+    return f" (known keys: {', '.join(sorted(_VALIDATORS))})"
+
+
+def check_listen_resolves(config: Config, source: str) -> None:
+    """Raise ConfigError if the listen host does not resolve (``procmond check-config``).
+
+    Not part of load_config: a reload re-reads the config in the main loop, which must not
+    wait on DNS (a resolver timing out takes tens of seconds, longer than the watchdog
+    allows); ``run`` resolves the host when it binds, before it loads anything.
+    """
+    host = config.listen_host
+    if not host:
+        return
+    try:
+        socket.getaddrinfo(host, config.listen_port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            [
+                f"{source}: listen: host {host} does not resolve ({reason}); use an IP address "
+                "of this host or a name it resolves"
+            ]
+        ) from None
 
 
 def _key_lines(root: yaml.Node | None) -> dict[Any, int]:

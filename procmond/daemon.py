@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,11 +72,17 @@ class ReloadState:
 
 class Daemon:
     def __init__(
-        self, config: Config, config_path: Path | None, source: str, web: WebSettings
+        self,
+        config: Config,
+        config_path: Path | None,
+        source: str,
+        web: WebSettings,
+        overrides: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.web = web
         self.config_path = config_path
+        self.overrides = dict(overrides or {})  # command-line settings: they win at reload too
         self.source = source
         self.notifier = Notifier()
         self.reload_state = ReloadState(True, time.time())
@@ -84,18 +91,25 @@ class Daemon:
         self.server: MetricsServer | None = None
         self.reader: MapReader | None = None
         self.collector: ProcmondCollector | None = None
+        self._serving: Render | None = None
+        self._loaded = threading.Event()  # set once _serving is, or when stopping
         self._last_status = ""
 
     def start(self) -> None:
         started = time.monotonic()
-        self.notifier.status("loading eBPF probe")
-        self.probe = handoff.load(self.config)
-        self.reader = self.probe.reader()
         self.notifier.status("opening HTTP listener")
+        # Bind before loading: a taken port or a host that does not resolve fails at once,
+        # not after the probe's compile. Until the probe is loaded a scrape waits (_serve).
         self.server = MetricsServer(
-            self._render(), self.config.listen_host, self.config.listen_port, self.web
+            self._serve, self.config.listen_host, self.config.listen_port, self.web
         )
         self.server.start()
+        self.notifier.status("loading eBPF probe")
+        log.info("loading the eBPF probe (compiling takes a second or two)")
+        self.probe = handoff.load(self.config)
+        self.reader = self.probe.reader()
+        self._serving = self._render()
+        self._loaded.set()
         attached = sum(self.probe.attached.values())
         log.info(
             "procmond %s: %d/%d probes attached, BTF offsets %s, config from %s, at most "
@@ -111,6 +125,14 @@ class Daemon:
             time.monotonic() - started,
         )
         self.notifier.ready(self._status_line())
+
+    def _serve(self, accept: str) -> tuple[bytes, str]:
+        """What the first listener serves. It opens before the probe is loaded: a scrape that
+        arrives meanwhile waits for it; if loading fails, its connection is closed."""
+        self._loaded.wait()
+        if self._serving is None:
+            raise ConnectionAbortedError("procmond stopped before its probe was loaded")
+        return self._serving(accept)
 
     def _render(self) -> Render:
         """What /metrics serves: the text format, with procmond's map families rendered by
@@ -188,7 +210,7 @@ class Daemon:
         """Re-read the config. Invalid: keep the old one. Valid: apply what can change live."""
         self.notifier.reloading()
         try:
-            new, source = load_config(self.config_path)
+            new, source = load_config(self.config_path, self.overrides)
             web = load_web_config(new.web_config_file)
             kept = [k for k in KERNEL_SETTINGS if getattr(new, k) != getattr(self.config, k)]
             if kept:
@@ -228,6 +250,7 @@ class Daemon:
         """Close the listener and detach the probes side by side: both wait on the kernel or
         on the HTTP loop's poll interval, and systemd expects a prompt exit."""
         self.notifier.stopping()
+        self._loaded.set()  # scrapes waiting for a probe that never came give up
         closing = threading.Thread(target=self.server.close) if self.server else None
         if closing is not None:
             closing.start()
@@ -235,15 +258,17 @@ class Daemon:
             self.probe.close()
         if closing is not None:
             closing.join()
-        log.info("stopped: probes detached")
+        if self.probe is not None:
+            log.info("stopped: probes detached")
 
 
-def run(config_path: Path | None) -> int:
-    """``procmond run``: raises ProcmondError (with its exit code) if it cannot start."""
-    config, source = load_config(config_path)
+def run(config_path: Path | None, overrides: Mapping[str, str] | None = None) -> int:
+    """``procmond run``: raises ProcmondError (with its exit code) if it cannot start.
+    ``overrides``: config keys set on the command line, over the file's."""
+    config, source = load_config(config_path, overrides)
     web = load_web_config(config.web_config_file)
     setup_logging(config.log_level)
-    daemon = Daemon(config, config_path, source, web)
+    daemon = Daemon(config, config_path, source, web, overrides)
     daemon.install_signal_handlers()
     try:
         daemon.start()

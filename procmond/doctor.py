@@ -1,7 +1,14 @@
-"""``procmond doctor``: can procmond run here, and if not, what fixes it."""
+"""``procmond doctor``: can procmond run here, and if not, what fixes it.
+
+Every check answers in a sentence, even one that cannot look (tracefs is root's alone): a
+person running it without privileges learns that, and the exit status says so (77, as
+``procmond run`` and ``watch`` exit).
+"""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
@@ -12,6 +19,7 @@ from procmond.config import Config
 from procmond.errors import ProcmondError
 
 SETUP_HINT = "sudo make setup (from the procmond source tree)"
+AS_ROOT_HINT = "run it as root: sudo procmond doctor"
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,7 @@ class Check:
     detail: str
     fix: str = ""
     fatal: bool = True  # a failed fatal check means procmond cannot run
+    denied: bool = False  # failed for lack of privileges: the fix is to run it as root
 
 
 def check_btf() -> Check:
@@ -43,6 +52,22 @@ def check_tracefs() -> Check:
     if root is None:
         return Check("tracefs", False, "not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
     return Check("tracefs", True, f"mounted at {root}")
+
+
+def guarded(name: str, check: Callable[[], Check]) -> Check:
+    """Run ``check``; one that cannot read what it needs fails in a sentence, not a crash."""
+    try:
+        return check()
+    except OSError as exc:
+        denied = exc.errno in (errno.EACCES, errno.EPERM)
+        what = exc.filename or "what it needs"
+        return Check(
+            name,
+            False,
+            f"cannot read {what}: {exc.strerror}",
+            AS_ROOT_HINT if denied else "",
+            denied=denied,
+        )
 
 
 def check_tracepoints() -> list[Check]:
@@ -82,6 +107,7 @@ def check_capabilities() -> Check:
             False,
             f"missing {', '.join(missing)}",
             "run as root, or through procmond.service",
+            denied=True,
         )
     return Check("capabilities", True, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) present")
 
@@ -114,15 +140,19 @@ def check_load() -> Check:
 
 
 def run_checks() -> list[Check]:
-    checks = [Check("kernel", True, kernel.kernel_release()), check_btf(), check_tracefs()]
-    checks += check_tracepoints()
-    checks += [check_headers(), check_capabilities(), check_bcc()]
+    tracefs = guarded("tracefs", check_tracefs)
+    checks = [Check("kernel", True, kernel.kernel_release()), guarded("BTF", check_btf), tracefs]
+    if tracefs.ok:  # otherwise every tracepoint would look missing
+        checks += check_tracepoints()
+    checks += [guarded("kernel headers", check_headers), check_capabilities(), check_bcc()]
     if all(c.ok for c in checks if c.fatal):
         checks.append(check_load())
     return checks
 
 
 def doctor(out: TextIO, checks: Callable[[], list[Check]] = run_checks) -> int:
+    """Print every check; exit 0 if procmond can run, 77 if only root can tell (or run it),
+    else 1."""
     results = checks()
     for c in results:
         mark = "ok  " if c.ok else ("FAIL" if c.fatal else "warn")
@@ -130,5 +160,14 @@ def doctor(out: TextIO, checks: Callable[[], list[Check]] = run_checks) -> int:
         if not c.ok and c.fix:
             out.write(f"       fix: {c.fix}\n")
     failed = [c for c in results if c.fatal and not c.ok]
-    out.write("procmond can run here\n" if not failed else "procmond cannot run here\n")
-    return 1 if failed else 0
+    if not failed:
+        out.write("procmond can run here\n")
+        return 0
+    if any(c.denied for c in failed):
+        out.write(
+            "procmond cannot run as this user: it needs root (or CAP_BPF and CAP_PERFMON); "
+            "run `sudo procmond doctor` to check the rest\n"
+        )
+        return os.EX_NOPERM
+    out.write("procmond cannot run here\n")
+    return 1

@@ -2,9 +2,10 @@
 
 BCC compiles with LLVM and clang, which bring ~100 MB of libraries and ~20 MB of heap into
 any process that imports ``bcc``, none of it needed once the probe is loaded. So the daemon
-starts ``python -m procmond.handoff``, which compiles, loads and attaches (procmond/bpf_loader.py)
-and then passes back, over a Unix socket (SCM_RIGHTS), the descriptors that keep it all alive:
-every map, every attachment (raw tracepoint links, tracepoint perf events) and every program.
+starts a child running ``procmond.handoff``, which compiles, loads and attaches
+(procmond/bpf_loader.py) and then passes back, over a Unix socket (SCM_RIGHTS), the
+descriptors that keep it all alive: every map, every attachment (raw tracepoint links,
+tracepoint perf events) and every program.
 The child then exits without detaching anything. The daemon reads the maps through
 procmond/bpfmap.py and detaches by closing the descriptors. The child's errors reach the
 daemon as the same ProcmondError.
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 LOAD_TIMEOUT_SECONDS = 120.0  # compiling takes ~0.3 s here; a wedged compiler must not hang us
 _MAX_MESSAGE = 1 << 16
 _MAX_FDS = 64
+# The child's program: take the daemon's sys.path (argv[1]), then run main(). With -I the
+# interpreter itself puts neither the working directory nor PYTHON* variables on sys.path.
+_CHILD_PROGRAM = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+    "from procmond.handoff import main; sys.exit(main())"
+)
 # What the loader raises, by name: the daemon raises the same (and exits with its status).
 _LOADER_ERRORS: dict[str, type[ProcmondError]] = {
     "BPFLoadError": BPFLoadError,
@@ -84,13 +91,7 @@ def load(config: Config) -> HandedOffProbe:
     with ours:
         with theirs:
             child = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "procmond.handoff",
-                    str(theirs.fileno()),
-                    json.dumps(dataclasses.asdict(config)),
-                ],
+                child_command(theirs.fileno(), config),
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -111,6 +112,24 @@ def load(config: Config) -> HandedOffProbe:
             "its error is logged just above; run `procmond doctor`",
         )
     return _take_over(json.loads(data), fds)
+
+
+def child_command(fd: int, config: Config) -> list[str]:
+    """The loader child's command line. It imports procmond from the daemon's own sys.path,
+    never from the working directory: ``python -m`` would put that first, and in the folder
+    that holds a clone named ``procmond`` (git's default name) it found the clone's folder
+    instead of the package. ``-P`` would do but needs Python 3.11; ``-I`` alone would also drop
+    PYTHONPATH, which a daemon run from a source tree may rely on."""
+    path = [os.path.abspath(entry) for entry in sys.path]  # "" (if any) as the daemon saw it
+    return [
+        sys.executable,
+        "-I",
+        "-c",
+        _CHILD_PROGRAM,
+        json.dumps(path),
+        str(fd),
+        json.dumps(dataclasses.asdict(config)),
+    ]
 
 
 def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:

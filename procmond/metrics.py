@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
@@ -16,6 +17,11 @@ from procmond.config import CGROUP_LABELS, KNOWN_LABELS, Config
 from procmond.maps import Histogram
 
 OVERFLOW_LABEL_VALUE = "__overflow__"
+# A failed clone, clone3, fork or vfork returns -errno, and errno values run from 1 to
+# MAX_ERRNO (include/linux/err.h): the values the `error` key field can take.
+MAX_ERRNO = 4095
+# Key fields other than command names, and how many values each can take.
+BOUNDED_KEY_FIELDS = {"error": MAX_ERRNO}
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,20 @@ def attributed_fields(key_fields: tuple[str, ...]) -> tuple[str, ...]:
     return (*CGROUP_LABELS, *(f for f in key_fields if f != "cgroup_id"))
 
 
+def counter_fields(spec: CounterMetric, config: Config) -> tuple[str, ...]:
+    """The fields of a counter's rows as the collector labels them: with a cgroup label kept,
+    the cgroup id becomes the cgroup labels; without, the probe zeroes it and it is left out."""
+    if config.cgroup_labels:
+        return attributed_fields(spec.key_fields)
+    return tuple(f for f in spec.key_fields if f != "cgroup_id")
+
+
+def folded_capacity(config: Config) -> int:
+    """Label sets of gone cgroups kept per counter in user space (procmond/attribution.py):
+    as many as the kernel map holds live ones; beyond that they count under __overflow__."""
+    return config.max_entries
+
+
 def label_names(key_fields: tuple[str, ...], config: Config) -> tuple[str, ...]:
     """The labels a metric carries under this config: comm and parent_comm only if configured
     (a dropped one is zeroed in the kernel), any other key field always."""
@@ -163,8 +183,31 @@ def cumulative_buckets(hist: Histogram, exponents: tuple[int, ...]) -> list[tupl
 
 
 def series_budget(config: Config) -> int:
-    """Worst-case series from the kernel maps: every map full, plus its overflow series."""
-    total = len(counters(config)) * (config.max_entries + 1)
+    """Worst-case series from the kernel maps, exactly: every map as full as it can get.
+
+    A map holds at most its capacity in label sets, and fewer when its key cannot take that
+    many values: a dropped label is zeroed in the kernel, so with neither comm nor
+    parent_comm a counter map holds 1 label set (all events share the zeroed key), and the
+    fork-failure map 1 per error (at most MAX_ERRNO). Each labelled metric can also show the
+    __overflow__ label set (events whose update failed, a full map being the usual reason);
+    a metric left with no labels at all folds those events into its one series. A histogram
+    label set is len(buckets) + 3 series (+Inf, _sum and _count).
+    """
+    total = 0
+    for c in counters(config):
+        total += _label_sets(counter_fields(c, config), config.max_entries, config)
+        if config.cgroup_labels:  # gone cgroups' label sets, folded (procmond/attribution.py)
+            total += folded_capacity(config)
     for h in histograms(config):
-        total += (config.histogram_max_entries + 1) * (len(h.bucket_exponents) + 3)
+        sets = _label_sets(h.key_fields, config.histogram_max_entries, config)
+        total += sets * (len(h.bucket_exponents) + 3)
     return total
+
+
+def _label_sets(key_fields: tuple[str, ...], capacity: int, config: Config) -> int:
+    """Label sets a map's metric can show under this config (see series_budget)."""
+    names = label_names(key_fields, config)
+    keys = capacity
+    if not any(name in KNOWN_LABELS for name in names):  # no command name: bounded keys
+        keys = min(capacity, math.prod(BOUNDED_KEY_FIELDS[name] for name in names))
+    return keys + (1 if names else 0)

@@ -1,7 +1,9 @@
 """A thin sd_notify wrapper: READY, RELOADING, STOPPING, STATUS and watchdog pings.
 
 Outside systemd (no NOTIFY_SOCKET) every call does nothing. A socket that is set but cannot
-be written to is logged once, not swallowed (the sdnotify library hides errors by default).
+be reached (stale, or named by a container's environment without existing in it) or written
+to is logged once, not swallowed (the sdnotify library hides errors by default), and the
+daemon runs on: nothing it does depends on systemd hearing it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ log = logging.getLogger(__name__)
 class Notifier:
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        self.enabled = bool(env.get("NOTIFY_SOCKET"))
+        address = env.get("NOTIFY_SOCKET", "")
         self._warned = False
         self._notifier = None
-        if self.enabled:
+        if address:
             import sdnotify
 
-            self._notifier = sdnotify.SystemdNotifier(debug=True)
+            try:  # sdnotify connects here, and with debug=True raises what it met
+                self._notifier = sdnotify.SystemdNotifier(debug=True)
+            except OSError as exc:
+                log.warning(
+                    "NOTIFY_SOCKET is set to %s but cannot be reached (%s): running without "
+                    "telling systemd",
+                    address,
+                    exc.strerror or exc,
+                )
+                self._warned = True
+        self.enabled = self._notifier is not None
         self._watchdog_usec = _watchdog_usec(env)
 
     def _send(self, message: str) -> None:

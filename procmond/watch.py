@@ -6,10 +6,14 @@ nothing for it. Lines keep the prototype's format; ``--json`` gives one JSON obj
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from procmond import bpf_loader
@@ -44,9 +48,29 @@ def format_text(event: Any) -> str:
     )
 
 
-def format_json(event: Any) -> str:
+def monotonic_to_wall_ns() -> int:
+    """What to add to a CLOCK_MONOTONIC time (the probe's bpf_ktime_get_ns) to get wall-clock
+    time. Read once, at start: NTP slews both clocks alike, so the offset changes only when
+    the wall clock is stepped. The wall clock is read between two monotonic readings."""
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    wall = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    return wall - (before + after) // 2
+
+
+def rfc3339(wall_ns: int) -> str:
+    """Nanoseconds since the epoch as RFC 3339 UTC, microseconds: 2026-12-02T06:36:26.894123Z."""
+    seconds, ns = divmod(wall_ns, 1_000_000_000)
+    day_and_time = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{day_and_time}.{ns // 1000:06d}Z"
+
+
+def format_json(event: Any, monotonic_to_wall: int = 0) -> str:
+    """One event as JSON. ``timestamp_ns`` keeps the probe's own clock (CLOCK_MONOTONIC, for
+    ordering and intervals, and for scripts that already read it); ``time`` is wall-clock."""
     return json.dumps(
         {
+            "time": rfc3339(event.timestamp_ns + monotonic_to_wall),
             "timestamp_ns": event.timestamp_ns,
             "comm": bytes(event.comm).decode("utf-8", "replace"),
             "pid": event.pid,
@@ -79,7 +103,9 @@ def watch(config: Config, as_json: bool, out: TextIO = sys.stdout, err: TextIO =
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    fmt = format_json if as_json else format_text
+    fmt: Callable[[Any], str] = format_text
+    if as_json:
+        fmt = functools.partial(format_json, monotonic_to_wall=monotonic_to_wall_ns())
     events = probe.table("events")
 
     def on_event(_ctx: object, data: object, _size: int) -> None:

@@ -8,11 +8,13 @@
 #
 # Set-up on Debian 12 and Ubuntu 22.04/24.04: BCC (python3-bpfcc), kernel headers for BCC to
 # compile against, tracefs, and a venv at .venv made with the system Python and its site
-# packages (bcc is not on PyPI) with procmond installed in it.
+# packages (bcc is not on PyPI) with procmond installed in it. Each step that takes time says
+# so; steps already done are skipped (pip runs again only when pyproject.toml changes).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=$ROOT/.venv
+STAMP=$VENV/.procmond-installed  # "<sha256 of pyproject.toml> <extras>" of the last pip install
 RELEASE=$(uname -r)
 export DEBIAN_FRONTEND=noninteractive
 
@@ -28,13 +30,20 @@ apt_install() {  # install the packages that are not installed yet
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep "ok installed" >/dev/null || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
+    apt_update
     say "installing ${missing[*]}"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+apt_update() {
+    [ -z "$apt_updated" ] || return 0
+    say "updating apt's package lists"
+    apt-get update -qq
+    apt_updated=1
+}
+
 has_candidate() {
-    if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
+    apt_update
     apt-cache policy "$1" 2>/dev/null | grep "Candidate: [0-9]" >/dev/null  # no -q: SIGPIPE + pipefail
 }
 
@@ -59,10 +68,33 @@ setup_tracefs() {
     mount -t tracefs nodev /sys/kernel/tracing
 }
 
+pyproject_hash() { sha256sum < "$ROOT/pyproject.toml" | cut -d' ' -f1; }
+
+installed_from_here() {  # the venv's procmond is this tree's (editable), for these extras
+    local extras=$1 stamped_hash stamped_extras
+    [ -f "$STAMP" ] || return 1
+    read -r stamped_hash stamped_extras < "$STAMP" || true
+    [ "$stamped_hash" = "$(pyproject_hash)" ] || return 1
+    [ -z "$extras" ] || [ "$stamped_extras" = "$extras" ] || return 1
+    # -I and cd /: import it as the daemon would, not from the working directory
+    [ "$(cd / && "$VENV/bin/python" -I -c 'import procmond; print(procmond.__file__)' 2>/dev/null)" \
+        = "$ROOT/procmond/__init__.py" ]
+}
+
 setup_venv() {
     local extras=$1
-    [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating $VENV (system Python, with its site packages: bcc comes from apt)"
+        /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    fi
+    if installed_from_here "$extras"; then
+        say "procmond$extras is installed in $VENV from this tree: skipping pip"
+        return 0
+    fi
+    say "installing procmond$extras and its dependencies into $VENV with pip (editable)"
+    rm -f "$STAMP"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT$extras"
+    echo "$(pyproject_hash) $extras" > "$STAMP"
 }
 
 setup() {
@@ -91,6 +123,7 @@ case $cmd in
     setup) setup "${1:-}";;
     run)
         setup
+        say "starting procmond run $*; Ctrl-C stops it"
         exec "$VENV/bin/procmond" run "$@";;
     test)
         setup --test

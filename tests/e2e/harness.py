@@ -8,17 +8,38 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 CREATOR_SOURCE = REPO / "tests" / "helpers" / "creator.c"
 PROCMOND = [sys.executable, "-m", "procmond"]
+# The installed command, as a user runs it: unlike `python -m`, it does not import from the
+# working directory, so it can be started from anywhere.
+PROCMOND_SCRIPT = [str(Path(sys.executable).with_name("procmond"))]
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail after
+    ``timeout`` seconds naming ``what`` was awaited. For waiting on output, never a sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}, in vain")
+        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -79,6 +100,17 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 10) -> str:
+        """Wait until ``text`` appears ``count`` times in the log; return the log."""
+        wait_until(
+            lambda: self.log().count(text) >= count or self.process.poll() is not None,
+            timeout,
+            f"{text!r} x{count} in the daemon's log",
+        )
+        log = self.log()
+        assert log.count(text) >= count, f"daemon exited {self.process.returncode}:\n{log}"
+        return log
+
     def scrape(self) -> Exposition:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
             return Exposition(response.read().decode())
@@ -102,19 +134,27 @@ def start_daemon(
     env: dict[str, str] | None = None,
     ready_timeout: float = 30,
     tls: bool = False,
+    args: Sequence[str] = (),
+    command: Sequence[str] = PROCMOND,
+    cwd: Path | None = None,
+    listen_in_file: bool = True,
 ) -> Daemon:
     """Start ``procmond run`` and wait until it serves: a plain scrape answers or, with TLS,
-    the daemon has logged that it serves (the test then scrapes with its own certificates)."""
+    the daemon has logged that it serves (the test then scrapes with its own certificates).
+    ``args`` follow ``run --config FILE``; the file says to listen on ``port``, unless
+    ``listen_in_file`` is false (then the test sets the address itself)."""
     port = port or free_port()
     config = tmp / "procmond.yaml"
-    config.write_text(f'listen: "127.0.0.1:{port}"\n{config_text}')
+    listen = f'listen: "127.0.0.1:{port}"\n' if listen_in_file else ""
+    config.write_text(listen + config_text)
     log_path = tmp / "procmond.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [*PROCMOND, "run", "--config", str(config)],
+            [*command, "run", "--config", str(config), *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
     daemon = Daemon(process, port, log_path, config)
     deadline = time.monotonic() + ready_timeout
@@ -127,11 +167,51 @@ def start_daemon(
                 return daemon
             if "serving https://" in daemon.log():
                 return daemon
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.05)
     daemon.stop(9)
     raise AssertionError(f"daemon not serving after {ready_timeout} s:\n{daemon.log()}")
+
+
+class Watch:
+    """``procmond watch`` as a subprocess: started once its probe is attached, its output
+    lines collected as they come, so a test waits for the lines it expects."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*PROCMOND, "watch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()  # printed once every probe is attached
+        assert b"watching" in line, line + self.process.stderr.read()
+        self.raw: list[bytes] = []  # whole lines, newline included
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.raw.append(line)
+
+    def lines(self) -> list[str]:
+        return [line.decode("utf-8", "replace").rstrip("\n") for line in list(self.raw)]
+
+    def wait_for(
+        self, what: str, predicate: Callable[[list[str]], object], timeout: float = 30
+    ) -> None:
+        wait_until(
+            lambda: predicate(self.lines()) or self.process.poll() is not None, timeout, what
+        )
+        assert self.process.poll() is None, f"watch exited {self.process.returncode}"
+
+    def stop(self) -> tuple[str, int]:
+        """SIGTERM; its stderr and exit status. Lines stay in ``raw`` / ``lines()``."""
+        assert self.process.stderr is not None
+        self.process.terminate()
+        code = self.process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        return self.process.stderr.read().decode("utf-8", "replace"), code
 
 
 def run_creator(

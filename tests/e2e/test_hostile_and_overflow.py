@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from procmond.watch import printable
 from tests.e2e.harness import (
-    PROCMOND,
     Daemon,
+    Watch,
     created_on_host,
     own_comm,
     run_creator,
@@ -133,40 +132,36 @@ def every_byte_names() -> list[bytes]:
 
 def test_every_byte_value_in_names(daemon: Daemon, creator: Path) -> None:
     names = every_byte_names()
-    watchers = {
-        fmt: subprocess.Popen(
-            [*PROCMOND, "watch", *(["--json"] if fmt == "json" else [])],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for fmt in ("text", "json")
-    }
-    for w in watchers.values():
-        assert b"watching" in w.stderr.readline()
+    watchers = {"text": Watch(), "json": Watch("--json")}
     run_creator(creator, "fork", 2, names, "--exit-name-hex", unique_name().hex())
-    time.sleep(0.5)
-    outputs = {}
-    for fmt, w in watchers.items():
-        w.terminate()
-        outputs[fmt], _ = w.communicate(timeout=10)
-        assert w.returncode == 0
+    decoded = [n.decode("utf-8", "replace") for n in names]
+    escaped = [printable(n) for n in names]
+
+    def json_counts(lines: list[str]) -> list[int]:
+        comms = [json.loads(line)["comm"] for line in lines]
+        return [comms.count(comm) for comm in decoded]
+
+    def text_counts(lines: list[str]) -> list[int]:
+        return [sum(ln.startswith(f"Process {comm} (PID:") for ln in lines) for comm in escaped]
+
+    watchers["json"].wait_for("2 events a name", lambda lines: min(json_counts(lines)) >= 2)
+    watchers["text"].wait_for("2 lines a name", lambda lines: min(text_counts(lines)) >= 2)
+    for w in watchers.values():
+        err, code = w.stop()
+        assert code == 0, err
     text = daemon.scrape().text  # prometheus_client's parser accepted it
     check = subprocess.run(
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
     m = daemon.scrape()
-    decoded = [n.decode("utf-8", "replace") for n in names]
     for comm in decoded:
         assert m.value("procmond_forks_total", comm=comm, parent_comm=own_comm()) == 2, comm
     # watch: every event is one line, hostile bytes escaped or JSON-encoded
-    events = [json.loads(line) for line in outputs["json"].decode().splitlines()]
-    for comm in decoded:
-        assert sum(e["comm"] == comm for e in events) == 2, comm
-    lines = outputs["text"].decode("utf-8").split("\n")
-    assert lines[-1] == ""
-    assert all(line.startswith("Process ") and " called " in line for line in lines[:-1])
-    assert all(line.isprintable() for line in lines[:-1])
-    escaped = [printable(n) for n in names]
-    for comm in escaped:
-        assert sum(line.startswith(f"Process {comm} (PID:") for line in lines) == 2, comm
+    assert json_counts(watchers["json"].lines()) == [2] * len(names)
+    raw = watchers["text"].raw
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in raw)
+    lines = [line.decode("utf-8").rstrip("\n") for line in raw]  # strict: valid UTF-8
+    assert all(line.startswith("Process ") and " called " in line for line in lines)
+    assert all(line.isprintable() for line in lines)
+    assert text_counts(lines) == [2] * len(names)

@@ -159,10 +159,41 @@ def test_cumulative_buckets_edges() -> None:
 
 
 def test_series_budget_counts_every_bucket() -> None:
-    c = Config(max_entries=10, histogram_max_entries=2, syscall_probes=True)
+    pairs = ("comm", "parent_comm")
+    c = Config(max_entries=10, histogram_max_entries=2, syscall_probes=True, labels=pairs)
     per_label_set = sum(len(h.bucket_exponents) + 3 for h in HISTOGRAMS)
     assert series_budget(c) == len(COUNTERS) * 11 + 3 * per_label_set
-    assert series_budget(Config(max_entries=10, histograms=False, syscall_probes=True)) == 55
+    c = Config(max_entries=10, histograms=False, syscall_probes=True, labels=pairs)
+    assert series_budget(c) == len(COUNTERS) * 11
+    # the README's figures: the defaults (4 counters, live and folded cgroup label sets, and
+    # the lifetime histogram), and the same with syscall probes
+    assert series_budget(Config()) == 4 * (4097 + 4096) + 257 * 19 == 37_655
+    assert series_budget(Config(syscall_probes=True)) == 5 * 8193 + 257 * (19 + 14) == 49_446
+
+
+def test_series_budget_counts_dropped_labels() -> None:
+    """A dropped label is zeroed in the kernel: with no command name a counter holds one
+    label set, the fork-failure counter one per error (+ __overflow__ under `error`)."""
+    buckets = {h.name: len(h.bucket_exponents) + 3 for h in HISTOGRAMS}
+    assert buckets == {
+        "procmond_process_lifetime_seconds": 19,
+        "procmond_fork_duration_seconds": 14,
+    }
+    timed = {"syscall_probes": True}
+    # forks, threads, execs, exits: 1 each; failures: 4095 errors + __overflow__; 19 + 14
+    assert series_budget(Config(labels=(), **timed)) == 4 + 4095 + 1 + 19 + 14
+    assert series_budget(Config(labels=(), max_entries=10, **timed)) == 4 + 10 + 1 + 19 + 14
+    assert series_budget(Config(labels=())) == 4 + 19
+    # parent_comm alone: the three pair maps stay full-size; exits, failures, histograms not
+    assert (
+        series_budget(
+            Config(labels=("parent_comm",), max_entries=10, histogram_max_entries=2, **timed)
+        )
+        == 3 * 11 + 1 + 11 + 19 + 14
+    )
+    assert series_budget(
+        Config(labels=("comm",), max_entries=10, histogram_max_entries=2, **timed)
+    ) == 5 * 11 + 3 * (19 + 14)
 
 
 def test_text_rendering_equals_prometheus_clients() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from procmond import config as config_module
-from procmond.config import Config, load_config, parse_config, split_listen
+from procmond.config import Config, check_listen_resolves, load_config, parse_config, split_listen
 from procmond.errors import ConfigError
 
 SHIPPED = Path(__file__).parents[2] / "config" / "procmond.yaml"
@@ -92,8 +92,48 @@ def test_listen_forms(listen: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "listen", ["10057", ":0", ":65536", "::1:80", "[zz]:80", "a b:80", "host:", ":http"]
+    "listen",
+    [
+        *("10057", ":0", ":65536", "::1:80", "[zz]:80", "a b:80", "host:", ":http", "a..b:80"),
+        f"{'a' * 64}.example:80",  # a label longer than 63 characters
+    ],
 )
 def test_bad_listen(listen: str) -> None:
     with pytest.raises(ValueError):
         split_listen(listen)
+
+
+def test_every_field_has_a_validator() -> None:
+    assert set(config_module._VALIDATORS) == set(Config.__dataclass_fields__)
+
+
+def test_a_near_miss_key_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("max_entires: 10\nlog_lvl: debug\nzzz: 1\n", "f.yaml")
+    assert caught.value.problems[:2] == [
+        "f.yaml: line 1: max_entires: unknown key; did you mean max_entries?",
+        "f.yaml: line 2: log_lvl: unknown key; did you mean log_level?",
+    ]
+    assert caught.value.problems[2].startswith("f.yaml: line 3: zzz: unknown key (known keys: ")
+
+
+def test_command_line_overrides_win_and_are_validated_alike(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("listen: ':1'\nlog_level: info\nmax_entries: 7\n")
+    config, source = load_config(path, {"listen": "[::1]:9", "log_level": "DEBUG"})
+    assert config == Config(listen="[::1]:9", log_level="debug", max_entries=7)
+    assert source == f"{path} (--listen, --log-level from the command line)"
+    assert load_config(path, {}) == (Config(listen=":1", max_entries=7), str(path))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {"listen": "::1:9", "log_level": "loud"})
+    assert caught.value.problems == [
+        'command line: --listen: an IPv6 address needs brackets, as in "[::1]:9"',
+        "command line: --log-level: must be one of debug, info, warning, error, got 'loud'",
+    ]
+
+
+def test_check_config_resolves_the_listen_host() -> None:
+    check_listen_resolves(Config(listen=":10057"), "f.yaml")  # all interfaces: nothing to do
+    check_listen_resolves(Config(listen="127.0.0.1:10057"), "f.yaml")
+    with pytest.raises(ConfigError, match=r"^f.yaml: listen: host no-such-host.invalid does not"):
+        check_listen_resolves(Config(listen="no-such-host.invalid:10057"), "f.yaml")

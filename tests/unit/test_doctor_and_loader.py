@@ -105,3 +105,17 @@ def test_text_is_served_to_whoever_accepts_it() -> None:
     assert accepts_text("")
     assert accepts_text("*/*")
     assert not accepts_text("application/openmetrics-text; version=1.0.0")
+
+
+def test_a_check_that_cannot_read_fails_in_a_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied() -> Path:
+        raise PermissionError(13, "Permission denied", "/sys/kernel/tracing/events")
+
+    monkeypatch.setattr(kernel, "tracefs_root", denied)
+    monkeypatch.setattr(kernel, "missing_capabilities", lambda: ["CAP_BPF", "CAP_PERFMON"])
+    out = io.StringIO()
+    assert doctor(out) == 77
+    text = out.getvalue()
+    assert "[FAIL] tracefs: cannot read /sys/kernel/tracing/events: Permission denied\n" in text
+    assert "tracepoint" not in text  # not reported missing: they could not be looked at
+    assert text.endswith("run `sudo procmond doctor` to check the rest\n")

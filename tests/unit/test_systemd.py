@@ -47,3 +47,22 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
     assert Notifier(env).watchdog_interval == 5.0
     assert Notifier({"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
     assert Notifier({}).watchdog_interval is None
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["no-such-path", "stale-socket"])
+def test_unreachable_socket_is_one_warning_and_the_daemon_runs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stale: bool
+) -> None:
+    path = tmp_path / "notify"
+    if stale:  # a socket file whose listener is gone, as a restarted systemd leaves behind
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gone:
+            gone.bind(str(path))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    n = Notifier()
+    n.ready("x")
+    n.status("y")
+    n.watchdog()
+    assert not n.enabled
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, caplog.text
+    assert f"NOTIFY_SOCKET is set to {path} but cannot be reached" in warnings[0].getMessage()

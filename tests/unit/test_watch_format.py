@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
-from procmond.watch import format_json, format_text, printable
+from procmond.watch import format_json, format_text, monotonic_to_wall_ns, printable, rfc3339
 
 
 def event(comm: bytes, syscall: int = 1, thread: int = 0) -> SimpleNamespace:
@@ -42,3 +43,20 @@ def test_every_byte_value() -> None:
         line = format_text(event(bytes([byte])))
         assert line.isprintable(), byte
         json.loads(format_json(event(bytes([byte]))))
+
+
+def test_json_time_is_wall_clock_rfc3339_utc_to_the_microsecond() -> None:
+    monotonic = 5  # the event's timestamp_ns
+    offset = 1_796_193_386_894_123_456 - monotonic  # → 2026-12-02T06:36:26.894123456 UTC
+    obj = json.loads(format_json(event(b"make"), offset))
+    assert obj["time"] == "2026-12-02T06:36:26.894123Z"
+    assert obj["timestamp_ns"] == 5
+    assert rfc3339(0) == "1970-01-01T00:00:00.000000Z"
+    assert rfc3339(999_999_999) == "1970-01-01T00:00:00.999999Z"  # truncated, not rounded
+
+
+def test_clock_offset_maps_monotonic_to_wall_clock() -> None:
+    offset = monotonic_to_wall_ns()
+    # read the two clocks independently: the same offset, but for the time between readings
+    independent = time.time_ns() - time.monotonic_ns()
+    assert abs(offset - independent) < 50_000_000
