@@ -437,6 +437,11 @@ class CgroupResolver:
             self._not_found += len(missing)
         return found
 
+    @property
+    def last_walk(self) -> float | None:
+        """When the last walk of the tree started (the injected clock's time), or None."""
+        return self._last_walk
+
     def _walk_allowed(self, now: float) -> bool:
         return self._last_walk is None or now - self._last_walk >= self._walk_interval
 
@@ -522,3 +527,54 @@ class CgroupResolver:
                 negative=len(self._negative),
                 pending=len(self._pending),
             )
+
+
+class CgroupNamer:
+    """What procmond/attribution.py asks of cgroups: labels with their finality, and whether a
+    cgroup still exists (so that its kernel map entries can be given back).
+
+    A cgroup exists while its directory is there with its id as inode (a re-created unit has
+    the same path and a new id). An id whose path is unknown is gone once a walk that started
+    after it was first asked about did not find it: the walk sees every live cgroup, and one
+    made since then is in the probe's mkdir records.
+    """
+
+    def __init__(
+        self,
+        resolver: CgroupResolver,
+        hierarchy: Hierarchy | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resolver = resolver
+        self._hierarchy = hierarchy
+        self._clock = clock
+        self._unplaced: dict[int, float] = {}  # id → first asked, while its path is unknown
+
+    def labels(self, cgroup_id: int) -> tuple[tuple[str, ...], bool]:
+        labels = self._resolver.labels(cgroup_id)
+        return (tuple(EMPTY_LABELS), False) if labels is None else (tuple(labels), True)
+
+    def alive(self, cgroup_id: int) -> bool | None:
+        if self._hierarchy is None:
+            return True  # no v2 ids to tell apart: nothing is ever reclaimed
+        path = self._resolver.path(cgroup_id)
+        if path is None:
+            first = self._unplaced.setdefault(cgroup_id, self._clock())
+            last_walk = self._resolver.last_walk
+            if last_walk is not None and last_walk > first:
+                del self._unplaced[cgroup_id]
+                return False
+            return None
+        self._unplaced.pop(cgroup_id, None)
+        try:
+            inode = os.stat(self._directory(path), follow_symlinks=False).st_ino
+        except OSError:
+            return False
+        return inode == cgroup_id
+
+    def _directory(self, path: str) -> str:
+        """Where a cgroup path (from the hierarchy's root) is in this mount."""
+        assert self._hierarchy is not None
+        prefix = self._hierarchy.prefix
+        relative = path[len(prefix) :] if prefix and path.startswith(prefix) else path
+        return f"{self._hierarchy.mount_point}{relative if relative != '/' else ''}"

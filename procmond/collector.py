@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 
 from procmond.attribution import Attribution
+from procmond.cgroups import CgroupLayout
 from procmond.config import Config
 from procmond.exposition import CACHE_LIMIT, LabelCache, render_counter, render_histogram
 from procmond.maps import Histogram, MapReader
@@ -35,6 +36,7 @@ from procmond.metrics import (
     label_names,
     label_value,
 )
+from procmond.tasklimits import TaskLimits
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,15 @@ class ProbeStatus:
     version: str
     bcc_version: str
     kernel: str
+
+
+@dataclass
+class CgroupSources:
+    """Where the cgroup labels come from, and the pids controller's refused forks."""
+
+    layout: CgroupLayout
+    task_limits: TaskLimits
+    attribution: Attribution | None  # None: no cgroup label is kept
 
 
 class KeyDecoder:
@@ -137,12 +148,13 @@ class ProcmondCollector:
         reader: MapReader,
         config: Config,
         status: ProbeStatus,
-        attribution: Attribution | None = None,
+        cgroups: CgroupSources | None = None,
     ) -> None:
         self._reader = reader
         self._config = config
         self._status = status
-        self._attribution = attribution  # None: no cgroup label is kept
+        self._cgroups = cgroups
+        self._attribution = cgroups.attribution if cgroups else None
         self._labels = LabelCache()
         self._keys = KeyDecoder()
         self.last_series: int | None = None  # series read from the maps at the last scrape
@@ -205,6 +217,7 @@ class ProcmondCollector:
     def _small_families(self, snap: Snapshot) -> Iterator[Metric]:
         yield from self._map_families(snap.entries, snap.overflowed)
         yield from self._status_families()
+        yield from self._cgroup_families()
         yield GaugeMetricFamily(
             "procmond_scrape_success",
             "1 if every kernel map was read in this scrape, else 0.",
@@ -275,6 +288,39 @@ class ProcmondCollector:
         if self._config.syscall_probes:  # per-task storage: no entries to count, no capacity
             overflow.add_metric(["inflight"], overflowed.get("inflight", 0))
         return [used, capacity, overflow]
+
+    def _cgroup_families(self) -> Iterator[Metric]:
+        if self._cgroups is None:
+            return
+        layout = self._cgroups.layout
+        info = GaugeMetricFamily(
+            "procmond_cgroup_info",
+            "The host's cgroup layout (unified, hybrid, legacy or none) and where cgroup v2 is; "
+            "without v2 (legacy) the unit, namespace, pod and container labels stay empty.",
+            labels=["layout", "v2_mount"],
+        )
+        info.add_metric([layout.kind, str(layout.v2.mount_point) if layout.v2 else ""], 1)
+        yield info
+        hits = CounterMetricFamily(
+            "procmond_task_limit_hits_total",
+            "Forks refused because a cgroup reached its task limit (pids.max: systemd TasksMax, "
+            "a pod's pids limit), by that cgroup's systemd unit or Kubernetes pod, as the "
+            "kernel's pids controller counts them (pids.events).",
+            labels=["unit", "namespace", "pod"],
+        )
+        try:
+            for labels, count in sorted(self._cgroups.task_limits.collect().items()):
+                hits.add_metric(list(labels), count)
+        except OSError as exc:
+            log.error("cannot read the pids controller's counts: %s", exc)
+        yield hits
+        if self._attribution is not None:
+            yield CounterMetricFamily(
+                "procmond_cgroup_entries_reclaimed_total",
+                "Kernel counter entries of cgroups that are gone, given back to the maps after "
+                "their counts were folded into the daemon (nothing is lost).",
+                value=self._attribution.reclaimed,
+            )
 
     def _status_families(self) -> Iterator[Metric]:
         s = self._status

@@ -22,14 +22,18 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
 from procmond import __version__, handoff, kernel
-from procmond.collector import ProbeStatus, ProcmondCollector
+from procmond.attribution import Attribution
+from procmond.cgroups import CgroupNamer, CgroupResolver, read_layout
+from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config, load_config
 from procmond.errors import ProcmondError
+from procmond.kubelet import KubeletNames
 from procmond.logs import setup_logging
 from procmond.maps import MapReader
-from procmond.metrics import series_budget
+from procmond.metrics import OVERFLOW_LABEL_VALUE, folded_capacity, series_budget
 from procmond.server import MetricsServer, Render
 from procmond.systemd import Notifier
+from procmond.tasklimits import TaskLimits, find_pids_hierarchy
 from procmond.webconfig import WebSettings, load_web_config
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,7 @@ class Daemon:
         self.probe: handoff.HandedOffProbe | None = None
         self.server: MetricsServer | None = None
         self.reader: MapReader | None = None
+        self.cgroups: CgroupSources | None = None
         self.collector: ProcmondCollector | None = None
         self._serving: Render | None = None
         self._loaded = threading.Event()  # set once _serving is, or when stopping
@@ -108,6 +113,7 @@ class Daemon:
         log.info("loading the eBPF probe (compiling takes a second or two)")
         self.probe = handoff.load(self.config)
         self.reader = self.probe.reader()
+        self.cgroups = self._cgroup_sources(self.reader)
         self._serving = self._render()
         self._loaded.set()
         attached = sum(self.probe.attached.values())
@@ -134,6 +140,27 @@ class Daemon:
             raise ConnectionAbortedError("procmond stopped before its probe was loaded")
         return self._serving(accept)
 
+    def _cgroup_sources(self, reader: MapReader) -> CgroupSources:
+        """Cgroup attribution and task-limit counts: made once, so that what they fold
+        survives a reload that rebinds the listener."""
+        layout = read_layout()
+        log.info("cgroups: %s", layout.describe())
+        kubelet = KubeletNames()
+        task_limits = TaskLimits(find_pids_hierarchy(layout), kubelet)
+        if not self.config.cgroup_labels:
+            return CgroupSources(layout, task_limits, None)
+
+        def recorded_path(cgroup_id: int) -> str | None:
+            try:
+                return reader.cgroup_path(cgroup_id)
+            except OSError:
+                return None
+
+        resolver = CgroupResolver(layout.v2, kernel_path=recorded_path, kubelet=kubelet)
+        namer = CgroupNamer(resolver, layout.v2)
+        attribution = Attribution(namer, folded_capacity(self.config), OVERFLOW_LABEL_VALUE)
+        return CgroupSources(layout, task_limits, attribution)
+
     def _render(self) -> Render:
         """What /metrics serves: the text format, with procmond's map families rendered by
         procmond itself (fast at 10,000s of series), to every client that accepts it; only a
@@ -147,7 +174,9 @@ class Daemon:
             self.probe.bcc_version,
             kernel.kernel_release(),
         )
-        collector = self.collector = ProcmondCollector(self.reader, self.config, status)
+        collector = self.collector = ProcmondCollector(
+            self.reader, self.config, status, self.cgroups
+        )
         process = ProcessCollector(registry=None)
         rest = CollectorRegistry()
         full = CollectorRegistry()

@@ -9,6 +9,7 @@ unit tests hand ``MapReader`` fakes with the same ``items()``/``per_cpu_values()
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,6 +32,8 @@ class Table(Protocol):
     def items(self) -> list[tuple[bytes, bytes]]: ...
 
     def take(self, key: bytes) -> bytes | None: ...
+
+    def lookup(self, key: bytes) -> bytes | None: ...
 
     def per_cpu_values(self, key: bytes) -> list[bytes]: ...
 
@@ -137,6 +140,15 @@ class MapReader:
         """Delete a counter entry and return its last count (None if it was not there)."""
         value = self._table(name).take(raw_key)
         return None if value is None else int(_U64.unpack_from(value)[0])
+
+    def cgroup_path(self, cgroup_id: int) -> str | None:
+        """The path the probe recorded when the cgroup was made (cgroup_paths), if it did."""
+        table = self._table("cgroup_paths")
+        raw = table.lookup(cgroup_id.to_bytes(table.key_size, sys.byteorder))
+        if raw is None:
+            return None
+        path = self._layouts["cgroup_paths"].value.field("path").decoder()(raw)
+        return path.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
 
     def histograms(self, name: str, key_fields: tuple[str, ...]) -> dict[KeyValues, Histogram]:
         decode_key = self._key_decoder(name, key_fields)

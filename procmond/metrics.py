@@ -109,6 +109,7 @@ def daemon_maps() -> tuple[str, ...]:
         *(h.map_name for h in HISTOGRAMS),
         "overflow_events",
         "overflow_hist",
+        "cgroup_paths",
     )
 
 
