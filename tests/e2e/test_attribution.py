@@ -1,0 +1,167 @@
+"""Creations counted by the systemd unit and Kubernetes pod that made them: the real daemon,
+real cgroup v2 directories with real processes in them, and the kubelet's files laid out on
+this node as the kubelet lays them out (/var/log/pods, /var/log/containers)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from procmond.cgroups import read_layout
+from tests.e2e.cgroup_tree import CgroupTree, Pod
+from tests.e2e.harness import Daemon, Exposition, own_comm, start_daemon, unique_name, wait_until
+
+PODS_DIR = Path("/var/log/pods")
+CONTAINERS_DIR = Path("/var/log/containers")
+LABELS = ("unit", "namespace", "pod", "container")
+OVERFLOW = "__overflow__"
+
+
+@pytest.fixture
+def tree() -> Iterator[CgroupTree]:
+    layout = read_layout()
+    assert layout.v2 is not None, "these tests need cgroup v2 (unified or hybrid)"
+    t = CgroupTree(layout.v2.mount_point)
+    yield t
+    t.remove()
+
+
+@pytest.fixture
+def pods() -> Iterator[list[Pod]]:
+    made: list[Pod] = []
+    yield made
+    for pod in made:
+        pod.remove()
+
+
+def run_in(tree: CgroupTree, cgroup: Path, creator: Path, mode: str, n: int, name: bytes) -> None:
+    """The creator, inside ``cgroup``, making ``n`` creations under ``name``."""
+    p = tree.start(cgroup, str(creator), mode, str(n), name.hex())
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and out.split()[-1] == str(n), (out, err)
+
+
+def by_labels(m: Exposition, metric: str, comm: str) -> dict[tuple[str, ...], float]:
+    """{(unit, namespace, pod, container): value} of one command's series."""
+    out: dict[tuple[str, ...], float] = {}
+    for labels, value in m.series(metric).items():
+        d = dict(labels)
+        if d.get("comm") == comm:
+            key = tuple(d[label] for label in LABELS)
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def test_a_unit_counts_its_own_creations_exactly(
+    daemon: Daemon, tree: CgroupTree, creator: Path
+) -> None:
+    unit = f"test-{secrets.token_hex(4)}.service"
+    cgroup = tree.make(f"/test.slice/{unit}")
+    name = unique_name("unit")
+    run_in(tree, cgroup, creator, "fork", 40, name)
+    run_in(tree, cgroup, creator, "thread", 25, name)
+    m = daemon.scrape()
+    comm = name.decode()
+    assert by_labels(m, "procmond_forks_total", comm) == {(unit, "", "", ""): 40}
+    assert by_labels(m, "procmond_threads_created_total", comm) == {(unit, "", "", ""): 25}
+    labels = {"unit": unit, "namespace": "", "pod": "", "container": ""}
+    assert m.value("procmond_forks_total", comm=comm, parent_comm=own_comm(), **labels) == 40
+
+
+@pytest.mark.parametrize(("driver", "qos"), [("systemd", "burstable"), ("cgroupfs", "")])
+def test_a_pod_container_is_named_from_the_kubelets_files(
+    daemon: Daemon, tree: CgroupTree, pods: list[Pod], creator: Path, driver: str, qos: str
+) -> None:
+    pod = Pod()
+    pods.append(pod)
+    pod.write_pod_dir(PODS_DIR)
+    pod.write_link(PODS_DIR, CONTAINERS_DIR)
+    cgroup = tree.make(pod.container_cgroup(driver, qos))
+    named = ("", pod.namespace, pod.name, pod.container)
+    # The kubelet's directories are re-read at most every few seconds, on a miss: a first
+    # creation lets the daemon look the new container up.
+    first = unique_name("first")
+    run_in(tree, cgroup, creator, "fork", 1, first)
+    wait_until(
+        lambda: named in by_labels(daemon.scrape(), "procmond_forks_total", first.decode()),
+        30,
+        "the pod's names to be picked up",
+    )
+    name = unique_name("pod")
+    run_in(tree, cgroup, creator, "fork", 30, name)
+    assert by_labels(daemon.scrape(), "procmond_forks_total", name.decode()) == {named: 30}
+
+
+def test_late_names_move_no_count(
+    daemon: Daemon, tree: CgroupTree, pods: list[Pod], creator: Path
+) -> None:
+    """Counts made before the container's log link exists stay under the empty names; once
+    the link is there, what comes after is under the pod's names; no series goes down."""
+    pod = Pod()
+    pods.append(pod)
+    pod.write_pod_dir(PODS_DIR)
+    cgroup = tree.make(pod.container_cgroup("systemd", "besteffort"))
+    name = unique_name("late")
+    comm = name.decode()
+    run_in(tree, cgroup, creator, "fork", 12, name)
+    first = by_labels(daemon.scrape(), "procmond_forks_total", comm)
+    assert first == {("", "", "", ""): 12}
+    pod.write_link(PODS_DIR, CONTAINERS_DIR)
+    named = ("", pod.namespace, pod.name, pod.container)
+    # The kubelet's directories are re-read at most every few seconds, on a miss.
+    wait_until(
+        lambda: named in by_labels(daemon.scrape(), "procmond_forks_total", comm),
+        30,
+        "the pod's names to be picked up",
+    )
+    run_in(tree, cgroup, creator, "fork", 7, name)
+    last = by_labels(daemon.scrape(), "procmond_forks_total", comm)
+    assert last == {("", "", "", ""): 12, named: 7}
+
+
+def test_churn_stays_bounded_exact_and_leaves_room(
+    tmp_path: Path, tree: CgroupTree, creator: Path
+) -> None:
+    """Many short-lived units, each forking and removed, through a daemon whose maps hold 64
+    entries: gone units' entries are given back, every creation is counted once (the first 64
+    gone units keep series of their own, the rest count under __overflow__), and a unit
+    started afterwards gets a series of its own."""
+    d = start_daemon(tmp_path, "max_entries: 64\n")
+    try:
+        name = unique_name("churn")
+        comm, units, batch = name.decode(), 300, 20
+        overflowed = sum(by_labels(d.scrape(), "procmond_forks_total", OVERFLOW).values())
+        for i in range(units):
+            cgroup = tree.make(f"/churn.slice/churn-{i}.service")
+            run_in(tree, cgroup, creator, "fork", 1, name)
+            tree.made.remove(cgroup)
+            cgroup.rmdir()
+            if i % batch == batch - 1:
+                # A scrape sees the batch's units gone; one at least a second later gives
+                # their entries back (a program that read a cgroup's id has long finished).
+                d.scrape()
+                time.sleep(1.05)
+        d.scrape()
+        m = d.scrape()
+        forks = by_labels(m, "procmond_forks_total", comm)
+        assert len(forks) == 64 and set(forks.values()) == {1}  # room for 64 gone label sets
+        overflowed = sum(by_labels(m, "procmond_forks_total", OVERFLOW).values()) - overflowed
+        assert sum(forks.values()) + overflowed == units  # every creation, once
+        assert m.value("procmond_map_overflow_events_total", map="forks_total") == 0
+        series = m.series("procmond_forks_total")
+        assert len(series) <= 64 + 64 + 1  # live entries, folded label sets, __overflow__
+        assert m.value("procmond_map_entries", map="forks_total") < 64
+        assert m.value("procmond_cgroup_entries_reclaimed_total") >= units
+        unit = f"after-{secrets.token_hex(3)}.service"
+        cgroup = tree.make(f"/test.slice/{unit}")
+        later = unique_name("after")
+        run_in(tree, cgroup, creator, "fork", 9, later)
+        assert by_labels(d.scrape(), "procmond_forks_total", later.decode()) == {
+            (unit, "", "", ""): 9
+        }
+    finally:
+        assert d.stop() == 0, d.log()
