@@ -226,3 +226,26 @@ def test_package_has_no_world_writable_files(deb: Path) -> None:
         mode, owner = line.split()[:2]
         assert mode[8] != "w", line  # "-rw-r--r--": the other-write bit
         assert owner == "root/root", line
+
+
+def test_a_transient_unit_is_named(box: SystemdSandbox) -> None:
+    """`systemd-run --unit=...`: its forks count under that unit, exactly."""
+    box.run("systemctl", "start", "procmond", timeout=60)
+    unit, name = f"pm-run-{unique_name().hex()[:8]}", unique_name("run")
+    box.run(
+        "systemd-run",
+        "--wait",
+        "--quiet",
+        f"--unit={unit}",
+        "creator",
+        "fork",
+        "33",
+        name.hex(),
+        timeout=60,
+    )
+    forks = {
+        dict(labels)["unit"]: v
+        for labels, v in scrape(box).series("procmond_forks_total").items()
+        if dict(labels)["comm"] == name.decode()
+    }
+    assert forks == {f"{unit}.service": 33}
