@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class Probe:
     """One attachment point. ``raw`` probes are raw tracepoints (cheaper, args as an array)."""
 
-    target: str  # "sched_process_fork" (raw) or "syscalls:sys_enter_clone"
+    target: str  # "task_newtask" (raw) or "syscalls:sys_enter_clone"
     function: str
     raw: bool
     # Syscall-entry probes start the fork-duration clock and name the call for `watch`;

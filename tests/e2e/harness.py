@@ -19,6 +19,8 @@ from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from procmond.config import CGROUP_LABELS
+
 REPO = Path(__file__).resolve().parents[2]
 CREATOR_SOURCE = REPO / "tests" / "helpers" / "creator.c"
 PROCMOND = [sys.executable, "-m", "procmond"]
@@ -72,7 +74,20 @@ class Exposition:
                 self.samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
 
     def get(self, name: str, **labels: str) -> float | None:
-        return self.samples.get((name, tuple(sorted(labels.items()))))
+        """The sample with exactly these labels; or, where the query names none of the cgroup
+        labels (unit, namespace, pod, container), the sum over them: what the series count
+        in whichever cgroup the test runs. None when no series matches."""
+        exact = self.samples.get((name, tuple(sorted(labels.items()))))
+        if exact is not None or set(labels) & set(CGROUP_LABELS):
+            return exact
+        found = [
+            v
+            for (n, series), v in self.samples.items()
+            if n == name
+            and {k for k, _ in series} == set(labels) | set(CGROUP_LABELS)
+            and all(dict(series)[k] == want for k, want in labels.items())
+        ]
+        return sum(found) if found else None
 
     def value(self, name: str, **labels: str) -> float:
         """The sample's value; 0 when the series does not exist (a counter never incremented)."""

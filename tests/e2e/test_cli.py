@@ -87,9 +87,9 @@ def test_check_config_counts_series_without_the_dropped_labels(tmp_path: Path) -
     config.write_text("labels: []\n")
     result = procmond("check-config", str(config))
     assert result.returncode == 0, result.stderr
-    # 4 counters of one label set each, fork failures by error (4,095 + __overflow__) and
-    # one label set of each histogram (19 + 14 series); see series_budget
-    assert result.stdout == f"{config}: OK; at most 4133 series from the kernel maps\n"
+    # 4 counters of one label set each and one label set of the lifetime histogram (19
+    # series); the default has no syscall probes, so no failures nor fork durations
+    assert result.stdout == f"{config}: OK; at most 23 series from the kernel maps\n"
 
 
 @pytest.mark.parametrize(
@@ -290,7 +290,7 @@ def test_run_from_the_folder_holding_a_clone_named_procmond(tmp_path: Path) -> N
     config_dir.mkdir()
     daemon = start_daemon(config_dir, command=PROCMOND_SCRIPT, cwd=tmp_path)
     try:
-        assert daemon.scrape().value("procmond_probe_attached", probe="sched_process_fork") == 1
+        assert daemon.scrape().value("procmond_probe_attached", probe="task_newtask") == 1
     finally:
         assert daemon.stop() == 0, daemon.log()
 

@@ -111,6 +111,28 @@ def test_enable_now_serves_real_counts(box: SystemdSandbox) -> None:
     assert fields["Seccomp"].strip() == "2"
 
 
+def test_a_transient_unit_is_named(box: SystemdSandbox) -> None:
+    """`systemd-run --unit=...`: its forks count under that unit, exactly."""
+    unit, name = f"pm-run-{unique_name().hex()[:8]}", unique_name("run")
+    box.run(
+        "systemd-run",
+        "--wait",
+        "--quiet",
+        f"--unit={unit}",
+        "creator",
+        "fork",
+        "33",
+        name.hex(),
+        timeout=60,
+    )
+    forks = {
+        dict(labels)["unit"]: v
+        for labels, v in scrape(box).series("procmond_forks_total").items()
+        if dict(labels)["comm"] == name.decode()
+    }
+    assert forks == {f"{unit}.service": 33}
+
+
 def test_journal_has_the_daemons_lines(box: SystemdSandbox) -> None:
     out = box.run("journalctl", "-u", "procmond", "-o", "cat", "--no-pager").stdout
     started = [line for line in out.splitlines() if "probes attached" in line]
@@ -227,25 +249,3 @@ def test_package_has_no_world_writable_files(deb: Path) -> None:
         assert mode[8] != "w", line  # "-rw-r--r--": the other-write bit
         assert owner == "root/root", line
 
-
-def test_a_transient_unit_is_named(box: SystemdSandbox) -> None:
-    """`systemd-run --unit=...`: its forks count under that unit, exactly."""
-    box.run("systemctl", "start", "procmond", timeout=60)
-    unit, name = f"pm-run-{unique_name().hex()[:8]}", unique_name("run")
-    box.run(
-        "systemd-run",
-        "--wait",
-        "--quiet",
-        f"--unit={unit}",
-        "creator",
-        "fork",
-        "33",
-        name.hex(),
-        timeout=60,
-    )
-    forks = {
-        dict(labels)["unit"]: v
-        for labels, v in scrape(box).series("procmond_forks_total").items()
-        if dict(labels)["comm"] == name.decode()
-    }
-    assert forks == {f"{unit}.service": 33}
