@@ -35,6 +35,7 @@ CgroupLabels = tuple[str, ...]  # values for CGROUP_LABELS, in order
 Row = tuple[bytes | int | str, ...]
 UNKNOWN: CgroupLabels = ("",) * len(CGROUP_LABELS)
 RECLAIM_AFTER_SECONDS = 1.0  # a cgroup seen gone this long ago is reclaimed at the next scrape
+FORGET_AFTER_SECONDS = 300.0  # a cgroup no entry named for this long is forgotten
 
 
 class Namer(Protocol):
@@ -119,8 +120,9 @@ class Attribution:
             del self._entries[key]  # deleted by someone else: nothing more to account
         return out
 
-    def forget_unused(self, older_than: float = 600.0) -> None:
-        """Drop cgroups no map entry has named for ``older_than`` seconds (after a reclaim)."""
+    def forget_unused(self, older_than: float = FORGET_AFTER_SECONDS) -> None:
+        """Drop cgroups no map entry has named for ``older_than`` seconds (after a reclaim):
+        called once a scrape, it keeps what is remembered bounded by what the maps hold."""
         cutoff = self._clock() - older_than
         for cgroup_id in [i for i, c in self._cgroups.items() if c.seen < cutoff]:
             del self._cgroups[cgroup_id]

@@ -173,6 +173,8 @@ class ProcmondCollector:
                 snap.counters.append(self._counter_rows(counter, snap))
             except Exception as exc:
                 snap.ok = self._failed(counter.map_name, exc)
+        if self._attribution is not None:
+            self._attribution.forget_unused()
         for hist in histograms(self._config):
             try:
                 snap.histograms.append(self._histogram_rows(hist, snap))

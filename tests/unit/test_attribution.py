@@ -145,3 +145,17 @@ def test_no_series_ever_goes_down() -> None:
             seen[labels] = value
         assert sum(shown.values()) == step + 1
         assert len(kernel.entries) <= 7
+
+
+def test_cgroups_no_entry_names_are_forgotten() -> None:
+    cgroups, kernel, clock, attribution = setup()
+    for i in range(1, 50):
+        kernel.add(i, "sh")
+        cgroups.gone.add(i)
+        scrape(attribution, kernel)
+        clock.now += 2
+        scrape(attribution, kernel)  # reclaimed
+    clock.now += 1000
+    attribution.forget_unused()
+    assert not attribution._cgroups and not attribution._entries
+    assert sum(scrape(attribution, kernel).values()) == 49
