@@ -248,4 +248,3 @@ def test_package_has_no_world_writable_files(deb: Path) -> None:
         mode, owner = line.split()[:2]
         assert mode[8] != "w", line  # "-rw-r--r--": the other-write bit
         assert owner == "root/root", line
-
