@@ -66,3 +66,9 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     left = re.findall(r"\$\{?\w+", expr)
     assert not left, f"variables without a value: {left} in {expr}"
     return expr
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces
+    to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")

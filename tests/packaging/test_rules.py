@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.packaging.shipped import REPO, RULES
+from tests.packaging.shipped import REPO, RULES, github_anchor
 
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
 UNIT_TEST_FILES = sorted(PROMTOOL_TESTS.glob("*.test.yml"))
@@ -144,12 +144,6 @@ def test_every_alert_waits_before_firing() -> None:
     moment) pages nobody."""
     for name, rule in alerts().items():
         assert "for" in rule, name
-
-
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces
-    to hyphens."""
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def test_every_alert_links_its_runbook() -> None:
