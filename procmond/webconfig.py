@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -47,8 +48,20 @@ UNSUPPORTED_TLS_KEYS = {
     "client_allowed_sans",
 }
 HTTP_KEYS = {"headers", "http2"}
+# The response headers a web config may set, as exporter-toolkit allows them (its
+# extraHTTPHeaders): security headers only, so that no config can forge Content-Length or
+# Content-Type. A list of values is an enumeration; None means any printable-ASCII value.
+SECURITY_HEADERS: dict[str, tuple[str, ...] | None] = {
+    "Strict-Transport-Security": None,
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": None,
+    "Content-Security-Policy": None,
+}
 TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
 MAX_CACHED_LOGINS = 64
+BCRYPT_HASH = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")  # as htpasswd -B writes them
+PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
 
 @dataclass
@@ -58,11 +71,20 @@ class BasicAuth:
     A bcrypt check costs tens of milliseconds by design; successful logins are cached (as
     exporter-toolkit does) so a scrape every few seconds costs nothing, and checks are done one
     at a time so that a flood of wrong passwords costs at most one core.
+
+    Every failed login costs one bcrypt check, whether or not the user exists: an unknown user
+    is checked against a decoy hash, the configured hash of the highest cost, and refused
+    whatever the result. Otherwise the response time would tell which user names exist.
     """
 
     users: dict[str, bytes]
     _good: set[tuple[str, bytes]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _decoy: bytes | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.users:
+            self._decoy = max(self.users.values(), key=bcrypt_cost)
 
     def allows(self, header: str | None) -> bool:
         if not header or not header.startswith("Basic "):
@@ -71,7 +93,8 @@ class BasicAuth:
             user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        hashed = self.users.get(user)
+        known = user in self.users
+        hashed = self.users[user] if known else self._decoy
         if hashed is None:
             return False
         key = (user, hmac.digest(hashed, password.encode(), "sha256"))
@@ -80,12 +103,18 @@ class BasicAuth:
                 return True
             import bcrypt
 
-            if not bcrypt.checkpw(password.encode(), hashed):
+            matches = bcrypt.checkpw(password.encode(), hashed)
+            if not (known and matches):
                 return False
             if len(self._good) >= MAX_CACHED_LOGINS:
                 self._good.clear()
             self._good.add(key)
             return True
+
+
+def bcrypt_cost(hashed: bytes) -> int:
+    """The cost of a ``$2y$10$...`` hash (validated by the loader): 2^cost rounds."""
+    return int(hashed[4:6])
 
 
 @dataclass
@@ -220,7 +249,7 @@ def _basic_auth(users: Any, path: str, problems: list[str]) -> BasicAuth | None:
         return None
     hashes = {}
     for user, hashed in users.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+        if not isinstance(hashed, str) or not BCRYPT_HASH.fullmatch(hashed):
             problems.append(
                 f"{path}: basic_auth_users.{user}: must be a bcrypt hash "
                 "(htpasswd -nBC 10 \"\" | tr -d ':\\n')"
@@ -231,7 +260,8 @@ def _basic_auth(users: Any, path: str, problems: list[str]) -> BasicAuth | None:
         import bcrypt  # noqa: F401
     except ImportError:
         problems.append(
-            f"{path}: basic_auth_users needs the bcrypt module (apt-get install python3-bcrypt)"
+            f"{path}: basic_auth_users needs the Python bcrypt module, which is not installed: "
+            "apt-get install python3-bcrypt (or pip install 'procmond[auth]')"
         )
     return BasicAuth(hashes)
 
@@ -242,9 +272,27 @@ def _headers(http: Any, path: str, problems: list[str]) -> dict[str, str]:
         return {}
     _unknown(http, HTTP_KEYS, path, "http_server_config.", problems)
     headers = http.get("headers") or {}
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and "\n" not in k + v for k, v in headers.items()
-    ):
-        problems.append(f"{path}: http_server_config.headers: must map header names to strings")
+    where = f"{path}: http_server_config.headers"
+    if not isinstance(headers, dict):
+        problems.append(f"{where}: must map header names to values")
         return {}
-    return headers
+    checked = {}
+    for name, value in headers.items():
+        if name not in SECURITY_HEADERS:
+            problems.append(
+                f"{where}: {name!r} cannot be set; only {', '.join(SECURITY_HEADERS)} can"
+            )
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # X-XSS-Protection: 0, as Go's YAML decoder reads it
+        allowed = SECURITY_HEADERS[name]
+        if not isinstance(value, str) or not value or not PRINTABLE_ASCII.fullmatch(value):
+            problems.append(
+                f"{where}.{name}: {value!r} must be printable ASCII, without control "
+                "characters such as CR or LF"
+            )
+        elif allowed is not None and value not in allowed:
+            problems.append(f"{where}.{name}: {value!r} is not one of {', '.join(allowed)}")
+        else:
+            checked[name] = value
+    return checked

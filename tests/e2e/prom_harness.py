@@ -89,15 +89,17 @@ def start_prometheus(
     rule_files: list[Path],
     ready_timeout: float = 30,
     job_settings: dict[str, Any] | None = None,
+    other_jobs: list[dict[str, Any]] | None = None,
 ) -> Prometheus:
     """Prometheus on a free loopback port with its own storage under tmp, scraping targets
     in job "procmond" (with job_settings, e.g. scheme and tls_config, added to that job) and
-    evaluating rule_files every second."""
+    other_jobs' scrape configs, and evaluating rule_files every second."""
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in rule_files],
         "scrape_configs": [
-            {"job_name": JOB, "static_configs": [{"targets": targets}], **(job_settings or {})}
+            {"job_name": JOB, "static_configs": [{"targets": targets}], **(job_settings or {})},
+            *(other_jobs or []),
         ],
     }
     config_path = tmp / "prometheus.yml"

@@ -2,25 +2,41 @@
 Prometheus evaluating the shipped rules, under real load from the creator helper.
 
 Thresholds are lowered for the test's own command names through the documented mechanism (a
-rules file of overrides). `for:` cannot be tuned that way, so ProcmondForkStorm's `for: 1m` is
+rules file of overrides). Two other jobs share procmond's instance label, as node_exporter's
+does where instance is relabelled to the host name: "node" (an exporter of this test process's
+own process_* metrics) and "blackbox" (a port nobody answers, so its up is 0); the dashboard
+must show none of their series. `for:` cannot be tuned that way, so ProcmondForkStorm's `for: 1m` is
 set to 0s in the copy of the rules this Prometheus loads; every other rule is loaded as
 shipped, and the promtool unit tests (tests/packaging) cover the `for` durations.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import generate_latest
 
-from tests.e2e.harness import Daemon, own_comm, run_creator, start_daemon, unique_name
+from tests.e2e.harness import (
+    Daemon,
+    free_port,
+    own_comm,
+    run_creator,
+    start_daemon,
+    unique_name,
+)
 from tests.e2e.prom_harness import JOB, Prometheus, start_prometheus, threshold_overrides
 from tests.packaging import shipped
 
@@ -43,6 +59,7 @@ FIRING_TIMEOUT = 45
 class Stack:
     daemon: Daemon
     prometheus: Prometheus
+    node: ThreadingHTTPServer  # the "node" job's exporter
     storm: str  # the live alert test's storm
     calm: str  # ordinary activity beside it, above the storm threshold but under the default
     dash: str  # the dashboard test's storm
@@ -50,6 +67,37 @@ class Stack:
     @property
     def instance(self) -> str:
         return f"127.0.0.1:{self.daemon.port}"
+
+
+def process_exporter() -> ThreadingHTTPServer:
+    """A real exporter of this process's process_* metrics, on a free loopback port."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def sharing_the_instance(job: str, target: str, instance: str) -> dict[str, Any]:
+    """A scrape job whose target is relabelled to procmond's instance label."""
+    return {
+        "job_name": job,
+        "static_configs": [{"targets": [target]}],
+        "relabel_configs": [{"target_label": "instance", "replacement": instance}],
+    }
 
 
 def live_rules(path: Path) -> Path:
@@ -69,19 +117,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     storm, calm, dash = (unique_name(p).decode() for p in ("storm", "calm", "dash"))
     # Room for every label set the rest of the host makes meanwhile: no map overflow here.
     # Syscall probes on: the dashboard's fork-duration and failures-by-errno panels read them.
-    daemon = start_daemon(tmp, "histogram_max_entries: 4096\nsyscall_probes: true\n")
+    daemon = start_daemon(tmp, "histogram_max_entries: 4096
+syscall_probes: true
+")
+    instance = f"127.0.0.1:{daemon.port}"
     overrides = threshold_overrides(
         tmp / "thresholds.rules.yml",
         [("fork_storm", STORM_THRESHOLD, {"comm": name}) for name in (storm, dash)],
     )
+    node = process_exporter()
+    others = [
+        sharing_the_instance("node", f"127.0.0.1:{node.server_port}", instance),
+        sharing_the_instance("blackbox", f"127.0.0.1:{free_port()}", instance),
+    ]
     try:
         prometheus = start_prometheus(
-            tmp, [f"127.0.0.1:{daemon.port}"], [live_rules(tmp / "procmond.rules.yml"), overrides]
+            tmp,
+            [instance],
+            [live_rules(tmp / "procmond.rules.yml"), overrides],
+            other_jobs=others,
         )
     except BaseException:
         daemon.stop()
+        node.shutdown()
         raise
-    stack = Stack(daemon, prometheus, storm, calm, dash)
+    stack = Stack(daemon, prometheus, node, storm, calm, dash)
     try:
         prometheus.wait_until(
             "procmond scraped", lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'), 30
@@ -98,6 +158,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         prometheus_rc = prometheus.stop()
         daemon_rc = daemon.stop()
+        node.shutdown()
     assert prometheus_rc == 0, prometheus.log()
     assert daemon_rc == 0, daemon.log()
 
@@ -245,15 +306,7 @@ def test_every_dashboard_query_runs_and_returns_data(stack: Stack, creator: Path
         stop(storm)
 
     dashboard = shipped.load()
-    variables = {
-        "__rate_interval": "1m",
-        "__interval": "15s",
-        "__range": "5m",
-        "__range_s": "300",
-        # As Grafana interpolates a multi-value variable into a regex: dots escaped.
-        "instance": stack.instance.replace(".", "\\\\."),
-        "datasource": "procmond-test",
-    }
+    variables = dashboard_variables(stack)
     queries = shipped.queries(dashboard)
     assert len(queries) >= 30
     now = time.time()
@@ -281,8 +334,66 @@ def test_every_dashboard_query_runs_and_returns_data(stack: Stack, creator: Path
         for r in shown
     ), shown
 
-    # The instance variable's query, as Grafana runs label_values(metric, label).
-    instance = next(v for v in dashboard["templating"]["list"] if v["name"] == "instance")
-    metric, label = instance["query"]["query"].removeprefix("label_values(").rstrip(")").split(", ")
-    values = prometheus.api(f"label/{label}/values", **{"match[]": metric})
-    assert stack.instance in values, values
+    # The job and instance variables' queries, as Grafana runs label_values(series, label):
+    # only procmond's job and instance are offered.
+    offered = {}
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            query = shipped.substitute(variable["query"]["query"], variables)
+            series, label = re.fullmatch(r"label_values\((.+), (\w+)\)", query).groups()
+            offered[variable["name"]] = prometheus.api(
+                f"label/{label}/values", **{"match[]": series}
+            )
+    assert offered == {"job": [JOB], "instance": [stack.instance]}, offered
+
+
+def dashboard_variables(stack: Stack) -> dict[str, str]:
+    """The dashboard's variables as Grafana interpolates them for this stack."""
+    return {
+        "__rate_interval": "1m",
+        "__interval": "15s",
+        "__range": "5m",
+        "__range_s": "300",
+        "job": JOB,
+        # As Grafana interpolates a multi-value variable into a regex: dots escaped.
+        "instance": stack.instance.replace(".", "\\\\."),
+        "datasource": "procmond-test",
+    }
+
+
+def answer(result: list[dict[str, Any]], ties: bool) -> list[str]:
+    """A query's answer, comparable between two queries: topk picks any of the series tied
+    at its cut, so there only the values are compared."""
+    if ties:
+        return sorted(r["value"][1] for r in result)
+    return sorted(json.dumps(r, sort_keys=True) for r in result)
+
+
+def test_dashboard_shows_only_procmond_where_other_jobs_share_its_instance(stack: Stack) -> None:
+    """Each query returns what it returns with every selector pinned to job="procmond", while
+    the "node" and "blackbox" jobs' up, process_* and scrape_duration_seconds carry the same
+    instance label (evaluated at one past instant, so the two answers must be identical)."""
+    prometheus = stack.prometheus
+    impostors = f'{{job=~"node|blackbox", instance="{stack.instance}"}}'
+    for metric in ("up", "scrape_duration_seconds"):
+        prometheus.wait_until(
+            f"{metric} of both other jobs",
+            lambda m=metric: len(prometheus.query(m + impostors)) == 2,
+            30,
+        )
+    assert prometheus.query(f"process_resident_memory_bytes{impostors}")
+    assert prometheus.query(f"up{impostors} == 0")  # blackbox: nobody answers
+    variables = dashboard_variables(stack)
+    # a past instant, so that no scrape or rule evaluation lands there between the two queries
+    at = str(time.time() - 5)
+    mixed = []
+    for q in shipped.queries(shipped.load()):
+        expr = shipped.substitute(q.expr, variables)
+        pinned = expr.replace("{", f'{{job="{JOB}", ')
+        shown, truth = (
+            answer(prometheus.api("query", query=e, time=at)["result"], ties="topk(" in expr)
+            for e in (expr, pinned)
+        )
+        if shown != truth:
+            mixed.append(f"{q.panel} [{q.ref_id}]: {expr}\n  shows {shown}\n  procmond's {truth}")
+    assert not mixed, "\n".join(mixed)

@@ -15,18 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import REPO, Exposition, unique_name
+from tests.e2e.harness import Exposition, unique_name
 from tests.e2e.systemd_sandbox import SystemdSandbox
+from tests.packaging.shipped import build_deb
 
 CAP_BPF_AND_PERFMON = (1 << 39) | (1 << 38)
 
 
 @pytest.fixture(scope="module")
 def deb() -> Path:
-    out = subprocess.run(
-        [str(REPO / "scripts/build-deb.sh")], capture_output=True, text=True, check=True, cwd=REPO
-    )
-    return REPO / out.stdout.strip()
+    return build_deb()
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +67,21 @@ def wait_for(predicate, timeout: float, what: str) -> float:
             return time.monotonic() - started
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_package_installs_its_man_page_rules_and_dashboard(box: SystemdSandbox) -> None:
+    assert box.run("man", "-w", "procmond").stdout.strip() == "/usr/share/man/man8/procmond.8.gz"
+    page = box.run("env", "MANWIDTH=80", "man", "--warnings", "procmond")
+    assert page.stderr == "" and "procmond run" in page.stdout, page.stderr
+    for path in (
+        "/usr/share/procmond/prometheus/procmond.rules.yml",
+        "/usr/share/procmond/prometheus/README.md",
+        "/usr/share/procmond/grafana/procmond.json",
+        "/usr/share/doc/procmond/changelog.Debian.gz",
+    ):
+        assert box.path(path).is_file(), path
+    # every installed file as packaged (md5sums)
+    assert box.run("dpkg", "--verify", "procmond").stdout == ""
 
 
 def test_enable_now_serves_real_counts(box: SystemdSandbox) -> None:
@@ -211,6 +224,23 @@ def test_stop_is_prompt_and_clean(box: SystemdSandbox) -> None:
     assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
     assert took < 1.0, took
     print(f"systemctl stop: {took:.2f} s")
+
+
+def test_without_bcrypt_basic_auth_is_a_config_error_naming_the_package(
+    box: SystemdSandbox,
+) -> None:
+    """bcrypt is only recommended: removing it keeps procmond installed, and a web config
+    with basic_auth_users is then refused (exit 78) with the package to install."""
+    box.run("apt-get", "remove", "-y", "python3-bcrypt", timeout=120)
+    status = box.run("dpkg-query", "-W", "-f=${Status}", "procmond").stdout
+    assert status == "install ok installed", status
+    hashed = "$2y$10$" + "a" * 53
+    box.write_text("/etc/procmond/web.yml", f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    box.write_text("/root/auth.yaml", "web_config_file: /etc/procmond/web.yml\n")
+    result = box.run("procmond", "check-config", "/root/auth.yaml", check=False)
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "bcrypt module, which is not installed" in result.stderr, result.stderr
+    assert "apt-get install python3-bcrypt" in result.stderr, result.stderr
 
 
 def test_remove_and_purge_leave_nothing(box: SystemdSandbox) -> None:

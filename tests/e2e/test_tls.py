@@ -6,6 +6,7 @@ import base64
 import re
 import socket
 import ssl
+import statistics
 import subprocess
 import time
 import urllib.error
@@ -47,14 +48,18 @@ def web_config(folder: Path, certs: Certs, extra: str = "") -> Path:
 
 
 def https_get(
-    daemon: Daemon, certs: Certs, password: str | None = PASSWORD, client_cert: bool = False
+    daemon: Daemon,
+    certs: Certs,
+    password: str | None = PASSWORD,
+    client_cert: bool = False,
+    user: str = "prometheus",
 ) -> tuple[int, str, dict[str, str]]:
     context = ssl.create_default_context(cafile=str(certs.ca))
     if client_cert:
         context.load_cert_chain(str(certs.client_cert), str(certs.client_key))
     request = urllib.request.Request(f"https://127.0.0.1:{daemon.port}/metrics")
     if password is not None:
-        token = base64.b64encode(f"prometheus:{password}".encode()).decode()
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(request, context=context, timeout=10) as response:
@@ -86,6 +91,23 @@ def test_wrong_or_missing_password_is_401(
     status, _, headers = https_get(tls_daemon, certs, password)
     assert status == 401
     assert headers["WWW-Authenticate"].startswith("Basic realm=")
+
+
+def test_response_time_does_not_tell_which_users_exist(tls_daemon: Daemon, certs: Certs) -> None:
+    """A wrong password for the configured user and any password for an unknown user are
+    refused alike, after one bcrypt check each (cost 10 here): medians of interleaved HTTPS
+    requests, within a generous bound (a security property, not a performance claim)."""
+    timings: dict[str, list[float]] = {"prometheus": [], "mallory": []}
+    for _ in range(15):
+        for user, times in timings.items():
+            started = time.perf_counter()
+            assert https_get(tls_daemon, certs, "wrong", user=user)[0] == 401
+            times.append(time.perf_counter() - started)
+    known, unknown = (statistics.median(timings[u]) for u in ("prometheus", "mallory"))
+    print(
+        f"\nmedian 401 over HTTPS: known user {known * 1e3:.1f} ms, unknown {unknown * 1e3:.1f} ms"
+    )
+    assert 0.5 <= unknown / known <= 2, (known, unknown)
 
 
 def test_plain_http_on_the_tls_port_does_not_hang(tls_daemon: Daemon, certs: Certs) -> None:
@@ -142,6 +164,14 @@ BAD_WEB_CONFIGS = [
     ("basic_auth_users:\n  alice: plaintext\n", "must be a bcrypt hash"),
     ("tls_config:\n  x: 1\n", "tls_config: unknown key"),
     ("basic_auth_users: [\n", "not valid YAML"),
+    (
+        "http_server_config:\n  headers:\n    Content-Length: '0'\n",
+        "'Content-Length' cannot be set",
+    ),
+    (
+        'http_server_config:\n  headers:\n    X-XSS-Protection: "1\\rSet-Cookie: a=b"\n',
+        "without control characters such as CR or LF",
+    ),
 ]
 
 

@@ -1,11 +1,12 @@
-"""The shipped Prometheus rules and Grafana dashboard, as the tests read them: the dashboard's
-panel queries with Grafana's variables substituted so that Prometheus can run them (shared by
-the static tests here and the live ones in tests/e2e)."""
+"""What procmond ships, as the tests read it: the .deb built from this tree, the Prometheus
+rules, and the Grafana dashboard's panel queries with Grafana's variables substituted so that
+Prometheus can run them (shared by the static tests here and the live ones in tests/e2e)."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "packaging" / "prometheus" / "procmond.rules.yml"
 DASHBOARD = REPO / "packaging" / "grafana" / "procmond.json"
+CHANGELOG = REPO / "packaging" / "debian" / "changelog"
+MAN_PAGE = REPO / "packaging" / "man" / "procmond.8"
+
+
+def build_deb() -> Path:
+    """The .deb of this tree, as `make deb` builds it (scripts/build-deb.sh)."""
+    out = subprocess.run(
+        [str(REPO / "scripts" / "build-deb.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    return REPO / out.stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -50,3 +66,9 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     left = re.findall(r"\$\{?\w+", expr)
     assert not left, f"variables without a value: {left} in {expr}"
     return expr
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces
+    to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")

@@ -39,13 +39,22 @@ def test_importable_shape() -> None:
     variables = {v["name"]: v for v in d["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+    job = variables["job"]
+    assert job["datasource"] == DATASOURCE
+    assert job["query"]["query"] == job["definition"] == "label_values(procmond_build_info, job)"
+    assert job["current"]["value"] == "procmond"  # the job name the rules expect
     instance = variables["instance"]
     assert instance["datasource"] == DATASOURCE
-    assert instance["query"]["query"] == "label_values(procmond_build_info, instance)"
-    assert instance["definition"] == "label_values(procmond_build_info, instance)"
+    query = 'label_values(procmond_build_info{job=~"$job"}, instance)'
+    assert instance["query"]["query"] == instance["definition"] == query
+    names = [v["name"] for v in d["templating"]["list"]]
+    assert names.index("job") < names.index("instance")  # instance's query reads $job
 
 
-def test_every_panel_uses_the_datasource_variable_and_the_instance_filter() -> None:
+def test_every_panel_uses_the_datasource_variable_and_the_job_and_instance_filters() -> None:
+    """Every series selector filters by job as well as instance: where Prometheus relabels
+    instance to the host name, node_exporter's up, process_* and scrape_duration_seconds
+    share procmond's instance label."""
     d = db.load()
     ids = [p["id"] for p in db.panels(d)]
     assert len(ids) == len(set(ids)), "duplicate panel ids"
@@ -59,7 +68,11 @@ def test_every_panel_uses_the_datasource_variable_and_the_instance_filter() -> N
         assert len(ref_ids) == len(set(ref_ids)), panel["title"]
         for target in panel["targets"]:
             assert target["datasource"] == DATASOURCE, panel["title"]
-            assert '=~"$instance' in target["expr"], (panel["title"], target["expr"])
+            selectors = re.findall(r"\{[^{}]*\}", target["expr"])
+            assert selectors, (panel["title"], target["expr"])
+            for selector in selectors:
+                assert 'job=~"$job"' in selector, (panel["title"], target["expr"])
+                assert 'instance=~"$instance' in selector, (panel["title"], target["expr"])
 
 
 def test_panels_do_not_overlap() -> None:

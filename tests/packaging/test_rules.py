@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.packaging.shipped import REPO, RULES
+from tests.packaging.shipped import REPO, RULES, github_anchor
 
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
 UNIT_TEST_FILES = sorted(PROMTOOL_TESTS.glob("*.test.yml"))
 SEVERITIES = {"critical", "warning", "info"}
+RUNBOOK_BASE = "https://github.com/procmond/procmond/blob/main/packaging/prometheus/README.md"
 LOAD_ALERTS = {
     "ProcmondForkStorm",
     "ProcmondThreadStorm",
@@ -136,3 +137,42 @@ def test_readme_override_example_passes_promtool(tmp_path: Path) -> None:
             records = [r["record"] for g in yaml.safe_load(block)["groups"] for r in g["rules"]]
             shipped = {r["record"] for r in rules() if "record" in r}
             assert set(records) <= shipped, records
+
+
+def test_every_alert_waits_before_firing() -> None:
+    """A `for:` on every alert: one evaluation's blip (a burst that overflows a map for a
+    moment) pages nobody."""
+    for name, rule in alerts().items():
+        assert "for" in rule, name
+
+
+def test_every_alert_links_its_runbook() -> None:
+    """Each alert's runbook_url is one base (replaceable in one substitution, as the README
+    says) plus the anchor of a runbook section named after the alert in that README."""
+    readme = (RULES.parent / "README.md").read_text()
+    headings = re.findall(r"^#+ (.+)$", readme, re.M)
+    anchors = {github_anchor(h) for h in headings}
+    section = readme.split("\n## Runbooks\n", 1)[1].split("\n## ", 1)[0]
+    runbooks = re.findall(r"^### (\w+)$", section, re.M)
+    assert sorted(runbooks) == sorted(alerts()), "one runbook per alert, named after it"
+    bases = set()
+    for name, rule in alerts().items():
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        bases.add(base)
+        assert anchor == name.lower() and anchor in anchors, (name, url)
+    assert bases == {RUNBOOK_BASE}, bases
+    assert RUNBOOK_BASE.endswith("/packaging/prometheus/README.md")
+    links = readme.split("\n## Runbook links\n", 1)[1].split("\n## ", 1)[0]
+    assert RUNBOOK_BASE in links, "the README says which base to replace"
+
+
+def test_readme_prometheus_config_examples_pass_promtool(tmp_path: Path) -> None:
+    """The packaging README's prometheus.yml snippets (the severity relabelling)."""
+    readme = (RULES.parent / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(alerting:.*?)```", readme, re.DOTALL)
+    assert blocks
+    for block in blocks:
+        (tmp_path / "prometheus.yml").write_text(block)
+        result = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
