@@ -16,6 +16,7 @@ SECTIONS = [
     "Running it as a service",
     "Security",
     "Prometheus and Grafana",
+    "Kubernetes",
     "Development",
 ]
 DOCS = [README, *sorted((REPO / "docs").glob("*.md")), REPO / "packaging/prometheus/README.md"]
