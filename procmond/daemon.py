@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
-from procmond import __version__, handoff, kernel
+from procmond import __version__, handoff, kernel, privileges
 from procmond.collector import ProbeStatus, ProcmondCollector
 from procmond.config import Config, load_config
 from procmond.errors import ProcmondError
@@ -95,6 +95,7 @@ class Daemon:
         self.server = MetricsServer(
             self._render(), self.config.listen_host, self.config.listen_port, self.web
         )
+        privileges.drop_all(self.reader.overflow_events)  # bound and loaded; before any thread
         self.server.start()
         attached = sum(self.probe.attached.values())
         log.info(

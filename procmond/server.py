@@ -8,6 +8,7 @@ on DNS, and scrapes are serialised (a scrape reads kernel maps; two at once only
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import http.client
 import logging
@@ -318,10 +319,13 @@ class MetricsServer:
                 if exc.errno == 98:  # EADDRINUSE: no other family will do better
                     break
         assert error is not None
-        raise ListenError(
-            f"cannot listen on {host or '*'}:{port}: {error.strerror}",
-            "another process holds the port (ss -ltnp), or change listen in the config",
-        )
+        hint = "another process holds the port (ss -ltnp), or change listen in the config"
+        if error.errno == errno.EACCES:
+            hint = (
+                "a port below 1024 needs CAP_NET_BIND_SERVICE, which procmond gives up once "
+                "started: restart procmond to move to one, or pick a port from 1024 up"
+            )
+        raise ListenError(f"cannot listen on {host or '*'}:{port}: {error.strerror}", hint)
 
     @property
     def port(self) -> int:
