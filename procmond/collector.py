@@ -8,6 +8,7 @@ and a log line, never a failed scrape. No ``bcc`` here.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,20 +23,27 @@ from prometheus_client.core import (
 
 from procmond import privileges
 from procmond.config import Config
-from procmond.exposition import CACHE_LIMIT, LabelCache, render_counter, render_histogram
+from procmond.exposition import (
+    OVERFLOW_KEY,
+    LabelCache,
+    key_labels,
+    label_sets_budget,
+    render_counter,
+    render_histogram,
+)
 from procmond.maps import Histogram, MapReader
 from procmond.metrics import (
-    OVERFLOW_LABEL_VALUE,
     CounterMetric,
     HistogramMetric,
     counters,
     cumulative_buckets,
     histograms,
     label_names,
-    label_value,
 )
 
 log = logging.getLogger(__name__)
+
+_U64 = struct.Struct("=Q")
 
 
 class _Families:
@@ -59,40 +67,6 @@ class ProbeStatus:
     kernel: str
 
 
-class KeyDecoder:
-    """Map keys → label values, decoded once per key and kept (keys are never deleted from
-    the maps, so this holds at most what the maps hold)."""
-
-    def __init__(self, limit: int = CACHE_LIMIT) -> None:
-        self._cache: dict[tuple[object, ...], tuple[str, ...]] = {}
-        self._limit = limit
-
-    def labelled(
-        self,
-        rows: dict[tuple[bytes | int, ...], int] | dict[tuple[bytes, ...], Histogram],
-        key_fields: tuple[str, ...],
-        names: tuple[str, ...],
-    ) -> dict[tuple[str, ...], object]:
-        """Rows keyed by decoded label values, summing rows that decode alike.
-
-        Distinct byte strings can give one label value (invalid UTF-8 becomes U+FFFD), and a
-        duplicate series would make the exposition invalid: such rows are added together,
-        which keeps every series monotonic.
-        """
-        keep = tuple(key_fields.index(n) for n in names)
-        cache = self._cache
-        if len(cache) >= self._limit:
-            cache.clear()
-        out: dict[tuple[str, ...], object] = {}
-        for key, value in rows.items():
-            cache_key = (keep, *key)
-            labels = cache.get(cache_key)
-            if labels is None:
-                labels = cache[cache_key] = tuple(label_value(key[i]) for i in keep)
-            _merge(out, labels, value)
-        return out
-
-
 def _merge(out: dict[tuple[str, ...], object], labels: tuple[str, ...], value: object) -> None:
     """Add ``value`` (a count or a Histogram) to ``out[labels]``. With labels dropped, or a
     process really named ``__overflow__``, several sources share one series."""
@@ -102,10 +76,11 @@ def _merge(out: dict[tuple[str, ...], object], labels: tuple[str, ...], value: o
 
 @dataclass
 class Snapshot:
-    """One read of every kernel map, with rows keyed by decoded label values."""
+    """One read of every kernel map: raw rows (key bytes, value), plus each map's overflow
+    as a row under OVERFLOW_KEY."""
 
-    counters: list[tuple[CounterMetric, tuple[str, ...], dict[tuple[str, ...], int]]]
-    histograms: list[tuple[HistogramMetric, tuple[str, ...], dict[tuple[str, ...], Histogram]]]
+    counters: list[tuple[CounterMetric, tuple[str, ...], list[tuple[bytes, bytes]]]]
+    histograms: list[tuple[HistogramMetric, tuple[str, ...], list[tuple[bytes, Histogram]]]]
     entries: dict[str, int]
     overflowed: dict[str, int]
     ok: bool
@@ -124,8 +99,7 @@ class ProcmondCollector:
         self._reader = reader
         self._config = config
         self._status = status
-        self._labels = LabelCache()
-        self._keys = KeyDecoder()
+        self._labels = LabelCache(label_sets_budget(config))
         self.last_series: int | None = None  # series read from the maps at the last scrape
 
     def describe(self) -> Iterable[Metric]:
@@ -160,12 +134,18 @@ class ProcmondCollector:
         snap = self.snapshot()
         for spec, names, rows in snap.counters:
             family = CounterMetricFamily(spec.name, spec.documentation, labels=names)
-            for labels, value in sorted(rows.items()):
-                family.add_metric(labels, value)
+            counts: dict[tuple[str, ...], int] = {}
+            for raw, value in rows:
+                _merge(counts, key_labels(raw, spec.key_fields, names), _U64.unpack_from(value)[0])
+            for labels, count in sorted(counts.items()):
+                family.add_metric(labels, count)
             yield family
         for hspec, names, hrows in snap.histograms:
             hfamily = HistogramMetricFamily(hspec.name, hspec.documentation, labels=names)
-            for labels, hist in sorted(hrows.items()):
+            hists: dict[tuple[str, ...], Histogram] = {}
+            for raw, hist in hrows:
+                _merge(hists, key_labels(raw, hspec.key_fields, names), hist)
+            for labels, hist in sorted(hists.items()):
                 hfamily.add_metric(
                     list(labels),
                     cumulative_buckets(hist, hspec.bucket_exponents),
@@ -205,28 +185,29 @@ class ProcmondCollector:
         log.error("cannot read map %s during scrape: %s", map_name, exc)
         return False
 
+    def _rows(self, map_name: str) -> list[tuple[bytes, bytes]]:
+        """A map's raw rows. MapReader would decode every key into a tuple on every read; the
+        label cache is keyed by the raw bytes instead, so a known key costs one lookup."""
+        return self._reader._table(map_name).items()
+
     def _counter_rows(
         self, spec: CounterMetric, snap: Snapshot
-    ) -> tuple[CounterMetric, tuple[str, ...], dict[tuple[str, ...], int]]:
-        names = label_names(spec.key_fields, self._config)
-        rows = self._reader.counters(spec.map_name, spec.key_fields)
+    ) -> tuple[CounterMetric, tuple[str, ...], list[tuple[bytes, bytes]]]:
+        rows = self._rows(spec.map_name)
         snap.entries[spec.map_name] = len(rows)
-        labelled = self._keys.labelled(rows, spec.key_fields, names)
         if snap.overflowed.get(spec.map_name):
-            _merge(labelled, (OVERFLOW_LABEL_VALUE,) * len(names), snap.overflowed[spec.map_name])
-        return spec, names, labelled  # type: ignore[return-value]
+            rows.append((OVERFLOW_KEY, _U64.pack(snap.overflowed[spec.map_name])))
+        return spec, label_names(spec.key_fields, self._config), rows
 
     def _histogram_rows(
         self, spec: HistogramMetric, snap: Snapshot
-    ) -> tuple[HistogramMetric, tuple[str, ...], dict[tuple[str, ...], Histogram]]:
-        names = label_names(spec.key_fields, self._config)
-        rows = self._reader.histograms(spec.map_name)
+    ) -> tuple[HistogramMetric, tuple[str, ...], list[tuple[bytes, Histogram]]]:
+        rows = [(raw, Histogram.from_bytes(value)) for raw, value in self._rows(spec.map_name)]
         snap.entries[spec.map_name] = len(rows)
-        labelled = self._keys.labelled(rows, spec.key_fields, names)
         overflow = self._reader.overflow_histogram(spec.map_name)
         if overflow.count:
-            _merge(labelled, (OVERFLOW_LABEL_VALUE,) * len(names), overflow)
-        return spec, names, labelled  # type: ignore[return-value]
+            rows.append((OVERFLOW_KEY, overflow))
+        return spec, label_names(spec.key_fields, self._config), rows
 
     def _map_families(self, entries: dict[str, int], overflowed: dict[str, int]) -> list[Metric]:
         used = GaugeMetricFamily(
