@@ -137,19 +137,32 @@ class BPFMap:
         step = _round8(self.value_size)
         return [raw[i : i + self.value_size] for i in range(0, len(raw), step)]
 
-    def items(self) -> list[tuple[bytes, bytes]]:
-        """Every (key, value): in one batched syscall where the kernel has them (5.6+),
-        else key by key. Entries added or removed meanwhile may or may not be seen."""
+    def batches(self) -> list[tuple[bytes, bytes, int]]:
+        """Every entry, in (keys, values, count) as the kernel returns them: ``count`` keys of
+        key_size bytes back to back, and their values of stored_value_size bytes likewise.
+
+        One batched syscall per batch_entries entries where the kernel has them (5.6+), else
+        key by key. Entries added or removed meanwhile may or may not be seen. A scrape slices
+        keys out itself: a list of (key, value) pairs cost it ~3 ms and ~1.8 MB at 10,000."""
         if self._batch:
             try:
-                return self._items_batched()
+                return self._batched()
             except OSError as exc:
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
                     raise
                 self._batch = False
-        return self._items_one_by_one()
+        return self._one_by_one()
 
-    def _items_batched(self) -> list[tuple[bytes, bytes]]:
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """Every (key, value)."""
+        ks, vs = self.key_size, self.stored_value_size
+        return [
+            (keys[i * ks : (i + 1) * ks], values[i * vs : (i + 1) * vs])
+            for keys, values, count in self.batches()
+            for i in range(count)
+        ]
+
+    def _batched(self) -> list[tuple[bytes, bytes, int]]:
         ks, vs = self.key_size, self.stored_value_size
         capacity = max(1, min(self.max_entries, self.batch_entries))
         keys = ctypes.create_string_buffer(ks * capacity)
@@ -157,7 +170,7 @@ class BPFMap:
         token_in = ctypes.create_string_buffer(max(ks, 8))
         token_out = ctypes.create_string_buffer(max(ks, 8))
         count = ctypes.c_uint32()
-        rows: list[tuple[bytes, bytes]] = []
+        batches: list[tuple[bytes, bytes, int]] = []
         first = True
         while True:
             count.value = capacity
@@ -184,28 +197,31 @@ class BPFMap:
                 values = ctypes.create_string_buffer(vs * capacity)
                 continue
             n = count.value
-            kraw, vraw = ctypes.string_at(keys, n * ks), ctypes.string_at(values, n * vs)
-            rows += [(kraw[i * ks : (i + 1) * ks], vraw[i * vs : (i + 1) * vs]) for i in range(n)]
+            if n:
+                batches.append(
+                    (ctypes.string_at(keys, n * ks), ctypes.string_at(values, n * vs), n)
+                )
             if done:
-                return rows
+                return batches
             ctypes.memmove(token_in, token_out, len(token_out))
             first = False
 
-    def _items_one_by_one(self) -> list[tuple[bytes, bytes]]:
+    def _one_by_one(self) -> list[tuple[bytes, bytes, int]]:
         key = ctypes.create_string_buffer(self.key_size)
         next_key = ctypes.create_string_buffer(self.key_size)
-        rows = []
+        keys, values = [], []
         first = True
         while True:
             try:
                 libbpf("bpf_map_get_next_key", self.fd, None if first else key, next_key)
             except FileNotFoundError:
-                return rows
+                return [(b"".join(keys), b"".join(values), len(keys))] if keys else []
             first = False
             ctypes.memmove(key, next_key, self.key_size)
             value = self.lookup(key.raw)
             if value is not None:
-                rows.append((key.raw, value))
+                keys.append(key.raw)
+                values.append(value)
 
     def close(self) -> None:
         os.close(self.fd)

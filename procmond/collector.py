@@ -12,6 +12,7 @@ import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import generate_latest
 from prometheus_client.core import (
@@ -25,11 +26,14 @@ from procmond import privileges
 from procmond.config import Config
 from procmond.exposition import (
     OVERFLOW_KEY,
+    Batches,
     LabelCache,
+    counter_rows,
     key_labels,
     label_sets_budget,
     render_counter,
     render_histogram,
+    split_rows,
 )
 from procmond.maps import Histogram, MapReader
 from procmond.metrics import (
@@ -56,6 +60,15 @@ class _Families:
         return self._families
 
 
+class RawTable(Protocol):
+    """What the collector reads of a map: procmond.bpfmap.BPFMap, or a fake in unit tests."""
+
+    key_size: int
+    value_size: int
+
+    def batches(self) -> Batches: ...
+
+
 @dataclass(frozen=True)
 class ProbeStatus:
     """What the loader achieved, for the self-metrics."""
@@ -74,12 +87,25 @@ def _merge(out: dict[tuple[str, ...], object], labels: tuple[str, ...], value: o
     out[labels] = value if previous is None else previous + value  # type: ignore[operator]
 
 
+@dataclass(frozen=True)
+class CounterRead:
+    """One counter map as read: its raw batches (BPFMap.batches) and overflow count."""
+
+    spec: CounterMetric
+    names: tuple[str, ...]
+    batches: Batches
+    key_size: int
+    overflow: int
+
+    def rows(self) -> Iterator[tuple[bytes, int]]:
+        return counter_rows(self.batches, self.key_size, self.overflow)
+
+
 @dataclass
 class Snapshot:
-    """One read of every kernel map: raw rows (key bytes, value), plus each map's overflow
-    as a row under OVERFLOW_KEY."""
+    """One read of every kernel map. Histogram rows: (raw key or OVERFLOW_KEY, Histogram)."""
 
-    counters: list[tuple[CounterMetric, tuple[str, ...], list[tuple[bytes, bytes]]]]
+    counters: list[CounterRead]
     histograms: list[tuple[HistogramMetric, tuple[str, ...], list[tuple[bytes, Histogram]]]]
     entries: dict[str, int]
     overflowed: dict[str, int]
@@ -125,18 +151,19 @@ class ProcmondCollector:
             snap.entries["inflight"] = self._reader.entries("inflight")
         except Exception as exc:
             snap.ok = self._failed("inflight", exc)
-        self.last_series = sum(len(rows) for _, _, rows in snap.counters) + sum(
-            len(rows) * (len(spec.bucket_exponents) + 3) for spec, _, rows in snap.histograms
-        )
+        self.last_series = sum(
+            snap.entries[c.spec.map_name] + bool(c.overflow) for c in snap.counters
+        ) + sum(len(rows) * (len(spec.bucket_exponents) + 3) for spec, _, rows in snap.histograms)
         return snap
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
-        for spec, names, rows in snap.counters:
+        for read in snap.counters:
+            spec, names = read.spec, read.names
             family = CounterMetricFamily(spec.name, spec.documentation, labels=names)
             counts: dict[tuple[str, ...], int] = {}
-            for raw, value in rows:
-                _merge(counts, key_labels(raw, spec.key_fields, names), _U64.unpack_from(value)[0])
+            for raw, value in read.rows():
+                _merge(counts, key_labels(raw, spec.key_fields, names), value)
             for labels, count in sorted(counts.items()):
                 family.add_metric(labels, count)
             yield family
@@ -157,15 +184,13 @@ class ProcmondCollector:
     def render_text(self) -> bytes:
         """The text exposition (format 0.0.4) of everything ``collect()`` yields."""
         snap = self.snapshot()
-        parts = [
-            render_counter(spec, names, rows, self._labels) for spec, names, rows in snap.counters
-        ]
-        parts += [
-            render_histogram(spec, names, rows, self._labels)
-            for spec, names, rows in snap.histograms
-        ]
-        small = generate_latest(_Families(list(self._small_families(snap))))  # type: ignore[arg-type]
-        return "".join(parts).encode() + small
+        out = bytearray()
+        for c in snap.counters:
+            render_counter(out, c.spec, c.names, c.batches, c.key_size, c.overflow, self._labels)
+        for spec, names, rows in snap.histograms:
+            render_histogram(out, spec, names, rows, self._labels)
+        out += generate_latest(_Families(list(self._small_families(snap))))  # type: ignore[arg-type]
+        return bytes(out)
 
     def _small_families(self, snap: Snapshot) -> Iterator[Metric]:
         yield from self._map_families(snap.entries, snap.overflowed)
@@ -185,24 +210,25 @@ class ProcmondCollector:
         log.error("cannot read map %s during scrape: %s", map_name, exc)
         return False
 
-    def _rows(self, map_name: str) -> list[tuple[bytes, bytes]]:
-        """A map's raw rows. MapReader would decode every key into a tuple on every read; the
-        label cache is keyed by the raw bytes instead, so a known key costs one lookup."""
-        return self._reader._table(map_name).items()
+    def _table(self, map_name: str) -> RawTable:
+        """A map itself: MapReader would decode every key into a tuple on every read, and the
+        label cache is keyed by the raw bytes instead, so that a known key costs one lookup."""
+        return self._reader._table(map_name)  # type: ignore[return-value]
 
-    def _counter_rows(
-        self, spec: CounterMetric, snap: Snapshot
-    ) -> tuple[CounterMetric, tuple[str, ...], list[tuple[bytes, bytes]]]:
-        rows = self._rows(spec.map_name)
-        snap.entries[spec.map_name] = len(rows)
-        if snap.overflowed.get(spec.map_name):
-            rows.append((OVERFLOW_KEY, _U64.pack(snap.overflowed[spec.map_name])))
-        return spec, label_names(spec.key_fields, self._config), rows
+    def _counter_rows(self, spec: CounterMetric, snap: Snapshot) -> CounterRead:
+        table = self._table(spec.map_name)
+        batches = table.batches()
+        snap.entries[spec.map_name] = sum(count for _, _, count in batches)
+        names = label_names(spec.key_fields, self._config)
+        overflow = snap.overflowed.get(spec.map_name, 0)
+        return CounterRead(spec, names, batches, table.key_size, overflow)
 
     def _histogram_rows(
         self, spec: HistogramMetric, snap: Snapshot
     ) -> tuple[HistogramMetric, tuple[str, ...], list[tuple[bytes, Histogram]]]:
-        rows = [(raw, Histogram.from_bytes(value)) for raw, value in self._rows(spec.map_name)]
+        table = self._table(spec.map_name)
+        pairs = split_rows(table.batches(), table.key_size, table.value_size)
+        rows = [(raw, Histogram.from_bytes(value)) for raw, value in pairs]
         snap.entries[spec.map_name] = len(rows)
         overflow = self._reader.overflow_histogram(spec.map_name)
         if overflow.count:

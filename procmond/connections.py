@@ -29,8 +29,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# request head, client address -> (answer bytes, close the connection after it)
-Answer = Callable[[bytes, Any], tuple[bytes, bool]]
+# request head, client address -> (the answer's parts, to send in order; close after it)
+Answer = Callable[[bytes, Any], tuple[list[bytes], bool]]
 
 WORKERS = 2  # answers are computed one scrape at a time anyway (scrapes are serialised)
 REQUEST_DEADLINE_SECONDS = 30.0  # a request must be read and answered within this
@@ -88,8 +88,8 @@ class _Connection:
         self.state = state
         self.events = 0  # what the selector watches it for: 0 = not registered
         self.inbuf = bytearray()
-        self.out = memoryview(b"")
-        self.sent = 0
+        self.out: list[memoryview] = []  # what is left to send, in order
+        self.sent = 0  # bytes of out[0] already sent
         self.close_after = False
         self.eof = False  # the client has sent all it will: answer what it sent, then close
         self.opened = self.active = now
@@ -133,7 +133,7 @@ class ConnectionLoop:
         self._selector = selectors.DefaultSelector()
         self._connections: set[_Connection] = set()
         self._jobs: queue.SimpleQueue[tuple[_Connection, bytes] | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[tuple[_Connection, bytes, bool]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[_Connection, list[bytes], bool]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
         self._drain_until = math.inf
@@ -182,7 +182,7 @@ class ConnectionLoop:
                 answer, close = self._answer(head, connection.address)
             except Exception:
                 log.error("answering %s failed", connection.address, exc_info=True)
-                answer, close = b"", True
+                answer, close = [], True
             self._done.put((connection, answer, close))
             self._wake()
 
@@ -338,7 +338,8 @@ class ConnectionLoop:
                 return
             if connection not in self._connections:
                 continue
-            connection.out, connection.sent = memoryview(answer), 0
+            connection.out = [memoryview(part) for part in answer if part]
+            connection.sent = 0
             connection.close_after |= close or not answer
             connection.state = _State.WRITING
             connection.active = time.monotonic()
@@ -346,11 +347,12 @@ class ConnectionLoop:
 
     def _write(self, connection: _Connection) -> None:
         out = connection.out
-        while connection.sent < len(out):
+        while out:
+            part, sent = out[0], connection.sent
             try:
                 # TLS: a write that would block must be retried with the same bytes, which
                 # this does (``sent`` moves only once the kernel or OpenSSL took them).
-                sent = connection.sock.send(out[connection.sent : connection.sent + _WRITE_CHUNK])
+                sent += connection.sock.send(part[sent : sent + _WRITE_CHUNK])
             except ssl.SSLWantReadError:
                 self._watch(connection, selectors.EVENT_READ)
                 return
@@ -360,9 +362,11 @@ class ConnectionLoop:
             except OSError:
                 self._close(connection)
                 return
-            connection.sent += sent
             connection.active = time.monotonic()
-        connection.out = memoryview(b"")
+            if sent == len(part):
+                out.pop(0)
+                sent = 0
+            connection.sent = sent
         if connection.close_after:
             self._start_draining(connection)
             return

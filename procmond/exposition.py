@@ -12,6 +12,7 @@ and the small self-metric families still go through prometheus_client.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from procmond.config import Config
 from procmond.maps import Histogram, decode_key
@@ -52,10 +53,22 @@ def key_labels(raw: bytes, key_fields: tuple[str, ...], names: tuple[str, ...]) 
     return tuple(label_value(fields[key_fields.index(name)]) for name in names)
 
 
+Batches = list[tuple[bytes, bytes, int]]  # (keys, values, count): BPFMap.batches()
+
+
+def split_rows(batches: Batches, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs out of batches: for the few maps small enough not to matter."""
+    return [
+        (keys[i * key_size : (i + 1) * key_size], values[i * value_size : (i + 1) * value_size])
+        for keys, values, count in batches
+        for i in range(count)
+    ]
+
+
 class MapLabels:
-    """One map's part of the LabelCache: raw key → its rendered label text. For a counter that
-    is the start of its sample line (``procmond_forks_total{comm="make",parent_comm="bash"} ``),
-    for a histogram the text between the braces."""
+    """One map's part of the LabelCache: raw key → its rendered label text, as bytes. For a
+    counter that is the start of its sample line (``procmond_forks_total{comm="make",
+    parent_comm="bash"} ``), for a histogram the text between the braces."""
 
     def __init__(
         self,
@@ -64,28 +77,29 @@ class MapLabels:
         names: tuple[str, ...],
         counter: str | None,
     ) -> None:
-        self.texts: dict[bytes, str] = {}
+        self.texts: dict[bytes, bytes] = {}
         self.aliased = False  # two keys have the same labels: their rows must be added up
-        self._known: set[str] = set()
+        self._known: dict[bytes, None] = {}  # the texts made: a dict is ~40 % smaller here
         self._cache = cache
         self._key_fields = key_fields
         self._names = names
         self._counter = counter
 
-    def make(self, raw: bytes) -> str:
+    def make(self, raw: bytes) -> bytes:
         """The text for a key not in ``texts`` yet, kept there while the cache is under limit.
         Keys that decode alike (invalid UTF-8 becomes U+FFFD; a process named __overflow__)
         get equal texts, which marks the map as aliased."""
         values = key_labels(raw, self._key_fields, self._names)
-        text = ",".join(
+        inner = ",".join(
             f'{n}="{escape_label_value(v)}"' for n, v in zip(self._names, values, strict=True)
         )
         if self._counter is not None:
-            text = f"{self._counter}{{{text}}} " if text else f"{self._counter} "
+            inner = f"{self._counter}{{{inner}}} " if inner else f"{self._counter} "
+        text = inner.encode()
         self.aliased = self.aliased or text in self._known
         if self._cache.size < self._cache.limit:
             self.texts[raw] = text
-            self._known.add(text)
+            self._known[text] = None
             self._cache.size += 1
         return text
 
@@ -116,50 +130,76 @@ class LabelCache:
         return labels
 
 
-def _header(name: str, documentation: str, kind: str) -> str:
-    return f"# HELP {name} {escape_help(documentation)}\n# TYPE {name} {kind}\n"
+def _header(name: str, documentation: str, kind: str) -> bytes:
+    return f"# HELP {name} {escape_help(documentation)}\n# TYPE {name} {kind}\n".encode()
+
+
+def counter_rows(batches: Batches, key_size: int, overflow: int) -> Iterator[tuple[bytes, int]]:
+    """(raw key, count) of a counter map's batches, then (OVERFLOW_KEY, overflow) if any."""
+    for keys, values, count in batches:
+        offsets = range(0, count * key_size, key_size)
+        for offset, (value,) in zip(offsets, _U64.iter_unpack(values), strict=True):
+            yield keys[offset : offset + key_size], value
+    if overflow:
+        yield OVERFLOW_KEY, overflow
 
 
 def render_counter(
+    out: bytearray,
     spec: CounterMetric,
     names: tuple[str, ...],
-    rows: list[tuple[bytes, bytes]],
+    batches: Batches,
+    key_size: int,
+    overflow: int,
     cache: LabelCache,
-) -> str:
-    """One counter family from its map's raw rows (unsorted: Prometheus needs no order)."""
+) -> None:
+    """Append one counter family, from its map's raw batches, to ``out`` (unsorted:
+    Prometheus needs no order). Written into one buffer line by line, the loop inlined: a
+    list of 10,000 lines to join held ~1 MB more at once, a generator cost ~1 ms."""
     labels = cache.of(spec.map_name, spec.key_fields, names, counter=spec.name)
-    get, make, unpack = labels.texts.get, labels.make, _U64.unpack_from
-    lines = [f"{get(raw) or make(raw)}{unpack(value)[0]}\n" for raw, value in rows]
+    get, make = labels.texts.get, labels.make
+    out += _header(spec.name, spec.documentation, "counter")
+    start = len(out)
+    for keys, values, count in batches:
+        offsets = range(0, count * key_size, key_size)
+        for offset, (value,) in zip(offsets, _U64.iter_unpack(values), strict=True):
+            raw = keys[offset : offset + key_size]
+            out += get(raw) or make(raw)
+            out += b"%d\n" % value
+    if overflow:
+        out += get(OVERFLOW_KEY) or make(OVERFLOW_KEY)
+        out += b"%d\n" % overflow
     if labels.aliased:  # rare: keys with the same labels are one series, their counts added
-        merged: dict[str, int] = {}
-        for raw, value in rows:
-            text, count = get(raw) or make(raw), unpack(value)[0]
-            merged[text] = merged[text] + count if text in merged else count
-        lines = [f"{text}{count}\n" for text, count in merged.items()]
-    return _header(spec.name, spec.documentation, "counter") + "".join(lines)
+        del out[start:]
+        merged: dict[bytes, int] = {}
+        for raw, value in counter_rows(batches, key_size, overflow):
+            text = get(raw) or make(raw)
+            merged[text] = merged.get(text, 0) + value
+        for text, value in merged.items():
+            out += text
+            out += b"%d\n" % value
 
 
 def render_histogram(
+    out: bytearray,
     spec: HistogramMetric,
     names: tuple[str, ...],
     rows: list[tuple[bytes, Histogram]],
     cache: LabelCache,
-) -> str:
+) -> None:
+    """Append one histogram family to ``out``; rows under the same labels are added up."""
     labels = cache.of(spec.map_name, spec.key_fields, names)
     get, make = labels.texts.get, labels.make
-    merged: dict[str, Histogram] = {}
+    merged: dict[bytes, Histogram] = {}
     for raw, hist in rows:
-        text = get(raw)
-        if text is None:
-            text = make(raw)
+        text = get(raw) or make(raw)
         merged[text] = merged[text] + hist if text in merged else hist
-    name = spec.name
-    lines = [_header(name, spec.documentation, "histogram")]
+    name = spec.name.encode()
+    out += _header(spec.name, spec.documentation, "histogram")
     for inner, hist in merged.items():
-        prefix = f"{name}_bucket{{{inner}," if inner else f"{name}_bucket{{"
+        bucket = b"%b_bucket{%b," % (name, inner) if inner else b"%b_bucket{" % name
         for le, count in cumulative_buckets(hist, spec.bucket_exponents):
-            lines.append(f'{prefix}le="{le}"}} {count}\n')
-        suffix = f"{{{inner}}}" if inner else ""
-        lines.append(f"{name}_count{suffix} {hist.count}\n")
-        lines.append(f"{name}_sum{suffix} {hist.sum_ns / 1e9!r}\n")
-    return "".join(lines)
+            out += b'%ble="%b"} %d\n' % (bucket, le.encode(), count)
+        labelled = b"{%b}" % inner if inner else b""
+        out += b"%b_count%b %d\n" % (name, labelled, hist.count)
+        out += b"%b_sum%b %b\n" % (name, labelled, repr(hist.sum_ns / 1e9).encode())

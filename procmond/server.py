@@ -9,7 +9,9 @@ more).
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import gzip
 import http.client
 import io
@@ -60,6 +62,24 @@ LISTEN_BACKLOG = 1024  # socketserver's default is 5
 IP_FREEBIND = 15  # linux/in.h; not in Python's socket module
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def return_memory() -> None:
+    """Give back to the kernel what a scrape's megabyte buffers (the exposition, its copies,
+    its compression) leave free. glibc keeps freed memory in the heap of the thread that
+    allocated it, and after the first large free it stops mapping blocks of that size
+    separately: ~3 MiB more RSS at 10,000 series, measured. Costs well under a millisecond."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class _BoundedReader:
     """The connection's read side, allowing at most ``budget`` bytes of request line and
     headers per request: the standard library alone would accept 100 headers of 64 KiB each,
@@ -92,10 +112,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.server = server  # type: ignore[assignment]
         self.client_address = client_address
         self.rfile = _BoundedReader(io.BytesIO(head), REQUEST_HEAD_BYTES)  # type: ignore[assignment]
-        self.wfile = io.BytesIO()
+        self.wfile = io.BytesIO()  # the status line and headers (and error pages)
+        self.body = b""  # kept apart: copying ~1 MB of exposition twice more cost a scrape
         self.close_connection = True
 
-    def answer(self) -> tuple[bytes, bool]:
+    def answer(self) -> tuple[list[bytes], bool]:
         try:
             self.handle_one_request()
         except http.client.LineTooLong:  # the request line alone overran the budget
@@ -103,7 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.request_version, self.close_connection = "HTTP/1.1", True
             self.send_error(431, "Request line and headers too large")
         assert isinstance(self.wfile, io.BytesIO)
-        return self.wfile.getvalue(), self.close_connection
+        return [self.wfile.getvalue(), self.body], self.close_connection
 
     def do_GET(self) -> None:
         self._answer(send_body=True)
@@ -125,6 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
             if "gzip" in self.headers.get("Accept-Encoding", ""):
                 body = gzip.compress(body, compresslevel=1)
                 headers["Content-Encoding"] = "gzip"
+            return_memory()
             status = 200
         elif path == "/":
             status, body, content_type = 200, INDEX_PAGE, "text/html; charset=utf-8"
@@ -137,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         if send_body:
-            self.wfile.write(body)
+            self.body = body
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         log.debug("%s %s", self.address_string(), format % args)
@@ -167,7 +189,7 @@ class MetricsServer:
             connection_timeout,
         )
 
-    def _answer(self, head: bytes, client_address: Any) -> tuple[bytes, bool]:
+    def _answer(self, head: bytes, client_address: Any) -> tuple[list[bytes], bool]:
         return _Handler(self, head, client_address).answer()
 
     @property
