@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from procmond import privileges
 from procmond.collector import ProbeStatus, ProcmondCollector
 from procmond.config import Config
+from procmond.exposition import label_sets_budget
 from procmond.maps import MAP_IDS, Histogram, MapReader
 from procmond.metrics import COUNTERS, HISTOGRAMS, cumulative_buckets, series_budget
 from tests.unit.fakes import FakeHash, FakePerCpuArray, failure, hist, one, pair
@@ -191,3 +194,68 @@ def test_without_syscall_probes_their_families_are_absent() -> None:
     assert "procmond_fork_duration_seconds_count" not in names
     assert "procmond_process_lifetime_seconds_count" in names
     assert ("procmond_map_entries", (("map", "fork_failures_total"),)) not in m
+
+
+def samples_of(text: str) -> dict[tuple, float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name != "procmond_scrape_duration_seconds"
+    }
+
+
+def test_keys_decoding_alike_are_one_series_in_the_text_too() -> None:
+    """The text renderer writes a line per key until two keys turn out to share a text, then
+    adds their counts, as collect() does: the same samples either way."""
+    forks = FakeHash(
+        [
+            (pair(b"a\xff", b"x"), 1),
+            (pair(b"make", b"bash"), 40),
+            (pair(b"a\xfe", b"x"), 2),
+            (pair(b"__overflow__", b"__overflow__"), 4),
+        ]
+    )
+    overflow = [[0]] * len(MAP_IDS)
+    overflow[0] = [10]
+    t = tables(forks_total=forks, overflow_events=FakePerCpuArray(overflow))
+    collector = ProcmondCollector(MapReader(t.__getitem__, MAP_IDS), DEFAULTS, STATUS)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    for _ in range(2):  # the second time from the cache
+        ours = samples_of(collector.render_text().decode())
+        assert ours == samples_of(generate_latest(registry).decode())
+        assert ours[("procmond_forks_total", (("comm", "a\ufffd"), ("parent_comm", "x")))] == 3
+        over = (("comm", "__overflow__"), ("parent_comm", "__overflow__"))
+        assert ours[("procmond_forks_total", over)] == 14
+        assert ours[("procmond_forks_total", (("comm", "make"), ("parent_comm", "bash")))] == 40
+
+
+def test_the_label_cache_is_kept_across_scrapes_and_bounded_by_the_config() -> None:
+    config = Config(max_entries=10, histogram_max_entries=2)
+    assert label_sets_budget(config) == len(COUNTERS) * 11 + len(HISTOGRAMS) * 3
+    t = tables()
+    collector = ProcmondCollector(MapReader(t.__getitem__, MAP_IDS), config, STATUS)
+    first = collector.render_text()
+    cache = collector._labels
+    kept = dict(cache.of("forks_total", (), ()).texts)
+    assert cache.size == 8  # the keys of tables(): 2 forks, 2 failures, 1 in four other maps
+    again = collector.render_text()
+    assert samples_of(again.decode()) == samples_of(first.decode())
+    assert cache.size == 8
+    texts = cache.of("forks_total", (), ()).texts
+    assert texts == kept and all(texts[k] is kept[k] for k in kept)  # the same objects
+    # a cache at its limit makes texts afresh (only a bug could get it there): same output
+    tight = ProcmondCollector(MapReader(t.__getitem__, MAP_IDS), config, STATUS)
+    tight._labels.limit = 1
+    assert samples_of(tight.render_text().decode()) == samples_of(first.decode())
+    assert tight._labels.size == 1
+
+
+def test_capabilities_retained_is_what_the_kernel_says_at_each_scrape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = iter([0, 1])
+    monkeypatch.setattr(privileges, "retained_count", lambda: next(held))
+    assert scrape(tables())[("procmond_capabilities_retained", ())] == 0
+    assert scrape(tables())[("procmond_capabilities_retained", ())] == 1
