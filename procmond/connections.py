@@ -159,13 +159,15 @@ class ConnectionLoop:
         """Stop accepting at once; answers being computed or written get ``drain`` seconds to
         finish, so that a scrape gets all of its exposition or a closed connection
         (Content-Length tells the client which), never a silently short one."""
-        if not self._threads[0].is_alive():
-            self._listener.close()
+        loop = self._threads[0]
+        if loop.ident is None:  # never started: only the sockets to close
+            for sock in (self._listener, self._wake_r, self._wake_w):
+                sock.close()
             return
         self._drain_until = time.monotonic() + drain
         self._stopping.set()
         self._wake()
-        self._threads[0].join(drain + 1.0)
+        loop.join(drain + 1.0)
         for _ in self._threads[1:]:
             self._jobs.put(None)
 

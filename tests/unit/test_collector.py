@@ -156,6 +156,15 @@ def test_series_budget_counts_every_bucket() -> None:
     assert series_budget(Config(max_entries=10, histograms=False)) == len(COUNTERS) * 11
 
 
+def samples_of(text: str) -> dict[tuple, float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name != "procmond_scrape_duration_seconds"
+    }
+
+
 def test_text_rendering_equals_prometheus_clients() -> None:
     """render_text() (procmond's own renderer for the map families) gives exactly the samples
     prometheus_client renders from collect(), hostile names included."""
@@ -170,19 +179,10 @@ def test_text_rendering_equals_prometheus_clients() -> None:
     collector = ProcmondCollector(MapReader(t.__getitem__, MAP_IDS), DEFAULTS, STATUS)
     registry = CollectorRegistry()
     registry.register(collector)
-
-    def samples(text: str) -> dict[tuple, float]:
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text)
-            for s in f.samples
-            if s.name != "procmond_scrape_duration_seconds"
-        }
-
     ours = collector.render_text().decode()
     theirs = generate_latest(registry).decode()
-    assert samples(ours) == samples(theirs)
-    assert len(samples(ours)) > 50
+    assert samples_of(ours) == samples_of(theirs)
+    assert len(samples_of(ours)) > 50
     for family in ("procmond_forks_total", "procmond_process_lifetime_seconds"):
         assert f"# TYPE {family} " in ours
 
@@ -194,15 +194,6 @@ def test_without_syscall_probes_their_families_are_absent() -> None:
     assert "procmond_fork_duration_seconds_count" not in names
     assert "procmond_process_lifetime_seconds_count" in names
     assert ("procmond_map_entries", (("map", "fork_failures_total"),)) not in m
-
-
-def samples_of(text: str) -> dict[tuple, float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name != "procmond_scrape_duration_seconds"
-    }
 
 
 def test_keys_decoding_alike_are_one_series_in_the_text_too() -> None:
