@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="load processes (default: one per core)")
     parser.add_argument("--series", type=int, help="series for the scrape test (default 10000)")
     parser.add_argument("--scrapes", type=int, help="scrapes timed (default 200)")
+    parser.add_argument(
+        "--idle", type=float, help="seconds the idle daemon's CPU is measured (default 60)"
+    )
     parser.add_argument("--soak", type=float, help="soak length in seconds (default 600)")
     parser.add_argument("--soak-rate", type=float, help="creations/s in the soak (default 1000)")
     parser.add_argument(
@@ -74,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "workers": os.cpu_count() or 1,
         "series": 500 if quick else 10_000,
         "scrapes": 10 if quick else 200,
+        "idle": 1.0 if quick else 60.0,
         "soak": 4.0 if quick else 600.0,
         "soak_rate": 200.0 if quick else 1000.0,
     }
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "configs": args.config_list,
             "series": args.series,
             "scrapes": args.scrapes,
+            "idle": args.idle,
             "soak": args.soak,
             "soak_rate": args.soak_rate,
         },
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if "scrape" not in skip:
             log(f"scrape: {args.series:,} series, {args.scrapes} scrapes")
             results["scrape"] = phases.scrape_latency(
-                gen, workdir, args.series, args.scrapes, settle, log
+                gen, workdir, args.series, args.scrapes, settle, log, args.idle
             )
         if "soak" not in skip:
             log(f"soak: {args.soak:g} s at {args.soak_rate:g} creations/s")

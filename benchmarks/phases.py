@@ -192,12 +192,20 @@ def probe_cost(
 
 
 def scrape_latency(
-    gen: LoadGenerator, workdir: Path, series: int, scrapes: int, settle: float, log: Log
+    gen: LoadGenerator,
+    workdir: Path,
+    series: int,
+    scrapes: int,
+    settle: float,
+    log: Log,
+    idle_seconds: float = 0.0,
 ) -> dict[str, object]:
     """Scrape times with ``series`` live procmond_forks_total series, made by one process
     renaming itself ``series`` times with one fork each. Plain text and Prometheus' own
     request (it prefers OpenMetrics, accepts text; gzip) are timed alternately, over
-    kept-alive connections."""
+    kept-alive connections. Then, with every connection closed, the daemon's CPU while
+    nothing asks it anything for ``idle_seconds``: what its own timers cost (schedstat, ns:
+    utime and stime tick every 10 ms, too coarse for a fraction of a millisecond a second)."""
     capacity = max(4096, 2 * series)  # room for the names and for the host's own commands
     daemon = Daemon(workdir, f"max_entries: {capacity}\n")
     started = daemon.start(settle)
@@ -227,6 +235,7 @@ def scrape_latency(
         for scraper in kinds.values():
             scraper.close()
         memory = measures.memory(daemon.pid)
+        idle_cpu = _idle_cpu_ms_per_second(daemon.pid, idle_seconds) if idle_seconds else None
     finally:
         daemon.stop()
     return {
@@ -240,7 +249,18 @@ def scrape_latency(
         "daemon_cpu_seconds_per_scrape": cpu / max(1, scrapes),
         "memory_at_start": asdict(started.memory) if started.memory else None,
         "memory_after_scrapes": asdict(memory),
+        "idle_seconds": idle_seconds,
+        "idle_cpu_ms_per_second": idle_cpu,
     }
+
+
+def _idle_cpu_ms_per_second(pid: int, seconds: float) -> float:
+    """CPU ms per second of a process left alone: after a second for closed connections'
+    threads to end, schedstat over ``seconds``."""
+    time.sleep(1.0)
+    before = measures.cpu_ns(pid)
+    time.sleep(seconds)
+    return (measures.cpu_ns(pid) - before) / 1e6 / seconds
 
 
 def soak(

@@ -61,6 +61,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "bytes": scrape["exposition_bytes"],
             "cpu_ms_per_scrape": scrape["daemon_cpu_seconds_per_scrape"] * 1000,
             "rss_mib_after": scrape["memory_after_scrapes"]["rss_kib"] / 1024,
+            "idle_seconds": scrape.get("idle_seconds"),
+            "idle_cpu_ms_per_s": scrape.get("idle_cpu_ms_per_second"),
         }
     if "soak" in results:
         summary["soak"] = _soak(results["soak"])
@@ -441,6 +443,11 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
             f"Daemon CPU per scrape: {s['cpu_ms_per_scrape']:.1f} ms; its RSS after the "
             f"scrapes: {s['rss_mib_after']:.1f} MiB.",
         ]
+        if s.get("idle_cpu_ms_per_s") is not None:
+            out[-1] += (
+                f" Idle (no connection, {s['idle_seconds']:g} s): "
+                f"{s['idle_cpu_ms_per_s']:.3f} ms of CPU per second."
+            )
     if "soak" in summary:
         out += _soak_section(results["soak"], summary["soak"])
     mappings = results.get("throughput", {}).get("memory_by_mapping", {}).get("procmond")

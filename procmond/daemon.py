@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
-from procmond import __version__, handoff, kernel
+from procmond import __version__, handoff, kernel, privileges
 from procmond.attribution import Attribution
 from procmond.cgroups import CgroupNamer, CgroupResolver, read_layout
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
@@ -104,11 +104,12 @@ class Daemon:
         started = time.monotonic()
         self.notifier.status("opening HTTP listener")
         # Bind before loading: a taken port or a host that does not resolve fails at once,
-        # not after the probe's compile. Until the probe is loaded a scrape waits (_serve).
+        # not after the probe's compile. Connections wait in the listen backlog until the
+        # server starts, once the probe is loaded and every capability is given up: the
+        # serving threads must never hold any (capabilities are per thread).
         self.server = MetricsServer(
             self._serve, self.config.listen_host, self.config.listen_port, self.web
         )
-        self.server.start()
         self.notifier.status("loading eBPF probe")
         log.info("loading the eBPF probe (compiling takes a second or two)")
         self.probe = handoff.load(self.config)
@@ -116,6 +117,8 @@ class Daemon:
         self.cgroups = self._cgroup_sources(self.reader)
         self._serving = self._render()
         self._loaded.set()
+        privileges.drop_all(self.reader.overflow_events)  # bound and loaded; before any thread
+        self.server.start()
         attached = sum(self.probe.attached.values())
         log.info(
             "procmond %s: %d/%d probes attached, BTF offsets %s, config from %s, at most "

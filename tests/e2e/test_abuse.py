@@ -1,12 +1,15 @@
-"""Hostile HTTP clients against the real daemon: it keeps serving and stays bounded."""
+"""Hostile HTTP clients against the real daemon: it keeps serving and stays bounded. Open
+connections are counted by the daemon's descriptors: it makes no thread for them."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
 
-from tests.e2e.harness import Daemon
+from procmond.connections import WORKERS
+from tests.e2e.harness import Daemon, start_daemon, unique_name
 
 
 def proc_status(daemon: Daemon) -> dict[str, str]:
@@ -16,6 +19,10 @@ def proc_status(daemon: Daemon) -> dict[str, str]:
 
 def threads(daemon: Daemon) -> int:
     return int(proc_status(daemon)["Threads"])
+
+
+def descriptors(daemon: Daemon) -> int:
+    return len(os.listdir(f"/proc/{daemon.process.pid}/fd"))
 
 
 def rss_kib(daemon: Daemon) -> int:
@@ -37,16 +44,16 @@ def raw_request(daemon: Daemon, payload: bytes, timeout: float = 10) -> bytes:
         return b"".join(chunks)
 
 
-def wait_threads_at_most(daemon: Daemon, limit: int, timeout: float) -> float:
+def wait_descriptors_at_most(daemon: Daemon, limit: int, timeout: float) -> float:
     started = time.monotonic()
-    while threads(daemon) > limit:
-        assert time.monotonic() - started < timeout, f"{threads(daemon)} threads remain"
+    while descriptors(daemon) > limit:
+        assert time.monotonic() - started < timeout, f"{descriptors(daemon)} descriptors remain"
         time.sleep(0.2)
     return time.monotonic() - started
 
 
 def test_idle_and_slowloris_clients_do_not_stop_scrapes(daemon: Daemon) -> None:
-    baseline = threads(daemon)
+    baseline, baseline_threads = descriptors(daemon), threads(daemon)
     idle = [socket.create_connection(("127.0.0.1", daemon.port)) for _ in range(500)]
     slow = [socket.create_connection(("127.0.0.1", daemon.port)) for _ in range(50)]
     try:
@@ -55,7 +62,8 @@ def test_idle_and_slowloris_clients_do_not_stop_scrapes(daemon: Daemon) -> None:
         latencies = [timed_scrape(daemon) for _ in range(5)]
         print(f"scrape with 550 hostile connections open: max {max(latencies) * 1000:.0f} ms")
         assert max(latencies) < 1.0
-        assert threads(daemon) >= baseline + 500  # they were all accepted
+        assert descriptors(daemon) >= baseline + 550  # they were all accepted
+        assert threads(daemon) == baseline_threads  # and hold no thread
         # keep trickling, one header byte at a time: the per-read timeout never fires, the
         # request deadline does
         for s in idle:
@@ -73,7 +81,7 @@ def test_idle_and_slowloris_clients_do_not_stop_scrapes(daemon: Daemon) -> None:
     finally:
         for s in idle + slow:
             s.close()
-    wait_threads_at_most(daemon, baseline + 2, 15)
+    wait_descriptors_at_most(daemon, baseline, 15)
     assert timed_scrape(daemon) < 1.0
 
 
@@ -98,7 +106,7 @@ def test_malformed_and_oversized_requests_get_errors(daemon: Daemon) -> None:
 
 
 def test_a_client_that_never_reads_is_cut_off(daemon: Daemon) -> None:
-    baseline = threads(daemon)
+    baseline = descriptors(daemon)
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     s.connect(("127.0.0.1", daemon.port))
@@ -106,7 +114,39 @@ def test_a_client_that_never_reads_is_cut_off(daemon: Daemon) -> None:
         for _ in range(200):  # pipelined requests whose answers fill every buffer
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert timed_scrape(daemon) < 1.0  # others are not held up meanwhile
-        took = wait_threads_at_most(daemon, baseline, 45)
+        took = wait_descriptors_at_most(daemon, baseline, 45)
         print(f"non-reading client cut off after {took:.1f} s")
     finally:
         s.close()
+
+
+RENAME = """
+import ctypes, os
+if not os.environ.get("PROCMOND_TEST_RENAMED"):  # the daemon, not its loader child
+    os.environ["PROCMOND_TEST_RENAMED"] = "1"
+    ctypes.CDLL(None).prctl(15, os.environ["PROCMOND_TEST_COMM"].encode(), 0, 0, 0)
+"""
+
+
+def test_scrapes_make_no_thread_in_the_daemon(tmp_path: Path) -> None:
+    """procmond counts its own thread creations too: a thread per scrape was noise in the
+    metric it serves. The daemon runs under a command name of its own (PR_SET_NAME before
+    anything else runs, inherited by each thread it makes), so its count is exact."""
+    (tmp_path / "sitecustomize.py").write_text(RENAME)
+    comm = unique_name("thr").decode()
+    env = {"PYTHONPATH": str(tmp_path), "PROCMOND_TEST_COMM": comm}
+    daemon = start_daemon(tmp_path, env=env)
+    try:
+        assert Path(f"/proc/{daemon.process.pid}/comm").read_text().strip() == comm
+
+        def made() -> float:
+            created = daemon.scrape().series("procmond_threads_created_total")
+            return sum(v for labels, v in created.items() if dict(labels)["comm"] == comm)
+
+        at_start = made()
+        assert at_start == 1 + WORKERS  # the connection loop and its workers
+        for _ in range(50):
+            daemon.scrape()  # a new connection each
+        assert made() == at_start
+    finally:
+        assert daemon.stop() == 0, daemon.log()

@@ -81,14 +81,14 @@ def test_full_maps_count_under_overflow_and_totals_stay_exact(
     )
     assert proc.stdout is not None and proc.stdin is not None
     assert proc.stdout.readline() == "ready\n"
+    created_before = created_on_host()  # around the scrapes: their map reads are inside
     before = small_daemon.scrape()
-    created_before = created_on_host()
     proc.stdin.write("go\n")
     proc.stdin.flush()
     assert proc.stdout.readline() == f"done {per_name * len(names)}\n"
     created = per_name * len(names)
-    others = created_on_host() - created_before - created  # the host's own, meanwhile
     after = small_daemon.scrape()
+    others = created_on_host() - created_before - created  # the host's own, meanwhile
     proc.stdin.close()
     proc.wait(timeout=10)
 

@@ -94,6 +94,11 @@ class FakeHash:
             raise OSError(5, "Input/output error")
         return list(self.rows)
 
+    def batches(self) -> list[tuple[bytes, bytes, int]]:
+        """As BPFMap.batches: keys back to back, values back to back."""
+        rows = self.items()
+        return [(b"".join(k for k, _ in rows), b"".join(v for _, v in rows), len(rows))]
+
     def per_cpu_values(self, key: bytes) -> list[bytes]:
         raise AssertionError("not a per-CPU map")
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from procmond import connections
+from procmond.connections import WORKERS
 from procmond.errors import ListenError
 from procmond.server import MetricsServer, registry_render
 
@@ -96,14 +101,150 @@ def test_port_in_use_is_a_listen_error(server: MetricsServer) -> None:
         MetricsServer(registry_render(CollectorRegistry()), "127.0.0.1", server.port)
 
 
-def test_accepted_connections_send_without_nagle() -> None:
+def test_accepted_connections_send_without_nagle(server: MetricsServer) -> None:
     """Headers and body go out in two writes: with Nagle's algorithm on, the end of a small
-    (gzipped) body waited ~40 ms for the client's delayed ACK. Not started: accepted by hand."""
-    s = MetricsServer(registry_render(CollectorRegistry()), "127.0.0.1", 0)
+    (gzipped) body waited ~40 ms for the client's delayed ACK."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5):
+        deadline = time.monotonic() + 5
+        while not server._loop._connections:
+            assert time.monotonic() < deadline, "the connection was not accepted"
+            time.sleep(0.01)
+        (accepted,) = server._loop._connections
+        assert accepted.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_scrapes_make_no_thread(server: MetricsServer) -> None:
+    """One thread per connection made a thread per scrape, counted in the very metric procmond
+    serves: a fixed pool answers them all."""
+    before = {t.native_id for t in threading.enumerate()}
+    for _ in range(30):
+        assert get(server, "/metrics").status == 200
+    assert {t.native_id for t in threading.enumerate()} == before
+
+
+def test_pipelined_requests_are_answered_in_order(server: MetricsServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /nope HTTP/1.1\r\n\r\n" * 2)
+        s.shutdown(socket.SHUT_WR)  # answered all the same, then closed
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"200", b"404", b"404"]
+
+
+def test_idle_and_half_sent_requests_hold_no_worker(server: MetricsServer) -> None:
+    """Only whole request heads reach the workers: more silent and trickling clients than
+    workers leave scrapes unaffected."""
+    hold = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
     try:
-        with socket.create_connection(("127.0.0.1", s.port), timeout=5):
-            accepted, _ = s._server.get_request()
-            with accepted:
-                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        for s in hold[1:]:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        assert WORKERS < 3 and get(server, "/metrics").status == 200  # 4 connections: the cap
     finally:
-        s._server.server_close()
+        for s in hold:
+            s.close()
+
+
+def test_a_trickled_request_is_cut_at_its_deadline(
+    server: MetricsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte every 0.2 s never trips the 1 s timeout between reads; the request deadline
+    (shortened here) does."""
+    monkeypatch.setattr(connections, "REQUEST_DEADLINE_SECONDS", 1.0)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for byte in b"GET /metrics HTTP/1.1\r\n" + b"X" * 100:
+                s.sendall(bytes([byte]))
+                time.sleep(0.2)
+        assert time.monotonic() - started < 3
+
+
+def test_a_client_that_never_reads_is_cut_off_and_holds_up_no_one() -> None:
+    big = CollectorRegistry()
+    for i in range(200):
+        Counter(f"c{i}", "A counter with a long help text. " * 20, registry=big).inc()
+    s = MetricsServer(registry_render(big), "127.0.0.1", 0, connection_timeout=1.0)
+    s.start()
+    try:
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        stuck.connect(("127.0.0.1", s.port))
+        for _ in range(100):  # pipelined: answers that fill every buffer, never read
+            stuck.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert get(s, "/metrics").status == 200
+        deadline = time.monotonic() + 5
+        while s._loop.connections:
+            assert time.monotonic() < deadline, "the stuck connection was not cut off"
+            time.sleep(0.05)
+        stuck.close()
+    finally:
+        s.close()
+
+
+def test_an_idle_server_is_never_woken() -> None:
+    """No poll interval, no reaper: with no connection, its threads sleep until there is one
+    (the third field of schedstat counts the times a thread ran)."""
+    s = MetricsServer(registry_render(CollectorRegistry()), "127.0.0.1", 0)
+    s.start()
+    try:
+        assert get(s, "/").status == 200
+        deadline = time.monotonic() + 5
+        while s._loop.connections:  # the keep-alive connection, closed by the client
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)
+        threads = [t for t in s._loop._threads]
+        before = [_runs(t) for t in threads]
+        time.sleep(1.5)
+        assert [_runs(t) for t in threads] == before
+    finally:
+        s.close()
+
+
+def _runs(thread: threading.Thread) -> int:
+    return int(Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text().split()[2])
+
+
+def test_an_address_not_on_any_interface_binds() -> None:
+    """IP_FREEBIND: at boot the configured address may not be up yet (tests/e2e/test_listen.py
+    then adds it and scrapes it)."""
+    s = MetricsServer(registry_render(CollectorRegistry()), "192.0.2.77", 0)  # TEST-NET-1
+    try:
+        assert s.address.startswith("192.0.2.77:")
+    finally:
+        s.close()
+
+
+def test_the_server_closes_promptly_with_a_slow_answer_in_flight() -> None:
+    started = threading.Event()
+
+    def slow(_accept: str) -> tuple[bytes, str]:
+        started.set()
+        time.sleep(0.2)
+        return b"slow 1\n", "text/plain"
+
+    s = MetricsServer(slow, "127.0.0.1", 0)
+    s.start()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+        c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert started.wait(5)
+        t0 = time.monotonic()
+        s.close()  # the answer in flight is still written in full
+        assert time.monotonic() - t0 < 1.5
+        answer = b"".join(iter(lambda: c.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"slow 1\n")
+
+
+@pytest.mark.parametrize(
+    ("data", "end"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET", 27),
+        (b"GET / HTTP/1.1\n\n", 16),
+        (b"GET / HTTP/1.1\r\n\r\n", 18),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", -1),
+        (b"GET /\r\n", 7),  # HTTP/0.9: no headers follow
+        (b"\r\nGET", 2),
+        (b"GET / HTTP/1.1", -1),
+    ],
+)
+def test_head_end(data: bytes, end: int) -> None:
+    assert connections.head_end(data) == end
