@@ -117,9 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     storm, calm, dash = (unique_name(p).decode() for p in ("storm", "calm", "dash"))
     # Room for every label set the rest of the host makes meanwhile: no map overflow here.
     # Syscall probes on: the dashboard's fork-duration and failures-by-errno panels read them.
-    daemon = start_daemon(tmp, "histogram_max_entries: 4096
-syscall_probes: true
-")
+    daemon = start_daemon(tmp, "histogram_max_entries: 4096\nsyscall_probes: true\n")
     instance = f"127.0.0.1:{daemon.port}"
     overrides = threshold_overrides(
         tmp / "thresholds.rules.yml",
