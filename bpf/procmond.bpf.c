@@ -103,13 +103,31 @@ static __always_inline u64 current_cgroup(void)
     return LABEL_CGROUP ? bpf_get_current_cgroup_id() : 0;
 }
 
-static __always_inline void fill_pair_key(struct comm_pair_key *key, void *task)
+static __always_inline int current_is_leader(void)
+{
+    u64 ids = bpf_get_current_pid_tgid();
+    return (u32)ids == (u32)(ids >> 32);
+}
+
+/* The command of the current task's process. Most tasks that fork, exec or exit are their
+ * process's leader: their own comm is then the process's, copied by bpf_get_current_comm()
+ * without reading the leader pointer and without a probe read's fault handling. */
+static __always_inline void read_current_process_comm(char *dst)
+{
+    if (current_is_leader())
+        bpf_get_current_comm(dst, COMM_LEN);
+    else
+        read_comm(leader_of((void *)bpf_get_current_task()), dst);
+}
+
+/* The key of a creation or exec by the current task. */
+static __always_inline void fill_pair_key(struct comm_pair_key *key)
 {
     key->cgroup_id = current_cgroup();
     if (LABEL_COMM)
-        read_comm(leader_of(task), key->comm);
+        read_current_process_comm(key->comm);
     if (LABEL_PARENT_COMM)
-        read_comm(parent_leader_of(task), key->parent_comm);
+        read_comm(parent_leader_of((void *)bpf_get_current_task()), key->parent_comm);
 }
 
 static __always_inline void count_overflow(u32 map_id)
@@ -245,16 +263,16 @@ static __always_inline void emit_creation(void *parent, void *child, u32 is_thre
  * the kernel makes on a process's behalf (io_uring), a thread of that process. */
 int on_task_newtask(struct bpf_raw_tracepoint_args *ctx)
 {
-    void *creator = (void *)bpf_get_current_task();
     struct comm_pair_key key = {};
 
-    fill_pair_key(&key, creator);
+    fill_pair_key(&key);
     if (ctx->args[1] & CLONE_THREAD)
         count_thread(&key);
     else
         count_fork(&key);
 #ifdef PROCMOND_WATCH
-    emit_creation(creator, (void *)ctx->args[0], (ctx->args[1] & CLONE_THREAD) != 0);
+    emit_creation((void *)bpf_get_current_task(), (void *)ctx->args[0],
+                  (ctx->args[1] & CLONE_THREAD) != 0);
 #endif
     return 0;
 }
@@ -265,7 +283,7 @@ int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 {
     struct comm_pair_key key = {};
 
-    fill_pair_key(&key, (void *)ctx->args[0]);
+    fill_pair_key(&key); /* the exec'ing task is current */
     count_exec(&key);
     return 0;
 }
@@ -286,13 +304,13 @@ int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
         return 0;
 #endif
     struct cgroup_comm_key key = {.cgroup_id = current_cgroup()}; /* the task is current */
-    void *leader = leader_of(task);
     if (LABEL_COMM)
-        read_comm(leader, key.comm);
+        read_current_process_comm(key.comm);
     count_exit(&key);
 #if HISTOGRAMS
     struct comm_key command = {};
     __builtin_memcpy(command.comm, key.comm, COMM_LEN);
+    void *leader = current_is_leader() ? task : leader_of(task);
     u64 lifetime_ns = bpf_ktime_get_ns() - read_u64(leader, TASK_START_TIME_OFF);
     observe_lifetime(&command, lifetime_ns);
 #endif
@@ -373,7 +391,7 @@ static __always_inline int exit_creation(void *ctx)
     if (ret < 0) {
         struct failure_key failure = {.cgroup_id = current_cgroup(), .error = (u32)-ret};
         if (LABEL_COMM)
-            read_comm(leader_of((void *)bpf_get_current_task()), failure.comm);
+            read_current_process_comm(failure.comm);
         count_failure(&failure);
     }
     if (!call || !call->start_ns)
@@ -383,7 +401,7 @@ static __always_inline int exit_creation(void *ctx)
 #if HISTOGRAMS
     struct comm_key key = {};
     if (LABEL_COMM)
-        read_comm(leader_of((void *)bpf_get_current_task()), key.comm);
+        read_current_process_comm(key.comm);
     observe_fork_duration(&key, duration_ns);
 #endif
     return PASS_ON;
