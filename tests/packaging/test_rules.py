@@ -184,8 +184,9 @@ def test_alerts_name_the_unit_or_pod_they_are_about() -> None:
     them; the host-wide rates sum them all away."""
     records = {r["record"]: r["expr"] for r in rules() if "record" in r}
     for stem in ("forks", "threads_created"):
-        assert f"sum without (parent_comm, container) (rate(procmond_{stem}_total[1m]))" == (
-            records[f"instance_comm:procmond_{stem}:rate1m"]
+        assert (
+            f"sum without (parent_comm, container) (rate(procmond_{stem}_total[1m]))"
+            == (records[f"instance_comm:procmond_{stem}:rate1m"])
         )
         host = records[f"instance:procmond_{stem}:rate1m"]
         assert host.startswith("sum without (comm, unit, namespace, pod) ("), host
