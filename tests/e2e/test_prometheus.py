@@ -354,12 +354,19 @@ def test_every_dashboard_query_runs_and_returns_data(
     # A storm in a unit for the alert panels (ProcmondForkStorm fires for it, so ALERTS has
     # data) and the top-units panel; the alert carries the unit and names it.
     unit, path = a_unit()
-    storm = tree.start(tree.make(path), str(creator), "fork", str(STORM_MAX_FORKS), stack.dash)
+    storm = tree.start(
+        tree.make(path), str(creator), "fork", str(STORM_MAX_FORKS), stack.dash.encode().hex()
+    )
     try:
         alert = wait_for_fork_storm(prometheus, storm, stack.dash)
     finally:
         stop(storm)
     assert alert["labels"]["unit"] == unit, alert
+    # The dashboard's recording rules are another group, evaluated on their own schedule.
+    unit_creations = f'instance_unit:procmond_creations:rate1m{{unit="{unit}"}}'
+    prometheus.wait_until(
+        f"{unit_creations} recorded", lambda: prometheus.query(unit_creations), 30
+    )
     assert (
         f"{stack.dash} (parent {own_comm()}) in unit {unit} on "
         in (alert["annotations"]["description"])
