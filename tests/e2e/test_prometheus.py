@@ -5,15 +5,19 @@ Thresholds are lowered for the test's own command names through the documented m
 rules file of overrides). Two other jobs share procmond's instance label, as node_exporter's
 does where instance is relabelled to the host name: "node" (an exporter of this test process's
 own process_* metrics) and "blackbox" (a port nobody answers, so its up is 0); the dashboard
-must show none of their series. `for:` cannot be tuned that way, so ProcmondForkStorm's `for: 1m` is
-set to 0s in the copy of the rules this Prometheus loads; every other rule is loaded as
-shipped, and the promtool unit tests (tests/packaging) cover the `for` durations.
+must show none of their series. `for:` cannot be tuned that way, so ProcmondForkStorm's and
+ProcmondTaskLimitReached's `for: 1m` are set to 0s in the copy of the rules this Prometheus
+loads; every other rule is loaded as shipped, and the promtool unit tests (tests/packaging)
+cover the `for` durations. Load runs in real cgroups named as systemd names units, and as the
+kubelet lays out pods (tests/e2e/cgroup_tree.py), for the alerts' unit labels and the
+dashboard's unit and pod panels.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import threading
 import time
@@ -29,6 +33,9 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
+from procmond.cgroups import read_layout
+from procmond.tasklimits import find_pids_hierarchy
+from tests.e2e.cgroup_tree import CgroupTree, Pod
 from tests.e2e.harness import (
     Daemon,
     free_port,
@@ -53,6 +60,9 @@ HEALTH_ALERTS = {
 STORM_THRESHOLD = 50  # per second, for the storms' names only
 STORM_MAX_FORKS = 200_000  # a bound: ~30 s at this machine's rate; stopped once it alerts
 FIRING_TIMEOUT = 45
+FOR_ZERO = ("ProcmondForkStorm", "ProcmondTaskLimitReached")  # `for` set to 0s, see above
+PODS_DIR = Path("/var/log/pods")
+CONTAINERS_DIR = Path("/var/log/containers")
 
 
 @dataclass
@@ -101,12 +111,12 @@ def sharing_the_instance(job: str, target: str, instance: str) -> dict[str, Any]
 
 
 def live_rules(path: Path) -> Path:
-    """The shipped rules with ProcmondForkStorm's `for` at 0s (see the module docstring)."""
+    """The shipped rules with FOR_ZERO's `for` at 0s (see the module docstring)."""
     rules = yaml.safe_load(shipped.RULES.read_text())
-    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
-    storm = [r for r in alerts if r["alert"] == "ProcmondForkStorm"]
-    assert len(storm) == 1
-    storm[0]["for"] = "0s"
+    alerts = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") in FOR_ZERO]
+    assert sorted(r["alert"] for r in alerts) == sorted(FOR_ZERO)
+    for alert in alerts:
+        alert["for"] = "0s"
     path.write_text(yaml.safe_dump(rules, sort_keys=False, width=1000))
     return path
 
@@ -161,6 +171,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert daemon_rc == 0, daemon.log()
 
 
+@pytest.fixture
+def tree() -> Iterator[CgroupTree]:
+    """Cgroups in the real cgroup v2 hierarchy, removed after the test."""
+    layout = read_layout()
+    assert layout.v2 is not None, "these tests need cgroup v2 (unified or hybrid)"
+    t = CgroupTree(layout.v2.mount_point)
+    yield t
+    t.remove()
+
+
+def a_unit() -> tuple[str, str]:
+    """A new unit's name and its cgroup path, as systemd lays out a service."""
+    unit = f"test-{secrets.token_hex(4)}.service"
+    return unit, f"/test.slice/{unit}"
+
+
 def start_creator(
     creator: Path, mode: str, count: int, name: str, *options: str
 ) -> subprocess.Popen:
@@ -174,6 +200,19 @@ def start_creator(
 def stop(process: subprocess.Popen) -> None:
     process.kill()
     process.wait(10)
+
+
+def firing(prometheus: Prometheus, alertname: str, **labels: str) -> dict[str, Any] | None:
+    """The firing alert of that name whose labels include these."""
+    for alert in prometheus.alerts():
+        got = alert["labels"]
+        if (
+            got["alertname"] == alertname
+            and all(got.get(k) == v for k, v in labels.items())
+            and alert["state"] == "firing"
+        ):
+            return alert
+    return None
 
 
 def wait_for_fork_storm(prometheus: Prometheus, storm: subprocess.Popen, comm: str) -> dict:
@@ -201,15 +240,7 @@ def wait_for_fork_storm(prometheus: Prometheus, storm: subprocess.Popen, comm: s
 
 
 def fork_storm_alert(prometheus: Prometheus, comm: str) -> dict[str, Any] | None:
-    for alert in prometheus.alerts():
-        labels = alert["labels"]
-        if (
-            labels["alertname"] == "ProcmondForkStorm"
-            and labels.get("comm") == comm
-            and alert["state"] == "firing"
-        ):
-            return alert
-    return None
+    return firing(prometheus, "ProcmondForkStorm", comm=comm)
 
 
 def active_at(alert: dict[str, Any]) -> float:
@@ -279,8 +310,32 @@ def test_fork_storm_alert_fires_naming_the_command(stack: Stack, creator: Path) 
         print(f"also active (other activity on this host): {other['labels']} {other['state']}")
 
 
-def test_every_dashboard_query_runs_and_returns_data(stack: Stack, creator: Path) -> None:
+def test_every_dashboard_query_runs_and_returns_data(
+    stack: Stack, creator: Path, tree: CgroupTree
+) -> None:
     prometheus = stack.prometheus
+    # A pod, as the kubelet lays it out, creating processes: for the top-pods panel. Its
+    # names are looked up once it has created something; its series then carry them.
+    pod = Pod()
+    try:
+        pod.write_pod_dir(PODS_DIR)
+        pod.write_link(PODS_DIR, CONTAINERS_DIR)
+        in_pod = tree.make(pod.container_cgroup("systemd", "burstable"))
+        podded = unique_name("dpod")
+        pod_forks = f'procmond_forks_total{{pod="{pod.name}", namespace="{pod.namespace}"}}'
+        pod_creations = f'instance_namespace_pod:procmond_creations:rate1m{{pod="{pod.name}"}}'
+
+        def fork_in_pod() -> list[dict[str, Any]]:
+            done = tree.start(in_pod, str(creator), "fork", "5", podded.hex())
+            assert done.wait(30) == 0, done.stderr.read()
+            return prometheus.query(pod_forks)
+
+        prometheus.wait_until(f"{pod_forks} scraped", fork_in_pod, 30)
+        prometheus.wait_until(
+            f"{pod_creations} recorded", lambda: prometheus.query(pod_creations), 30
+        )
+    finally:
+        pod.remove()
     names = [unique_name(p) for p in ("dthr", "dspawn", "dfail")]
     run_creator(creator, "thread", 20_000, names[:1])
     run_creator(creator, "spawn", 300, names[1:2])
@@ -296,12 +351,26 @@ def test_every_dashboard_query_runs_and_returns_data(stack: Stack, creator: Path
         lambda: prometheus.query(f"rate({failed_calls}[1m]) > 0"),
         30,
     )
-    # A storm for the alert panels: ProcmondForkStorm fires for it, so ALERTS has data.
-    storm = start_creator(creator, "fork", STORM_MAX_FORKS, stack.dash)
+    # A storm in a unit for the alert panels (ProcmondForkStorm fires for it, so ALERTS has
+    # data) and the top-units panel; the alert carries the unit and names it.
+    unit, path = a_unit()
+    storm = tree.start(
+        tree.make(path), str(creator), "fork", str(STORM_MAX_FORKS), stack.dash.encode().hex()
+    )
     try:
-        wait_for_fork_storm(prometheus, storm, stack.dash)
+        alert = wait_for_fork_storm(prometheus, storm, stack.dash)
     finally:
         stop(storm)
+    assert alert["labels"]["unit"] == unit, alert
+    # The dashboard's recording rules are another group, evaluated on their own schedule.
+    unit_creations = f'instance_unit:procmond_creations:rate1m{{unit="{unit}"}}'
+    prometheus.wait_until(
+        f"{unit_creations} recorded", lambda: prometheus.query(unit_creations), 30
+    )
+    assert (
+        f"{stack.dash} (parent {own_comm()}) in unit {unit} on "
+        in (alert["annotations"]["description"])
+    ), alert
 
     dashboard = shipped.load()
     variables = dashboard_variables(stack)
@@ -342,6 +411,8 @@ def test_every_dashboard_query_runs_and_returns_data(stack: Stack, creator: Path
             offered[variable["name"]] = prometheus.api(
                 f"label/{label}/values", **{"match[]": series}
             )
+    # Units and pods: the test's own among them (other tests on this host may add theirs).
+    assert unit in offered.pop("unit") and pod.name in offered.pop("pod"), offered
     assert offered == {"job": [JOB], "instance": [stack.instance]}, offered
 
 
@@ -355,6 +426,9 @@ def dashboard_variables(stack: Stack) -> dict[str, str]:
         "job": JOB,
         # As Grafana interpolates a multi-value variable into a regex: dots escaped.
         "instance": stack.instance.replace(".", "\\\\."),
+        # All, as the dashboard's allValue has it: tasks of no unit or pod too.
+        "unit": ".*",
+        "pod": ".*",
         "datasource": "procmond-test",
     }
 
@@ -395,3 +469,63 @@ def test_dashboard_shows_only_procmond_where_other_jobs_share_its_instance(stack
         if shown != truth:
             mixed.append(f"{q.panel} [{q.ref_id}]: {expr}\n  shows {shown}\n  procmond's {truth}")
     assert not mixed, "\n".join(mixed)
+
+
+def test_task_limit_alert_fires_naming_the_unit(
+    stack: Stack, creator: Path, tree: CgroupTree
+) -> None:
+    """A fork bomb held by its unit's pids.max, with the default probes: the pids controller's
+    count of refused forks sets off ProcmondTaskLimitReached for that unit. The pids
+    controller is a v1 one on hybrid hosts: the unit's cgroup is made in both, as systemd does
+    there."""
+    prometheus = stack.prometheus
+    pids = find_pids_hierarchy(read_layout())
+    assert pids is not None, "no pids controller on this host"
+    unit, path = a_unit()
+    limited = CgroupTree(pids.hierarchy.mount_point)
+    try:
+        v1 = limited.make(path) if pids.version == 1 else None
+        cgroup = tree.make(path)
+        ((v1 or cgroup) / "pids.max").write_text("5\n")  # the creator itself and 4 children
+        script = f'echo $$ > "{cgroup}/cgroup.procs" && '
+        script += f'echo $$ > "{v1}/cgroup.procs" && ' if v1 else ""
+        name = unique_name("bomb")
+
+        def bomb() -> None:
+            """30 forks at once, each child living 300 ms: 4 made, 26 refused."""
+            argv = [str(creator), "fork", "30", "--together", "--child-sleep-ms", "300"]
+            argv += ["--tolerate-failures", name.hex()]
+            done = subprocess.run(
+                ["sh", "-c", script + 'exec "$@"', "_", *argv],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            assert done.stdout.split()[1::2] == ["4", "26"], done.stdout
+
+        # A first bomb makes the series; one more once Prometheus has it, so that it rises.
+        hits = f'procmond_task_limit_hits_total{{unit="{unit}"}}'
+        bomb()
+        prometheus.wait_until(f"{hits} scraped", lambda: prometheus.query(hits), 30)
+        bomb()
+        alert = prometheus.wait_until(
+            f"ProcmondTaskLimitReached firing for {unit}",
+            lambda: firing(prometheus, "ProcmondTaskLimitReached", unit=unit),
+            FIRING_TIMEOUT,
+        )
+    finally:
+        limited.remove()
+    assert alert["labels"] == {
+        "alertname": "ProcmondTaskLimitReached",
+        "severity": "warning",
+        "job": JOB,
+        "instance": stack.instance,
+        "unit": unit,
+    }
+    assert alert["annotations"]["summary"] == f"{unit} on {stack.instance} is at its task limit"
+    description = alert["annotations"]["description"]
+    assert f"forks per second in unit {unit} on {stack.instance} for over a minute" in (
+        description
+    ), description
+    assert f", and {name.decode()} creates the most there." in description, description

@@ -123,3 +123,51 @@ def test_substitute_refuses_unknown_variables() -> None:
     assert db.substitute("rate(x[$__rate_interval])", {"__rate_interval": "1m"}) == "rate(x[1m])"
     with pytest.raises(AssertionError, match="without a value"):
         db.substitute("x[$__interval]", {"__rate_interval": "1m"})
+
+
+CGROUP_PANELS = {
+    "Top units by creation rate": ("instance_unit:procmond_creations:rate1m", "unit"),
+    "Top pods by creation rate": ("instance_namespace_pod:procmond_creations:rate1m", "pod"),
+}
+
+
+def test_unit_and_pod_variables_offer_the_recorded_ones_and_all_takes_in_the_rest() -> None:
+    """All must match the empty label too (creations outside any unit or pod): Grafana's
+    default All is a regex of the values offered, which would drop them, hence allValue .*."""
+    variables = {v["name"]: v for v in db.load()["templating"]["list"]}
+    names = list(variables)
+    for (series, label), name in zip(CGROUP_PANELS.values(), ("unit", "pod"), strict=True):
+        v = variables[name]
+        query = f'label_values({series}{{job=~"$job", instance=~"$instance"}}, {label})'
+        assert v["query"]["query"] == v["definition"] == query, name
+        assert v["datasource"] == DATASOURCE
+        assert v["multi"] and v["includeAll"] and v["allValue"] == ".*", name
+        assert v["current"]["value"] == ["$__all"], name
+        assert names.index("instance") < names.index(name)  # its query reads $instance
+
+
+def test_top_units_and_pods_panels_rank_the_recorded_creation_rates() -> None:
+    panels = {p["title"]: p for p in db.panels(db.load())}
+    for title, (series, label) in CGROUP_PANELS.items():
+        (target,) = panels[title]["targets"]
+        assert target["expr"].startswith("topk(10, sum by ("), title
+        assert f"{series}{{" in target["expr"] and f'{label}=~"${label}"' in target["expr"]
+    assert "by (namespace, pod)" in panels["Top pods by creation rate"]["targets"][0]["expr"]
+
+
+def test_per_command_panels_follow_the_unit_and_pod_variables() -> None:
+    """The panels over counters that carry unit and pod narrow to the chosen ones; those over
+    the histograms (by command only) cannot, and must not (they would show nothing)."""
+    filtered = 0
+    for q in db.queries(db.load()):
+        uses_cgroup = 'unit=~"$unit"' in q.expr
+        assert uses_cgroup == ('pod=~"$pod"' in q.expr) or q.panel in CGROUP_PANELS, q
+        by_command_only = ("lifetime", "fork_duration", "short_lived", "sum(instance:")
+        if any(word in q.expr for word in by_command_only):
+            assert not uses_cgroup, q
+        elif "by (comm" in q.expr or "by (parent_comm)" in q.expr:
+            assert uses_cgroup and all(
+                'unit=~"$unit", pod=~"$pod"' in s for s in re.findall(r"\{[^{}]*\}", q.expr)
+            ), q
+            filtered += 1
+    assert filtered >= 5

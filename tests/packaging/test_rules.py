@@ -176,3 +176,27 @@ def test_readme_prometheus_config_examples_pass_promtool(tmp_path: Path) -> None
         (tmp_path / "prometheus.yml").write_text(block)
         result = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alerts_name_the_unit_or_pod_they_are_about() -> None:
+    """The per-command rates keep unit, namespace and pod (container and parent_comm summed
+    away), so the storm and failure alerts carry them as labels and their descriptions name
+    them; the host-wide rates sum them all away."""
+    records = {r["record"]: r["expr"] for r in rules() if "record" in r}
+    for stem in ("forks", "threads_created"):
+        assert (
+            f"sum without (parent_comm, container) (rate(procmond_{stem}_total[1m]))"
+            == (records[f"instance_comm:procmond_{stem}:rate1m"])
+        )
+        host = records[f"instance:procmond_{stem}:rate1m"]
+        assert host.startswith("sum without (comm, unit, namespace, pod) ("), host
+    failed = records["instance_comm:procmond_failed_creation_calls:rate1m"]
+    assert failed.startswith("sum without (error, container)"), failed
+    where = "{{ with $labels.unit }} in unit {{ . }}{{ end }}"
+    for name in ("ProcmondForkStorm", "ProcmondThreadStorm", "ProcmondForkFailures"):
+        description = alerts()[name]["annotations"]["description"]
+        assert where in description and "in pod {{ $labels.namespace }}/" in description, name
+    limit = alerts()["ProcmondTaskLimitReached"]
+    assert 'procmond_task_limit_hits_total{unit!="__overflow__"}' in limit["expr"]
+    assert "$labels.unit" in limit["annotations"]["description"]
+    assert "$labels.pod" in limit["annotations"]["description"]
