@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from procmond.cgroups import read_layout
+from tests.e2e.cgroup_tree import CgroupTree
 from tests.e2e.harness import Daemon, build_creator, start_daemon
 
 
@@ -27,3 +29,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = start_daemon(tmp_path_factory.mktemp("daemon"))
     yield d
     assert d.stop() == 0, d.log()
+
+
+@pytest.fixture
+def tree() -> Iterator[CgroupTree]:
+    """Cgroups in the real cgroup v2 hierarchy, removed (with their processes) after the test."""
+    layout = read_layout()
+    assert layout.v2 is not None, "these tests need cgroup v2 (unified or hybrid)"
+    t = CgroupTree(layout.v2.mount_point)
+    yield t
+    t.remove()

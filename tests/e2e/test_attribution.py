@@ -24,15 +24,6 @@ OVERFLOW = "__overflow__"
 
 
 @pytest.fixture
-def tree() -> Iterator[CgroupTree]:
-    layout = read_layout()
-    assert layout.v2 is not None, "these tests need cgroup v2 (unified or hybrid)"
-    t = CgroupTree(layout.v2.mount_point)
-    yield t
-    t.remove()
-
-
-@pytest.fixture
 def pods() -> Iterator[list[Pod]]:
     made: list[Pod] = []
     yield made

@@ -171,16 +171,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert daemon_rc == 0, daemon.log()
 
 
-@pytest.fixture
-def tree() -> Iterator[CgroupTree]:
-    """Cgroups in the real cgroup v2 hierarchy, removed after the test."""
-    layout = read_layout()
-    assert layout.v2 is not None, "these tests need cgroup v2 (unified or hybrid)"
-    t = CgroupTree(layout.v2.mount_point)
-    yield t
-    t.remove()
-
-
 def a_unit() -> tuple[str, str]:
     """A new unit's name and its cgroup path, as systemd lays out a service."""
     unit = f"test-{secrets.token_hex(4)}.service"
