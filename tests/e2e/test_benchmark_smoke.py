@@ -70,7 +70,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert set(summary["scrape"]["p99_ms"]) == {"plain", "prometheus"}
     assert "rss_growth_mib" in summary["soak"]
     targets = summary["targets"]
-    assert len(targets) == 9
+    assert len(targets) == 14
     assert all(t["met"] is not None for t in targets), targets
     for target in targets:
         assert target["name"] in table
