@@ -84,10 +84,11 @@ def test_batched_and_key_by_key_reads_agree(creator: Path) -> None:
         names = [unique_name("kb") for _ in range(300)]  # so that some hash bucket holds two
         run_creator(creator, "fork", 3, names)
         forks = probe.map("forks_total")
+        comm = probe.layouts["forks_total"].key.field("comm").decoder()
 
         def ours(rows: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
             """This test's rows: the host's other processes change theirs meanwhile."""
-            return sorted(row for row in rows if row[0][:16].rstrip(b"\0") in names)
+            return sorted(row for row in rows if comm(row[0]) in names)
 
         batched = ours(forks.items())
         assert len(batched) >= 300
@@ -102,7 +103,7 @@ def test_batched_and_key_by_key_reads_agree(creator: Path) -> None:
         overflow = probe.map("overflow_events")
         assert overflow.per_cpu
         assert len(overflow.per_cpu_values(bytes(4))) == possible_cpus()
-        assert probe.map("forks_total").lookup(b"\xff" * 32) is None
+        assert probe.map("forks_total").lookup(b"\xff" * forks.key_size) is None
     finally:
         probe.close()
 
