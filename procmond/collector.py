@@ -20,6 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from procmond import privileges
 from procmond.attribution import Attribution
 from procmond.cgroups import CgroupLayout
 from procmond.config import Config
@@ -341,6 +342,12 @@ class ProcmondCollector:
         for name, attached in sorted(s.attached.items()):
             probes.add_metric([name], int(attached))
         yield probes
+        yield GaugeMetricFamily(
+            "procmond_capabilities_retained",
+            "Linux capabilities the daemon still holds (its permitted set): 0 once it has given "
+            "them up after loading the probe; 1 (CAP_BPF) where the kernel needs it to read maps.",
+            value=privileges.retained_count(),
+        )
         yield GaugeMetricFamily(
             "procmond_btf_offsets_in_use",
             "1 if struct offsets come from the running kernel's BTF; 0 if from the installed "

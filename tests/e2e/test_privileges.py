@@ -81,7 +81,7 @@ def test_after_ready_every_thread_holds_no_capability_and_counts_stay_exact(
     run_creator(creator, "fork", 20, [name])
     run_creator(creator, "thread", 7, [name])
     m = daemon.scrape()
-    assert m.value("procmond_capabilities_retained") == 0
+    assert m.get("procmond_capabilities_retained") == 0
     assert m.value("procmond_scrape_success") == 1
     forks = m.series("procmond_forks_total")
     threads_created = m.series("procmond_threads_created_total")
@@ -117,7 +117,7 @@ def test_reloads_work_without_capabilities_but_a_privileged_port_needs_a_restart
         port = free_port()
         reload(daemon, f'listen: "127.0.0.1:{port}"\n', "reloaded config from")
         daemon.port = port
-        assert daemon.scrape().value("procmond_capabilities_retained") == 0
+        assert daemon.scrape().get("procmond_capabilities_retained") == 0
         # a port below 1024 needs CAP_NET_BIND_SERVICE, which is gone: the old listener stays
         privileged = free_privileged_port()
         reload(daemon, f'listen: "127.0.0.1:{privileged}"\n', "reload failed")

@@ -120,7 +120,7 @@ def test_enable_now_serves_real_counts(box: SystemdSandbox) -> None:
     fields = dict(line.split(":\t", 1) for line in status.splitlines())
     # CAP_BPF and CAP_PERFMON were for the loader child; the daemon gave them up after it
     assert [int(fields[f], 16) for f in ("CapEff", "CapPrm", "CapInh", "CapAmb")] == [0] * 4
-    assert scrape(box).value("procmond_capabilities_retained") == 0
+    assert scrape(box).get("procmond_capabilities_retained") == 0
     assert int(fields["CapBnd"], 16) == CAP_BPF_AND_PERFMON
     assert fields["NoNewPrivs"].strip() == "1"
     assert fields["Seccomp"].strip() == "2"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from procmond import privileges
 from procmond.collector import ProbeStatus, ProcmondCollector
 from procmond.config import Config
 from procmond.maps import Histogram, MapReader
@@ -234,3 +236,12 @@ def test_without_syscall_probes_their_families_are_absent() -> None:
     assert "procmond_fork_duration_seconds_count" not in names
     assert "procmond_process_lifetime_seconds_count" in names
     assert ("procmond_map_entries", (("map", "fork_failures_total"),)) not in m
+
+
+def test_capabilities_retained_is_what_the_kernel_says_at_each_scrape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = iter([0, 1])
+    monkeypatch.setattr(privileges, "retained_count", lambda: next(held))
+    assert scrape(tables())[("procmond_capabilities_retained", ())] == 0
+    assert scrape(tables())[("procmond_capabilities_retained", ())] == 1
