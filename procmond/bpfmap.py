@@ -16,6 +16,7 @@ from pathlib import Path
 
 # enum bpf_cmd (include/uapi/linux/bpf.h)
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
@@ -156,6 +157,12 @@ class BPFMap:
         except FileNotFoundError:
             return None
         return v.raw
+
+    def update(self, key: bytes, value: bytes) -> None:
+        """Set the entry at ``key`` (created if absent): a switch the probe reads."""
+        k = ctypes.create_string_buffer(key, self.key_size)
+        v = ctypes.create_string_buffer(value, self.stored_value_size)
+        bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(self.fd, 0, ctypes.addressof(k), ctypes.addressof(v)))
 
     def take(self, key: bytes) -> bytes | None:
         """Delete the entry at ``key`` and return its last value, in one step (hash maps,

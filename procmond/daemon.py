@@ -28,6 +28,7 @@ from procmond.logs import setup_logging
 from procmond.maps import MapReader
 from procmond.metrics import series_budget
 from procmond.server import MetricsServer, Render
+from procmond.storm_monitor import StormMonitor
 from procmond.systemd import Notifier
 from procmond.webconfig import WebSettings, load_web_config
 
@@ -84,6 +85,7 @@ class Daemon:
         self.server: MetricsServer | None = None
         self.reader: MapReader | None = None
         self.collector: ProcmondCollector | None = None
+        self.storms: StormMonitor | None = None
         self._last_status = ""
 
     def start(self) -> None:
@@ -91,6 +93,8 @@ class Daemon:
         self.notifier.status("loading eBPF probe")
         self.probe = handoff.load(self.config)
         self.reader = self.probe.reader()
+        self.storms = StormMonitor(self.probe)
+        self.storms.configure(self.config)
         self.notifier.status("opening HTTP listener")
         self.server = MetricsServer(
             self._render(), self.config.listen_host, self.config.listen_port, self.web
@@ -117,7 +121,7 @@ class Daemon:
         procmond itself (fast at 10,000s of series), to every client that accepts it; only a
         client that accepts nothing but OpenMetrics gets that, all through prometheus_client
         (3-4 times slower at 10,000 series). Both show the same samples."""
-        assert self.probe is not None and self.reader is not None
+        assert self.probe is not None and self.reader is not None and self.storms is not None
         status = ProbeStatus(
             self.probe.attached,
             self.probe.btf_offsets,
@@ -130,7 +134,7 @@ class Daemon:
         rest = CollectorRegistry()
         full = CollectorRegistry()
         for registry, collectors in ((rest, ()), (full, (collector,))):
-            for c in (*collectors, self.reload_state, process):
+            for c in (*collectors, self.reload_state, self.storms, process):
                 registry.register(c)  # type: ignore[arg-type]
 
         def render(accept: str) -> tuple[bytes, str]:
@@ -211,6 +215,8 @@ class Daemon:
             return
         logging.getLogger().setLevel(new.log_level.upper())
         self.config, self.source = new, source
+        if self.storms is not None:
+            self.storms.configure(new)
         self.reload_state.successful = True
         self.reload_state.success_time = time.time()
         log.info("reloaded config from %s", source)
@@ -231,6 +237,8 @@ class Daemon:
         closing = threading.Thread(target=self.server.close) if self.server else None
         if closing is not None:
             closing.start()
+        if self.storms is not None:
+            self.storms.stop()
         if self.probe is not None:
             self.probe.close()
         if closing is not None:

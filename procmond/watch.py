@@ -16,25 +16,12 @@ from procmond import bpf_loader
 from procmond.config import Config
 from procmond.header import read_header, syscall_names
 from procmond.maps import read_percpu_counts
+from procmond.text import printable
 
 
 def syscall_name(value: int) -> str:
     """What a creation_event's syscall field means (enum creation_syscall in procmond.h)."""
     return syscall_names(read_header()).get(value, "unknown")
-
-
-def printable(raw: bytes) -> str:
-    """A comm for a terminal line: UTF-8 (invalid bytes → U+FFFD), control characters and
-    backslashes escaped, so a hostile name can never break or fake a line."""
-    out = []
-    for ch in raw.decode("utf-8", "replace"):
-        if ch == "\\":
-            out.append("\\\\")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def format_text(event: Any) -> str:
