@@ -17,6 +17,8 @@ def event(comm: bytes, syscall: int = 1, thread: int = 0) -> SimpleNamespace:
         child_tid=11,
         syscall=syscall,
         is_thread=thread,
+        kind=0,
+        cgroup_id=0,
     )
 
 
