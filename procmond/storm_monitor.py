@@ -22,6 +22,7 @@ from procmond.layout import MapLayout
 from procmond.maps import MapReader
 from procmond.metrics import OVERFLOW_LABEL_VALUE, label_value
 from procmond.storms import (
+    TICK_SECONDS,
     Arm,
     CgroupNamer,
     CreatorRate,
@@ -40,8 +41,6 @@ from procmond.storms import (
 from procmond.text import printable
 
 log = logging.getLogger(__name__)
-
-TICK_SECONDS = 1.0
 
 
 class Probe(Protocol):
@@ -120,10 +119,12 @@ class StormMonitor:
     def _run(self) -> None:
         due = self._clock()
         while True:
-            due += TICK_SECONDS
+            detector = self._detector
+            step = detector.next_tick if detector else TICK_SECONDS
+            due += step
             now = self._clock()
             if due < now:  # fell behind (a stopped VM): skip, do not catch up
-                due = now + TICK_SECONDS
+                due = now + step
             if self._stop.wait(due - now):
                 return
             self._try(self.tick)

@@ -9,15 +9,18 @@ when nothing happens, precise when something does:
    at that tick's end) or a storm is going on does the detector ask for the per-command fork
    counters, and switch the probe's per-process counting on (``Arm``): until then a creation
    pays one array lookup for it.
-2. The next tick gives per-command rates over the same second as the per-process counts; a
-   command at or above the threshold starts a storm: one line naming it and its top creating
-   processes, about two seconds after the storm began.
+2. The next tick, half a second later, gives per-command rates over the same time as the
+   per-process counts; a command at or above the threshold starts a storm: one line naming it
+   and its top creating processes, 1 to 2 seconds after the storm began.
 3. While it lasts, a line after 1 minute, 10 minutes, then every hour; one line once its rate
    has stayed below the threshold for ``END_AFTER_SECONDS`` (duration, total created).
 4. Quiet again and no storm left: per-process counting is switched off (``Disarm``).
 
 Counters are differenced per kernel map entry, not per command, so an entry deleted and made
-anew (procmond/attribution.py reclaims those of gone cgroups) never makes a rate negative.
+anew (procmond/attribution.py reclaims those of gone cgroups) never makes a rate negative. A
+command's rate is the larger of its forks_total count and the sum over its creating processes:
+the first misses a command new to a full map (counted under __overflow__), the second a fork
+bomb whose many processes push each other out of the LRU map.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from procmond.text import quoted
 CgroupLabels = tuple[str, ...]  # unit, namespace, pod, container (procmond.config.CGROUP_LABELS)
 CgroupNamer = Callable[[int], CgroupLabels]
 
+TICK_SECONDS = 1.0  # how often /proc/stat is read
+CONFIRM_SECONDS = 0.5  # the tick after counting per process starts comes this much sooner
 END_AFTER_SECONDS = 5.0  # a storm ends once its command stays below the threshold this long
 PROGRESS_AFTER_SECONDS = (60.0, 600.0, 3600.0)  # then every hour
 TOP_CREATORS = 5
@@ -118,11 +123,11 @@ def counter_deltas(previous: dict[bytes, int], current: dict[bytes, int]) -> dic
     return out
 
 
-def creator_rates(
-    previous: dict[int, Creator], current: dict[int, Creator], seconds: float
-) -> list[CreatorRate]:
-    """Each process's creations per second since ``previous``, busiest first. A pid whose entry
-    names another process now (its pid reused) counts from zero."""
+def creator_deltas(
+    previous: dict[int, Creator], current: dict[int, Creator]
+) -> list[tuple[Creator, int, int]]:
+    """Each process's (entry, forks, threads) since ``previous``, for those that made any. A
+    pid whose entry names another process now (its pid reused) counts from zero."""
     out = []
     for pid, now in current.items():
         before = previous.get(pid)
@@ -133,7 +138,18 @@ def creator_rates(
         else:
             forks, threads = now.forks - before.forks, now.threads - before.threads
         if forks or threads:
-            out.append(CreatorRate(now, forks / seconds, threads / seconds))
+            out.append((now, forks, threads))
+    return out
+
+
+def creator_rates(
+    previous: dict[int, Creator], current: dict[int, Creator], seconds: float
+) -> list[CreatorRate]:
+    """Each process's creations per second since ``previous``, busiest first."""
+    out = [
+        CreatorRate(c, forks / seconds, threads / seconds)
+        for c, forks, threads in creator_deltas(previous, current)
+    ]
     out.sort(key=lambda r: (-r.forks_per_second, -r.threads_per_second, r.creator.pid))
     return out
 
@@ -165,6 +181,7 @@ class StormDetector:
         self.top = top
         self.generation = 0  # of per-process counting: each Arm starts a new one
         self.armed = False
+        self.next_tick = TICK_SECONDS  # when the edge should tick again
         self.storms: dict[bytes, _Storm] = {}
         self._host: tuple[float, int] | None = None
         self._commands: tuple[float, dict[bytes, int]] | None = None
@@ -187,6 +204,7 @@ class StormDetector:
     ) -> list[Event]:
         """``forks``: forks_total as {raw key: (comm, count)}, if the plan asked for it;
         ``creators``: the creators map's entries of the current generation, if asked."""
+        self.next_tick = TICK_SECONDS
         if forks is None:  # quiet: forget the baselines, stop counting per process
             self._commands = None
             if self.armed:
@@ -195,15 +213,19 @@ class StormDetector:
             return []
         events: list[Event] = []
         rates: list[CreatorRate] = []
+        by_creators: dict[bytes, int] = {}  # forks of the window, summed over its creators
         if creators is not None:
             since, before = self._creators
             if now > since:
                 rates = creator_rates(before, creators, now - since)
+                for c, made, _threads in creator_deltas(before, creators):
+                    by_creators[c.comm] = by_creators.get(c.comm, 0) + made
             self._creators = (now, creators)
         if not self.armed:
             self.generation += 1
             self.armed = True
             self._creators = (now, {})  # a new generation starts from nothing
+            self.next_tick = CONFIRM_SECONDS  # name the storm half a second from now
             events.append(Arm(self.generation))
         counts = {key: count for key, (_comm, count) in forks.items()}
         if self._commands is not None and now > self._commands[0]:
@@ -212,6 +234,11 @@ class StormDetector:
             for key, delta in counter_deltas(before, counts).items():
                 comm = forks[key][0]
                 by_comm[comm] = by_comm.get(comm, 0) + delta
+            # Each undercounts in its own way: a command new to a full forks_total counts under
+            # __overflow__, a fork bomb's many processes push each other out of the creators
+            # map. Both were counted over the same second: the larger is the closer.
+            for comm, made in by_creators.items():
+                by_comm[comm] = max(by_comm.get(comm, 0), made)
             events += self._storms(since, now, by_comm, rates)
         self._commands = (now, counts)
         return events

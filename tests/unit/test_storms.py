@@ -102,7 +102,11 @@ def test_half_the_threshold_host_wide_is_enough_to_start_counting_per_process() 
     counting must already start then, so the next second names the PIDs."""
     host = Host(StormDetector(2000))
     assert host.step({SH: 999}) == []
+    assert host.detector.next_tick == 1.0
     assert host.step({SH: 1000}) == [Arm(1)]
+    assert host.detector.next_tick == 0.5  # confirmed half a second later, not a second
+    host.step({SH: 1000})
+    assert host.detector.next_tick == 1.0
 
 
 def test_top_creators_are_the_busiest_of_that_command_only() -> None:
@@ -142,6 +146,19 @@ def test_a_long_storm_is_a_handful_of_lines_then_one_end_line() -> None:
     assert round(ended.seconds) == 2 * 3600 + 29  # from the first second above to the last
     assert ended.created == 3000 * (2 * 3600 + 29) + 100 * 5  # and the seconds until it ended
     assert len(host.storm_events()) == 6
+
+
+def test_a_command_missing_from_a_full_forks_map_is_found_by_its_creators() -> None:
+    """forks_total full of other names: the storm's command counts under __overflow__ there,
+    but its creating processes name it."""
+    detector = StormDetector(1000)
+    detector.tick(0.0, 0)
+    detector.tick(1.0, 5000)
+    assert detector.observe(1.0, {}, None) == [Arm(1)]
+    detector.tick(2.0, 10000)
+    events = detector.observe(2.0, {}, {9: creator(9, 3000), 10: creator(10, 2000, comm=b"x")})
+    assert [(type(e), e.comm) for e in events] == [(StormStarted, SH), (StormStarted, b"x")]
+    assert [(r.creator.pid, r.forks_per_second) for r in events[0].top] == [(9, 3000.0)]
 
 
 def test_a_dip_shorter_than_the_end_delay_does_not_end_it() -> None:
