@@ -226,20 +226,29 @@ static __always_inline u32 storm_generation(void)
 }
 
 /* One more creation by the current process, while storm_watch is on. An entry of an older
- * generation, or of an exited process whose pid was reused, is started afresh; two CPUs
- * starting one entry at once may lose a creation or two, which a report of rates can bear. */
+ * generation, or of an earlier process with the same pid, is started afresh; two CPUs
+ * starting one entry at once may lose a creation or two, which a report of rates can bear.
+ * (A reused pid is told by the start time, read here, rather than by marking entries at
+ * exit: while counting, that costs ~35 ns a creation against ~200 ns an exit.) */
 static __always_inline void count_creator(void *creator, u32 is_thread)
 {
     u32 generation = storm_generation();
     if (!generation)
         return;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    void *leader = (u32)pid_tgid == tgid ? creator : leader_of(creator); /* one read saved */
+    u64 start_ns = read_u64(leader, TASK_START_TIME_OFF);
     struct creator *entry = creators.lookup(&tgid);
-    if (!entry || entry->generation != generation || entry->exited) {
-        struct creator fresh = {.cgroup_id = bpf_get_current_cgroup_id(), .generation = generation};
+    if (!entry || entry->generation != generation || entry->start_ns != start_ns) {
+        struct creator fresh = {
+            .cgroup_id = bpf_get_current_cgroup_id(),
+            .start_ns = start_ns,
+            .generation = generation,
+        };
         void *parent = read_ptr(creator, TASK_REAL_PARENT_OFF);
         fresh.ppid = read_u32(parent, TASK_TGID_OFF);
-        read_comm(leader_of(creator), fresh.comm);
+        read_comm(leader, fresh.comm);
         read_comm(leader_of(parent), fresh.parent_comm);
         creators.update(&tgid, &fresh);
         entry = creators.lookup(&tgid);
@@ -250,18 +259,6 @@ static __always_inline void count_creator(void *creator, u32 is_thread)
         __sync_fetch_and_add(&entry->threads, 1);
     else
         __sync_fetch_and_add(&entry->forks, 1);
-}
-
-/* The current process is exiting: a new process that gets its pid must not inherit its
- * entry. */
-static __always_inline void creator_exited(void)
-{
-    if (!storm_generation())
-        return;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct creator *entry = creators.lookup(&tgid);
-    if (entry)
-        entry->exited = 1;
 }
 
 #ifdef PROCMOND_WATCH
@@ -380,7 +377,6 @@ int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
     if (LABEL_COMM)
         read_comm(leader, key.comm);
     count_exit(&key);
-    creator_exited();
 #if HISTOGRAMS
     struct comm_key command = {};
     __builtin_memcpy(command.comm, key.comm, COMM_LEN);

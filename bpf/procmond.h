@@ -111,15 +111,14 @@ struct hist_value {
 };
 
 /* One creating process (creators map, keyed by its pid), as it was at its first creation of
- * this generation. A pid reused by a new process starts afresh: its entry is marked exited
- * when the process exits. */
+ * this generation. A pid reused by a new process starts afresh: its start time differs. */
 struct creator {
     u64 forks;      /* processes created */
     u64 threads;    /* threads created */
     u64 cgroup_id;  /* cgroup v2 id of the creating task */
+    u64 start_ns;   /* the process's start time (its leader's), which tells a reused pid */
     u32 ppid;       /* its parent process */
     u32 generation; /* storm_watch[0] when the entry was started: older ones are stale */
-    u32 exited;     /* the process has exited */
     char comm[COMM_LEN];
     char parent_comm[COMM_LEN];
 };

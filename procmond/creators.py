@@ -48,9 +48,9 @@ class CreatorsReader:
                 "forks",
                 "threads",
                 "cgroup_id",
+                "start_ns",
                 "ppid",
                 "generation",
-                "exited",
                 "comm",
                 "parent_comm",
             )
@@ -71,6 +71,7 @@ class CreatorsReader:
                 f["cgroup_id"](value),  # type: ignore[arg-type]
                 f["forks"](value),  # type: ignore[arg-type]
                 f["threads"](value),  # type: ignore[arg-type]
+                f["start_ns"](value),  # type: ignore[arg-type]
             )
         return out
 

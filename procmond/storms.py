@@ -54,6 +54,7 @@ class Creator:
     cgroup_id: int
     forks: int
     threads: int
+    start_ns: int  # the process's start time: another one under the same pid has another
 
 
 @dataclass(frozen=True)
@@ -127,14 +128,12 @@ def creator_deltas(
     previous: dict[int, Creator], current: dict[int, Creator]
 ) -> list[tuple[Creator, int, int]]:
     """Each process's (entry, forks, threads) since ``previous``, for those that made any. A
-    pid whose entry names another process now (its pid reused) counts from zero."""
+    pid whose entry is another process's now (its pid reused) counts from zero."""
     out = []
     for pid, now in current.items():
         before = previous.get(pid)
-        if before is None or (before.comm, before.ppid) != (now.comm, now.ppid):
+        if before is None or before.start_ns != now.start_ns:
             forks, threads = now.forks, now.threads
-        elif now.forks < before.forks or now.threads < before.threads:
-            forks, threads = now.forks, now.threads  # started afresh in between
         else:
             forks, threads = now.forks - before.forks, now.threads - before.threads
         if forks or threads:

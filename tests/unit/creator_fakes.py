@@ -15,20 +15,21 @@ CREATOR_LAYOUT = MapLayout(
             Field("forks", 0, 8, UINT),
             Field("threads", 8, 8, UINT),
             Field("cgroup_id", 16, 8, UINT),
-            Field("ppid", 24, 4, UINT),
-            Field("generation", 28, 4, UINT),
-            Field("exited", 32, 4, UINT),
-            Field("comm", 36, 16, CHARS),
-            Field("parent_comm", 52, 16, CHARS),
+            Field("start_ns", 24, 8, UINT),
+            Field("ppid", 32, 4, UINT),
+            Field("generation", 36, 4, UINT),
+            Field("comm", 40, 16, CHARS),
+            Field("parent_comm", 56, 16, CHARS),
         ),
     ),
 )
 
 
 def creator_entry(pid: int, forks: int, generation: int, comm: bytes) -> tuple[bytes, bytes]:
-    """One creators entry: ``pid`` (parent 1, bash, cgroup 7) made ``forks`` processes."""
-    value = struct.pack("=QQQIII", forks, 0, 7, 1, generation, 0)
-    value += comm.ljust(16, b"\0") + b"bash".ljust(16, b"\0") + b"\0" * 4
+    """One creators entry: ``pid`` (started at pid ns, parent 1, bash, cgroup 7) made
+    ``forks`` processes."""
+    value = struct.pack("=QQQQII", forks, 0, 7, pid, 1, generation)
+    value += comm.ljust(16, b"\0") + b"bash".ljust(16, b"\0")
     return struct.pack("=I", pid), value
 
 

@@ -37,8 +37,8 @@ from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, pair
 SH = b"sh"
 
 
-def creator(pid: int, forks: int, comm: bytes = SH, ppid: int = 1, threads: int = 0) -> Creator:
-    return Creator(pid, comm, ppid, b"bash", 0, forks, threads)
+def creator(pid: int, forks: int, comm: bytes = SH, threads: int = 0, start_ns: int = 0) -> Creator:
+    return Creator(pid, comm, 1, b"bash", 0, forks, threads, start_ns or pid)
 
 
 class Host:
@@ -194,7 +194,7 @@ def test_counter_deltas_never_go_negative() -> None:
 
 def test_a_reused_pid_counts_from_zero() -> None:
     before = {7: creator(7, 100), 8: creator(8, 50)}
-    after = {7: creator(7, 30, comm=b"other"), 8: creator(8, 60)}
+    after = {7: creator(7, 30, start_ns=99), 8: creator(8, 60)}
     rates = creator_rates(before, after, 2.0)
     assert [(r.creator.pid, r.forks_per_second) for r in rates] == [(7, 15.0), (8, 5.0)]
 
@@ -210,7 +210,7 @@ def test_storm_metrics_name_a_bounded_set_of_commands() -> None:
 
 
 def test_the_start_line_names_pid_command_line_parent_unit_and_pod() -> None:
-    rate = CreatorRate(Creator(4242, b"sh", 4000, b"bash", 9, 3000, 0), 2999.6, 0.0)
+    rate = CreatorRate(Creator(4242, b"sh", 4000, b"bash", 9, 3000, 0, 1), 2999.6, 0.0)
     views = [
         CreatorView(
             rate, "sh", "bash", "sh -c 'while :; do :& done'", ("cron.service", "", "", "")

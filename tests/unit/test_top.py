@@ -99,7 +99,7 @@ def frame_of(*comms: bytes) -> Frame:
         row.rates["forks"] = 100.0 - i
         rows.append(row)
     creators = [
-        (RowKey(comm, "", ""), CreatorRate(Creator(100 + i, comm, 1, b"x", 0, 1, 0), 9.0, 0.0))
+        (RowKey(comm, "", ""), CreatorRate(Creator(100 + i, comm, 1, b"x", 0, 1, 0, 1), 9.0, 0.0))
         for i, comm in enumerate(comms)
     ]
     return Frame(0.0, 1.0, 0.0, rows, creators, False)
