@@ -57,7 +57,7 @@ def test_missing_tracepoint_is_reported_not_fatal(
     probe = bpf_loader.load(Config(syscall_probes=True))
     try:
         assert probe.attached["sys_enter_nonexistent"] is False
-        assert sum(probe.attached.values()) == 11
+        assert sum(probe.attached.values()) == 12
         name = unique_name("tp")
         run_creator(creator, "fork", 10, [name])
         forks = probe.reader().counters("forks_total", ("comm", "parent_comm"))
