@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime
 import io
 import json
-import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -23,28 +21,13 @@ from procmond.watch import (
     formatter,
     watch,
 )
+from tests.unit.watch_events import event
 
 LABELS = {
     1: ("", "", "", ""),
     2: ("cron.service", "", "", ""),
     3: ("", "shop", "web-1", "app"),
 }
-
-
-def event(comm: bytes = b"make", pid: int = 10, cgroup_id: int = 1, kind: int = 0) -> object:
-    return SimpleNamespace(
-        timestamp_ns=time.monotonic_ns(),
-        comm=comm,
-        parent_comm=b"bash",
-        pid=pid,
-        ppid=1,
-        child_pid=11,
-        child_tid=11,
-        syscall=1,
-        is_thread=0,
-        kind=kind,
-        cgroup_id=cgroup_id,
-    )
 
 
 def shown(selection: Selection, *events: object) -> list[object]:
@@ -58,7 +41,9 @@ def test_no_filter_shows_every_creation_and_no_exec() -> None:
 
 
 def test_each_filter_selects_and_filters_combine() -> None:
-    a, b, c = event(b"make", 10, 1), event(b"sh", 11, 2), event(b"sh", 12, 3)
+    a = event(b"make", pid=10, cgroup_id=1)
+    b = event(b"sh", pid=11, cgroup_id=2)
+    c = event(b"sh", pid=12, cgroup_id=3)
     assert shown(Selection(comms=frozenset({b"sh"})), a, b, c) == [b, c]
     assert shown(Selection(pids=frozenset({10, 12})), a, b, c) == [a, c]
     assert shown(Selection(units=frozenset({"cron.service"})), a, b, c) == [b]

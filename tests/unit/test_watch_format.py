@@ -1,25 +1,9 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 from procmond.watch import format_json, format_text, printable
-
-
-def event(comm: bytes, syscall: int = 1, thread: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(
-        timestamp_ns=5,
-        comm=comm,
-        parent_comm=b"bash",
-        pid=10,
-        ppid=1,
-        child_pid=11,
-        child_tid=11,
-        syscall=syscall,
-        is_thread=thread,
-        kind=0,
-        cgroup_id=0,
-    )
+from tests.unit.watch_events import event
 
 
 def test_prototype_format() -> None:
