@@ -1,6 +1,6 @@
 """The configurations compared, each a process the benchmark starts, measures and stops:
-nothing, the procmond daemon (by default and without syscall probes), the prototype it
-replaces, and ``procmond watch``.
+nothing, the procmond daemon (by default, with syscall probes, and counting per process as
+during a fork storm), the prototype it replaces, and ``procmond watch``.
 
 Each one says how many creations it saw under a command name, so the benchmark can compare
 that with what the load generator really created.
@@ -246,6 +246,34 @@ class DaemonWithSyscallProbes(Daemon):
         super().__init__(workdir, "syscall_probes: true\n")
 
 
+class DaemonWithStormCounting(Daemon):
+    """``procmond run`` with ``storm_threshold: 1``: every load is a fork storm, so the probe
+    counts per creating process throughout (what storm reports cost while a storm lasts),
+    beside the default config, where that counting is off until a storm is suspected."""
+
+    name = "procmond-storm"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, "storm_threshold: 1\n")
+
+    def before_load(self, comm: str, path: str) -> None:
+        """Counting per process starts once the host creates anything: make sure it is on
+        before the load starts, so that all of the load is measured with it."""
+        deadline = time.monotonic() + 10
+        while not self._counting():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"per-process counting did not start: {self.log()}")
+            subprocess.run(["/bin/true"], check=True)
+            time.sleep(0.1)
+        super().before_load(comm, path)
+
+    def _counting(self) -> bool:
+        for family in text_string_to_metric_families(self.scrape_text()):
+            if family.name == "procmond_storm_process_counting":
+                return any(s.value == 1 for s in family.samples)
+        return False
+
+
 class _StderrTold(Configuration):
     """A process whose first stderr line says it is ready, and whose stderr is its log."""
 
@@ -345,7 +373,15 @@ class Watch(_StderrTold):
 
 
 CONFIGURATIONS: dict[str, type[Configuration]] = {
-    c.name: c for c in (Configuration, Daemon, DaemonWithSyscallProbes, Prototype, Watch)
+    c.name: c
+    for c in (
+        Configuration,
+        Daemon,
+        DaemonWithSyscallProbes,
+        DaemonWithStormCounting,
+        Prototype,
+        Watch,
+    )
 }
 
 

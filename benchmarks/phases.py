@@ -167,9 +167,12 @@ def probe_cost(
             per_path = {}
             try:
                 for path in PATHS:
+                    comm = unique_comm(path[:2])
+                    config.before_load(comm, path)  # procmond-storm: counting per process
                     before = measures.bpf_program_stats(config.pid)
-                    load = gen.burst(path, seconds, workers, unique_comm(path[:2]))
+                    load = gen.burst(path, seconds, workers, comm)
                     after = measures.bpf_program_stats(config.pid)
+                    config.after_load(comm, path)
                     ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
                     runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
                     per_path[path] = {

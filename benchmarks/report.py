@@ -18,6 +18,7 @@ LABELS = {
     "none": "no probe",
     "procmond": "procmond daemon",
     "procmond-sys": "procmond daemon, syscall_probes: true (opt-in)",
+    "procmond-storm": "procmond daemon, counting per process (storm_threshold: 1)",
     "prototype": "prototype (perf buffer → Python)",
     "watch": "procmond watch",
 }

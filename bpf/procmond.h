@@ -59,6 +59,14 @@
 #define SYSCALL_PROBES 0
 #endif
 
+/* Creations counted per creating process, for storm reports and `procmond top`: only while
+ * storm_watch[0] holds a non-zero generation (the daemon sets it while it suspects a storm;
+ * `top` keeps it set), so that outside storms a creation pays one array lookup. An LRU map:
+ * this is forensics, not a counter, and the busiest creators are the ones kept. */
+#ifndef CREATORS_MAX_ENTRIES
+#define CREATORS_MAX_ENTRIES 1024
+#endif
+
 /* Pages (of 4 KiB) of the ring buffer that `procmond watch` reads; a power of two. */
 #ifndef WATCH_RINGBUF_PAGES
 #define WATCH_RINGBUF_PAGES 256
@@ -102,6 +110,19 @@ struct hist_value {
     u64 sum_ns;
 };
 
+/* One creating process (creators map, keyed by its pid), as it was at its first creation of
+ * this generation. A pid reused by a new process starts afresh: its start time differs. */
+struct creator {
+    u64 forks;      /* processes created */
+    u64 threads;    /* threads created */
+    u64 cgroup_id;  /* cgroup v2 id of the creating task */
+    u64 start_ns;   /* the process's start time (its leader's), which tells a reused pid */
+    u32 ppid;       /* its parent process */
+    u32 generation; /* storm_watch[0] when the entry was started: older ones are stale */
+    char comm[COMM_LEN];
+    char parent_comm[COMM_LEN];
+};
+
 /* Which syscall a thread is in, for fork-duration timing and for `watch`. Python names each
  * value by its member without the SYSCALL_ prefix, in lower case (`watch` prints it). */
 enum creation_syscall {
@@ -135,15 +156,25 @@ enum map_id {
     MAP_ID_COUNT, /* not a map: the number of slots */
 };
 
-/* One creation, as streamed to `procmond watch`. */
+/* What a `procmond watch` event reports. Python names each value by its member without the
+ * EVENT_ prefix, in lower case. */
+enum event_kind {
+    EVENT_CREATION = 0, /* a process or thread created */
+    EVENT_EXEC = 1,     /* a successful exec (only while watch_execs[0] is set) */
+};
+
+/* One creation (or exec), as streamed to `procmond watch`. For an exec, pid is the process
+ * that exec'd, comm its new command, and child_pid and child_tid are pid. */
 struct creation_event {
     u64 timestamp_ns;
+    u64 cgroup_id; /* cgroup v2 id of the creating (or exec'ing) task */
     u32 pid;       /* the creating process (tgid) */
     u32 ppid;      /* its parent process */
     u32 child_pid; /* the new process, or the new thread's process */
     u32 child_tid; /* the new task */
     u32 syscall;   /* enum creation_syscall */
     u32 is_thread;
+    u32 kind; /* enum event_kind */
     char comm[COMM_LEN];
     char parent_comm[COMM_LEN];
 };

@@ -30,6 +30,7 @@ _COUNT = ctypes.POINTER(ctypes.c_uint32)
 _SIGNATURES = {
     "bpf_map_lookup_elem": (ctypes.c_int, _P, _P),
     "bpf_map_lookup_and_delete_elem": (ctypes.c_int, _P, _P),
+    "bpf_map_update_elem": (ctypes.c_int, _P, _P, ctypes.c_uint64),
     "bpf_map_get_next_key": (ctypes.c_int, _P, _P),
     "bpf_map_lookup_batch": (ctypes.c_int, _P, _P, _P, _P, _COUNT, _P),
     "bpf_obj_get_info_by_fd": (ctypes.c_int, _P, _COUNT),
@@ -131,6 +132,16 @@ class BPFMap:
         except FileNotFoundError:
             return None
         return value.raw
+
+    def update(self, key: bytes, value: bytes) -> None:
+        """Set the entry at ``key`` (created if absent): a switch the probe reads."""
+        libbpf(
+            "bpf_map_update_elem",
+            self.fd,
+            ctypes.create_string_buffer(key, self.key_size),
+            ctypes.create_string_buffer(value, self.stored_value_size),
+            0,  # BPF_ANY
+        )
 
     def take(self, key: bytes) -> bytes | None:
         """Delete the entry at ``key`` and return its last value, in one step (hash maps,

@@ -1,10 +1,11 @@
-"""Command line: ``procmond run | watch | check-config | doctor`` and ``--version``."""
+"""Command line: ``procmond run | watch | top | check-config | doctor`` and ``--version``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from procmond import __version__
@@ -68,12 +69,98 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--config", type=Path, help=config_help)
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch.add_argument(
+        "--comm",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only events of this command (the creating process's; repeat for several)",
+    )
+    watch.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        type=_pid,
+        metavar="PID",
+        help="only events of this creating process (repeat for several)",
+    )
+    watch.add_argument(
+        "--unit", action="append", default=[], help="only events in this systemd unit"
+    )
+    watch.add_argument(
+        "--pod",
+        action="append",
+        default=[],
+        metavar="[NAMESPACE/]POD",
+        help="only events in this Kubernetes pod",
+    )
+    watch.add_argument(
+        "--exec", action="store_true", help="execs too: 'Process <new command> ... called exec'"
+    )
+    watch.add_argument(
+        "--timestamp", action="store_true", help="start each line with the local time"
+    )
+
+    top = sub.add_parser(
+        "top", help="a live view of creations by command, and the busiest creating processes"
+    )
+    top.add_argument("--config", type=Path, help=config_help)
+    top.add_argument(
+        "-b", "--batch", action="store_true", help="print plain text refreshes (for scripts)"
+    )
+    top.add_argument(
+        "-n", "--iterations", type=_positive, metavar="N", help="stop after N refreshes"
+    )
+    top.add_argument("--once", action="store_true", help="one refresh as plain text: -b -n 1")
+    top.add_argument(
+        "-d",
+        "--delay",
+        type=_interval,
+        default=1.0,
+        metavar="SECONDS",
+        help="time between refreshes (default 1)",
+    )
+    top.add_argument(
+        "-s",
+        "--sort",
+        default="forks",
+        metavar="COLUMN",
+        help="forks (default), threads, execs, exits, failures or command",
+    )
+    top.add_argument(
+        "--syscall-probes",
+        action="store_true",
+        help="also count failed creation calls (attaches the syscall tracepoints, which slow "
+        "every syscall on the host a little while top runs)",
+    )
 
     check = sub.add_parser("check-config", help="validate a config file without loading BPF")
     check.add_argument("file", nargs="?", type=Path, help=config_help)
 
     sub.add_parser("doctor", help="check that this host can run procmond, and say how to fix it")
     return parser
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id (a positive number)")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds from 0.1 to 3600")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,10 +195,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         flags = {"listen": args.listen, "log_level": args.log_level}
         return run(args.config, {key: value for key, value in flags.items() if value is not None})
     if args.command == "watch":
-        from procmond.watch import watch
+        from procmond.watch import Selection, command_name, watch
 
         config, _ = load_config(args.config)
-        return watch(config, args.json)
+        selection = Selection(
+            frozenset(command_name(c) for c in args.comm),
+            frozenset(args.pid),
+            frozenset(args.unit),
+            frozenset(args.pod),
+            args.exec,
+        )
+        return watch(config, args.json, selection=selection, timestamps=args.timestamp)
+    if args.command == "top":
+        from procmond.top import SORT_NAMES, top
+
+        if args.sort not in SORT_NAMES:
+            raise ProcmondError(
+                f"cannot sort by {args.sort!r}", f"use --sort with one of {', '.join(SORT_NAMES)}"
+            )
+        config, _ = load_config(args.config)
+        config = replace(config, histograms=False, syscall_probes=args.syscall_probes)
+        batch = args.batch or args.once
+        count = 1 if args.once else args.iterations
+        return top(config, args.delay, count, batch, args.sort)
     if args.command == "check-config":
         config, source = load_config(args.file)
         load_web_config(config.web_config_file)

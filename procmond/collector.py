@@ -22,7 +22,7 @@ from prometheus_client.core import (
 
 from procmond import privileges
 from procmond.attribution import Attribution
-from procmond.cgroups import CgroupLayout
+from procmond.cgroups import CgroupLayout, CgroupResolver
 from procmond.config import Config
 from procmond.exposition import CACHE_LIMIT, LabelCache, render_counter, render_histogram
 from procmond.maps import Histogram, MapReader
@@ -70,6 +70,7 @@ class CgroupSources:
     layout: CgroupLayout
     task_limits: TaskLimits
     attribution: Attribution | None  # None: no cgroup label is kept
+    resolver: CgroupResolver  # cgroup id → labels, for attribution and storm reports
 
 
 class KeyDecoder:

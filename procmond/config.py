@@ -32,6 +32,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # Kernel maps are preallocated: these caps keep a typo from asking for gigabytes.
 MAX_ENTRIES_LIMIT = 1_048_576
 HISTOGRAM_MAX_ENTRIES_LIMIT = 65_536
+# Far above any host's creation rate (a 2-core VM forks ~10k/s): a bigger value is a typo.
+STORM_THRESHOLD_LIMIT = 10_000_000
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
@@ -48,6 +50,9 @@ class Config:
     labels: tuple[str, ...] = KNOWN_LABELS
     log_level: str = "info"
     web_config_file: str = ""
+    # Processes created per second by one command that make a fork storm, logged with the
+    # creating PIDs (procmond/storms.py); the ForkStorm alert's default threshold. 0: off.
+    storm_threshold: int = 2000
 
     @property
     def cgroup_labels(self) -> tuple[str, ...]:
@@ -213,15 +218,19 @@ def _key_lines(root: yaml.Node | None) -> dict[Any, int]:
     return {k.value: k.start_mark.line + 1 for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
 
 
-def _positive_int(limit: int):
+def _whole_number(minimum: int, limit: int, minimum_means: str = ""):
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"must be a whole number, got {value!r}")
-        if not 1 <= value <= limit:
-            raise ValueError(f"must be from 1 to {limit}, got {value}")
+        if not minimum <= value <= limit:
+            raise ValueError(f"must be from {minimum}{minimum_means} to {limit}, got {value}")
         return value
 
     return check
+
+
+def _positive_int(limit: int):
+    return _whole_number(1, limit)
 
 
 def _listen(value: Any) -> str:
@@ -269,4 +278,5 @@ _VALIDATORS = {
     "labels": _labels,
     "log_level": _log_level,
     "web_config_file": _path,
+    "storm_threshold": _whole_number(0, STORM_THRESHOLD_LIMIT, " (off)"),
 }

@@ -23,7 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from procmond import __version__, handoff, kernel, privileges
 from procmond.attribution import Attribution
-from procmond.cgroups import CgroupNamer, CgroupResolver, read_layout
+from procmond.cgroups import EMPTY_LABELS, CgroupNamer, CgroupResolver, read_layout
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config, load_config
 from procmond.errors import ProcmondError
@@ -32,6 +32,7 @@ from procmond.logs import setup_logging
 from procmond.maps import MapReader
 from procmond.metrics import OVERFLOW_LABEL_VALUE, folded_capacity, series_budget
 from procmond.server import MetricsServer, Render
+from procmond.storm_monitor import StormMonitor
 from procmond.systemd import Notifier
 from procmond.tasklimits import TaskLimits, find_pids_hierarchy
 from procmond.webconfig import WebSettings, load_web_config
@@ -98,6 +99,7 @@ class Daemon:
         self.collector: ProcmondCollector | None = None
         self._serving: Render | None = None
         self._loaded = threading.Event()  # set once _serving is, or when stopping
+        self.storms: StormMonitor | None = None
         self._last_status = ""
 
     def start(self) -> None:
@@ -115,9 +117,11 @@ class Daemon:
         self.probe = handoff.load(self.config)
         self.reader = self.probe.reader()
         self.cgroups = self._cgroup_sources(self.reader)
+        self.storms = StormMonitor(self.probe, self._cgroup_names)
         self._serving = self._render()
         self._loaded.set()
         privileges.drop_all(self.reader.overflow_events)  # bound and loaded; before any thread
+        self.storms.configure(self.config)
         self.server.start()
         attached = sum(self.probe.attached.values())
         log.info(
@@ -150,8 +154,6 @@ class Daemon:
         log.info("cgroups: %s", layout.describe())
         kubelet = KubeletNames()
         task_limits = TaskLimits(find_pids_hierarchy(layout), kubelet)
-        if not self.config.cgroup_labels:
-            return CgroupSources(layout, task_limits, None)
 
         def recorded_path(cgroup_id: int) -> str | None:
             try:
@@ -160,16 +162,24 @@ class Daemon:
                 return None
 
         resolver = CgroupResolver(layout.v2, kernel_path=recorded_path, kubelet=kubelet)
+        if not self.config.cgroup_labels:
+            return CgroupSources(layout, task_limits, None, resolver)
         namer = CgroupNamer(resolver, layout.v2)
         attribution = Attribution(namer, folded_capacity(self.config), OVERFLOW_LABEL_VALUE)
-        return CgroupSources(layout, task_limits, attribution)
+        return CgroupSources(layout, task_limits, attribution, resolver)
+
+    def _cgroup_names(self, cgroup_id: int) -> tuple[str, ...]:
+        """A cgroup's unit, namespace, pod and container, for storm reports (empty if not
+        known yet)."""
+        assert self.cgroups is not None
+        return tuple(self.cgroups.resolver.labels(cgroup_id) or EMPTY_LABELS)
 
     def _render(self) -> Render:
         """What /metrics serves: the text format, with procmond's map families rendered by
         procmond itself (fast at 10,000s of series), to every client that accepts it; only a
         client that accepts nothing but OpenMetrics gets that, all through prometheus_client
         (3-4 times slower at 10,000 series). Both show the same samples."""
-        assert self.probe is not None and self.reader is not None
+        assert self.probe is not None and self.reader is not None and self.storms is not None
         status = ProbeStatus(
             self.probe.attached,
             self.probe.btf_offsets,
@@ -184,7 +194,7 @@ class Daemon:
         rest = CollectorRegistry()
         full = CollectorRegistry()
         for registry, collectors in ((rest, ()), (full, (collector,))):
-            for c in (*collectors, self.reload_state, process):
+            for c in (*collectors, self.reload_state, self.storms, process):
                 registry.register(c)  # type: ignore[arg-type]
 
         def render(accept: str) -> tuple[bytes, str]:
@@ -265,6 +275,8 @@ class Daemon:
             return
         logging.getLogger().setLevel(new.log_level.upper())
         self.config, self.source = new, source
+        if self.storms is not None:
+            self.storms.configure(new)
         self.reload_state.successful = True
         self.reload_state.success_time = time.time()
         log.info("reloaded config from %s", source)
@@ -286,6 +298,8 @@ class Daemon:
         closing = threading.Thread(target=self.server.close) if self.server else None
         if closing is not None:
             closing.start()
+        if self.storms is not None:
+            self.storms.stop()
         if self.probe is not None:
             self.probe.close()
         if closing is not None:

@@ -103,13 +103,16 @@ HISTOGRAMS: tuple[HistogramMetric, ...] = (
 
 
 def daemon_maps() -> tuple[str, ...]:
-    """Every map the daemon reads: one per metric, and the per-map overflow arrays."""
+    """Every map the daemon reads: one per metric, the per-map overflow arrays, and the
+    per-process counting that storm reports switch on (procmond/storms.py)."""
     return (
         *(c.map_name for c in COUNTERS),
         *(h.map_name for h in HISTOGRAMS),
         "overflow_events",
         "overflow_hist",
         "cgroup_paths",
+        "storm_watch",
+        "creators",
     )
 
 

@@ -2,6 +2,8 @@
 
 It loads its own copy of the probe (compiled with PROCMOND_WATCH), so a running daemon pays
 nothing for it. Lines keep the prototype's format; ``--json`` gives one JSON object a line.
+Filters (command, creating PID, unit, pod) select in user space; exec events come only on
+request (``--exec``: the probe sends them only then), timestamps too (``--timestamp``).
 """
 
 from __future__ import annotations
@@ -10,16 +12,24 @@ import functools
 import json
 import os
 import signal
+import struct
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from procmond import bpf_loader
 from procmond.config import Config
+from procmond.errors import ProcmondError
 from procmond.header import read_header, syscall_names
 from procmond.maps import read_percpu_counts
+from procmond.storms import CgroupLabels, CgroupNamer
+from procmond.text import printable
+
+COMM_BYTES = 15  # TASK_COMM_LEN - 1: the kernel cuts longer names to this
+_CGROUP_CACHE_MAX = 4096  # cgroup ids whose labels a watch remembers
 
 
 def syscall_name(value: int) -> str:
@@ -27,25 +37,98 @@ def syscall_name(value: int) -> str:
     return syscall_names(read_header()).get(value, "unknown")
 
 
-def printable(raw: bytes) -> str:
-    """A comm for a terminal line: UTF-8 (invalid bytes → U+FFFD), control characters and
-    backslashes escaped, so a hostile name can never break or fake a line."""
-    out = []
-    for ch in raw.decode("utf-8", "replace"):
-        if ch == "\\":
-            out.append("\\\\")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+@functools.cache
+def exec_kind() -> int:
+    """The value of EVENT_EXEC (enum event_kind in procmond.h)."""
+    names = read_header().names_by_value("event_kind", "EVENT_")
+    return next(value for value, name in names.items() if name == "exec")
+
+
+def is_exec(event: Any) -> bool:
+    return bool(event.kind == exec_kind())
+
+
+def call_name(event: Any) -> str:
+    """sys_clone, sys_clone3, sys_fork, sys_vfork, kernel_clone, or exec (execve or execveat:
+    the exec tracepoint does not tell them apart)."""
+    return "exec" if is_exec(event) else syscall_name(event.syscall)
 
 
 def format_text(event: Any) -> str:
     return (
         f"Process {printable(bytes(event.comm))} (PID:{event.pid}, PPID: {event.ppid}) "
-        f"called {syscall_name(event.syscall)}"
+        f"called {call_name(event)}"
     )
+
+
+def event_fields(event: Any) -> dict[str, Any]:
+    """An event as --json shows it."""
+    return {
+        "timestamp_ns": event.timestamp_ns,
+        "comm": bytes(event.comm).decode("utf-8", "replace"),
+        "pid": event.pid,
+        "ppid": event.ppid,
+        "parent_comm": bytes(event.parent_comm).decode("utf-8", "replace"),
+        "syscall": call_name(event),
+        "kind": "exec" if is_exec(event) else "thread" if event.is_thread else "process",
+        "child_pid": event.child_pid,
+        "child_tid": event.child_tid,
+        "cgroup_id": event.cgroup_id,
+    }
+
+
+def command_name(name: str) -> bytes:
+    """A --comm value as the kernel keeps it: its bytes, cut to 15 (as ``pgrep`` warns)."""
+    raw = os.fsencode(name)
+    if not raw or b"\0" in raw:
+        raise ProcmondError(f"--comm {name!r} is not a command name", "give a non-empty name")
+    return raw[:COMM_BYTES]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which events ``watch`` prints: each filter given must match one of its values."""
+
+    comms: frozenset[bytes] = frozenset()
+    pids: frozenset[int] = frozenset()
+    units: frozenset[str] = frozenset()
+    pods: frozenset[str] = frozenset()  # a pod name, or namespace/name
+    execs: bool = False
+
+    @property
+    def by_cgroup(self) -> bool:
+        return bool(self.units or self.pods)
+
+    def matches(self, event: Any, labels: Callable[[int], CgroupLabels]) -> bool:
+        if is_exec(event) and not self.execs:
+            return False
+        if self.comms and bytes(event.comm) not in self.comms:
+            return False
+        if self.pids and event.pid not in self.pids:
+            return False
+        if self.by_cgroup:
+            unit, namespace, pod, _container = labels(event.cgroup_id)
+            if self.units and unit not in self.units:
+                return False
+            if self.pods and pod not in self.pods and f"{namespace}/{pod}" not in self.pods:
+                return False
+        return True
+
+
+class CgroupLabelCache:
+    """A namer's answers by cgroup id, so a storm of events asks it once per cgroup."""
+
+    def __init__(self, namer: CgroupNamer) -> None:
+        self._namer = namer
+        self._labels: dict[int, CgroupLabels] = {}
+
+    def __call__(self, cgroup_id: int) -> CgroupLabels:
+        labels = self._labels.get(cgroup_id)
+        if labels is None:
+            if len(self._labels) >= _CGROUP_CACHE_MAX:
+                self._labels.clear()
+            labels = self._labels[cgroup_id] = self._namer(cgroup_id)
+        return labels
 
 
 def monotonic_to_wall_ns() -> int:
@@ -66,23 +149,23 @@ def rfc3339(wall_ns: int) -> str:
 
 
 def format_json(event: Any, monotonic_to_wall: int = 0) -> str:
-    """One event as JSON. ``timestamp_ns`` keeps the probe's own clock (CLOCK_MONOTONIC, for
-    ordering and intervals, and for scripts that already read it); ``time`` is wall-clock."""
+    """One event as JSON. ``time`` is wall-clock; ``timestamp_ns`` keeps the probe's own clock
+    (CLOCK_MONOTONIC, for ordering and intervals, and for scripts that already read it)."""
     return json.dumps(
-        {
-            "time": rfc3339(event.timestamp_ns + monotonic_to_wall),
-            "timestamp_ns": event.timestamp_ns,
-            "comm": bytes(event.comm).decode("utf-8", "replace"),
-            "pid": event.pid,
-            "ppid": event.ppid,
-            "parent_comm": bytes(event.parent_comm).decode("utf-8", "replace"),
-            "syscall": syscall_name(event.syscall),
-            "kind": "thread" if event.is_thread else "process",
-            "child_pid": event.child_pid,
-            "child_tid": event.child_tid,
-        },
+        {"time": rfc3339(event.timestamp_ns + monotonic_to_wall), **event_fields(event)},
         ensure_ascii=False,
     )
+
+
+def formatter(as_json: bool, timestamps: bool) -> Callable[[Any], str]:
+    """One event → its line: the prototype's text (with its wall-clock time first when asked),
+    or JSON, which always carries the time."""
+    offset = monotonic_to_wall_ns()
+    if as_json:
+        return lambda e: format_json(e, offset)
+    if not timestamps:
+        return format_text
+    return lambda e: f"{rfc3339(e.timestamp_ns + offset)} {format_text(e)}"
 
 
 def _reader_gone(out: TextIO) -> bool:
@@ -93,7 +176,21 @@ def _reader_gone(out: TextIO) -> bool:
     return False
 
 
-def watch(config: Config, as_json: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def watch(
+    config: Config,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    selection: Selection = Selection(),
+    timestamps: bool = False,
+    namer: CgroupNamer | None = None,
+) -> int:
+    if selection.by_cgroup and namer is None:
+        raise ProcmondError(
+            "--unit and --pod need cgroup names, which this procmond cannot resolve",
+            "filter with --comm or --pid instead",
+        )
+    labels = CgroupLabelCache(namer) if namer is not None else (lambda _id: ("",) * 4)
     probe = bpf_loader.load(config, watch=True)
     stop = False
 
@@ -103,10 +200,10 @@ def watch(config: Config, as_json: bool, out: TextIO = sys.stdout, err: TextIO =
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    fmt: Callable[[Any], str] = format_text
-    if as_json:
-        fmt = functools.partial(format_json, monotonic_to_wall=monotonic_to_wall_ns())
+    fmt = formatter(as_json, timestamps)
     events = probe.table("events")
+    if selection.execs:
+        probe.map("watch_execs").update(struct.pack("=I", 0), struct.pack("=I", 1))
 
     def on_event(_ctx: object, data: object, _size: int) -> None:
         # An exception must not escape into BCC's C callback (it would only be printed, for
@@ -114,13 +211,17 @@ def watch(config: Config, as_json: bool, out: TextIO = sys.stdout, err: TextIO =
         nonlocal stop
         if stop:
             return
+        event = events.event(data)
+        if not selection.matches(event, labels):
+            return
         try:
-            out.write(fmt(events.event(data)) + "\n")
+            out.write(fmt(event) + "\n")
         except BrokenPipeError:
             stop = True
 
     events.open_ring_buffer(on_event)
-    err.write("procmond: watching process and thread creation (Ctrl-C to stop)\n")
+    what = "process and thread creation" + (" and execs" if selection.execs else "")
+    err.write(f"procmond: watching {what} (Ctrl-C to stop)\n")
     err.flush()
     reported_lost = 0
     try:

@@ -1,13 +1,15 @@
-"""``procmond watch``: one line per creation, in the prototype's format or as JSON."""
+"""``procmond watch``: one line per creation, in the prototype's format or as JSON; filters
+select what they name and nothing else, execs and timestamps come only on request."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.e2e.harness import PROCMOND, Watch, run_creator, unique_name
@@ -82,3 +84,95 @@ def test_reader_going_away_ends_watch_cleanly(creator: Path) -> None:
     run_creator(creator, "fork", 50, [unique_name("pipe")])  # more events to write
     assert watch.wait(timeout=10) == 0
     assert watch.stderr.read() == ""
+
+
+def test_comm_shows_only_that_command(creator: Path) -> None:
+    wanted, other = unique_name("wc"), unique_name("wo")
+    watch = Watch("--comm", wanted.decode())
+    run_creator(creator, "fork", 3, [wanted, other])
+    run_creator(creator, "thread", 2, [other, wanted])
+    lines, err, code = watch.stop()
+    assert code == 0, err
+    assert len(lines) == 5, lines
+    assert all(line.startswith(f"Process {wanted.decode()} (PID:") for line in lines), lines
+
+
+def test_pid_shows_only_that_creating_process(creator: Path) -> None:
+    name = unique_name("wp")
+    chosen = subprocess.Popen(
+        [str(creator), "fork", "4", "--wait", name.hex()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert chosen.stdout is not None and chosen.stdin is not None
+    assert chosen.stdout.readline() == "ready\n"
+    watch = Watch("--pid", str(chosen.pid))
+    run_creator(creator, "fork", 3, [name])  # the same command, another process
+    chosen.stdin.write("go\n")
+    chosen.stdin.flush()
+    assert chosen.stdout.readline() == "done 4\n"
+    chosen.stdin.close()
+    chosen.wait(timeout=10)
+    lines, err, code = watch.stop()
+    assert code == 0, err
+    expected = f"Process {name.decode()} (PID:{chosen.pid}, PPID: {os.getpid()}) called sys_clone"
+    assert lines == [expected] * 4
+
+
+def test_execs_only_on_request(creator: Path, tmp_path: Path) -> None:
+    """A program under a name no other has: its execs show with --exec, never without."""
+    name = unique_name("wx")
+    program = tmp_path / name.decode()
+    shutil.copy("/bin/true", program)
+    plain, execs = Watch("--comm", name.decode()), Watch("--comm", name.decode(), "--exec")
+    spawner = subprocess.Popen(
+        [str(creator), "spawn", "3", "--exec", str(program), unique_name("ws").hex()],
+        stdout=subprocess.PIPE,
+    )
+    assert spawner.wait(timeout=30) == 0
+    lines, err, code = plain.stop()
+    assert (lines, code) == ([], 0), err
+    lines, err, code = execs.stop()
+    assert code == 0, err
+    assert len(lines) == 3, lines
+    pattern = rf"^Process {name.decode()} \(PID:(\d+), PPID: {spawner.pid}\) called exec$"
+    assert all(re.match(pattern, line) for line in lines), lines
+    assert len({re.match(pattern, line)[1] for line in lines}) == 3  # type: ignore[index]
+
+
+def test_timestamps_on_request_before_the_unchanged_line(creator: Path) -> None:
+    name = unique_name("wt")
+    watch = Watch("--timestamp", "--comm", name.decode())
+    before = datetime.now(timezone.utc)
+    process = subprocess.Popen([str(creator), "fork", "2", name.hex()], stdout=subprocess.PIPE)
+    assert process.wait(timeout=30) == 0
+    lines, err, code = watch.stop()
+    assert code == 0, err
+    assert len(lines) == 2, lines
+    for line in lines:
+        stamp, rest = line.split(" ", 1)
+        assert (
+            rest
+            == f"Process {name.decode()} (PID:{process.pid}, PPID: {os.getpid()}) called sys_clone"
+        )
+        seen = datetime.fromisoformat(stamp.replace("Z", "+00:00"))  # RFC 3339 UTC, as --json
+        assert before - timedelta(seconds=1) <= seen <= datetime.now(timezone.utc)
+
+
+def test_unfiltered_lines_carry_no_exec_and_no_timestamp(creator: Path, tmp_path: Path) -> None:
+    name = unique_name("wu")
+    program = tmp_path / name.decode()
+    shutil.copy("/bin/true", program)
+    watch = Watch()
+    spawner = subprocess.Popen(
+        [str(creator), "spawn", "2", "--exec", str(program), name.hex()], stdout=subprocess.PIPE
+    )
+    assert spawner.wait(timeout=30) == 0
+    lines, err, code = watch.stop()
+    assert code == 0, err
+    mine = [line for line in lines if name.decode() in line]
+    expected = f"Process {name.decode()} (PID:{spawner.pid}, PPID: {os.getpid()}) called sys_clone3"
+    assert mine == [expected] * 2
+    assert all(re.match(r"^Process .* \(PID:\d+, PPID: \d+\) called \S+$", ln) for ln in lines)
+    assert not any(line.endswith(" called exec") for line in lines)

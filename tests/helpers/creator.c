@@ -24,6 +24,10 @@
  *                          by the kernel, invisibly to the program; prints "signals S" too
  *     --wait               print "ready" and wait for a line on stdin before creating;
  *                          after "done", stay alive until stdin closes
+ *     --rate R             at most R creations a second: creation i is made no earlier
+ *                          than i/R seconds after the first (a workload of known rate)
+ *     --max-ms M           stop creating M ms after the first creation, even short of COUNT
+ *                          (with a large COUNT: create for M ms at full speed, or at --rate)
  *
  * Prints "done N" with N the creations made (with --tolerate-failures: "done N failed M").
  * Exits 1 on any failed creation otherwise (badclone3 must fail with EINVAL).
@@ -154,6 +158,20 @@ static int iouring_nop(void)
     return done == 1 ? 0 : -1;
 }
 
+static double monotonic_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_until(double when)
+{
+    struct timespec ts = {(time_t)when, (long)((when - (double)(time_t)when) * 1e9)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
 static void *thread_body(void *arg)
 {
     return arg;
@@ -226,6 +244,7 @@ int main(int argc, char **argv)
     const char *exit_name = NULL;
     int together = 0, wait_go = 0, tolerate = 0, first_name = 3;
     long generate = 0, signal_usec = 0;
+    double rate = 0, max_seconds = 0;
 
     for (; first_name < argc && !strncmp(argv[first_name], "--", 2); first_name++) {
         const char *opt = argv[first_name];
@@ -243,6 +262,10 @@ int main(int argc, char **argv)
             generate = strtol(argv[++first_name], NULL, 10);
         else if (!strcmp(opt, "--signal-every-us") && first_name + 1 < argc)
             signal_usec = strtol(argv[++first_name], NULL, 10);
+        else if (!strcmp(opt, "--rate") && first_name + 1 < argc)
+            rate = strtod(argv[++first_name], NULL);
+        else if (!strcmp(opt, "--max-ms") && first_name + 1 < argc)
+            max_seconds = strtod(argv[++first_name], NULL) / 1000;
         else if (!strcmp(opt, "--exit-name-hex") && first_name + 1 < argc)
             exit_name = argv[++first_name];
         else {
@@ -260,16 +283,26 @@ int main(int argc, char **argv)
     if (signal_usec > 0)
         signal_every(signal_usec);
     pid_t *pids = calloc((size_t)count, sizeof(pid_t));
-    long made = 0, failed = 0;
+    long made = 0, failed = 0, attempts = 0;
     long names = generate ? generate : argc - first_name;
     if (generate && argc - first_name != 1)
         die("--generate takes exactly one NAME_HEX, the prefix");
-    for (long n = 0; n < names; n++) {
+    double start = monotonic_seconds();
+    int out_of_time = 0;
+    for (long n = 0; n < names && !out_of_time; n++) {
         if (generate)
             set_generated_name(argv[first_name], n);
         else
             set_name_hex(argv[first_name + n]);
         for (long i = 0; i < count; i++) {
+            if (rate > 0)
+                sleep_until(start + (double)attempts / rate);
+            if (max_seconds > 0 && monotonic_seconds() - start >= max_seconds) {
+                out_of_time = 1;
+                count = i; /* reap only what was made */
+                break;
+            }
+            attempts++;
             pid_t pid = create_one(mode);
             pids[i] = pid;
             if (pid < 0 && tolerate) {

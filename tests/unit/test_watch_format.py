@@ -2,23 +2,9 @@ from __future__ import annotations
 
 import json
 import time
-from types import SimpleNamespace
 
 from procmond.watch import format_json, format_text, monotonic_to_wall_ns, printable, rfc3339
-
-
-def event(comm: bytes, syscall: int = 1, thread: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(
-        timestamp_ns=5,
-        comm=comm,
-        parent_comm=b"bash",
-        pid=10,
-        ppid=1,
-        child_pid=11,
-        child_tid=11,
-        syscall=syscall,
-        is_thread=thread,
-    )
+from tests.unit.watch_events import event
 
 
 def test_prototype_format() -> None:

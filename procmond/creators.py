@@ -1,0 +1,110 @@
+"""The probe's per-process counting, from user space: its switch, its map, and what /proc adds.
+
+Shared by the daemon's storm reports (procmond/storm_monitor.py) and ``procmond top``. The
+probe counts creations per creating process in the ``creators`` LRU map only while
+``storm_watch[0]`` holds a non-zero generation (bpf/procmond.bpf.c); entries of other
+generations are stale and skipped here.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from procmond.layout import MapLayout
+from procmond.storms import CMDLINE_MAX_CHARS, CgroupLabels, CgroupNamer, Creator
+from procmond.text import command_line
+
+_U32 = struct.Struct("=I")
+_ZERO_KEY = _U32.pack(0)
+NO_LABELS: CgroupLabels = ("", "", "", "")
+
+
+class Map(Protocol):
+    """What is needed of a map: procmond.bpfmap.BPFMap."""
+
+    def items(self) -> list[tuple[bytes, bytes]]: ...
+
+    def update(self, key: bytes, value: bytes) -> None: ...
+
+
+def switch(storm_watch: Map, generation: int) -> None:
+    """Per-process counting on (as ``generation``), or off (0)."""
+    storm_watch.update(_ZERO_KEY, _U32.pack(generation))
+
+
+class CreatorsReader:
+    """The creators map's entries of one generation, as Creator values."""
+
+    def __init__(self, creators: Map, layout: MapLayout) -> None:
+        self._map = creators
+        value = layout.value
+        self._pid = layout.key.field("").decoder()
+        self._fields: dict[str, Callable[[bytes], object]] = {
+            name: value.field(name).decoder()
+            for name in (
+                "forks",
+                "threads",
+                "cgroup_id",
+                "start_ns",
+                "ppid",
+                "generation",
+                "comm",
+                "parent_comm",
+            )
+        }
+
+    def read(self, generation: int) -> dict[int, Creator]:
+        f = self._fields
+        out = {}
+        for key, value in self._map.items():
+            if f["generation"](value) != generation:
+                continue
+            pid = int(self._pid(key))  # type: ignore[call-overload]
+            out[pid] = Creator(
+                pid,
+                f["comm"](value),  # type: ignore[arg-type]
+                f["ppid"](value),  # type: ignore[arg-type]
+                f["parent_comm"](value),  # type: ignore[arg-type]
+                f["cgroup_id"](value),  # type: ignore[arg-type]
+                f["forks"](value),  # type: ignore[arg-type]
+                f["threads"](value),  # type: ignore[arg-type]
+                f["start_ns"](value),  # type: ignore[arg-type]
+            )
+        return out
+
+
+def host_created(stat: Path = Path("/proc/stat")) -> int:
+    """Processes and threads created on the host since boot: the kernel's own count."""
+    with stat.open("rb") as f:
+        for line in f:
+            if line.startswith(b"processes "):
+                return int(line.split()[1])
+    raise OSError(f"{stat} has no processes line")
+
+
+def cmdline(pid: int, comm: bytes, proc: Path = Path("/proc")) -> str | None:
+    """The process's command line, printable and cut to CMDLINE_MAX_CHARS; None when the
+    process is gone, has none (a kernel thread, a zombie), or is not the process the probe saw
+    (its command differs: the pid was reused, or it exec'd)."""
+    base = proc / str(pid)
+    try:
+        if (base / "comm").read_bytes().rstrip(b"\n") != comm:
+            return None
+        with (base / "cmdline").open("rb") as f:
+            raw = f.read(4 * CMDLINE_MAX_CHARS)
+    except OSError:
+        return None
+    return command_line(raw, CMDLINE_MAX_CHARS)
+
+
+def labels_of(namer: CgroupNamer | None, cgroup_id: int) -> CgroupLabels:
+    """The cgroup's unit, namespace, pod and container; empty without a namer or a name."""
+    if namer is None or not cgroup_id:
+        return NO_LABELS
+    try:
+        return namer(cgroup_id)
+    except OSError:
+        return NO_LABELS

@@ -1,0 +1,215 @@
+"""The daemon's side of fork-storm reports: a thread that feeds procmond/storms.py once a
+second, switches the probe's per-process counting, logs, and exports storm metrics.
+
+Outside storms a tick is one read of /proc/stat (~10 µs); the counters and the creators map are
+read only while the host creates at least half ``storm_threshold`` tasks a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from procmond import creators
+from procmond.config import Config
+from procmond.layout import MapLayout
+from procmond.maps import MapReader
+from procmond.metrics import OVERFLOW_LABEL_VALUE, label_value
+from procmond.storms import (
+    TICK_SECONDS,
+    Arm,
+    CgroupNamer,
+    CreatorRate,
+    CreatorView,
+    Disarm,
+    Event,
+    StormContinues,
+    StormCounts,
+    StormDetector,
+    StormEnded,
+    StormStarted,
+    continues_line,
+    ended_line,
+    started_line,
+)
+from procmond.text import printable
+
+log = logging.getLogger(__name__)
+
+
+class Probe(Protocol):
+    """What the monitor needs of the loaded probe: procmond.handoff.HandedOffProbe."""
+
+    layouts: dict[str, MapLayout]
+
+    def map(self, name: str) -> creators.Map: ...
+
+    def reader(self) -> MapReader: ...
+
+
+class StormMonitor:
+    """Started by the daemon; ``configure`` applies storm_threshold (at start and reload)."""
+
+    def __init__(
+        self,
+        probe: Probe,
+        namer: CgroupNamer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        proc: Path = Path("/proc"),
+    ) -> None:
+        self._switch = probe.map("storm_watch")
+        self._creators = creators.CreatorsReader(probe.map("creators"), probe.layouts["creators"])
+        self._reader = probe.reader()
+        self._namer = namer
+        self._clock = clock
+        self._proc = proc
+        self._lock = threading.Lock()  # the counts, read by scrapes
+        self.counts = StormCounts(OVERFLOW_LABEL_VALUE)
+        self._detector: StormDetector | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._last_error = ""
+
+    @property
+    def counting(self) -> bool:
+        """Whether the probe counts per process now."""
+        detector = self._detector
+        return bool(detector and detector.armed)
+
+    def configure(self, config: Config) -> None:
+        """Start, stop, or re-threshold detection: storm_threshold applies at once."""
+        threshold = config.storm_threshold
+        if threshold and "comm" not in config.labels:
+            log.warning(
+                "storm_threshold is set but the comm label is not kept: fork storms cannot be "
+                "told apart by command, so they are not reported; add comm to labels"
+            )
+            threshold = 0
+        if not threshold:
+            self.stop()
+            return
+        if self._detector is not None and self._thread is not None:
+            self._detector.threshold = threshold
+            return
+        self._detector = StormDetector(threshold)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="storms", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and switch per-process counting off; active storms are dropped."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if self._detector is not None:
+            if self._detector.armed:
+                self._try(lambda: creators.switch(self._switch, 0))
+            with self._lock:
+                for comm in self._detector.storms:
+                    self.counts.storm_ended(label_value(comm))
+            self._detector = None
+
+    def _run(self) -> None:
+        due = self._clock()
+        while True:
+            detector = self._detector
+            step = detector.next_tick if detector else TICK_SECONDS
+            due += step
+            now = self._clock()
+            if due < now:  # fell behind (a stopped VM): skip, do not catch up
+                due = now + step
+            if self._stop.wait(due - now):
+                return
+            self._try(self.tick)
+
+    def _try(self, action: Callable[[], None]) -> None:
+        """A failing tick is logged once (until it changes) and the next one tried."""
+        try:
+            action()
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:
+                log.error("storm detection: %s", message)
+                self._last_error = message
+        else:
+            self._last_error = ""
+
+    def tick(self) -> None:
+        detector = self._detector
+        assert detector is not None
+        now = self._clock()
+        plan = detector.tick(now, creators.host_created(self._proc / "stat"))
+        forks = None
+        if plan.commands:
+            forks = {
+                raw: (comm, count)
+                for raw, (comm,), count in self._reader.counter_entries("forks_total", ("comm",))
+            }
+        found = self._creators.read(detector.generation) if plan.creators else None
+        for event in detector.observe(now, forks, found):  # type: ignore[arg-type]
+            self._apply(event, detector.threshold)
+
+    def _apply(self, event: Event, threshold: int) -> None:
+        if isinstance(event, Arm):
+            creators.switch(self._switch, event.generation)
+        elif isinstance(event, Disarm):
+            creators.switch(self._switch, 0)
+        elif isinstance(event, StormStarted):
+            with self._lock:
+                self.counts.storm_started(label_value(event.comm))
+            top = self._views(event.top)
+            log.warning(started_line(printable(event.comm), event, threshold, top))
+        elif isinstance(event, StormContinues):
+            log.warning(continues_line(printable(event.comm), event, self._views(event.top)))
+        elif isinstance(event, StormEnded):
+            with self._lock:
+                self.counts.storm_ended(label_value(event.comm))
+            log.warning(ended_line(printable(event.comm), event))
+
+    def _views(self, top: tuple[CreatorRate, ...]) -> list[CreatorView]:
+        return [creator_view(rate, self._namer, self._proc) for rate in top]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            started = dict(self.counts.started)
+            active = dict(self.counts.active)
+        total = CounterMetricFamily(
+            "procmond_storms",
+            "Fork storms logged (a command creating at least storm_threshold processes per "
+            "second), by command.",
+            labels=["comm"],
+        )
+        for comm, count in sorted(started.items()):
+            total.add_metric([comm], count)
+        yield total
+        now = GaugeMetricFamily(
+            "procmond_storm_active",
+            "Fork storms going on now, by command (1 while it lasts).",
+            labels=["comm"],
+        )
+        for comm, count in sorted(active.items()):
+            now.add_metric([comm], count)
+        yield now
+        yield GaugeMetricFamily(
+            "procmond_storm_process_counting",
+            "1 while the probe counts creations per process (a storm is suspected or going on).",
+            value=int(self.counting),
+        )
+
+
+def creator_view(rate: CreatorRate, namer: CgroupNamer | None, proc: Path) -> CreatorView:
+    c = rate.creator
+    return CreatorView(
+        rate,
+        printable(c.comm),
+        printable(c.parent_comm),
+        creators.cmdline(c.pid, c.comm, proc),
+        creators.labels_of(namer, c.cgroup_id),
+    )

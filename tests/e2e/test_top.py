@@ -1,0 +1,214 @@
+"""``procmond top`` in a real terminal (tmux) and in batch mode, on the real probe: a workload of
+known rate shows at that rate (±10 %), its creating process is named, ``q`` quits leaving no
+process, probe or broken terminal behind."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.e2e.harness import PROCMOND, REPO, own_comm, unique_name
+from tests.e2e.test_handoff import (
+    BPF_MAP_GET_NEXT_ID,
+    BPF_PROG_GET_NEXT_ID,
+    _kernel_objects,
+    _loaded,
+)
+
+RATE = 200  # forks a second, paced by the creator
+TOLERANCE = 0.10
+
+
+def paced(creator: Path, name: bytes, seconds: float) -> subprocess.Popen:
+    """``name`` forking RATE times a second for ``seconds``."""
+    return subprocess.Popen(
+        [str(creator), "fork", str(int(RATE * seconds)), "--rate", str(RATE), name.hex()],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+@dataclass
+class Frame:
+    header: str
+    rows: dict[str, list[str]]  # command → the row's fields
+    creators_of: str
+    creators: list[list[str]]
+
+
+def parse(text: str) -> list[Frame]:
+    """Batch output (or a screen, with the selection mark taken off) → frames."""
+    frames: list[Frame] = []
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("procmond top "):
+            frames.append(Frame(line, {}, "", []))
+            section = "head"
+        elif not frames or not line.strip():
+            section = "" if section == "rows" else section
+        elif line.split()[0] == "FORKS/s":
+            section = "rows"
+        elif line.startswith("TOP CREATORS of "):
+            frames[-1].creators_of = line.removeprefix("TOP CREATORS of ")
+            section = "creators"
+        elif section == "rows":
+            fields = line.lstrip(">").split()  # ">" marks the selected row on the screen
+            frames[-1].rows[fields[5]] = fields
+        elif section == "creators" and line.split()[0].isdigit():
+            frames[-1].creators.append(line.split())
+    return frames
+
+
+def assert_rate(value: str) -> None:
+    assert abs(float(value) - RATE) <= TOLERANCE * RATE, value
+
+
+def test_batch_mode_prints_rates_and_the_top_creators_as_text(creator: Path) -> None:
+    name = unique_name("!tb")  # "!" sorts before every other command name
+    workload = paced(creator, name, 15)
+    try:
+        result = subprocess.run(
+            [*PROCMOND, "top", "-b", "-n", "3", "-s", "command"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        frames = parse(result.stdout)
+        assert len(frames) == 3, result.stdout
+        for frame in frames:
+            row = frame.rows[name.decode()]
+            forks, threads, execs, exits, failures, _comm, parent, unit, pod = row
+            assert_rate(forks)
+            assert_rate(exits)
+            assert (threads, execs, failures, parent, unit, pod) == (
+                "0.0",
+                "0.0",
+                "-",  # failures need --syscall-probes
+                own_comm(),
+                "-",
+                "-",
+            )
+            assert frame.creators_of == name.decode()  # the first row is the selected one
+            [top] = frame.creators
+            assert top[0] == str(workload.pid) and top[3] == str(os.getpid())
+            assert_rate(top[1])
+            assert top[5:] == [
+                str(creator),
+                "fork",
+                str(RATE * 15),
+                "--rate",
+                str(RATE),
+                name.hex(),
+            ]
+        once = subprocess.run(
+            [*PROCMOND, "top", "--once"], capture_output=True, text=True, timeout=60
+        )
+        assert once.returncode == 0, once.stderr
+        assert len(parse(once.stdout)) == 1
+        assert_rate(parse(once.stdout)[0].rows[name.decode()][0])
+    finally:
+        workload.kill()
+        workload.wait()
+
+
+class Tmux:
+    """A shell in a detached tmux session of its own."""
+
+    def __init__(self) -> None:
+        self.session = f"procmond-top-{secrets.token_hex(4)}"
+        self._tmux(
+            "new-session",
+            "-d",
+            "-s",
+            self.session,
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-c",
+            str(REPO),
+            "env",
+            "PS1=$ ",
+            "bash",
+            "--norc",
+            "--noprofile",
+        )
+
+    def _tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", "-t", self.session, *keys)
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", self.session)
+
+    def show(self, fmt: str) -> str:
+        return self._tmux("display-message", "-p", "-t", self.session, fmt).strip()
+
+    def wait_for(self, found, seconds: float = 30) -> str:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + seconds
+        while True:
+            screen = self.screen()
+            if found(screen):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not on the screen after {seconds} s:\n{screen}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True)
+
+
+def ours_selected(screen: str, name: str) -> bool:
+    """Our row is on the screen, marked selected, with its creators shown."""
+    marked = any(ln.startswith(">") and f" {name} " in ln for ln in screen.splitlines())
+    return marked and f"TOP CREATORS of {name}" in screen and bool(parse(screen)[0].creators)
+
+
+def test_top_in_a_terminal_shows_the_rate_and_q_restores_everything(creator: Path) -> None:
+    name = unique_name("!tt")
+    workload = paced(creator, name, 40)
+    tmux = Tmux()
+    try:
+        shell = int(tmux.show("#{pane_pid}"))
+        tmux.keys(" ".join([sys.executable, "-m", "procmond", "top"]), "Enter")
+        tmux.wait_for(lambda s: "FORKS/s" in s)
+        top_pid = int(Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
+        maps, programs = _kernel_objects(top_pid)
+        assert maps and programs
+        tmux.keys("c", *(["Up"] * 30))  # sort by command; the first row ("!...") selected
+        rates: dict[str, str] = {}  # header (its clock) → our row's fork rate
+        while len(rates) < 3:
+            screen = tmux.wait_for(lambda s: ours_selected(s, name.decode()))
+            [frame] = parse(screen)
+            rates[frame.header] = frame.rows[name.decode()][0]
+            assert frame.creators[0][0] == str(workload.pid)
+        for rate in rates.values():
+            assert_rate(rate)
+        tmux.keys("q")
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{top_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{top_pid}").exists(), "top did not quit on q"
+        assert tmux.show("#{alternate_on} #{cursor_flag}") == "0 1"  # the terminal restored
+        tmux.keys("echo restored-$((6*7))", "Enter")
+        tmux.wait_for(lambda s: "\nrestored-42" in s)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            left = (maps & _loaded(BPF_MAP_GET_NEXT_ID)) | (
+                programs & _loaded(BPF_PROG_GET_NEXT_ID)
+            )
+            if not left:
+                break
+            time.sleep(0.1)
+        assert left == set(), "top left its probe loaded"
+    finally:
+        tmux.close()
+        workload.kill()
+        workload.wait()

@@ -1,0 +1,130 @@
+"""``procmond top``'s rows and rates, on fake maps with a fake clock (tests/e2e/test_top.py
+runs it in a real terminal on the real probe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from procmond.creators import CreatorsReader
+from procmond.maps import MapReader
+from procmond.storms import Creator, CreatorRate
+from procmond.top import Frame, Row, RowKey, Sampler, Screen, build_rows, sort_rows, view
+from tests.unit.creator_fakes import CREATOR_LAYOUT, FakeCreators, creator_entry
+from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, exited, pair
+
+NO_LABELS = ("", "", "", "")
+
+
+def labels(cgroup_id: int) -> tuple[str, ...]:
+    return {5: ("web.service", "", "", ""), 6: ("", "shop", "web-1", "app")}.get(
+        cgroup_id, NO_LABELS
+    )
+
+
+def test_rows_are_by_command_unit_and_pod_with_the_main_parent() -> None:
+    rows = build_rows(
+        {
+            "forks": [
+                ({"cgroup_id": 5, "comm": b"sh", "parent_comm": b"bash"}, 10),
+                ({"cgroup_id": 5, "comm": b"sh", "parent_comm": b"cron"}, 30),
+                ({"cgroup_id": 6, "comm": b"sh", "parent_comm": b"bash"}, 4),
+            ],
+            "exits": [({"cgroup_id": 5, "comm": b"sh"}, 20)],
+        },
+        2.0,
+        labels,
+    )
+    by_key = {r.key: r for r in rows}
+    web = by_key[RowKey(b"sh", "web.service", "")]
+    assert web.rates["forks"] == 20.0 and web.rates["exits"] == 10.0
+    assert web.parent == b"cron"
+    pod = by_key[RowKey(b"sh", "", "shop/web-1")]
+    assert pod.rates["forks"] == 2.0 and pod.parent == b"bash"
+
+
+def test_sorting() -> None:
+    a, b = Row(RowKey(b"a", "", "")), Row(RowKey(b"b", "", ""))
+    a.rates["forks"], b.rates["forks"] = 1.0, 2.0
+    a.rates["execs"], b.rates["execs"] = 5.0, 0.0
+    assert [r.key.comm for r in sort_rows([a, b], "forks")] == [b"b", b"a"]
+    assert [r.key.comm for r in sort_rows([a, b], "execs")] == [b"a", b"b"]
+    assert [r.key.comm for r in sort_rows([b, a], "command")] == [b"a", b"b"]
+
+
+class Maps:
+    def __init__(self) -> None:
+        self.tables = {name: FakeHash([]) for name in LAYOUTS}
+        self.creators = FakeCreators()
+
+    def set(self, forks: int, exits: int, creators: list[tuple[bytes, bytes]]) -> None:
+        self.tables["forks_total"] = FakeHash([(pair(b"job", b"bash"), forks)])
+        self.tables["exits_total"] = FakeHash([(exited(b"job"), exits)])
+        self.creators.rows = creators
+
+
+def test_rates_are_counts_over_the_measured_time(tmp_path: Path) -> None:
+    maps = Maps()
+    now = [10.0]
+    stat = tmp_path / "stat"
+    stat.write_text("processes 1000\n")
+    maps.set(100, 90, [creator_entry(70, 100, 1, b"job")])
+    sampler = Sampler(
+        MapReader(lambda name: maps.tables[name], LAYOUTS, MAP_IDS),
+        CreatorsReader(maps.creators, CREATOR_LAYOUT),
+        labels,
+        failures=False,
+        clock=lambda: now[0],
+        stat=stat,
+    )
+    now[0] += 2.5
+    stat.write_text("processes 1500\n")
+    maps.set(600, 590, [creator_entry(70, 600, 1, b"job")])
+    frame = sampler.sample()
+    assert frame.seconds == 2.5 and frame.host_rate == 200.0
+    [row] = frame.rows
+    assert row.key == RowKey(b"job", "", "")
+    assert (row.rates["forks"], row.rates["exits"], row.parent) == (200.0, 200.0, b"bash")
+    [(key, rate)] = frame.creators
+    assert key == row.key and (rate.creator.pid, rate.forks_per_second) == (70, 200.0)
+    text = view(frame, "forks", None).lines()
+    assert text[2].split() == ["200.0", "0.0", "0.0", "200.0", "-", "job", "bash", "-", "-"]
+    assert text[4] == "TOP CREATORS of job"
+    assert text[6].split()[:5] == ["70", "200.0", "0.0", "1", "bash"]
+
+
+def frame_of(*comms: bytes) -> Frame:
+    rows = []
+    for i, comm in enumerate(comms):
+        row = Row(RowKey(comm, "", ""))
+        row.rates["forks"] = 100.0 - i
+        rows.append(row)
+    creators = [
+        (RowKey(comm, "", ""), CreatorRate(Creator(100 + i, comm, 1, b"x", 0, 1, 0, 1), 9.0, 0.0))
+        for i, comm in enumerate(comms)
+    ]
+    return Frame(0.0, 1.0, 0.0, rows, creators, False)
+
+
+def test_the_screen_selects_rows_and_shows_their_creators() -> None:
+    screen = Screen("forks", frame_of(b"a", b"b", b"c"))
+    lines = screen.lines(40)
+    assert lines[2].startswith(">") and lines[2].split()[-4] == "a"
+    assert "TOP CREATORS of a" in lines
+    screen.key(ord("j"))
+    screen.key(ord("j"))
+    lines = screen.lines(40)
+    assert lines[4].startswith(">") and "TOP CREATORS of c" in lines
+    assert [ln.split()[0] for ln in lines if ln.startswith("      10")] == ["102"]
+    screen.key(ord("c"))
+    assert screen.sort == "command"
+    assert screen.key(ord("q")) is False
+
+
+def test_a_short_screen_scrolls_to_the_selected_row() -> None:
+    screen = Screen("forks", frame_of(*(bytes([ord("a") + i]) for i in range(20))))
+    for _ in range(15):
+        screen.key(ord("j"))
+    lines = screen.lines(14)
+    marked = [ln for ln in lines if ln.startswith(">")]
+    assert len(marked) == 1 and marked[0].split()[-4] == "p"  # the 16th row
+    assert len(lines) <= 14

@@ -1,0 +1,96 @@
+"""``procmond watch`` filters and options, on events made by hand (tests/e2e/test_watch.py
+runs them on the real probe)."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+
+import pytest
+
+from procmond.config import Config
+from procmond.errors import ProcmondError
+from procmond.watch import (
+    CgroupLabelCache,
+    Selection,
+    command_name,
+    exec_kind,
+    format_json,
+    format_text,
+    formatter,
+    watch,
+)
+from tests.unit.watch_events import event
+
+LABELS = {
+    1: ("", "", "", ""),
+    2: ("cron.service", "", "", ""),
+    3: ("", "shop", "web-1", "app"),
+}
+
+
+def shown(selection: Selection, *events: object) -> list[object]:
+    return [e for e in events if selection.matches(e, LABELS.__getitem__)]
+
+
+def test_no_filter_shows_every_creation_and_no_exec() -> None:
+    creation, execd = event(), event(kind=exec_kind())
+    assert shown(Selection(), creation, execd) == [creation]
+    assert shown(Selection(execs=True), creation, execd) == [creation, execd]
+
+
+def test_each_filter_selects_and_filters_combine() -> None:
+    a = event(b"make", pid=10, cgroup_id=1)
+    b = event(b"sh", pid=11, cgroup_id=2)
+    c = event(b"sh", pid=12, cgroup_id=3)
+    assert shown(Selection(comms=frozenset({b"sh"})), a, b, c) == [b, c]
+    assert shown(Selection(pids=frozenset({10, 12})), a, b, c) == [a, c]
+    assert shown(Selection(units=frozenset({"cron.service"})), a, b, c) == [b]
+    assert shown(Selection(pods=frozenset({"web-1"})), a, b, c) == [c]
+    assert shown(Selection(pods=frozenset({"shop/web-1"})), a, b, c) == [c]
+    assert shown(Selection(pods=frozenset({"other/web-1"})), a, b, c) == []
+    assert shown(Selection(comms=frozenset({b"sh"}), pids=frozenset({10, 11})), a, b, c) == [b]
+
+
+def test_an_exec_line_says_exec() -> None:
+    line = format_text(event(b"ls", kind=exec_kind()))
+    assert line == "Process ls (PID:10, PPID: 1) called exec"
+    assert json.loads(format_json(event(b"ls", kind=exec_kind())))["kind"] == "exec"
+
+
+def test_the_default_line_is_the_prototypes() -> None:
+    assert formatter(False, False)(event()) == "Process make (PID:10, PPID: 1) called sys_clone"
+
+
+def test_timestamps_on_request() -> None:
+    e = event()
+    before = datetime.datetime.now()
+    stamp, rest = formatter(False, True)(e).split(" ", 1)
+    assert rest == format_text(e)
+    assert abs((datetime.datetime.fromisoformat(stamp) - before).total_seconds()) < 5
+    obj = json.loads(formatter(True, True)(e))
+    assert obj["time"].startswith(stamp[:10]) and obj["pid"] == 10
+
+
+def test_comm_is_cut_as_the_kernel_cuts_it() -> None:
+    assert command_name("systemd-journald") == b"systemd-journal"
+    with pytest.raises(ProcmondError):
+        command_name("")
+
+
+def test_unit_and_pod_need_a_namer() -> None:
+    with pytest.raises(ProcmondError, match="--unit and --pod"):
+        watch(Config(), False, io.StringIO(), io.StringIO(), Selection(units=frozenset({"x"})))
+
+
+def test_labels_are_asked_once_per_cgroup() -> None:
+    asked: list[int] = []
+
+    def namer(cgroup_id: int) -> tuple[str, ...]:
+        asked.append(cgroup_id)
+        return LABELS[cgroup_id]
+
+    cache = CgroupLabelCache(namer)
+    assert [cache(2), cache(2), cache(3)] == [LABELS[2], LABELS[2], LABELS[3]]
+    assert asked == [2, 3]
