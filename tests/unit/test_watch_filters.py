@@ -65,10 +65,11 @@ def test_the_default_line_is_the_prototypes() -> None:
 
 def test_timestamps_on_request() -> None:
     e = event()
-    before = datetime.datetime.now()
+    before = datetime.datetime.now(datetime.timezone.utc)
     stamp, rest = formatter(False, True)(e).split(" ", 1)
     assert rest == format_text(e)
-    assert abs((datetime.datetime.fromisoformat(stamp) - before).total_seconds()) < 5
+    seen = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert abs((seen - before).total_seconds()) < 5
     obj = json.loads(formatter(True, True)(e))
     assert obj["time"].startswith(stamp[:10]) and obj["pid"] == 10
 

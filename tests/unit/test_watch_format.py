@@ -32,11 +32,11 @@ def test_every_byte_value() -> None:
 
 
 def test_json_time_is_wall_clock_rfc3339_utc_to_the_microsecond() -> None:
-    monotonic = 5  # the event's timestamp_ns
-    offset = 1_796_193_386_894_123_456 - monotonic  # → 2026-12-02T06:36:26.894123456 UTC
-    obj = json.loads(format_json(event(b"make"), offset))
+    e = event(b"make")
+    offset = 1_796_193_386_894_123_456 - e.timestamp_ns  # → 2026-12-02T06:36:26.894123456 UTC
+    obj = json.loads(format_json(e, offset))
     assert obj["time"] == "2026-12-02T06:36:26.894123Z"
-    assert obj["timestamp_ns"] == 5
+    assert obj["timestamp_ns"] == e.timestamp_ns
     assert rfc3339(0) == "1970-01-01T00:00:00.000000Z"
     assert rfc3339(999_999_999) == "1970-01-01T00:00:00.999999Z"  # truncated, not rounded
 
