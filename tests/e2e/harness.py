@@ -220,6 +220,15 @@ class Watch:
         )
         assert self.process.poll() is None, f"watch exited {self.process.returncode}"
 
+    def finish(
+        self, expected: int, mine: Callable[[str], bool] = lambda _line: True
+    ) -> tuple[list[str], str, int]:
+        """Wait for ``expected`` lines that are ``mine``, then stop: every line, stderr and
+        the exit status. A filter test then checks nothing else came."""
+        self.wait_for(f"{expected} lines", lambda lines: sum(map(mine, lines)) >= expected)
+        err, code = self.stop()
+        return self.lines(), err, code
+
     def stop(self) -> tuple[str, int]:
         """SIGTERM; its stderr and exit status. Lines stay in ``raw`` / ``lines()``."""
         assert self.process.stderr is not None

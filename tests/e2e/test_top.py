@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tests.e2e.harness import PROCMOND, REPO, own_comm, unique_name
 from tests.e2e.test_handoff import (
-    BPF_MAP_GET_NEXT_ID,
-    BPF_PROG_GET_NEXT_ID,
+    MAP_IDS,
+    PROG_IDS,
     _kernel_objects,
     _loaded,
 )
@@ -201,9 +201,7 @@ def test_top_in_a_terminal_shows_the_rate_and_q_restores_everything(creator: Pat
         tmux.wait_for(lambda s: "\nrestored-42" in s)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            left = (maps & _loaded(BPF_MAP_GET_NEXT_ID)) | (
-                programs & _loaded(BPF_PROG_GET_NEXT_ID)
-            )
+            left = (maps & _loaded(MAP_IDS)) | (programs & _loaded(PROG_IDS))
             if not left:
                 break
             time.sleep(0.1)

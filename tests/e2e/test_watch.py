@@ -91,7 +91,7 @@ def test_comm_shows_only_that_command(creator: Path) -> None:
     watch = Watch("--comm", wanted.decode())
     run_creator(creator, "fork", 3, [wanted, other])
     run_creator(creator, "thread", 2, [other, wanted])
-    lines, err, code = watch.stop()
+    lines, err, code = watch.finish(5)
     assert code == 0, err
     assert len(lines) == 5, lines
     assert all(line.startswith(f"Process {wanted.decode()} (PID:") for line in lines), lines
@@ -114,7 +114,7 @@ def test_pid_shows_only_that_creating_process(creator: Path) -> None:
     assert chosen.stdout.readline() == "done 4\n"
     chosen.stdin.close()
     chosen.wait(timeout=10)
-    lines, err, code = watch.stop()
+    lines, err, code = watch.finish(4)
     assert code == 0, err
     expected = f"Process {name.decode()} (PID:{chosen.pid}, PPID: {os.getpid()}) called sys_clone"
     assert lines == [expected] * 4
@@ -131,10 +131,10 @@ def test_execs_only_on_request(creator: Path, tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
     )
     assert spawner.wait(timeout=30) == 0
-    lines, err, code = plain.stop()
-    assert (lines, code) == ([], 0), err
-    lines, err, code = execs.stop()
+    lines, err, code = execs.finish(3)
     assert code == 0, err
+    plain_lines, plain_err, plain_code = plain.finish(0)
+    assert (plain_lines, plain_code) == ([], 0), plain_err
     assert len(lines) == 3, lines
     pattern = rf"^Process {name.decode()} \(PID:(\d+), PPID: {spawner.pid}\) called exec$"
     assert all(re.match(pattern, line) for line in lines), lines
@@ -147,7 +147,7 @@ def test_timestamps_on_request_before_the_unchanged_line(creator: Path) -> None:
     before = datetime.now(timezone.utc)
     process = subprocess.Popen([str(creator), "fork", "2", name.hex()], stdout=subprocess.PIPE)
     assert process.wait(timeout=30) == 0
-    lines, err, code = watch.stop()
+    lines, err, code = watch.finish(2)
     assert code == 0, err
     assert len(lines) == 2, lines
     for line in lines:
@@ -169,7 +169,7 @@ def test_unfiltered_lines_carry_no_exec_and_no_timestamp(creator: Path, tmp_path
         [str(creator), "spawn", "2", "--exec", str(program), name.hex()], stdout=subprocess.PIPE
     )
     assert spawner.wait(timeout=30) == 0
-    lines, err, code = watch.stop()
+    lines, err, code = watch.finish(2, lambda line: name.decode() in line)
     assert code == 0, err
     mine = [line for line in lines if name.decode() in line]
     expected = f"Process {name.decode()} (PID:{spawner.pid}, PPID: {os.getpid()}) called sys_clone3"
