@@ -144,7 +144,8 @@ def test_scrapes_make_no_thread_in_the_daemon(tmp_path: Path) -> None:
             return sum(v for labels, v in created.items() if dict(labels)["comm"] == comm)
 
         at_start = made()
-        assert at_start == 1 + WORKERS  # the connection loop and its workers
+        # the connection loop, its workers, and the storm monitor (storm_threshold is on)
+        assert at_start == 1 + WORKERS + 1
         for _ in range(50):
             daemon.scrape()  # a new connection each
         assert made() == at_start
