@@ -55,25 +55,38 @@ class CreatorsReader:
                 "parent_comm",
             )
         }
+        self._last: dict[bytes, tuple[bytes, Creator]] = {}
 
     def read(self, generation: int) -> dict[int, Creator]:
+        """Entries of other generations are stale. Entries whose bytes did not change since the
+        last read are not decoded again (read every second while the host is busy)."""
         f = self._fields
         out = {}
+        last, self._last = self._last, {}
         for key, value in self._map.items():
             if f["generation"](value) != generation:
                 continue
-            pid = int(self._pid(key))  # type: ignore[call-overload]
-            out[pid] = Creator(
-                pid,
-                f["comm"](value),  # type: ignore[arg-type]
-                f["ppid"](value),  # type: ignore[arg-type]
-                f["parent_comm"](value),  # type: ignore[arg-type]
-                f["cgroup_id"](value),  # type: ignore[arg-type]
-                f["forks"](value),  # type: ignore[arg-type]
-                f["threads"](value),  # type: ignore[arg-type]
-                f["start_ns"](value),  # type: ignore[arg-type]
-            )
+            known = last.get(key)
+            if known is not None and known[0] == value:
+                creator = known[1]
+            else:
+                creator = self._decode(key, value)
+            self._last[key] = (value, creator)
+            out[creator.pid] = creator
         return out
+
+    def _decode(self, key: bytes, value: bytes) -> Creator:
+        f = self._fields
+        return Creator(
+            int(self._pid(key)),  # type: ignore[call-overload]
+            f["comm"](value),  # type: ignore[arg-type]
+            f["ppid"](value),  # type: ignore[arg-type]
+            f["parent_comm"](value),  # type: ignore[arg-type]
+            f["cgroup_id"](value),  # type: ignore[arg-type]
+            f["forks"](value),  # type: ignore[arg-type]
+            f["threads"](value),  # type: ignore[arg-type]
+            f["start_ns"](value),  # type: ignore[arg-type]
+        )
 
 
 def host_created(stat: Path = Path("/proc/stat")) -> int:
