@@ -8,6 +8,7 @@ generations are stale and skipped here.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -89,13 +90,31 @@ class CreatorsReader:
         )
 
 
-def host_created(stat: Path = Path("/proc/stat")) -> int:
-    """Processes and threads created on the host since boot: the kernel's own count."""
-    with stat.open("rb") as f:
-        for line in f:
-            if line.startswith(b"processes "):
-                return int(line.split()[1])
-    raise OSError(f"{stat} has no processes line")
+class HostCreations:
+    """Processes and threads created on the host since boot, the kernel's own count (the
+    ``processes`` line of /proc/stat), read once a second: the file stays open and is read
+    from its start each time (~10 µs)."""
+
+    _LINE = b"\nprocesses "
+
+    def __init__(self, stat: Path = Path("/proc/stat")) -> None:
+        self._path = stat
+        self._fd: int | None = None
+
+    def read(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        data = b"\n" + os.pread(self._fd, 1 << 16, 0)
+        start = data.find(self._LINE)
+        if start < 0:
+            raise OSError(f"{self._path} has no processes line")
+        start += len(self._LINE)
+        return int(data[start : data.index(b"\n", start)])
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def cmdline(pid: int, comm: bytes, proc: Path = Path("/proc")) -> str | None:

@@ -98,6 +98,7 @@ class StormMonitor:
         self._switch = probe.map("storm_watch")
         self._creators = creators.CreatorsReader(probe.map("creators"), probe.layouts["creators"])
         self._forks = CommandForks(probe.map("forks_total"), probe.layouts["forks_total"])
+        self._host = creators.HostCreations(proc / "stat")
         self._namer = namer
         self._clock = clock
         self._proc = proc
@@ -140,6 +141,7 @@ class StormMonitor:
             self._stop.set()
             self._thread.join()
             self._thread = None
+            self._host.close()
         if self._detector is not None:
             if self._detector.armed:
                 self._try(lambda: creators.switch(self._switch, 0))
@@ -177,7 +179,7 @@ class StormMonitor:
         detector = self._detector
         assert detector is not None
         now = self._clock()
-        plan = detector.tick(now, creators.host_created(self._proc / "stat"))
+        plan = detector.tick(now, self._host.read())
         made = None
         if plan.commands:
             made = self._forks.read()
