@@ -1,8 +1,9 @@
 """The daemon's side of fork-storm reports: a thread that feeds procmond/storms.py once a
 second, switches the probe's per-process counting, logs, and exports storm metrics.
 
-Outside storms a tick is one read of /proc/stat (~10 µs); the counters and the creators map are
-read only while the host creates at least half ``storm_threshold`` tasks a second.
+Outside storms a tick is one read of /proc/stat (a quiet tick costs ~0.07 ms of CPU, the
+thread's wake-up about as much again); forks_total and the creators map are read only while the
+host creates at least half ``storm_threshold`` tasks a second.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from procmond import creators
 from procmond.config import Config
 from procmond.layout import MapLayout
-from procmond.maps import MapReader
 from procmond.metrics import OVERFLOW_LABEL_VALUE, label_value
 from procmond.storms import (
     TICK_SECONDS,
@@ -36,6 +36,7 @@ from procmond.storms import (
     StormStarted,
     continues_line,
     ended_line,
+    entry_delta,
     started_line,
 )
 from procmond.text import printable
@@ -50,7 +51,39 @@ class Probe(Protocol):
 
     def map(self, name: str) -> creators.Map: ...
 
-    def reader(self) -> MapReader: ...
+
+class CommandForks:
+    """Processes made per command since the last read of forks_total. Read every second while
+    the host is busy, so it decodes only the entries whose count changed: a full map of 4096
+    entries costs ~3 ms instead of ~8 ms."""
+
+    def __init__(self, table: creators.Map, layout: MapLayout) -> None:
+        self._table = table
+        self._comm = layout.key.field("comm").decoder()
+        self._count = layout.value.field("").decoder()
+        self._last: dict[bytes, bytes] | None = None
+
+    def reset(self) -> None:
+        """Forget the last read: the next one only starts counting again."""
+        self._last = None
+
+    def read(self) -> dict[bytes, int] | None:
+        """{comm: processes made} since the last read; None for the first read."""
+        rows = dict(self._table.items())
+        last, self._last = self._last, rows
+        if last is None:
+            return None
+        made: dict[bytes, int] = {}
+        for key, value in rows.items():
+            before = last.get(key)
+            if before == value:
+                continue
+            count = self._count(value)
+            delta = entry_delta(None if before is None else self._count(before), count)  # type: ignore[arg-type]
+            if delta:
+                comm = self._comm(key)
+                made[comm] = made.get(comm, 0) + delta  # type: ignore[index]
+        return made
 
 
 class StormMonitor:
@@ -65,7 +98,8 @@ class StormMonitor:
     ) -> None:
         self._switch = probe.map("storm_watch")
         self._creators = creators.CreatorsReader(probe.map("creators"), probe.layouts["creators"])
-        self._reader = probe.reader()
+        self._forks = CommandForks(probe.map("forks_total"), probe.layouts["forks_total"])
+        self._host = creators.HostCreations(proc / "stat")
         self._namer = namer
         self._clock = clock
         self._proc = proc
@@ -108,6 +142,7 @@ class StormMonitor:
             self._stop.set()
             self._thread.join()
             self._thread = None
+            self._host.close()
         if self._detector is not None:
             if self._detector.armed:
                 self._try(lambda: creators.switch(self._switch, 0))
@@ -145,15 +180,14 @@ class StormMonitor:
         detector = self._detector
         assert detector is not None
         now = self._clock()
-        plan = detector.tick(now, creators.host_created(self._proc / "stat"))
-        forks = None
+        plan = detector.tick(now, self._host.read())
+        made = None
         if plan.commands:
-            forks = {
-                raw: (comm, count)
-                for raw, (comm,), count in self._reader.counter_entries("forks_total", ("comm",))
-            }
+            made = self._forks.read()
+        else:
+            self._forks.reset()
         found = self._creators.read(detector.generation) if plan.creators else None
-        for event in detector.observe(now, forks, found):  # type: ignore[arg-type]
+        for event in detector.observe(now, made, found):
             self._apply(event, detector.threshold)
 
     def _apply(self, event: Event, threshold: int) -> None:

@@ -108,17 +108,23 @@ Event = Arm | Disarm | StormStarted | StormContinues | StormEnded
 class Plan:
     """What the detector needs read this tick."""
 
-    commands: bool  # forks_total, per entry
+    commands: bool  # processes made per command since the last busy tick (forks_total)
     creators: bool  # the creators map
 
 
+def entry_delta(before: int | None, count: int) -> int:
+    """What a counter map entry counted since it read ``before``. An entry not there before
+    was made since, so all of its count is new; one that went down was deleted and made anew."""
+    if before is None or count < before:
+        return count
+    return count - before
+
+
 def counter_deltas(previous: dict[bytes, int], current: dict[bytes, int]) -> dict[bytes, int]:
-    """What each entry counted since ``previous``. An entry not there before was made since,
-    so all of its count is new; one that went down was deleted and made anew."""
+    """What each entry counted since ``previous`` (entries that counted nothing left out)."""
     out = {}
     for key, count in current.items():
-        before = previous.get(key, 0)
-        delta = count - before if count >= before else count
+        delta = entry_delta(previous.get(key), count)
         if delta:
             out[key] = delta
     return out
@@ -183,7 +189,8 @@ class StormDetector:
         self.next_tick = TICK_SECONDS  # when the edge should tick again
         self.storms: dict[bytes, _Storm] = {}
         self._host: tuple[float, int] | None = None
-        self._commands: tuple[float, dict[bytes, int]] | None = None
+        self._busy = False  # this tick reads the per-command counts
+        self._commands_at: float | None = None  # when they were last read
         self._creators: tuple[float, dict[int, Creator]] = (0.0, {})
 
     def tick(self, now: float, host_created: int) -> Plan:
@@ -193,19 +200,21 @@ class StormDetector:
             rate = (host_created - self._host[1]) / (now - self._host[0])
             busy = rate >= self.threshold / 2
         self._host = (now, host_created)
-        return Plan(busy or bool(self.storms), self.armed)
+        self._busy = busy or bool(self.storms)
+        return Plan(self._busy, self.armed)
 
     def observe(
         self,
         now: float,
-        forks: dict[bytes, tuple[bytes, int]] | None,
+        made: dict[bytes, int] | None,
         creators: dict[int, Creator] | None,
     ) -> list[Event]:
-        """``forks``: forks_total as {raw key: (comm, count)}, if the plan asked for it;
-        ``creators``: the creators map's entries of the current generation, if asked."""
+        """What the plan asked for: ``made``, processes created per command since the last
+        busy tick (None on the first one: there was no count to start from); ``creators``, the
+        creators map's entries of the current generation."""
         self.next_tick = TICK_SECONDS
-        if forks is None:  # quiet: forget the baselines, stop counting per process
-            self._commands = None
+        if not self._busy:  # quiet: forget the baselines, stop counting per process
+            self._commands_at = None
             if self.armed:
                 self.armed = False
                 return [Disarm()]
@@ -217,8 +226,8 @@ class StormDetector:
             since, before = self._creators
             if now > since:
                 rates = creator_rates(before, creators, now - since)
-                for c, made, _threads in creator_deltas(before, creators):
-                    by_creators[c.comm] = by_creators.get(c.comm, 0) + made
+                for c, forks, _threads in creator_deltas(before, creators):
+                    by_creators[c.comm] = by_creators.get(c.comm, 0) + forks
             self._creators = (now, creators)
         if not self.armed:
             self.generation += 1
@@ -226,20 +235,16 @@ class StormDetector:
             self._creators = (now, {})  # a new generation starts from nothing
             self.next_tick = CONFIRM_SECONDS  # name the storm half a second from now
             events.append(Arm(self.generation))
-        counts = {key: count for key, (_comm, count) in forks.items()}
-        if self._commands is not None and now > self._commands[0]:
-            since, before = self._commands
-            by_comm: dict[bytes, int] = {}
-            for key, delta in counter_deltas(before, counts).items():
-                comm = forks[key][0]
-                by_comm[comm] = by_comm.get(comm, 0) + delta
+        since = self._commands_at
+        if made is not None and since is not None and now > since:
+            by_comm = dict(made)
             # Each undercounts in its own way: a command new to a full forks_total counts under
             # __overflow__, a fork bomb's many processes push each other out of the creators
             # map. Both were counted over the same second: the larger is the closer.
-            for comm, made in by_creators.items():
-                by_comm[comm] = max(by_comm.get(comm, 0), made)
+            for comm, forks in by_creators.items():
+                by_comm[comm] = max(by_comm.get(comm, 0), forks)
             events += self._storms(since, now, by_comm, rates)
-        self._commands = (now, counts)
+        self._commands_at = now
         return events
 
     def _storms(

@@ -142,14 +142,14 @@ class Sampler:
         self.labels = labels
         self.failures = failures
         self._clock = clock
-        self._stat = stat
+        self._host = creators.HostCreations(stat)
         self._columns = tuple(c for c in RATE_COLUMNS if failures or c != "failures")
         self._fields = {spec.map_name: spec.key_fields for spec in COUNTERS}
         self._last = self._read()
 
     def _read(self) -> tuple[float, int, dict[str, dict[bytes, tuple[Fields, int]]], Any]:
         now = self._clock()
-        host = creators.host_created(self._stat)
+        host = self._host.read()
         counts = {}
         for column in self._columns:
             name = MAP_OF[column]

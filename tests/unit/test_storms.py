@@ -11,8 +11,7 @@ import pytest
 from procmond.config import Config, parse_config
 from procmond.creators import CreatorsReader, cmdline
 from procmond.errors import ConfigError
-from procmond.maps import MapReader
-from procmond.storm_monitor import StormMonitor
+from procmond.storm_monitor import CommandForks, StormMonitor
 from procmond.storms import (
     Arm,
     Creator,
@@ -32,7 +31,7 @@ from procmond.storms import (
     started_line,
 )
 from tests.unit.creator_fakes import CREATOR_LAYOUT, FakeCreators, FakeSwitch, creator_entry
-from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, pair
+from tests.unit.fakes import LAYOUTS, FakeHash, pair
 
 SH = b"sh"
 
@@ -52,6 +51,7 @@ class Host:
         self.creators: dict[int, Creator] = {}
         self.events: list[object] = []
         self.plans: list[Plan] = []
+        self.read: dict[bytes, int] | None = None  # forks per command at the last busy tick
         self.step({})
 
     def step(self, rates: dict[bytes, int], pid_of: dict[bytes, int] | None = None) -> list:
@@ -65,9 +65,15 @@ class Host:
             self.creators[pid] = creator(pid, (old.forks if old else 0) + n, comm)
         plan = self.detector.tick(self.now, self.created)
         self.plans.append(plan)
-        forks = {pair(c): (c, n) for c, n in self.forks.items()} if plan.commands else None
+        made = None  # as procmond.storm_monitor.CommandForks reads forks_total
+        if plan.commands:
+            if self.read is not None:
+                made = {c: n - self.read.get(c, 0) for c, n in self.forks.items()}
+            self.read = dict(self.forks)
+        else:
+            self.read = None
         events = self.detector.observe(
-            self.now, forks, dict(self.creators) if plan.creators else None
+            self.now, made, dict(self.creators) if plan.creators else None
         )
         for e in events:
             if isinstance(e, Arm):
@@ -114,7 +120,7 @@ def test_top_creators_are_the_busiest_of_that_command_only() -> None:
     detector.tick(0.0, 0)
     assert detector.observe(0.0, None, None) == []  # quiet
     assert detector.tick(1.0, 1000) == Plan(True, False)
-    assert detector.observe(1.0, {pair(SH): (SH, 0)}, None) == [Arm(1)]
+    assert detector.observe(1.0, None, None) == [Arm(1)]  # the first count to start from
     detector.tick(2.0, 2000)
     creators = {
         1: creator(1, 50),
@@ -123,7 +129,7 @@ def test_top_creators_are_the_busiest_of_that_command_only() -> None:
         4: creator(4, 900, comm=b"other"),
         5: creator(5, 0, threads=9),  # threads only: not a fork storm's creator
     }
-    events = detector.observe(2.0, {pair(SH): (SH, 750), pair(b"other"): (b"other", 900)}, creators)
+    events = detector.observe(2.0, {SH: 750, b"other": 900}, creators)
     started = {e.comm: e for e in events if isinstance(e, StormStarted)}
     assert [r.creator.pid for r in started[SH].top] == [2, 3]
     assert [r.creator.pid for r in started[b"other"].top] == [4]
@@ -154,7 +160,7 @@ def test_a_command_missing_from_a_full_forks_map_is_found_by_its_creators() -> N
     detector = StormDetector(1000)
     detector.tick(0.0, 0)
     detector.tick(1.0, 5000)
-    assert detector.observe(1.0, {}, None) == [Arm(1)]
+    assert detector.observe(1.0, None, None) == [Arm(1)]
     detector.tick(2.0, 10000)
     events = detector.observe(2.0, {}, {9: creator(9, 3000), 10: creator(10, 2000, comm=b"x")})
     assert [(type(e), e.comm) for e in events] == [(StormStarted, SH), (StormStarted, b"x")]
@@ -275,10 +281,7 @@ class FakeProbe:
         self.maps = {"storm_watch": FakeSwitch(), "creators": FakeCreators()}
 
     def map(self, name: str):  # type: ignore[no-untyped-def]
-        return self.maps[name]
-
-    def reader(self) -> MapReader:
-        return MapReader(lambda name: self.forks, self.layouts, MAP_IDS)
+        return self.forks if name == "forks_total" else self.maps[name]
 
 
 def test_the_monitor_switches_counting_logs_the_storm_and_counts_it(
@@ -347,3 +350,27 @@ def test_storm_detection_needs_the_comm_label(caplog: pytest.LogCaptureFixture) 
     monitor.configure(Config(labels=("parent_comm",)))
     assert monitor._thread is None
     assert "comm label" in caplog.text
+
+
+def test_command_forks_are_what_each_command_made_since_the_last_read() -> None:
+    table = FakeHash([(pair(b"a", b"x"), 10), (pair(b"a", b"y"), 5), (pair(b"b"), 7)])
+    forks = CommandForks(table, LAYOUTS["forks_total"])
+    assert forks.read() is None  # nothing to count from yet
+    table.rows = FakeHash(
+        [(pair(b"a", b"x"), 12), (pair(b"a", b"y"), 5), (pair(b"b"), 3), (pair(b"c"), 4)]
+    ).rows  # b's entry deleted and made anew (attribution), c new
+    assert forks.read() == {b"a": 2, b"b": 3, b"c": 4}
+    assert forks.read() == {}
+    forks.reset()
+    assert forks.read() is None
+
+
+def test_creators_read_again_are_not_decoded_again() -> None:
+    table = FakeCreators()
+    reader = CreatorsReader(table, CREATOR_LAYOUT)
+    table.rows = [creator_entry(1, 5, 1, b"a"), creator_entry(2, 5, 1, b"b")]
+    first = reader.read(1)
+    table.rows = [creator_entry(1, 5, 1, b"a"), creator_entry(2, 9, 1, b"b")]
+    second = reader.read(1)
+    assert second[1] is first[1]  # unchanged: the same object
+    assert second[2].forks == 9 and first[2].forks == 5
