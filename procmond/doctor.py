@@ -15,6 +15,7 @@ from typing import TextIO
 
 from procmond import bpf_loader, kernel
 from procmond.btf import BTF, VMLINUX_BTF, BTFError, probe_offsets
+from procmond.cgroups import CgroupLayout, read_layout
 from procmond.config import Config
 from procmond.errors import ProcmondError
 
@@ -139,12 +140,20 @@ def check_load() -> Check:
         probe.close()
 
 
+def check_cgroups(layout: CgroupLayout | None = None) -> Check:
+    """Where cgroup v2 is, for the unit and pod labels; without it procmond still runs."""
+    layout = layout or read_layout()
+    fix = "" if layout.v2 else "boot with systemd.unified_cgroup_hierarchy=1, or mount cgroup2"
+    return Check("cgroups", layout.v2 is not None, layout.describe(), fix, fatal=False)
+
+
 def run_checks() -> list[Check]:
     tracefs = guarded("tracefs", check_tracefs)
     checks = [Check("kernel", True, kernel.kernel_release()), guarded("BTF", check_btf), tracefs]
     if tracefs.ok:  # otherwise every tracepoint would look missing
         checks += check_tracepoints()
     checks += [guarded("kernel headers", check_headers), check_capabilities(), check_bcc()]
+    checks.append(guarded("cgroups", check_cgroups))
     if all(c.ok for c in checks if c.fatal):
         checks.append(check_load())
     return checks

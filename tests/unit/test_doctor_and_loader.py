@@ -119,3 +119,19 @@ def test_a_check_that_cannot_read_fails_in_a_sentence(monkeypatch: pytest.Monkey
     assert "[FAIL] tracefs: cannot read /sys/kernel/tracing/events: Permission denied\n" in text
     assert "tracepoint" not in text  # not reported missing: they could not be looked at
     assert text.endswith("run `sudo procmond doctor` to check the rest\n")
+
+
+def test_doctor_says_why_there_are_no_unit_or_pod_labels_on_a_v1_only_host() -> None:
+    from procmond.cgroups import detect_layout
+    from procmond.doctor import check_cgroups
+
+    v1_only = detect_layout("30 25 0:26 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids\n")
+    check = check_cgroups(v1_only)
+    assert not check.ok and not check.fatal
+    assert "only cgroup v1 is mounted" in check.detail and "labels stay empty" in check.detail
+    assert "unified_cgroup_hierarchy" in check.fix
+    hybrid = detect_layout(
+        "30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n"
+        "31 25 0:27 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids\n"
+    )
+    assert check_cgroups(hybrid).ok
