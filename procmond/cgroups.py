@@ -578,3 +578,12 @@ class CgroupNamer:
         prefix = self._hierarchy.prefix
         relative = path[len(prefix) :] if prefix and path.startswith(prefix) else path
         return f"{self._hierarchy.mount_point}{relative if relative != '/' else ''}"
+
+
+def host_namer() -> Callable[[int], tuple[str, ...]]:
+    """cgroup id → (unit, namespace, pod, container) for `watch` and `top`, which run without
+    the daemon: the tree is walked (at most every walk_interval) and the kubelet's files read
+    as the daemon does; ids not known (yet) get empty names."""
+    layout = read_layout()
+    resolver = CgroupResolver(layout.v2, kubelet=KubeletNames())
+    return lambda cgroup_id: tuple(resolver.labels(cgroup_id) or EMPTY_LABELS)

@@ -205,7 +205,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             frozenset(args.pod),
             args.exec,
         )
-        return watch(config, args.json, selection=selection, timestamps=args.timestamp)
+        from procmond.cgroups import host_namer
+
+        namer = host_namer() if selection.by_cgroup else None
+        return watch(config, args.json, selection=selection, timestamps=args.timestamp, namer=namer)
     if args.command == "top":
         from procmond.top import SORT_NAMES, top
 
@@ -217,7 +220,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = replace(config, histograms=False, syscall_probes=args.syscall_probes)
         batch = args.batch or args.once
         count = 1 if args.once else args.iterations
-        return top(config, args.delay, count, batch, args.sort)
+        from procmond.cgroups import host_namer
+
+        return top(config, args.delay, count, batch, args.sort, namer=host_namer())
     if args.command == "check-config":
         config, source = load_config(args.file)
         load_web_config(config.web_config_file)

@@ -127,7 +127,9 @@ class CgroupLabelCache:
         if labels is None:
             if len(self._labels) >= _CGROUP_CACHE_MAX:
                 self._labels.clear()
-            labels = self._labels[cgroup_id] = self._namer(cgroup_id)
+            labels = self._namer(cgroup_id)
+            if any(labels):  # empty may only mean "not known yet": ask again next time
+                self._labels[cgroup_id] = labels
         return labels
 
 

@@ -12,6 +12,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from tests.e2e.cgroup_tree import CgroupTree
 from tests.e2e.harness import PROCMOND, Watch, run_creator, unique_name
 
 
@@ -176,3 +177,17 @@ def test_unfiltered_lines_carry_no_exec_and_no_timestamp(creator: Path, tmp_path
     assert mine == [expected] * 2
     assert all(re.match(r"^Process .* \(PID:\d+, PPID: \d+\) called \S+$", ln) for ln in lines)
     assert not any(line.endswith(" called exec") for line in lines)
+
+
+def test_unit_shows_only_that_units_creations(creator: Path, tree: CgroupTree) -> None:
+    unit = f"watch-{unique_name().hex()[:8]}.service"
+    cgroup = tree.make(f"/test.slice/{unit}")
+    name = unique_name("wun")
+    watch = Watch("--unit", unit)
+    inside = tree.start(cgroup, str(creator), "fork", "3", name.hex())
+    assert inside.wait(timeout=30) == 0
+    run_creator(creator, "fork", 2, [name])  # the same command outside the unit
+    lines, err, code = watch.finish(3)
+    assert code == 0, err
+    expected = f"Process {name.decode()} (PID:{inside.pid}, PPID: {os.getpid()}) called sys_clone"
+    assert lines == [expected] * 3
