@@ -220,7 +220,7 @@ def scrape_latency(
         forks_series = sum(
             1
             for line in text.splitlines()
-            if line.startswith(f'procmond_forks_total{{comm="{prefix}')
+            if line.startswith("procmond_forks_total{") and f'comm="{prefix}' in line
         )
         samples = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
         log(f"scrape: {forks_series} series made, {samples} samples in the exposition")

@@ -66,8 +66,13 @@ class _Cgroup:
 
 @dataclass
 class _Entry:
-    labels: Row  # what this kernel entry's count shows under
-    base: int  # the part of its count already folded under earlier labels
+    """A kernel entry seen while its cgroup's names were not final: where its count shows,
+    and how much of it is already folded under earlier names. An entry first seen with final
+    names needs no record (it shows, from 0, under those names for good): at 10,000 entries
+    that is most of a scrape's time and memory."""
+
+    labels: Row
+    base: int
 
 
 class Attribution:
@@ -98,24 +103,29 @@ class Attribution:
         folded = self._folded.setdefault(map_name, {})
         out: dict[Row, int] = dict(folded)
         present: set[tuple[str, bytes]] = set()
+        settled: dict[int, _Cgroup] = {}  # each cgroup resolved once a read, not once an entry
         for raw, (cgroup_id, *rest), count in entries:
-            cgroup = self._cgroup(int(cgroup_id), now)
+            cgroup = settled.get(cgroup_id)  # type: ignore[call-overload]
+            if cgroup is None:
+                cgroup = settled[cgroup_id] = self._cgroup(int(cgroup_id), now)
             labels: Row = (*cgroup.labels, *rest)
             key = (map_name, raw)
             entry = self._entries.get(key)
-            if entry is None:
+            if entry is None and not cgroup.final:  # names may still come: remember where
                 entry = self._entries[key] = _Entry(labels, 0)
-            elif entry.labels != labels:  # late names: what was counted stays where it was
+            elif entry is not None and entry.labels != labels:  # late names: nothing moves
                 self._fold(folded, out, entry.labels, count - entry.base)
                 entry.labels, entry.base = labels, count
+            base = entry.base if entry is not None else 0
             if cgroup.gone_since is not None and now - cgroup.gone_since >= self._reclaim_after:
                 last = table.take(raw)
-                self._fold(folded, out, labels, (count if last is None else last) - entry.base)
-                del self._entries[key]
+                self._fold(folded, out, labels, (count if last is None else last) - base)
+                self._entries.pop(key, None)
                 self.reclaimed += 1
                 continue
-            present.add(key)
-            out[labels] = out.get(labels, 0) + count - entry.base
+            if entry is not None:
+                present.add(key)
+            out[labels] = out.get(labels, 0) + count - base
         for key in [k for k in self._entries if k[0] == map_name and k not in present]:
             del self._entries[key]  # deleted by someone else: nothing more to account
         return out
