@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class Probe:
     """One attachment point. ``raw`` probes are raw tracepoints (cheaper, args as an array)."""
 
-    target: str  # "task_newtask" (raw) or "syscalls:sys_enter_clone"
+    target: str  # "category:event", as tracefs names it: "task:task_newtask"
     function: str
     raw: bool
     # Syscall-entry probes start the fork-duration clock and name the call for `watch`;
@@ -52,9 +52,9 @@ class Probe:
 CREATION_SYSCALLS = ("clone", "clone3", "fork", "vfork")
 
 PROBES: tuple[Probe, ...] = (
-    Probe("task_newtask", "on_task_newtask", raw=True),
-    Probe("sched_process_exec", "on_sched_process_exec", raw=True),
-    Probe("sched_process_exit", "on_sched_process_exit", raw=True),
+    Probe("task:task_newtask", "on_task_newtask", raw=True),
+    Probe("sched:sched_process_exec", "on_sched_process_exec", raw=True),
+    Probe("sched:sched_process_exit", "on_sched_process_exit", raw=True),
     Probe("cgroup:cgroup_mkdir", "on_cgroup_mkdir", raw=False, for_attribution=True),
     *(
         Probe(
@@ -246,7 +246,7 @@ def attach(bpf: Any, config: Config, watch: bool) -> dict[str, bool]:
     for probe in wanted_probes(config, watch):
         try:
             if probe.raw:
-                bpf.attach_raw_tracepoint(tp=probe.target.encode(), fn_name=probe.function.encode())
+                bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=probe.function.encode())
             else:
                 bpf.attach_tracepoint(tp=probe.target.encode(), fn_name=probe.function.encode())
             attached[probe.name] = True

@@ -74,7 +74,7 @@ def guarded(name: str, check: Callable[[], Check]) -> Check:
 def check_tracepoints() -> list[Check]:
     checks = []
     for probe in bpf_loader.PROBES:
-        category, event = ("sched", probe.target) if probe.raw else probe.target.split(":")
+        category, event = probe.target.split(":")
         present = kernel.tracepoint_format(category, event) is not None
         checks.append(
             Check(

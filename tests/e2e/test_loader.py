@@ -107,3 +107,13 @@ def test_c_is_the_one_source_of_the_layouts_and_map_ids(tmp_path: Path, creator:
         assert lifetimes.sum_ns >= children * 0.3e9 > durations.sum_ns
     finally:
         probe.close()
+
+
+def test_doctor_finds_every_tracepoint_the_probe_attaches() -> None:
+    """doctor looks each probe up under its tracefs category (task_newtask is task:, not
+    sched:): on this kernel every one is present."""
+    from procmond.doctor import check_tracepoints
+
+    checks = check_tracepoints()
+    assert len(checks) == len(bpf_loader.PROBES)
+    assert [c.name for c in checks if not c.ok] == []
