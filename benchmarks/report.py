@@ -680,11 +680,11 @@ def ratio_and_cpu_chart(summary: dict[str, Any], width: int = 40) -> list[str]:
     if not configs or not cpu:
         return []
     name_width = max(len(LABELS[c]) for c in configs)
-    lines = ["fork throughput, ratio to no probe (bar: 0 to 1.1; | is the 0.98 target)"]
+    lines = ["fork throughput, ratio to no probe (bar: 0 to 1.1; | is the 0.99 target)"]
     for c in configs:
         ratio = summary["ratios"][c]["fork"]
         bar = list("█" * round(width * min(ratio, 1.1) / 1.1) + " " * width)[:width]
-        target = int(width * 0.98 / 1.1)
+        target = int(width * 0.99 / 1.1)
         bar[target] = "|" if bar[target] == " " else bar[target]
         lines.append(f"{LABELS[c]:<{name_width}}  {ratio:6.3f}  {''.join(bar).rstrip()}")
     top = max(cpu[c]["all"] for c in configs if c in cpu) or 1.0
