@@ -145,3 +145,42 @@ class Pod:
                 path.unlink()
             elif path.is_dir():
                 os.rmdir(path)
+
+
+class TaskLimitedUnit:
+    """A unit-shaped cgroup (``/test.slice/<unit>``) with ``pids.max`` set, as systemd's
+    TasksMax sets it: made in the v2 hierarchy (the unit's name) and, on hybrid hosts where
+    the pids controller is a v1 one, in the v1 pids hierarchy too. ``bomb`` runs a contained
+    fork bomb in it; ``remove`` takes the v1 side away (``tree`` removes the v2 side)."""
+
+    def __init__(self, tree: CgroupTree, unit: str, limit: int) -> None:
+        from procmond.cgroups import read_layout
+        from procmond.tasklimits import find_pids_hierarchy
+
+        pids = find_pids_hierarchy(read_layout())
+        assert pids is not None, "no pids controller on this host"
+        self.unit = unit
+        path = f"/test.slice/{unit}"
+        self._v1 = CgroupTree(pids.hierarchy.mount_point) if pids.version == 1 else None
+        v1 = self._v1.make(path) if self._v1 else None
+        cgroup = tree.make(path)
+        ((v1 or cgroup) / "pids.max").write_text(f"{limit}\n")
+        self._join = f'echo $$ > "{cgroup}/cgroup.procs" && '
+        self._join += f'echo $$ > "{v1}/cgroup.procs" && ' if v1 else ""
+
+    def bomb(self, creator: Path, forks: int, name: bytes) -> tuple[int, int]:
+        """``forks`` forks at once, each child living 300 ms: (made, refused)."""
+        argv = [str(creator), "fork", str(forks), "--together", "--child-sleep-ms", "300"]
+        done = subprocess.run(
+            ["sh", "-c", self._join + 'exec "$@"', "_", *argv, "--tolerate-failures", name.hex()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        made, refused = (int(x) for x in done.stdout.split()[1::2])
+        return made, refused
+
+    def remove(self) -> None:
+        if self._v1 is not None:
+            self._v1.remove()

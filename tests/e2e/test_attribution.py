@@ -5,16 +5,13 @@ this node as the kubelet lays them out (/var/log/pods, /var/log/containers)."""
 from __future__ import annotations
 
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from procmond.cgroups import read_layout
-from procmond.tasklimits import find_pids_hierarchy
-from tests.e2e.cgroup_tree import CgroupTree, Pod
+from tests.e2e.cgroup_tree import CgroupTree, Pod, TaskLimitedUnit
 from tests.e2e.harness import Daemon, Exposition, own_comm, start_daemon, unique_name, wait_until
 
 PODS_DIR = Path("/var/log/pods")
@@ -167,41 +164,12 @@ def test_a_fork_bomb_held_by_a_task_limit_is_named_by_unit(
     from the pids controller's own count of refused forks: what systemd's TasksMax sets. The
     pids controller is a v1 one on hybrid hosts: the unit's cgroup is made in both, as
     systemd does there."""
-    pids = find_pids_hierarchy(read_layout())
-    assert pids is not None, "no pids controller on this host"
-    unit = f"bomb-{secrets.token_hex(4)}.service"
-    path = f"/test.slice/{unit}"
-    limited = CgroupTree(pids.hierarchy.mount_point)
+    limited = TaskLimitedUnit(tree, f"bomb-{secrets.token_hex(4)}.service", 5)
     try:
-        v1 = limited.make(path) if pids.version == 1 else None
-        cgroup = tree.make(path)
-        ((v1 or cgroup) / "pids.max").write_text("5\n")  # the creator itself and 4 children
-        script = f'echo $$ > "{cgroup}/cgroup.procs" && '
-        script += f'echo $$ > "{v1}/cgroup.procs" && ' if v1 else ""
-        name = unique_name("bomb")
-        done = subprocess.run(
-            [
-                "sh",
-                "-c",
-                script + 'exec "$@"',
-                "_",
-                str(creator),
-                "fork",
-                "30",
-                "--together",
-                "--child-sleep-ms",
-                "300",
-                "--tolerate-failures",
-                name.hex(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        made, failed = (int(x) for x in done.stdout.split()[1::2])
-        assert (made, failed) == (4, 26)
+        made, failed = limited.bomb(creator, 30, unique_name("bomb"))
+        assert (made, failed) == (4, 26)  # the limit counts the creator itself
         hits = daemon.scrape().series("procmond_task_limit_hits_total")
+        unit = limited.unit
         assert {dict(k)["unit"]: v for k, v in hits.items() if dict(k)["unit"] == unit} == {
             unit: failed
         }

@@ -33,9 +33,7 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
-from procmond.cgroups import read_layout
-from procmond.tasklimits import find_pids_hierarchy
-from tests.e2e.cgroup_tree import CgroupTree, Pod
+from tests.e2e.cgroup_tree import CgroupTree, Pod, TaskLimitedUnit
 from tests.e2e.harness import (
     Daemon,
     free_port,
@@ -469,30 +467,13 @@ def test_task_limit_alert_fires_naming_the_unit(
     controller is a v1 one on hybrid hosts: the unit's cgroup is made in both, as systemd does
     there."""
     prometheus = stack.prometheus
-    pids = find_pids_hierarchy(read_layout())
-    assert pids is not None, "no pids controller on this host"
-    unit, path = a_unit()
-    limited = CgroupTree(pids.hierarchy.mount_point)
+    unit, _path = a_unit()
+    limited = TaskLimitedUnit(tree, unit, 5)  # the creator itself and 4 children
     try:
-        v1 = limited.make(path) if pids.version == 1 else None
-        cgroup = tree.make(path)
-        ((v1 or cgroup) / "pids.max").write_text("5\n")  # the creator itself and 4 children
-        script = f'echo $$ > "{cgroup}/cgroup.procs" && '
-        script += f'echo $$ > "{v1}/cgroup.procs" && ' if v1 else ""
         name = unique_name("bomb")
 
         def bomb() -> None:
-            """30 forks at once, each child living 300 ms: 4 made, 26 refused."""
-            argv = [str(creator), "fork", "30", "--together", "--child-sleep-ms", "300"]
-            argv += ["--tolerate-failures", name.hex()]
-            done = subprocess.run(
-                ["sh", "-c", script + 'exec "$@"', "_", *argv],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            )
-            assert done.stdout.split()[1::2] == ["4", "26"], done.stdout
+            assert limited.bomb(creator, 30, name) == (4, 26)
 
         # A first bomb makes the series; one more once Prometheus has it, so that it rises.
         hits = f'procmond_task_limit_hits_total{{unit="{unit}"}}'
