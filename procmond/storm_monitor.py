@@ -132,6 +132,9 @@ class StormMonitor:
             self._detector.threshold = threshold
             return
         self._detector = StormDetector(threshold)
+        # Open /proc/stat now, before the daemon is ready: its descriptors are then the same
+        # from the first scrape on (the tick keeps the file open).
+        self._try(self._host.read)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="storms", daemon=True)
         self._thread.start()
