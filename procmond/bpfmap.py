@@ -121,17 +121,7 @@ class BPFMap:
 
     def lookup(self, key: bytes) -> bytes | None:
         """The value at ``key``, or None if absent."""
-        value = ctypes.create_string_buffer(self.stored_value_size)
-        try:
-            libbpf(
-                "bpf_map_lookup_elem",
-                self.fd,
-                ctypes.create_string_buffer(key, self.key_size),
-                value,
-            )
-        except FileNotFoundError:
-            return None
-        return value.raw
+        return self._value_of("bpf_map_lookup_elem", key)
 
     def update(self, key: bytes, value: bytes) -> None:
         """Set the entry at ``key`` (created if absent): a switch the probe reads."""
@@ -147,14 +137,13 @@ class BPFMap:
         """Delete the entry at ``key`` and return its last value, in one step (hash maps,
         Linux 5.14+): a count made up to the deletion is in the value, none is lost. None if
         absent."""
+        return self._value_of("bpf_map_lookup_and_delete_elem", key)
+
+    def _value_of(self, function: str, key: bytes) -> bytes | None:
+        """A libbpf call that fills the value at ``key``; None if the key is absent."""
         value = ctypes.create_string_buffer(self.stored_value_size)
         try:
-            libbpf(
-                "bpf_map_lookup_and_delete_elem",
-                self.fd,
-                ctypes.create_string_buffer(key, self.key_size),
-                value,
-            )
+            libbpf(function, self.fd, ctypes.create_string_buffer(key, self.key_size), value)
         except FileNotFoundError:
             return None
         return value.raw
