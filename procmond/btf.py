@@ -224,6 +224,15 @@ PROBE_OFFSETS: tuple[tuple[str, str, str], ...] = (
     ("SIGNAL_LIVE_OFF", "signal_struct", "live"),
 )
 
+# The offsets of the path from a task to its cgroup v2 id (task->cgroups->dfl_cgrp->kn->id),
+# read only when the probe reads the current task by typed loads (bpf_loader decides).
+TYPED_READ_OFFSETS: tuple[tuple[str, str, str], ...] = (
+    ("TASK_CGROUPS_OFF", "task_struct", "cgroups"),
+    ("CSS_SET_DFL_CGRP_OFF", "css_set", "dfl_cgrp"),
+    ("CGROUP_KN_OFF", "cgroup", "kn"),
+    ("KERNFS_NODE_ID_OFF", "kernfs_node", "id"),
+)
+
 TASK_COMM_LEN = 16
 
 
@@ -234,3 +243,8 @@ def probe_offsets(btf: BTF) -> dict[str, int]:
     if comm_len != TASK_COMM_LEN:
         raise BTFError(f"task_struct.comm is {comm_len} bytes, procmond expects {TASK_COMM_LEN}")
     return offsets
+
+
+def typed_read_offsets(btf: BTF) -> dict[str, int]:
+    """The ``-D`` defines the typed reads need besides probe_offsets(); raises BTFError."""
+    return {define: btf.member_offset(s, m) for define, s, m in TYPED_READ_OFFSETS}

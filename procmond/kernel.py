@@ -22,6 +22,15 @@ def kernel_release() -> str:
     return platform.release()
 
 
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    """(major, minor) of the running kernel, from its release ("6.18.44-fc" -> (6, 18))."""
+    numbers = (release or kernel_release()).split("-")[0].split(".")
+    try:
+        return int(numbers[0]), int(numbers[1])
+    except (IndexError, ValueError):
+        return 0, 0
+
+
 def tracefs_root() -> Path | None:
     """The mounted tracefs (where tracepoint ids and formats live), or None."""
     for root in TRACEFS_CANDIDATES:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from procmond import bpf_loader
+from procmond import bpf_loader, creators
 from procmond.config import Config
+from tests.e2e.cgroup_tree import CgroupTree
 from tests.e2e.harness import own_comm, run_creator, unique_name
 
 
@@ -117,3 +119,44 @@ def test_doctor_finds_every_tracepoint_the_probe_attaches() -> None:
     checks = check_tracepoints()
     assert len(checks) == len(bpf_loader.PROBES)
     assert [c.name for c in checks if not c.ok] == []
+
+
+@pytest.mark.parametrize("probe_reads", [False, True], ids=["typed-loads", "probe-reads"])
+def test_both_ways_of_reading_the_task_give_the_same_keys(
+    probe_reads: bool, creator: Path, tree: CgroupTree
+) -> None:
+    """The probe reads the current task by typed loads where the kernel allows (5.11+, BTF) and
+    by probe reads elsewhere: both give every key field (cgroup id, command, parent command),
+    the lifetimes and the per-process counts exactly."""
+    probe = bpf_loader.load(Config(), force_probe_reads=probe_reads)
+    try:
+        assert ("-DPROCMOND_TASK_BTF" in probe.cflags) is not probe_reads
+        cgroup = tree.make(f"/pm-reads-{unique_name().hex()}")
+        name, exit_name = unique_name("rd"), unique_name("rx")
+        creators.switch(probe.map("storm_watch"), 7)
+        runs = [
+            tree.start(
+                cgroup, str(creator), mode, "20", "--exit-name-hex", exit_name.hex(), name.hex()
+            )
+            for mode in ("fork", "thread")
+        ]
+        for run in runs:
+            assert run.wait(timeout=60) == 0, run.stderr.read() if run.stderr else ""
+        creators.switch(probe.map("storm_watch"), 0)
+        reader = probe.reader()
+        cgroup_id, parent = cgroup.stat().st_ino, own_comm().encode()
+        keys = ("cgroup_id", "comm", "parent_comm")
+        assert reader.counters("forks_total", keys)[(cgroup_id, name, parent)] == 20
+        assert reader.counters("threads_created_total", keys)[(cgroup_id, name, parent)] == 20
+        exits = reader.counters("exits_total", ("cgroup_id", "comm"))
+        assert exits[(cgroup_id, name)] == 20  # the children: the creators exit as exit_name
+        assert exits[(cgroup_id, exit_name)] == 2
+        assert reader.histograms("process_lifetime_seconds", ("comm",))[(name,)].count == 20
+        counted = creators.CreatorsReader(probe.map("creators"), probe.layouts["creators"]).read(7)
+        mine = {c.pid: c for c in counted.values() if c.comm == name}
+        assert sorted((c.forks, c.threads) for c in mine.values()) == [(0, 20), (20, 0)]
+        assert {c.pid for c in mine.values()} == {run.pid for run in runs}
+        assert all(c.parent_comm == parent and c.ppid == os.getpid() for c in mine.values())
+        assert all(c.cgroup_id == cgroup_id for c in mine.values())
+    finally:
+        probe.close()
