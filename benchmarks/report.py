@@ -16,8 +16,8 @@ from benchmarks.measures import CLOCK_TICKS, median
 
 LABELS = {
     "none": "no probe",
-    "procmond": "procmond daemon",
-    "procmond-sys": "procmond daemon, syscall_probes: true (opt-in)",
+    "procmond": "procmond daemon (defaults, outside storms)",
+    "procmond-sys": "procmond daemon, syscall_probes: true (opt-in, outside storms)",
     "procmond-storm": "procmond daemon, counting per process (storm_threshold: 1)",
     "prototype": "prototype (perf buffer → Python)",
     "watch": "procmond watch",
