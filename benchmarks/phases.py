@@ -81,8 +81,10 @@ def throughput(
             for path in PATHS:
                 this_round.append(_one_load(gen, config, round_, path, seconds, workers))
             # Syscall tracepoints put every task on the kernel's syscall-tracing path: the
-            # cost lands on all syscalls of the host, not only on the creations.
-            load = gen.syscalls(syscall_seconds, workers)
+            # cost lands on all syscalls of the host, not only on the creations. One worker:
+            # a per-call cost of a few percent drowns when the host's own work (and the
+            # configuration's) takes turns on every core.
+            load = gen.syscalls(syscall_seconds, 1)
             syscall_runs.append(
                 {"round": round_, "config": name, "path": "getppid", "rate": load.rate}
             )
