@@ -135,3 +135,27 @@ def test_doctor_says_why_there_are_no_unit_or_pod_labels_on_a_v1_only_host() -> 
         "31 25 0:27 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids\n"
     )
     assert check_cgroups(hybrid).ok
+
+
+@pytest.mark.parametrize(
+    ("release", "version"),
+    [("6.18.44-fc-v857", (6, 18)), ("5.10.0-28-amd64", (5, 10)), ("5.11", (5, 11)), ("x", (0, 0))],
+)
+def test_kernel_version_from_its_release(release: str, version: tuple[int, int]) -> None:
+    assert kernel.kernel_version(release) == version
+
+
+def test_typed_reads_only_from_5_11(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bpf_get_current_task_btf() came in 5.11: older kernels compile the probe-read path."""
+    btf = bpf_loader.BTF.from_file()
+    monkeypatch.setattr(kernel, "kernel_release", lambda: "5.10.0-28-amd64")
+    assert bpf_loader.typed_read_flags(btf) == []
+    monkeypatch.setattr(kernel, "kernel_release", lambda: "5.11.0")
+    flags = bpf_loader.typed_read_flags(btf)
+    assert flags[0] == "-DPROCMOND_TASK_BTF"
+    assert {f.split("=")[0] for f in flags[1:]} == {
+        "-DTASK_CGROUPS_OFF",
+        "-DCSS_SET_DFL_CGRP_OFF",
+        "-DCGROUP_KN_OFF",
+        "-DKERNFS_NODE_ID_OFF",
+    }
