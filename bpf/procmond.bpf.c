@@ -10,7 +10,8 @@
  *                          path (fork, vfork, clone, clone3, and the io_uring and vhost workers
  *                          the kernel makes without kernel_clone(), which sched_process_fork
  *                          never sees); the same count as /proc/stat's `processes`; while
- *                          storm_watch is on, also per creating process (creators)
+ *                          storm_watch is on, also per creating process (creators); and
+ *                          host-wide, for the storm monitor's alarm (storm_tally)
  *   on_sched_process_exec  raw tracepoint: execs
  *   on_sched_process_exit  raw tracepoint: process exits (once per process) and lifetime
  *   on_cgroup_mkdir        tracepoint, only with LABEL_CGROUP: the path of each new cgroup
@@ -55,6 +56,10 @@ BPF_TABLE("lru_hash", u64, struct cgroup_path, cgroup_paths, CGROUP_PATHS_MAX_EN
  * storm_watch[0] is non-zero. */
 BPF_ARRAY(storm_watch, u32, 1);
 BPF_TABLE("lru_hash", u32, struct creator, creators, CREATORS_MAX_ENTRIES);
+/* The storm monitor's alarm on the host's creations (enum storm_tally_slot), and the ring
+ * buffer whose descriptor wakes it: one page, drained at each wake-up. */
+BPF_ARRAY(storm_tally, u64, TALLY_SLOTS);
+BPF_RINGBUF_OUTPUT(storm_wake, 1);
 
 #ifdef PROCMOND_WATCH
 BPF_RINGBUF_OUTPUT(events, WATCH_RINGBUF_PAGES);
@@ -279,6 +284,28 @@ static __always_inline void count_creator(void *creator, u32 is_thread)
         __sync_fetch_and_add(&entry->forks, 1);
 }
 
+/* One more task created on the host. Rings the storm monitor's alarm once the count reaches
+ * it: the monitor then sleeps with no timer, instead of reading /proc/stat every second. Two
+ * array lookups and an add per creation; the ring only when the alarm is due, and only once:
+ * CPUs that see it due together write a record each, all drained at one wake-up. If the ring
+ * is full (it cannot be: the monitor drains it before it sets the alarm), the alarm stays set
+ * and the next creation rings it. */
+static __always_inline void tally_creation(void)
+{
+    u32 created_slot = TALLY_CREATED, wake_slot = TALLY_WAKE_AT;
+    u64 *created = storm_tally.lookup(&created_slot);
+    u64 *wake_at = storm_tally.lookup(&wake_slot);
+    if (!created || !wake_at)
+        return;
+    __sync_fetch_and_add(created, 1);
+    u64 due = *wake_at;
+    if (!due || *created < due)
+        return;
+    u64 count = *created;
+    if (storm_wake.ringbuf_output(&count, sizeof(count), BPF_RB_FORCE_WAKEUP) == 0)
+        *wake_at = 0;
+}
+
 #ifdef PROCMOND_WATCH
 static __always_inline void emit(struct creation_event *event)
 {
@@ -355,6 +382,7 @@ int on_task_newtask(struct bpf_raw_tracepoint_args *ctx)
     else
         count_fork(&key);
     count_creator(creator, is_thread);
+    tally_creation();
 #ifdef PROCMOND_WATCH
     emit_creation(creator, (void *)ctx->args[0], is_thread);
 #endif

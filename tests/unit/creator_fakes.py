@@ -4,6 +4,7 @@ tests without root."""
 from __future__ import annotations
 
 import struct
+import threading
 
 from procmond.layout import CHARS, UINT, Field, Layout, MapLayout
 
@@ -50,3 +51,32 @@ class FakeCreators:
 
     def items(self) -> list[tuple[bytes, bytes]]:
         return list(self.rows)
+
+
+class FakeAlarm:
+    """The probe's creation alarm (procmond/alarm.py): records what the monitor asks of it;
+    ``wait`` blocks until poked (or its timeout), as if the host created nothing."""
+
+    def __init__(self, created: int = 0) -> None:
+        self.count = created
+        self.rings: list[int] = []
+        self.waits: list[float | None] = []
+        self.closed = False
+        self._pokes = threading.Semaphore(0)
+
+    def created(self) -> int:
+        return self.count
+
+    def ring_at(self, count: int) -> None:
+        self.rings.append(count)
+
+    def wait(self, timeout: float | None) -> bool:
+        self.waits.append(timeout)
+        self._pokes.acquire(timeout=timeout)
+        return False
+
+    def poke(self) -> None:
+        self._pokes.release()
+
+    def close(self) -> None:
+        self.closed = True
