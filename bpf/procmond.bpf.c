@@ -11,7 +11,7 @@
  *                          the kernel makes without kernel_clone(), which sched_process_fork
  *                          never sees); the same count as /proc/stat's `processes`; while
  *                          storm_watch is on, also per creating process (creators); and
- *                          host-wide, for the storm monitor's alarm (storm_tally)
+ *                          while the storm monitor sleeps, its alarm counts down (storm_alarm)
  *   on_sched_process_exec  raw tracepoint: execs
  *   on_sched_process_exit  raw tracepoint: process exits (once per process) and lifetime
  *   on_cgroup_mkdir        tracepoint, only with LABEL_CGROUP: the path of each new cgroup
@@ -56,9 +56,10 @@ BPF_TABLE("lru_hash", u64, struct cgroup_path, cgroup_paths, CGROUP_PATHS_MAX_EN
  * storm_watch[0] is non-zero. */
 BPF_ARRAY(storm_watch, u32, 1);
 BPF_TABLE("lru_hash", u32, struct creator, creators, CREATORS_MAX_ENTRIES);
-/* The storm monitor's alarm on the host's creations (enum storm_tally_slot), and the ring
- * buffer whose descriptor wakes it: one page, drained at each wake-up. */
-BPF_ARRAY(storm_tally, u64, TALLY_SLOTS);
+/* The storm monitor's alarm (procmond/alarm.py): storm_alarm[0] is the number of creations
+ * still to come before the probe wakes the monitor through storm_wake (a ring buffer of one
+ * page, drained at each wake-up); 0 while no alarm is set. */
+BPF_ARRAY(storm_alarm, u64, 1);
 BPF_RINGBUF_OUTPUT(storm_wake, 1);
 
 #ifdef PROCMOND_WATCH
@@ -284,26 +285,25 @@ static __always_inline void count_creator(void *creator, u32 is_thread)
         __sync_fetch_and_add(&entry->forks, 1);
 }
 
-/* One more task created on the host. Rings the storm monitor's alarm once the count reaches
- * it: the monitor then sleeps with no timer, instead of reading /proc/stat every second. Two
- * array lookups and an add per creation; the ring only when the alarm is due, and only once:
- * CPUs that see it due together write a record each, all drained at one wake-up. If the ring
- * is full (it cannot be: the monitor drains it before it sets the alarm), the alarm stays set
- * and the next creation rings it. */
-static __always_inline void tally_creation(void)
+/* One more task created on the host: counts the storm monitor's alarm down, and rings it at
+ * zero. The monitor sleeps on it, with no timer, while the host is quiet; while it is awake (a
+ * storm suspected) or storm reports are off, no alarm is set and a creation only reads the
+ * slot, so the cache line is never written where creations are many. Two CPUs taking the last
+ * count together take it below zero: either rings. If the ring is full (it cannot be: the
+ * monitor drains it before it sets an alarm), the next creation tries again. */
+static __always_inline void count_down_alarm(void)
 {
-    u32 created_slot = TALLY_CREATED, wake_slot = TALLY_WAKE_AT;
-    u64 *created = storm_tally.lookup(&created_slot);
-    u64 *wake_at = storm_tally.lookup(&wake_slot);
-    if (!created || !wake_at)
+    u32 zero = 0;
+    u64 *left = storm_alarm.lookup(&zero);
+    if (!left || !*left)
         return;
-    __sync_fetch_and_add(created, 1);
-    u64 due = *wake_at;
-    if (!due || *created < due)
+    __sync_fetch_and_add(left, -1);
+    if ((s64)*left > 0)
         return;
-    u64 count = *created;
-    if (storm_wake.ringbuf_output(&count, sizeof(count), BPF_RB_FORCE_WAKEUP) == 0)
-        *wake_at = 0;
+    if (storm_wake.ringbuf_output(&zero, sizeof(zero), BPF_RB_FORCE_WAKEUP) == 0)
+        *left = 0;
+    else
+        *left = 1;
 }
 
 #ifdef PROCMOND_WATCH
@@ -382,7 +382,7 @@ int on_task_newtask(struct bpf_raw_tracepoint_args *ctx)
     else
         count_fork(&key);
     count_creator(creator, is_thread);
-    tally_creation();
+    count_down_alarm();
 #ifdef PROCMOND_WATCH
     emit_creation(creator, (void *)ctx->args[0], is_thread);
 #endif

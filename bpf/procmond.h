@@ -123,17 +123,6 @@ struct creator {
     char parent_comm[COMM_LEN];
 };
 
-/* Slots of storm_tally: the storm monitor's alarm (procmond/alarm.py). The probe counts every
- * task created in CREATED (what /proc/stat's `processes` counts, from the probe's load on);
- * once CREATED reaches a non-zero WAKE_AT, it writes one record to the storm_wake ring buffer
- * (which wakes the monitor) and sets WAKE_AT back to 0. So the monitor sleeps with no timer
- * until the host has created what it asked for. Python reads the slots' numbers from here. */
-enum storm_tally_slot {
-    TALLY_CREATED,
-    TALLY_WAKE_AT,
-    TALLY_SLOTS, /* not a slot: the number of slots */
-};
-
 /* Which syscall a thread is in, for fork-duration timing and for `watch`. Python names each
  * value by its member without the SYSCALL_ prefix, in lower case (`watch` prints it). */
 enum creation_syscall {

@@ -1,13 +1,14 @@
 """The storm monitor's alarm: it sleeps, with no timer, until the host has created a given
-number of tasks; the probe then wakes it.
+number of tasks more; the probe then wakes it.
 
 Reading /proc/stat once a second cost an idle daemon ~0.3 ms of CPU a second on the machines
 it is measured on, and most of that was the wake-up itself (~0.1 ms of a thread's CPU, then a
 tick's Python on cold caches), not the read (~0.01 ms hot): no cheaper read could meet the
-idle target (benchmarks/README.md, idle CPU). The probe counts every task the host creates in
-``storm_tally[TALLY_CREATED]``; the monitor puts the count it wants to wake at in
-``storm_tally[TALLY_WAKE_AT]`` and waits on the ``storm_wake`` ring buffer's descriptor, which
-the probe makes readable once the count gets there (bpf/procmond.bpf.c, ``tally_creation``).
+idle target (benchmarks/README.md, idle CPU). So the monitor puts a number of creations in
+``storm_alarm[0]``, which the probe counts down at each creation, and waits on the
+``storm_wake`` ring buffer's descriptor, which the probe makes readable when the count runs
+out (bpf/procmond.bpf.c, ``count_down_alarm``). While no alarm is set (0), a creation only
+reads the slot.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ import struct
 from typing import Protocol
 
 from procmond.errors import BPFLoadError
-from procmond.header import Header, read_header
 
-TALLY_MAP = "storm_tally"
+ALARM_MAP = "storm_alarm"
 RING_MAP = "storm_wake"
-ALARM_MAPS = (TALLY_MAP, RING_MAP)  # handed to the daemon beside procmond.metrics.daemon_maps
+ALARM_MAPS = (ALARM_MAP, RING_MAP)  # handed to the daemon beside procmond.metrics.daemon_maps
 
-_U32 = struct.Struct("=I")
-_U64 = struct.Struct("=Q")
+_SLOT = struct.pack("=I", 0)
+_COUNT = struct.Struct("=Q")
 
 
 class Map(Protocol):
@@ -37,31 +37,26 @@ class Map(Protocol):
     key_size: int
     value_size: int
 
-    def lookup(self, key: bytes) -> bytes | None: ...
-
     def update(self, key: bytes, value: bytes) -> None: ...
 
 
 class CreationAlarm:
-    """Made from the probe's storm_tally and storm_wake maps; ``close`` frees what it opened
+    """Made from the probe's storm_alarm and storm_wake maps; ``close`` frees what it opened
     (not the maps: the probe holds them)."""
 
-    def __init__(self, tally: Map, ring: Map, header: Header | None = None) -> None:
-        if (tally.key_size, tally.value_size) != (_U32.size, _U64.size):
+    def __init__(self, alarm: Map, ring: Map) -> None:
+        if (alarm.key_size, alarm.value_size) != (len(_SLOT), _COUNT.size):
             raise BPFLoadError(
-                f"{TALLY_MAP} has {tally.key_size}-byte keys and {tally.value_size}-byte values, "
-                f"not {_U32.size} and {_U64.size}",
+                f"{ALARM_MAP} has {alarm.key_size}-byte keys and {alarm.value_size}-byte values, "
+                f"not {len(_SLOT)} and {_COUNT.size}",
                 "bpf/procmond.bpf.c and procmond/alarm.py are from different versions: reinstall",
             )
-        slots = (header or read_header()).enum("storm_tally_slot")
-        self._created_key = _U32.pack(slots["TALLY_CREATED"])
-        self._wake_key = _U32.pack(slots["TALLY_WAKE_AT"])
-        self._tally = tally
+        self._alarm = alarm
         self._ring = ring.fd
         page = mmap.PAGESIZE
         # A BPF ring buffer maps as its consumer position (the first page, the only one user
         # space may write) and its producer position (the second): draining it is copying the
-        # second to the first. The records themselves (the count that rang) are not needed.
+        # second to the first. What the records hold is not needed.
         self._consumer = mmap.mmap(ring.fd, page, offset=0)
         self._producer = mmap.mmap(ring.fd, page, prot=mmap.PROT_READ, offset=page)
         self._poke = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -69,17 +64,12 @@ class CreationAlarm:
         self._poll.register(ring.fd, select.EPOLLIN)
         self._poll.register(self._poke, select.EPOLLIN)
 
-    def created(self) -> int:
-        """Tasks the host created since the probe was loaded."""
-        value = self._tally.lookup(self._created_key)
-        if value is None:
-            raise OSError(f"{TALLY_MAP} has no slot {_U32.unpack(self._created_key)[0]}")
-        return int(_U64.unpack(value)[0])
-
-    def ring_at(self, count: int) -> None:
-        """Ring once created() reaches ``count`` (at once if it already has); 0: never."""
+    def ring_after(self, creations: int) -> None:
+        """Ring once the host has created ``creations`` (>= 1) more tasks."""
+        if creations < 1:
+            raise ValueError(f"an alarm needs at least one creation, not {creations}")
         self._drain()  # what rang before is stale; the ring is empty before the probe can ring
-        self._tally.update(self._wake_key, _U64.pack(count))
+        self._alarm.update(_SLOT, _COUNT.pack(creations))
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the alarm rings, ``poke`` is called, or ``timeout`` seconds pass (None:
@@ -103,9 +93,9 @@ class CreationAlarm:
         self._consumer[0:8] = self._producer[0:8]
 
     def close(self) -> None:
-        """Switch the alarm off (the probe no longer rings) and free what it opened."""
+        """Switch the alarm off (the probe no longer counts it down) and free what it opened."""
         with contextlib.suppress(OSError):
-            self._tally.update(self._wake_key, _U64.pack(0))
+            self._alarm.update(_SLOT, _COUNT.pack(0))
         self._poll.close()
         os.close(self._poke)
         self._consumer.close()

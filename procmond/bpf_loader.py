@@ -103,7 +103,7 @@ class LoadedProbe:
         run-time statistics show in its /proc/PID/fdinfo)."""
         links = [*self.bpf.raw_tracepoint_fds.values(), *self.bpf.tracepoint_fds.values()]
         programs = [function.fd for function in self.bpf.funcs.values()]
-        names = (*self.layouts, *ALARM_MAPS)  # the alarm's are read by fixed size, no layout
+        names = (*self.layouts, *ALARM_MAPS)  # the alarm's have a fixed size, no layout
         return {name: self.table(name).map_fd for name in names}, links, programs
 
     def close(self) -> None:

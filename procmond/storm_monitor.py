@@ -3,8 +3,8 @@ the probe's per-process counting, logs, and exports storm metrics.
 
 Outside storms the thread sleeps, with no timer, until the probe's alarm rings
 (procmond/alarm.py): once per half ``storm_threshold`` tasks the host creates, so an idle host
-never wakes it. forks_total and the creators map are read, once a second, only while the host
-creates at least half ``storm_threshold`` tasks a second.
+never wakes it; each time it reads /proc/stat. forks_total and the creators map are read, once
+a second, only while the host creates at least half ``storm_threshold`` tasks a second.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from procmond import creators
-from procmond.alarm import RING_MAP, TALLY_MAP, CreationAlarm
+from procmond.alarm import ALARM_MAP, RING_MAP, CreationAlarm
 from procmond.config import Config
 from procmond.layout import MapLayout
 from procmond.metrics import OVERFLOW_LABEL_VALUE, label_value
@@ -57,9 +57,7 @@ class Probe(Protocol):
 class Alarm(Protocol):
     """procmond.alarm.CreationAlarm, or a stand-in for tests."""
 
-    def created(self) -> int: ...
-
-    def ring_at(self, count: int) -> None: ...
+    def ring_after(self, creations: int) -> None: ...
 
     def wait(self, timeout: float | None) -> bool: ...
 
@@ -118,10 +116,11 @@ class StormMonitor:
         self._forks = CommandForks(probe.map("forks_total"), probe.layouts["forks_total"])
 
         def open_alarm() -> Alarm:
-            return CreationAlarm(probe.map(TALLY_MAP), probe.map(RING_MAP))
+            return CreationAlarm(probe.map(ALARM_MAP), probe.map(RING_MAP))
 
         self._open_alarm = alarm or open_alarm
         self._alarm: Alarm | None = None
+        self._host = creators.HostCreations(proc / "stat")
         self._namer = namer
         self._clock = clock
         self._proc = proc
@@ -157,9 +156,9 @@ class StormMonitor:
                 self._alarm.poke()  # a sleeping thread sets its alarm for the new threshold
             return
         self._detector = StormDetector(threshold)
-        # The alarm's descriptors are opened now, before the daemon is ready: the daemon's
-        # descriptors are then the same from the first scrape on. The first tick takes the
-        # count to set the alarm from.
+        # The alarm's descriptors and /proc/stat (kept open) are opened now, before the daemon
+        # is ready: its descriptors are then the same from the first scrape on. The first tick
+        # sets the alarm.
         self._alarm = self._open_alarm()
         self._ticked = self._try(self.tick)
         self._stopping = False
@@ -177,6 +176,7 @@ class StormMonitor:
         if self._alarm is not None:
             self._alarm.close()
             self._alarm = None
+            self._host.close()
         if self._detector is not None:
             if self._detector.armed:
                 self._try(lambda: creators.switch(self._switch, 0))
@@ -222,7 +222,7 @@ class StormMonitor:
         detector, alarm = self._detector, self._alarm
         assert detector is not None and alarm is not None
         now = self._clock()
-        plan = detector.tick(now, alarm.created())
+        plan = detector.tick(now, self._host.read())
         made = None
         if plan.commands:
             made = self._forks.read()
@@ -232,7 +232,7 @@ class StormMonitor:
         for event in detector.observe(now, made, found):
             self._apply(event, detector.threshold)
         if detector.next_tick is None:
-            alarm.ring_at(detector.alarm_at)
+            alarm.ring_after(detector.alarm_after)
 
     def _apply(self, event: Event, threshold: int) -> None:
         if isinstance(event, Arm):

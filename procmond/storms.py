@@ -4,12 +4,12 @@ Pure logic, fed by procmond/storm_monitor.py, so that it can be tested with a fa
 metrics carry no PIDs (cardinality); the log must, while the storm runs. Free when nothing
 happens, precise when something does:
 
-1. Each tick the host's creations come in (the probe's count, the same as /proc/stat's
-   ``processes``). While their rate stays under half the threshold, the detector does not ask
-   for a tick at a time but at a count (``next_tick`` None, ``alarm_at``): once the host has
-   created half the threshold more, which the probe signals (procmond/alarm.py). A quiet host
-   so costs no wake-up at all. Two such ticks within a second make a rate of half the
-   threshold: a command creating ``threshold`` a second is seen within a second of its start.
+1. Each tick the host's creations since boot come in (/proc/stat ``processes``). While their
+   rate stays under half the threshold, the detector does not ask for a tick at a time but
+   after a number of creations (``next_tick`` None, ``alarm_after``): once the host has created
+   half the threshold more, which the probe signals (procmond/alarm.py). A quiet host so costs
+   no wake-up at all. Two such ticks within a second make a rate of half the threshold: a
+   command creating ``threshold`` a second is seen within a second of its start.
 2. Only when the host's rate reaches half the threshold (so that a storm that started
    mid-window is caught at that window's end) or a storm is going on does the detector ask for
    the per-command fork counters, tick once a second, and switch the probe's per-process
@@ -192,8 +192,8 @@ class StormDetector:
         self.top = top
         self.generation = 0  # of per-process counting: each Arm starts a new one
         self.armed = False
-        # Seconds until the edge should tick again; None: once the host's count reaches
-        # alarm_at, however long that takes.
+        # Seconds until the edge should tick again; None: once the host has created
+        # alarm_after more tasks, however long that takes.
         self.next_tick: float | None = None
         self.storms: dict[bytes, _Storm] = {}
         self._host: tuple[float, int] | None = None
@@ -207,14 +207,8 @@ class StormDetector:
         within a second mean the host creates at least half the threshold a second."""
         return max(1, (self.threshold + 1) // 2)
 
-    @property
-    def alarm_at(self) -> int:
-        """The host's count at which to tick while ``next_tick`` is None."""
-        return (self._host[1] if self._host else 0) + self.alarm_after
-
     def tick(self, now: float, host_created: int) -> Plan:
-        """The host's creations (a count that only grows), now; says what to read for
-        ``observe``."""
+        """The host's creations since boot, now; says what to read for ``observe``."""
         busy = False
         if self._host is not None and now > self._host[0]:
             # A tick brought early (a new threshold) may follow the last by a millisecond: a

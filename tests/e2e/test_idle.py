@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 from procmond import bpf_loader
-from procmond.alarm import RING_MAP, TALLY_MAP, CreationAlarm
+from procmond.alarm import ALARM_MAP, RING_MAP, CreationAlarm
 from procmond.config import Config
-from procmond.header import read_header
 from tests.e2e.harness import (
     Daemon,
     created_on_host,
@@ -27,7 +26,9 @@ IDLE_SECONDS = 3.0  # a span in which nothing is expected to happen: its length 
 
 
 def switches(pid: int) -> dict[int, int]:
-    """Context switches so far of each of the process's threads, voluntary or not."""
+    """Voluntary context switches so far of each of the process's threads: each time it went
+    to sleep, so each wake-up but the one in progress. (Involuntary ones are preemptions of a
+    running thread by the host's other tasks, not wake-ups.)"""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -35,13 +36,15 @@ def switches(pid: int) -> dict[int, int]:
         except FileNotFoundError:  # a thread that just ended
             continue
         out[int(task.name)] = sum(
-            int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line
+            int(line.split()[1])
+            for line in status.splitlines()
+            if line.startswith("voluntary_ctxt_switches")
         )
     return out
 
 
 def woken(before: dict[int, int], after: dict[int, int]) -> int:
-    """Context switches in between, over every thread (one that started counts all of its)."""
+    """Switches in between, over every thread (one that started counts all of its)."""
     return sum(count - before.get(tid, 0) for tid, count in after.items())
 
 
@@ -65,7 +68,7 @@ def settle(daemon: Daemon) -> None:
 
 def test_an_idle_daemon_wakes_no_thread_and_signals_still_wake_it(tmp_path: Path) -> None:
     """No connection, no watchdog, and a host creating fewer tasks than half the threshold
-    (500,000): not one context switch in any thread. SIGHUP and SIGTERM still act at once."""
+    (500,000): not one wake-up in any thread. SIGHUP and SIGTERM still act at once."""
     daemon = start_daemon(tmp_path, "storm_threshold: 1000000\n")
     try:
         daemon.scrape()  # served, and its connection closed
@@ -103,37 +106,35 @@ def test_the_storm_monitor_wakes_once_per_half_its_threshold_created(
         assert daemon.stop() == 0, daemon.log()
 
 
-def test_the_probe_rings_the_alarm_at_its_count_which_is_the_kernels(creator: Path) -> None:
+def test_the_probe_rings_the_alarm_once_the_host_has_created_that_many(creator: Path) -> None:
     probe = bpf_loader.load(Config())
-    alarm = CreationAlarm(probe.map(TALLY_MAP), probe.map(RING_MAP))
-    wake_slot = read_header().enum("storm_tally_slot")["TALLY_WAKE_AT"]
+    slot = probe.map(ALARM_MAP)
+    alarm = CreationAlarm(slot, probe.map(RING_MAP))
+
+    def left() -> int:
+        return int(struct.unpack("=Q", slot.lookup(struct.pack("=I", 0)) or b"")[0])
+
     try:
-        # The probe counts what /proc/stat's `processes` counts: the kernel's count over the
-        # span inside the probe's two reads, and over the span around them, bounds it.
+        # It counts down every creation the kernel counts (/proc/stat): the kernel's count over
+        # the span inside the set and the read, and over the span around them, bounds it.
         outer_before = created_on_host()
-        before = alarm.created()
+        alarm.ring_after(10**12)  # far off
         inner_before = created_on_host()
         run_creator(creator, "fork", 300, [unique_name("ac")])
         run_creator(creator, "thread", 300, [unique_name("ac")])
         inner_after = created_on_host()
-        after = alarm.created()
+        counted = 10**12 - left()
         outer_after = created_on_host()
-        assert inner_after - inner_before <= after - before <= outer_after - outer_before
-        assert after - before >= 602  # ours: two creators and their 600 creations
-
-        alarm.ring_at(alarm.created() + 10**12)  # far off
-        run_creator(creator, "fork", 50, [unique_name("ac")])
+        assert inner_after - inner_before <= counted <= outer_after - outer_before
+        assert counted >= 602  # ours: two creators and their 600 creations
         assert alarm.wait(0.2) is False
 
-        alarm.ring_at(alarm.created() + 50)
+        alarm.ring_after(50)
         run_creator(creator, "fork", 50, [unique_name("ac")])
         assert alarm.wait(10) is True
-        assert probe.map(TALLY_MAP).lookup(struct.pack("=I", wake_slot)) == bytes(8)
         assert alarm.wait(0) is False  # drained: rung once, not until read
-
-        alarm.ring_at(1)  # a count already passed: the next creation rings
-        run_creator(creator, "fork", 1, [unique_name("ac")])
-        assert alarm.wait(10) is True
+        run_creator(creator, "fork", 10, [unique_name("ac")])
+        assert left() == 0  # rung, the alarm is off: creations only read it
 
         alarm.poke()  # another thread ends a wait with no timeout
         assert alarm.wait(None) is False

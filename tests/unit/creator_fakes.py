@@ -54,21 +54,17 @@ class FakeCreators:
 
 
 class FakeAlarm:
-    """The probe's creation alarm (procmond/alarm.py): records what the monitor asks of it;
-    ``wait`` blocks until poked (or its timeout), as if the host created nothing."""
+    """The probe's creation alarm (procmond/alarm.py): records each alarm set; ``wait``
+    blocks until poked (or its timeout), as if the host created nothing."""
 
-    def __init__(self, created: int = 0) -> None:
-        self.count = created
+    def __init__(self) -> None:
         self.rings: list[int] = []
         self.waits: list[float | None] = []
         self.closed = False
         self._pokes = threading.Semaphore(0)
 
-    def created(self) -> int:
-        return self.count
-
-    def ring_at(self, count: int) -> None:
-        self.rings.append(count)
+    def ring_after(self, creations: int) -> None:
+        self.rings.append(creations)
 
     def wait(self, timeout: float | None) -> bool:
         self.waits.append(timeout)

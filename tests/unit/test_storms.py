@@ -117,7 +117,7 @@ def test_half_the_threshold_host_wide_is_enough_to_start_counting_per_process() 
     host = Host(StormDetector(2000))
     assert host.step({SH: 999}) == []
     assert host.detector.next_tick is None  # quiet: no timer, but an alarm on the count
-    assert host.detector.alarm_at == host.created + 1000
+    assert host.detector.alarm_after == 1000
     assert host.step({SH: 1000}) == [Arm(1)]
     assert host.detector.next_tick == 0.5  # confirmed half a second later, not a second
     host.step({SH: 1000})
@@ -127,7 +127,7 @@ def test_half_the_threshold_host_wide_is_enough_to_start_counting_per_process() 
 class AlarmedHost:
     """The monitor's schedule (procmond/storm_monitor.py) on a host whose commands create at
     constant rates from given times: the detector ticks when ``next_tick`` says, or, when it
-    is None, at the moment the host's count reaches ``alarm_at`` (the probe's ring)."""
+    is None, at the moment the host has created ``alarm_after`` more (the probe's ring)."""
 
     STEP = 0.001  # seconds: the resolution at which the ring's moment is found
 
@@ -151,7 +151,7 @@ class AlarmedHost:
         while True:
             step = self.detector.next_tick
             if step is None:
-                at, alarm = self.now, self.detector.alarm_at
+                at, alarm = self.now, self.created(self.now) + self.detector.alarm_after
                 while self.created(at) < alarm and at < end:
                     at += self.STEP
                 self.now = at
@@ -399,7 +399,7 @@ def test_the_monitor_switches_counting_logs_the_storm_and_counts_it(
 
     def second(created: int, forks: int, creators: list[tuple[bytes, bytes]]) -> None:
         now[0] += 1
-        alarm.count = created
+        (proc / "stat").write_text(f"cpu  1 2 3\nprocesses {created}\nprocs_running 1\n")
         probe.forks = FakeHash([(pair(b"stormy", b"bash", 7), forks)])
         probe.maps["creators"].rows = creators  # type: ignore[attr-defined]
         monitor.tick()
@@ -407,12 +407,12 @@ def test_the_monitor_switches_counting_logs_the_storm_and_counts_it(
     caplog.set_level(logging.WARNING)
     second(1000, 0, [])
     assert probe.maps["storm_watch"].values == []  # type: ignore[attr-defined]
-    assert alarm.rings == [1050]  # quiet: look again once the host has made 50 more
+    assert alarm.rings == [50]  # quiet: look again once the host has made 50 more
     second(1500, 500, [])  # 500/s host-wide: at least half the threshold
     assert probe.maps["storm_watch"].values == [1]  # type: ignore[attr-defined]
     assert monitor.counting
     second(2000, 1000, [creator_entry(50, 500, 1, b"stormy"), creator_entry(51, 9, 0, b"old")])
-    assert alarm.rings == [1050]  # busy: ticks on time, no alarm
+    assert alarm.rings == [50]  # busy: ticks on time, no alarm
     assert [r.getMessage() for r in caplog.records] == [
         'fork storm: "stormy" is creating 500 processes/s (threshold 100/s); top creators: '
         'pid 50 at 500/s "./stormy --fast" (parent 1 "bash", unit storm.service)'
@@ -428,7 +428,7 @@ def test_the_monitor_switches_counting_logs_the_storm_and_counts_it(
         'fork storm over: "stormy" created 500 processes in 1 s (peak 500/s)'
     )
     assert probe.maps["storm_watch"].values == [1, 0]  # type: ignore[attr-defined]
-    assert alarm.rings == [1050, 2050]  # quiet again: asleep until 50 more
+    assert alarm.rings == [50, 50]  # quiet again: asleep until 50 more
     metrics = {m.name: m.samples for m in monitor.collect()}
     assert [s.value for s in metrics["procmond_storm_active"]] == [0]
     assert [s.value for s in metrics["procmond_storm_process_counting"]] == [0]
@@ -451,15 +451,18 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.001)
 
 
-def test_the_monitor_thread_sleeps_with_no_timeout_until_its_alarm_or_a_new_threshold() -> None:
-    alarm = FakeAlarm(created=7000)
-    monitor = StormMonitor(FakeProbe(), alarm=lambda: alarm)
+def test_the_monitor_thread_sleeps_with_no_timeout_until_its_alarm_or_a_new_threshold(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "stat").write_text("cpu  1 2 3\nprocesses 7000\n")
+    alarm = FakeAlarm()
+    monitor = StormMonitor(FakeProbe(), proc=tmp_path, alarm=lambda: alarm)
     monitor.configure(Config(storm_threshold=100))
-    assert alarm.rings == [7050]  # set before the thread starts: the first tick's count + 50
+    assert alarm.rings == [50]  # set before the thread starts, by the first tick
     wait_until(lambda: alarm.waits == [None], "the thread to sleep")
-    alarm.count = 7010
+    (tmp_path / "stat").write_text("cpu  1 2 3\nprocesses 7010\n")
     monitor.configure(Config(storm_threshold=1000))  # a reload: the alarm is set anew at once
-    wait_until(lambda: alarm.rings == [7050, 7510], "the alarm to be set for the new threshold")
+    wait_until(lambda: alarm.rings == [50, 500], "the alarm to be set for the new threshold")
     wait_until(lambda: alarm.waits == [None, None], "the thread to sleep again")
     monitor.stop()
     assert alarm.closed and len(alarm.waits) == 2 and not monitor.counting
