@@ -10,7 +10,8 @@
  *                          path (fork, vfork, clone, clone3, and the io_uring and vhost workers
  *                          the kernel makes without kernel_clone(), which sched_process_fork
  *                          never sees); the same count as /proc/stat's `processes`; while
- *                          storm_watch is on, also per creating process (creators)
+ *                          storm_watch is on, also per creating process (creators); and
+ *                          while the storm monitor sleeps, its alarm counts down (storm_alarm)
  *   on_sched_process_exec  raw tracepoint: execs
  *   on_sched_process_exit  raw tracepoint: process exits (once per process) and lifetime
  *   on_cgroup_mkdir        tracepoint, only with LABEL_CGROUP: the path of each new cgroup
@@ -55,6 +56,11 @@ BPF_TABLE("lru_hash", u64, struct cgroup_path, cgroup_paths, CGROUP_PATHS_MAX_EN
  * storm_watch[0] is non-zero. */
 BPF_ARRAY(storm_watch, u32, 1);
 BPF_TABLE("lru_hash", u32, struct creator, creators, CREATORS_MAX_ENTRIES);
+/* The storm monitor's alarm (procmond/alarm.py): storm_alarm[0] is the number of creations
+ * still to come before the probe wakes the monitor through storm_wake (a ring buffer of one
+ * page, drained at each wake-up); 0 while no alarm is set. */
+BPF_ARRAY(storm_alarm, u64, 1);
+BPF_RINGBUF_OUTPUT(storm_wake, 1);
 
 #ifdef PROCMOND_WATCH
 BPF_RINGBUF_OUTPUT(events, WATCH_RINGBUF_PAGES);
@@ -309,6 +315,27 @@ static __always_inline void count_creator(char *creator, u32 is_thread)
         __sync_fetch_and_add(&entry->forks, 1);
 }
 
+/* One more task created on the host: counts the storm monitor's alarm down, and rings it at
+ * zero. The monitor sleeps on it, with no timer, while the host is quiet; while it is awake (a
+ * storm suspected) or storm reports are off, no alarm is set and a creation only reads the
+ * slot, so the cache line is never written where creations are many. Two CPUs taking the last
+ * count together take it below zero: either rings. If the ring is full (it cannot be: the
+ * monitor drains it before it sets an alarm), the next creation tries again. */
+static __always_inline void count_down_alarm(void)
+{
+    u32 zero = 0;
+    u64 *left = storm_alarm.lookup(&zero);
+    if (!left || !*left)
+        return;
+    __sync_fetch_and_add(left, -1);
+    if ((s64)*left > 0)
+        return;
+    if (storm_wake.ringbuf_output(&zero, sizeof(zero), BPF_RB_FORCE_WAKEUP) == 0)
+        *left = 0;
+    else
+        *left = 1;
+}
+
 #ifdef PROCMOND_WATCH
 static __always_inline void emit(struct creation_event *event)
 {
@@ -385,6 +412,7 @@ int on_task_newtask(struct bpf_raw_tracepoint_args *ctx)
     else
         count_fork(&key);
     count_creator(creator, is_thread);
+    count_down_alarm();
 #ifdef PROCMOND_WATCH
     emit_creation(creator, (void *)ctx->args[0], is_thread);
 #endif

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from procmond import kernel
+from procmond.alarm import ALARM_MAPS
 from procmond.bpfmap import BPFMap
 from procmond.btf import BTF, BTFError, probe_offsets, typed_read_offsets
 from procmond.config import Config
@@ -102,7 +103,8 @@ class LoadedProbe:
         run-time statistics show in its /proc/PID/fdinfo)."""
         links = [*self.bpf.raw_tracepoint_fds.values(), *self.bpf.tracepoint_fds.values()]
         programs = [function.fd for function in self.bpf.funcs.values()]
-        return {name: self.table(name).map_fd for name in self.layouts}, links, programs
+        names = (*self.layouts, *ALARM_MAPS)  # the alarm's have a fixed size, no layout
+        return {name: self.table(name).map_fd for name in names}, links, programs
 
     def close(self) -> None:
         """Detach every probe and free the maps.

@@ -2,7 +2,8 @@
 
 Signal handlers only queue the signal; the main loop acts on it. Between signals the loop
 proves the kernel side still answers (it reads a map) before each watchdog ping, so a hung
-daemon stops pinging and systemd restarts it.
+daemon stops pinging and systemd restarts it. Without a watchdog it has no timer at all: an
+idle daemon wakes up for nothing (benchmarks/README.md, idle CPU).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from procmond.webconfig import WebSettings, load_web_config
 log = logging.getLogger(__name__)
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-IDLE_TICK_SECONDS = 5.0  # how often the loop checks the maps when systemd sets no watchdog
 
 # Settings that shape the kernel maps: a reload cannot change them without losing counts.
 KERNEL_SETTINGS = ("max_entries", "histograms", "histogram_max_entries", "labels", "syscall_probes")
@@ -110,7 +110,7 @@ class Daemon:
         # server starts, once the probe is loaded and every capability is given up: the
         # serving threads must never hold any (capabilities are per thread).
         self.server = MetricsServer(
-            self._serve, self.config.listen_host, self.config.listen_port, self.web
+            self._reporting(self._serve), self.config.listen_host, self.config.listen_port, self.web
         )
         self.notifier.status("loading eBPF probe")
         log.info("loading the eBPF probe (compiling takes a second or two)")
@@ -146,6 +146,24 @@ class Daemon:
         if self._serving is None:
             raise ConnectionAbortedError("procmond stopped before its probe was loaded")
         return self._serving(accept)
+
+    def _reporting(self, render: Render) -> Render:
+        """``render``, then STATUS= brought up to date (it names the series of the last
+        scrape): at the scrape that changes it, not at a timer's next tick."""
+
+        def serve(accept: str) -> tuple[bytes, str]:
+            answer = render(accept)
+            if self.notifier.enabled:
+                self._report_status()
+            return answer
+
+        return serve
+
+    def _report_status(self) -> None:
+        status = self._status_line()
+        if status != self._last_status:
+            self.notifier.status(status)
+            self._last_status = status
 
     def _cgroup_sources(self, reader: MapReader) -> CgroupSources:
         """Cgroup attribution and task-limit counts: made once, so that what they fold
@@ -220,8 +238,9 @@ class Daemon:
             signal.signal(sig, lambda signum, _frame: self.signals.put(signum))
 
     def loop(self) -> None:
-        """Until SIGTERM or SIGINT: reload on SIGHUP, check the maps and ping the watchdog."""
-        tick = self.notifier.watchdog_interval or IDLE_TICK_SECONDS
+        """Until SIGTERM or SIGINT: reload on SIGHUP; check the maps and ping the watchdog if
+        systemd set one, else wait for signals with no timeout."""
+        tick = self.notifier.watchdog_interval
         while True:
             try:
                 signum = self.signals.get(timeout=tick)
@@ -243,10 +262,6 @@ class Daemon:
             log.error("cannot read the kernel maps (%s): not pinging the watchdog", exc)
             return
         self.notifier.watchdog()
-        status = self._status_line()
-        if status != self._last_status:
-            self.notifier.status(status)
-            self._last_status = status
 
     def reload(self) -> None:
         """Re-read the config. Invalid: keep the old one. Valid: apply what can change live."""
@@ -285,7 +300,9 @@ class Daemon:
     def _rebind(self, new: Config, web: WebSettings) -> None:
         """Open the new listener before closing the old one, so a failure changes nothing."""
         assert self.server is not None
-        server = MetricsServer(self._render(), new.listen_host, new.listen_port, web)
+        server = MetricsServer(
+            self._reporting(self._render()), new.listen_host, new.listen_port, web
+        )
         server.start()
         self.server.close()
         self.server = server

@@ -1,9 +1,10 @@
-"""The daemon's side of fork-storm reports: a thread that feeds procmond/storms.py once a
-second, switches the probe's per-process counting, logs, and exports storm metrics.
+"""The daemon's side of fork-storm reports: a thread that feeds procmond/storms.py, switches
+the probe's per-process counting, logs, and exports storm metrics.
 
-Outside storms a tick is one read of /proc/stat (a quiet tick costs ~0.07 ms of CPU, the
-thread's wake-up about as much again); forks_total and the creators map are read only while the
-host creates at least half ``storm_threshold`` tasks a second.
+Outside storms the thread sleeps, with no timer, until the probe's alarm rings
+(procmond/alarm.py): once per half ``storm_threshold`` tasks the host creates, so an idle host
+never wakes it; each time it reads /proc/stat. forks_total and the creators map are read, once
+a second, only while the host creates at least half ``storm_threshold`` tasks a second.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from procmond import creators
+from procmond.alarm import ALARM_MAP, RING_MAP, CreationAlarm
 from procmond.config import Config
 from procmond.layout import MapLayout
 from procmond.metrics import OVERFLOW_LABEL_VALUE, label_value
@@ -49,7 +51,19 @@ class Probe(Protocol):
 
     layouts: dict[str, MapLayout]
 
-    def map(self, name: str) -> creators.Map: ...
+    def map(self, name: str) -> Any: ...
+
+
+class Alarm(Protocol):
+    """procmond.alarm.CreationAlarm, or a stand-in for tests."""
+
+    def ring_after(self, creations: int) -> None: ...
+
+    def wait(self, timeout: float | None) -> bool: ...
+
+    def poke(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class CommandForks:
@@ -95,10 +109,17 @@ class StormMonitor:
         namer: CgroupNamer | None = None,
         clock: Callable[[], float] = time.monotonic,
         proc: Path = Path("/proc"),
+        alarm: Callable[[], Alarm] | None = None,
     ) -> None:
         self._switch = probe.map("storm_watch")
         self._creators = creators.CreatorsReader(probe.map("creators"), probe.layouts["creators"])
         self._forks = CommandForks(probe.map("forks_total"), probe.layouts["forks_total"])
+
+        def open_alarm() -> Alarm:
+            return CreationAlarm(probe.map(ALARM_MAP), probe.map(RING_MAP))
+
+        self._open_alarm = alarm or open_alarm
+        self._alarm: Alarm | None = None
         self._host = creators.HostCreations(proc / "stat")
         self._namer = namer
         self._clock = clock
@@ -107,7 +128,8 @@ class StormMonitor:
         self.counts = StormCounts(OVERFLOW_LABEL_VALUE)
         self._detector: StormDetector | None = None
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._stopping = False
+        self._ticked = False  # whether the last tick succeeded (and so set the alarm if quiet)
         self._last_error = ""
 
     @property
@@ -130,21 +152,30 @@ class StormMonitor:
             return
         if self._detector is not None and self._thread is not None:
             self._detector.threshold = threshold
+            if self._alarm is not None:
+                self._alarm.poke()  # a sleeping thread sets its alarm for the new threshold
             return
         self._detector = StormDetector(threshold)
-        # Open /proc/stat now, before the daemon is ready: its descriptors are then the same
-        # from the first scrape on (the tick keeps the file open).
-        self._try(self._host.read)
-        self._stop.clear()
+        # The alarm's descriptors and /proc/stat (kept open) are opened now, before the daemon
+        # is ready: its descriptors are then the same from the first scrape on. The first tick
+        # sets the alarm.
+        self._alarm = self._open_alarm()
+        self._ticked = self._try(self.tick)
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="storms", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread and switch per-process counting off; active storms are dropped."""
         if self._thread is not None:
-            self._stop.set()
+            assert self._alarm is not None
+            self._stopping = True
+            self._alarm.poke()
             self._thread.join()
             self._thread = None
+        if self._alarm is not None:
+            self._alarm.close()
+            self._alarm = None
             self._host.close()
         if self._detector is not None:
             if self._detector.armed:
@@ -155,20 +186,27 @@ class StormMonitor:
             self._detector = None
 
     def _run(self) -> None:
+        alarm, detector = self._alarm, self._detector
+        assert alarm is not None and detector is not None
         due = self._clock()
-        while True:
-            detector = self._detector
-            step = detector.next_tick if detector else TICK_SECONDS
-            due += step
-            now = self._clock()
-            if due < now:  # fell behind (a stopped VM): skip, do not catch up
-                due = now + step
-            if self._stop.wait(due - now):
-                return
-            self._try(self.tick)
+        while not self._stopping:
+            step = detector.next_tick
+            if step is None:  # quiet: sleep until the alarm the tick set rings (or a poke)
+                alarm.wait(None if self._ticked else TICK_SECONDS)  # failing: try each second
+                due = self._clock()
+            else:  # a storm suspected or going on: tick on time, a poke or a late ring or not
+                due += step
+                now = self._clock()
+                if due < now:  # fell behind (a stopped VM): skip, do not catch up
+                    due = now + step
+                while not self._stopping and (left := due - self._clock()) > 0:
+                    alarm.wait(left)
+            if not self._stopping:
+                self._ticked = self._try(self.tick)
 
-    def _try(self, action: Callable[[], None]) -> None:
-        """A failing tick is logged once (until it changes) and the next one tried."""
+    def _try(self, action: Callable[[], None]) -> bool:
+        """A failing tick is logged once (until it changes) and the next one tried; whether
+        it succeeded."""
         try:
             action()
         except Exception as exc:
@@ -176,12 +214,13 @@ class StormMonitor:
             if message != self._last_error:
                 log.error("storm detection: %s", message)
                 self._last_error = message
-        else:
-            self._last_error = ""
+            return False
+        self._last_error = ""
+        return True
 
     def tick(self) -> None:
-        detector = self._detector
-        assert detector is not None
+        detector, alarm = self._detector, self._alarm
+        assert detector is not None and alarm is not None
         now = self._clock()
         plan = detector.tick(now, self._host.read())
         made = None
@@ -192,6 +231,8 @@ class StormMonitor:
         found = self._creators.read(detector.generation) if plan.creators else None
         for event in detector.observe(now, made, found):
             self._apply(event, detector.threshold)
+        if detector.next_tick is None:
+            alarm.ring_after(detector.alarm_after)
 
     def _apply(self, event: Event, threshold: int) -> None:
         if isinstance(event, Arm):

@@ -1,20 +1,26 @@
 """Fork storms: which command crosses ``storm_threshold``, and which processes drive it.
 
-Pure logic, fed by procmond/storm_monitor.py once a second, so that it can be tested with a
-fake clock. The metrics carry no PIDs (cardinality); the log must, while the storm runs. Cheap
-when nothing happens, precise when something does:
+Pure logic, fed by procmond/storm_monitor.py, so that it can be tested with a fake clock. The
+metrics carry no PIDs (cardinality); the log must, while the storm runs. Free when nothing
+happens, precise when something does:
 
-1. Every tick the host's creations since boot come in (/proc/stat ``processes``: free). Only
-   when their rate reaches half the threshold (so that a storm that started mid-tick is caught
-   at that tick's end) or a storm is going on does the detector ask for the per-command fork
-   counters, and switch the probe's per-process counting on (``Arm``): until then a creation
-   pays one array lookup for it.
-2. The next tick, half a second later, gives per-command rates over the same time as the
+1. Each tick the host's creations since boot come in (/proc/stat ``processes``). While their
+   rate stays under half the threshold, the detector does not ask for a tick at a time but
+   after a number of creations (``next_tick`` None, ``alarm_after``): once the host has created
+   half the threshold more, which the probe signals (procmond/alarm.py). A quiet host so costs
+   no wake-up at all. Two such ticks within a second make a rate of half the threshold: a
+   command creating ``threshold`` a second is seen within a second of its start.
+2. Only when the host's rate reaches half the threshold (so that a storm that started
+   mid-window is caught at that window's end) or a storm is going on does the detector ask for
+   the per-command fork counters, tick once a second, and switch the probe's per-process
+   counting on (``Arm``): until then a creation pays one array lookup for it.
+3. The next tick, half a second later, gives per-command rates over the same time as the
    per-process counts; a command at or above the threshold starts a storm: one line naming it
-   and its top creating processes, 1 to 2 seconds after the storm began.
-3. While it lasts, a line after 1 minute, 10 minutes, then every hour; one line once its rate
+   and its top creating processes, 0.5 to 1.5 seconds after the storm began.
+4. While it lasts, a line after 1 minute, 10 minutes, then every hour; one line once its rate
    has stayed below the threshold for ``END_AFTER_SECONDS`` (duration, total created).
-4. Quiet again and no storm left: per-process counting is switched off (``Disarm``).
+5. Quiet again and no storm left: per-process counting is switched off (``Disarm``), and the
+   detector waits for the host's count again.
 
 Counters are differenced per kernel map entry, not per command, so an entry deleted and made
 anew (procmond/attribution.py reclaims those of gone cgroups) never makes a rate negative. A
@@ -34,7 +40,7 @@ from procmond.text import quoted
 CgroupLabels = tuple[str, ...]  # unit, namespace, pod, container (procmond.config.CGROUP_LABELS)
 CgroupNamer = Callable[[int], CgroupLabels]
 
-TICK_SECONDS = 1.0  # how often /proc/stat is read
+TICK_SECONDS = 1.0  # how often a busy host's counts are read
 CONFIRM_SECONDS = 0.5  # the tick after counting per process starts comes this much sooner
 END_AFTER_SECONDS = 5.0  # a storm ends once its command stays below the threshold this long
 PROGRESS_AFTER_SECONDS = (60.0, 600.0, 3600.0)  # then every hour
@@ -186,19 +192,30 @@ class StormDetector:
         self.top = top
         self.generation = 0  # of per-process counting: each Arm starts a new one
         self.armed = False
-        self.next_tick = TICK_SECONDS  # when the edge should tick again
+        # Seconds until the edge should tick again; None: once the host has created
+        # alarm_after more tasks, however long that takes.
+        self.next_tick: float | None = None
         self.storms: dict[bytes, _Storm] = {}
         self._host: tuple[float, int] | None = None
         self._busy = False  # this tick reads the per-command counts
         self._commands_at: float | None = None  # when they were last read
         self._creators: tuple[float, dict[int, Creator]] = (0.0, {})
 
+    @property
+    def alarm_after(self) -> int:
+        """Creations after which a quiet detector looks again: half the threshold, so two looks
+        within a second mean the host creates at least half the threshold a second."""
+        return max(1, (self.threshold + 1) // 2)
+
     def tick(self, now: float, host_created: int) -> Plan:
         """The host's creations since boot, now; says what to read for ``observe``."""
         busy = False
         if self._host is not None and now > self._host[0]:
-            rate = (host_created - self._host[1]) / (now - self._host[0])
-            busy = rate >= self.threshold / 2
+            # A tick brought early (a new threshold) may follow the last by a millisecond: a
+            # few creations in it are no rate. The alarm's ticks come after half the threshold
+            # created, so over half a second or less they are busy all the same.
+            seconds = max(now - self._host[0], CONFIRM_SECONDS)
+            busy = (host_created - self._host[1]) / seconds >= self.threshold / 2
         self._host = (now, host_created)
         self._busy = busy or bool(self.storms)
         return Plan(self._busy, self.armed)
@@ -213,8 +230,9 @@ class StormDetector:
         busy tick (None on the first one: there was no count to start from); ``creators``, the
         creators map's entries of the current generation."""
         self.next_tick = TICK_SECONDS
-        if not self._busy:  # quiet: forget the baselines, stop counting per process
+        if not self._busy:  # quiet: forget the baselines, stop counting per process, sleep
             self._commands_at = None
+            self.next_tick = None
             if self.armed:
                 self.armed = False
                 return [Disarm()]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from procmond import bpf_loader
+from procmond.alarm import ALARM_MAPS
 from procmond.bpfmap import BPFMap, libbpf, possible_cpus
 from procmond.config import Config
 from procmond.metrics import daemon_maps
@@ -55,7 +56,7 @@ def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         assert children == [], "the loader child is still there"
         maps, progs = _kernel_objects(pid)
-        assert len(maps) == len(daemon_maps())
+        assert len(maps) == len(daemon_maps()) + len(ALARM_MAPS)
         assert maps <= _loaded(MAP_IDS)
         attached = sum(ok for ok in (daemon.scrape().series("procmond_probe_attached").values()))
         assert attached == 4 and len(progs) == attached  # it holds every program it runs

@@ -196,7 +196,7 @@ def test_hung_daemon_is_restarted_by_the_watchdog(box: SystemdSandbox) -> None:
     first = show(box, "MainPID", "NRestarts")
     time.sleep(3)  # alive: it pings every second, so nothing happens
     assert show(box, "MainPID", "NRestarts") == first
-    scrape(box)  # STATUS= follows at the next tick
+    scrape(box)  # STATUS= follows at the scrape
     wait_for(
         lambda: re.search(
             r"; \d+ series at the last scrape$", show(box, "StatusText")["StatusText"]

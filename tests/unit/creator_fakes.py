@@ -4,6 +4,7 @@ tests without root."""
 from __future__ import annotations
 
 import struct
+import threading
 
 from procmond.layout import CHARS, UINT, Field, Layout, MapLayout
 
@@ -50,3 +51,28 @@ class FakeCreators:
 
     def items(self) -> list[tuple[bytes, bytes]]:
         return list(self.rows)
+
+
+class FakeAlarm:
+    """The probe's creation alarm (procmond/alarm.py): records each alarm set; ``wait``
+    blocks until poked (or its timeout), as if the host created nothing."""
+
+    def __init__(self) -> None:
+        self.rings: list[int] = []
+        self.waits: list[float | None] = []
+        self.closed = False
+        self._pokes = threading.Semaphore(0)
+
+    def ring_after(self, creations: int) -> None:
+        self.rings.append(creations)
+
+    def wait(self, timeout: float | None) -> bool:
+        self.waits.append(timeout)
+        self._pokes.acquire(timeout=timeout)
+        return False
+
+    def poke(self) -> None:
+        self._pokes.release()
+
+    def close(self) -> None:
+        self.closed = True

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,13 @@ from procmond.storms import (
     ended_line,
     started_line,
 )
-from tests.unit.creator_fakes import CREATOR_LAYOUT, FakeCreators, FakeSwitch, creator_entry
+from tests.unit.creator_fakes import (
+    CREATOR_LAYOUT,
+    FakeAlarm,
+    FakeCreators,
+    FakeSwitch,
+    creator_entry,
+)
 from tests.unit.fakes import LAYOUTS, FakeHash, pair
 
 SH = b"sh"
@@ -108,11 +116,97 @@ def test_half_the_threshold_host_wide_is_enough_to_start_counting_per_process() 
     counting must already start then, so the next second names the PIDs."""
     host = Host(StormDetector(2000))
     assert host.step({SH: 999}) == []
-    assert host.detector.next_tick == 1.0
+    assert host.detector.next_tick is None  # quiet: no timer, but an alarm on the count
+    assert host.detector.alarm_after == 1000
     assert host.step({SH: 1000}) == [Arm(1)]
     assert host.detector.next_tick == 0.5  # confirmed half a second later, not a second
     host.step({SH: 1000})
     assert host.detector.next_tick == 1.0
+
+
+class AlarmedHost:
+    """The monitor's schedule (procmond/storm_monitor.py) on a host whose commands create at
+    constant rates from given times: the detector ticks when ``next_tick`` says, or, when it
+    is None, at the moment the host has created ``alarm_after`` more (the probe's ring)."""
+
+    STEP = 0.001  # seconds: the resolution at which the ring's moment is found
+
+    def __init__(self, detector: StormDetector, rates: dict[bytes, tuple[float, float]]) -> None:
+        self.detector = detector
+        self.rates = rates  # command -> (creations a second, from when)
+        self.now = 0.0
+        self.ticks: list[float] = []
+        self.started: dict[bytes, float] = {}  # command -> when its storm line came
+        self._read: dict[bytes, int] | None = None
+        self._armed: dict[bytes, int] = {}  # each command's count when counting per process began
+        self._tick()
+
+    def made(self, at: float) -> dict[bytes, int]:
+        return {c: int(r * max(0.0, at - since)) for c, (r, since) in self.rates.items()}
+
+    def created(self, at: float) -> int:
+        return sum(self.made(at).values())
+
+    def run_until(self, end: float) -> None:
+        while True:
+            step = self.detector.next_tick
+            if step is None:
+                at, alarm = self.now, self.created(self.now) + self.detector.alarm_after
+                while self.created(at) < alarm and at < end:
+                    at += self.STEP
+                self.now = at
+            else:
+                self.now += step
+            if self.now >= end:
+                return
+            self._tick()
+
+    def _tick(self) -> None:
+        now = self.now
+        self.ticks.append(now)
+        plan = self.detector.tick(now, self.created(now))
+        made = None
+        if plan.commands:
+            forks = self.made(now)
+            if self._read is not None:
+                made = {c: n - self._read.get(c, 0) for c, n in forks.items()}
+            self._read = forks
+        else:
+            self._read = None
+        pids = {c: 100 + i for i, c in enumerate(self.rates)}
+        since_arm = {c: n - self._armed.get(c, 0) for c, n in self.made(now).items()}
+        creators = {pids[c]: creator(pids[c], n, c) for c, n in since_arm.items()}
+        for event in self.detector.observe(now, made, creators if plan.creators else None):
+            if isinstance(event, Arm):  # the probe counts each generation from zero
+                self._armed = self.made(now)
+            if isinstance(event, StormStarted):
+                self.started[event.comm] = now
+
+
+@pytest.mark.parametrize("times_threshold", [1.05, 2, 10])
+@pytest.mark.parametrize("quiet_for", [0.3, 1.0, 57.7])
+def test_a_sleeping_detector_names_a_storm_within_one_and_a_half_seconds(
+    times_threshold: float, quiet_for: float
+) -> None:
+    """With no timer at all while the host is quiet, a command creating the threshold a second
+    (or more) is still named within 1.5 s of its start (README: within about two)."""
+    threshold = 2000
+    storm = int(threshold * times_threshold)
+    host = AlarmedHost(StormDetector(threshold), {b"cron": (40, 0.0), SH: (storm, quiet_for)})
+    host.run_until(quiet_for + 5)
+    assert SH in host.started, host.ticks
+    assert quiet_for + 0.5 <= host.started[SH] <= quiet_for + 1.5 + 2 * AlarmedHost.STEP
+    assert b"cron" not in host.started
+
+
+def test_a_quiet_host_ticks_once_per_half_the_threshold_it_creates() -> None:
+    """Below half the threshold a second, the detector only looks when the probe rings: once
+    per threshold / 2 creations, never counting per process."""
+    detector = StormDetector(2000)
+    host = AlarmedHost(detector, {b"make": (900, 0.0)})
+    host.run_until(100.5)  # 90,450 created
+    assert len(host.ticks) == 1 + 90_000 // 1000  # the first tick, then one per 1000 created
+    assert detector.generation == 0 and not detector.armed
 
 
 def test_top_creators_are_the_busiest_of_that_command_only() -> None:
@@ -299,7 +393,9 @@ def test_the_monitor_switches_counting_logs_the_storm_and_counts_it(
         clock=lambda: now[0],
         proc=proc,
     )
-    monitor._detector = StormDetector(100)  # as configure() makes it, without its thread
+    alarm = FakeAlarm()
+    monitor._detector = StormDetector(100)  # as configure() makes them, without the thread
+    monitor._alarm = alarm
 
     def second(created: int, forks: int, creators: list[tuple[bytes, bytes]]) -> None:
         now[0] += 1
@@ -311,10 +407,12 @@ def test_the_monitor_switches_counting_logs_the_storm_and_counts_it(
     caplog.set_level(logging.WARNING)
     second(1000, 0, [])
     assert probe.maps["storm_watch"].values == []  # type: ignore[attr-defined]
+    assert alarm.rings == [50]  # quiet: look again once the host has made 50 more
     second(1500, 500, [])  # 500/s host-wide: at least half the threshold
     assert probe.maps["storm_watch"].values == [1]  # type: ignore[attr-defined]
     assert monitor.counting
     second(2000, 1000, [creator_entry(50, 500, 1, b"stormy"), creator_entry(51, 9, 0, b"old")])
+    assert alarm.rings == [50]  # busy: ticks on time, no alarm
     assert [r.getMessage() for r in caplog.records] == [
         'fork storm: "stormy" is creating 500 processes/s (threshold 100/s); top creators: '
         'pid 50 at 500/s "./stormy --fast" (parent 1 "bash", unit storm.service)'
@@ -330,6 +428,7 @@ def test_the_monitor_switches_counting_logs_the_storm_and_counts_it(
         'fork storm over: "stormy" created 500 processes in 1 s (peak 500/s)'
     )
     assert probe.maps["storm_watch"].values == [1, 0]  # type: ignore[attr-defined]
+    assert alarm.rings == [50, 50]  # quiet again: asleep until 50 more
     metrics = {m.name: m.samples for m in monitor.collect()}
     assert [s.value for s in metrics["procmond_storm_active"]] == [0]
     assert [s.value for s in metrics["procmond_storm_process_counting"]] == [0]
@@ -343,6 +442,30 @@ def test_the_monitor_reads_only_the_current_generation() -> None:
     ]
     assert list(reader.read(2)) == [1]
     assert reader.read(2)[1].comm == b"new"
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
+def test_the_monitor_thread_sleeps_with_no_timeout_until_its_alarm_or_a_new_threshold(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "stat").write_text("cpu  1 2 3\nprocesses 7000\n")
+    alarm = FakeAlarm()
+    monitor = StormMonitor(FakeProbe(), proc=tmp_path, alarm=lambda: alarm)
+    monitor.configure(Config(storm_threshold=100))
+    assert alarm.rings == [50]  # set before the thread starts, by the first tick
+    wait_until(lambda: alarm.waits == [None], "the thread to sleep")
+    (tmp_path / "stat").write_text("cpu  1 2 3\nprocesses 7010\n")
+    monitor.configure(Config(storm_threshold=1000))  # a reload: the alarm is set anew at once
+    wait_until(lambda: alarm.rings == [50, 500], "the alarm to be set for the new threshold")
+    wait_until(lambda: alarm.waits == [None, None], "the thread to sleep again")
+    monitor.stop()
+    assert alarm.closed and len(alarm.waits) == 2 and not monitor.counting
 
 
 def test_storm_detection_needs_the_comm_label(caplog: pytest.LogCaptureFixture) -> None:
