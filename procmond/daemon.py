@@ -199,7 +199,7 @@ class Daemon:
 
         def render(accept: str) -> tuple[bytes, str]:
             if accepts_text(accept):
-                return collector.render_text() + generate_latest(rest), TEXT_CONTENT_TYPE
+                return collector.render_text(generate_latest(rest)), TEXT_CONTENT_TYPE
             encoder, content_type = choose_encoder(accept)
             return encoder(full), content_type
 
