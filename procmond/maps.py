@@ -188,7 +188,10 @@ class MapReader:
 
     def field_values(self, name: str, rows: RawRows, field: str) -> set[int]:
         """The distinct values of an integer key field (the cgroup ids) over ``rows``."""
-        return {value for _, column in self._column(name, rows, field) for value in column}
+        values: set[int] = set()
+        for _, column in self._column(name, rows, field):
+            values.update(column)
+        return values
 
     def keys_where(
         self, name: str, rows: RawRows, field: str, values: Collection[int]

@@ -34,13 +34,13 @@ from procmond.webconfig import WebSettings
 log = logging.getLogger(__name__)
 
 # Accept header -> (body, content type): the exposition, chosen by what the client accepts.
-Render = Callable[[str], tuple[bytes, str]]
+Render = Callable[[str], tuple[bytes | bytearray, str]]
 
 
 def registry_render(registry: CollectorRegistry) -> Render:
     """Render a plain registry, in whatever format the client asked for."""
 
-    def render(accept: str) -> tuple[bytes, str]:
+    def render(accept: str) -> tuple[bytes | bytearray, str]:
         encoder, content_type = choose_encoder(accept)
         return encoder(registry), content_type
 
@@ -113,10 +113,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.client_address = client_address
         self.rfile = _BoundedReader(io.BytesIO(head), REQUEST_HEAD_BYTES)  # type: ignore[assignment]
         self.wfile = io.BytesIO()  # the status line and headers (and error pages)
-        self.body = b""  # kept apart: copying ~1 MB of exposition twice more cost a scrape
+        # kept apart: copying ~1 MB of exposition twice more cost a scrape
+        self.body: bytes | bytearray = b""
         self.close_connection = True
 
-    def answer(self) -> tuple[list[bytes], bool]:
+    def answer(self) -> tuple[list[bytes | bytearray], bool]:
         try:
             self.handle_one_request()
         except http.client.LineTooLong:  # the request line alone overran the budget
@@ -189,7 +190,7 @@ class MetricsServer:
             connection_timeout,
         )
 
-    def _answer(self, head: bytes, client_address: Any) -> tuple[list[bytes], bool]:
+    def _answer(self, head: bytes, client_address: Any) -> tuple[list[bytes | bytearray], bool]:
         return _Handler(self, head, client_address).answer()
 
     @property
