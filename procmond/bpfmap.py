@@ -239,21 +239,25 @@ class BPFMap:
                 values = ctypes.create_string_buffer(vs * capacity)
 
     def _one_by_one(self) -> list[tuple[bytes, bytes, int]]:
+        """Key by key. get_next_key starts over from the first key when the one it is given
+        was deleted meanwhile, so a key can come twice: each is kept once (a scrape must not
+        show a series twice)."""
         key = ctypes.create_string_buffer(self.key_size)
         next_key = ctypes.create_string_buffer(self.key_size)
-        keys, values = [], []
+        rows: dict[bytes, bytes] = {}
         first = True
         while True:
             try:
                 libbpf("bpf_map_get_next_key", self.fd, None if first else key, next_key)
             except FileNotFoundError:
-                return [(b"".join(keys), b"".join(values), len(keys))] if keys else []
+                if not rows:
+                    return []
+                return [(b"".join(rows), b"".join(rows.values()), len(rows))]
             first = False
             ctypes.memmove(key, next_key, self.key_size)
             value = self.lookup(key.raw)
             if value is not None:
-                keys.append(key.raw)
-                values.append(value)
+                rows[key.raw] = value
 
     def close(self) -> None:
         os.close(self.fd)

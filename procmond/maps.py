@@ -98,7 +98,7 @@ class RawRows:
 
 def _counts(values: bytes, n: int) -> list[int]:
     """The u64 at the start of each of ``n`` values laid back to back."""
-    stride = len(values) // n
+    stride = len(values) // n if n else 8
     if stride == 8:
         return memoryview(values).cast("Q").tolist()
     return [_U64.unpack_from(values, i * stride)[0] for i in range(n)]

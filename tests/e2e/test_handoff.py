@@ -156,3 +156,29 @@ def test_a_map_that_grew_since_the_last_read_is_read_whole(creator: Path) -> Non
         assert grown == ours(BPFMap(forks.fd).items())
     finally:
         probe.close()
+
+
+def test_key_by_key_reads_give_each_key_once_when_keys_go_meanwhile(creator: Path) -> None:
+    """Without batch lookups, a key deleted during the read makes the kernel start over from
+    the first key: the keys already read come again, and are kept once (a series shown twice
+    would make the scrape invalid)."""
+    probe = bpf_loader.load(Config())
+    try:
+        run_creator(creator, "fork", 1, [unique_name("kk") for _ in range(50)])
+        forks = BPFMap(probe.map("forks_total").fd)
+        forks._batch = False
+        lookup, looked = forks.lookup, []
+
+        def lookup_deleting_the_tenth(key: bytes) -> bytes | None:
+            looked.append(key)
+            if len(looked) == 10:
+                forks.take(key)  # gone before its value is read
+            return lookup(key)
+
+        forks.lookup = lookup_deleting_the_tenth  # type: ignore[method-assign]
+        keys = [key for key, _ in forks.items()]
+        assert len(looked) > len(set(looked))  # the read started over: keys came twice
+        assert len(keys) == len(set(keys))
+        assert looked[9] not in keys
+    finally:
+        probe.close()
