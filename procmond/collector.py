@@ -290,13 +290,14 @@ class ProcmondCollector:
         rows = self._reader.raw(spec.map_name)
         snap.entries[spec.map_name] = rows.count
         texts = self._texts.of(spec.map_name, placement.fields, placement.names)
+        texts.follow(rows)
         if self._attribution is not None and self._config.cgroup_labels:
             # A gone cgroup's entries are about to be folded: none may show plainly now.
             ids = self._reader.field_values(spec.map_name, rows, "cgroup_id")
             gone = self._attribution.gone(ids)
             if gone:
-                for raw in self._reader.keys_where(spec.map_name, rows, "cgroup_id", gone):
-                    texts.drop(raw)
+                for i in self._reader.rows_where(spec.map_name, rows, "cgroup_id", gone):
+                    texts.forget(i)
         return render_counter(out, spec, rows, texts, placement.resolve, placement.extra)
 
     def _counter_rows(
@@ -306,7 +307,7 @@ class ProcmondCollector:
         rows = self._reader.raw(spec.map_name)
         snap.entries[spec.map_name] = rows.count
         placed: list[tuple[Row, object]] = []
-        for raw, value in rows.counts():
+        for raw, value in rows.entries():
             shown = placement.resolve(raw, value)
             if shown is not None:
                 placed.append((shown.labels, shown.count))

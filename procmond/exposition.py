@@ -4,23 +4,25 @@ prometheus_client formats every sample generically: it checks each name, escapes
 value a character at a time and builds each line afresh. procmond's map families have fixed
 names and label names, so they are rendered here, from the maps' raw keys.
 
-Here is the scrape path's one cache, :class:`LabelTexts`: the label text of each row, kept
-between scrapes. A row shown before costs one dict look-up by its raw key (its bytes as the
-kernel returns them) and one formatted line: no decode, no cgroup look-up, no Python object
-kept per row. 10,000 series took ~47 ms a scrape decoded and attributed row by row, ~3 ms
-this way (measured on this project's 2-core VM). A raw key's text stays right while its
-row is *plain* (procmond/attribution.py: final cgroup names, nothing folded from it): the
-collector drops the keys of a cgroup seen gone before it renders, and rows that are not
-plain, or that share their labels with another row (two cgroups with the same names, a
-folded label set, names that decode alike), are attributed and added up every scrape.
-The cache is bounded by the label sets the config's maps can show (``label_sets_budget``);
-past it, the oldest texts are evicted, never the whole cache at once.
+Here is the scrape path's one cache, :class:`LabelTexts`: the label text of each map row,
+kept between scrapes by the row's raw key (its bytes as the kernel returns them), and by its
+place while the map holds the same keys. A known row then costs one formatted line: no key
+decoded, no cgroup looked up, no Python object made or kept per row. At 10,000 series the
+map families took ~47 ms a scrape decoded and attributed row by row, ~2.5 ms this way (plus
+~3.5 ms in the kernel's batch lookup), measured on this project's 2-core VM. A row's text
+stays right while the row is *plain* (procmond/attribution.py: final cgroup names, nothing
+folded from it): the collector forgets the rows of a cgroup seen gone before it renders, and
+rows that are not plain, or that share their labels with another row (two cgroups with the
+same names, a folded label set, names that decode alike), are attributed and added up every
+scrape. The cache is bounded by the label sets the config's maps can show
+(``label_sets_budget``); past it, texts are evicted, never the whole cache at once.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable
-from itertools import accumulate
+from itertools import accumulate, chain
 
 from procmond.attribution import Row, Shown
 from procmond.maps import Histogram, RawRows
@@ -40,9 +42,9 @@ def escape_help(text: str) -> str:
 class LabelTexts:
     """Label text (``unit="",...,comm="make"``) per map row, for every map: the one cache.
 
-    ``limit`` (from the series budget) holds every label set the maps can show at once; the
-    oldest texts are evicted past it, after each map's rendering (never mid-map: a line
-    written this scrape may have to be looked up again).
+    ``limit`` (from the series budget) holds every label set the maps can show at once; past
+    it, texts are evicted (the oldest label sets first) after each map's rendering, never
+    mid-map (a line written this scrape may have to be written again).
     """
 
     def __init__(self, limit: int) -> None:
@@ -62,7 +64,7 @@ class LabelTexts:
         return sum(len(t) for t in self._maps.values())
 
     def trim(self) -> None:
-        """Evict the oldest texts, largest maps first, until the cache is within its limit."""
+        """Evict texts, from the largest maps first, until the cache is within its limit."""
         excess = len(self) - self.limit
         while excess > 0:
             largest = max(self._maps.values(), key=len)
@@ -70,20 +72,26 @@ class LabelTexts:
 
 
 class MapTexts:
-    """One map's texts: by raw key for rows shown plainly and alone (``plain``, with the
-    reverse index that tells when another row takes the same labels), and by label row or raw
-    key for the rest (folded label sets, __overflow__, histogram keys)."""
+    """One map's texts. ``rows``: per row of the map's last read, in the kernel's order, its
+    text if the row is shown plainly and alone, else None; ``shown`` indexes those texts, to
+    tell when another row takes the same labels. While the map holds the same keys (no key
+    made or deleted: the keys buffers are byte for byte the last read's), a row's text is found
+    by its place, with no key cut out or looked up; else by key, once. Label rows and raw keys
+    that stand for fixed labels (folded label sets, __overflow__, histogram keys) have their
+    texts by value."""
 
     def __init__(self, fields: tuple[str, ...], names: tuple[str, ...]) -> None:
         self.fields = fields
         self.names = names
-        self.plain: dict[bytes, bytes] = {}  # raw key → text; the key's series is its own
-        self.owners: dict[bytes, bytes] = {}  # text → its raw key in ``plain``
+        self.rows: list[bytes | None] = []
+        self.shown: dict[bytes, None] = {}  # a dict: ~40 % smaller than a set here
+        self._keys: list[bytes] = []  # the last read's keys buffers, one per batch
+        self._key_size = 0
         self._other: dict[bytes | Row, bytes] = {}
         self._keep = tuple(fields.index(n) for n in names)
 
     def __len__(self) -> int:
-        return len(self.plain) + len(self._other)
+        return len(self.shown) + len(self._other)
 
     def text(self, row: Row) -> bytes:
         """The label text of a row of ``fields``."""
@@ -106,24 +114,47 @@ class MapTexts:
             text = self._other[raw] = self.text(decode(raw))
         return text
 
-    def keep(self, raw: bytes, text: bytes) -> None:
-        self.plain[raw] = text
-        self.owners[text] = raw
+    def follow(self, read: RawRows) -> None:
+        """Line ``rows`` up with a new read of the map."""
+        keys = [k for k, _, _ in read.batches]
+        if keys == self._keys:
+            return
+        cut = struct.Struct(f"{self._key_size}s").iter_unpack if self._key_size else None
+        before = {}
+        if cut is not None:
+            known = chain.from_iterable(cut(k) for k in self._keys)
+            before = {raw: t for (raw,), t in zip(known, self.rows, strict=True) if t is not None}
+        get = before.get
+        self.rows = [get(raw) for (raw,) in read.key_tuples()]
+        self.shown = dict.fromkeys(t for t in self.rows if t is not None)
+        self._keys, self._key_size = keys, read.key_size
 
-    def drop(self, raw: bytes) -> None:
-        text = self.plain.pop(raw, None)
-        if text is not None and self.owners.get(text) == raw:
-            del self.owners[text]
+    def keep(self, i: int, text: bytes) -> None:
+        self.rows[i] = text
+        self.shown[text] = None
+
+    def forget(self, i: int) -> None:
+        text = self.rows[i]
+        if text is not None:
+            self.rows[i] = None
+            del self.shown[text]
+
+    def holder(self, text: bytes) -> int:
+        """The row that shows ``text`` (one of ``shown``)."""
+        return self.rows.index(text)
 
     def evict(self, n: int) -> int:
-        """Evict the ``n`` oldest texts (label sets before raw keys); how many went."""
+        """Evict ``n`` texts, the oldest label sets first; how many went."""
         gone = 0
         for key in list(self._other)[:n]:
             del self._other[key]
             gone += 1
-        for raw in list(self.plain)[: n - gone]:
-            self.drop(raw)
-            gone += 1
+        i = len(self.rows)
+        while gone < n and i:
+            i -= 1
+            if self.rows[i] is not None:
+                self.forget(i)
+                gone += 1
         return gone
 
 
@@ -131,90 +162,75 @@ def _header(name: str, documentation: str, kind: str) -> bytes:
     return f"# HELP {name} {escape_help(documentation)}\n# TYPE {name} {kind}\n".encode()
 
 
-def _write_known(
-    out: bytearray,
-    line: bytes,
-    rows: RawRows,
-    get: Callable[[bytes], bytes | None],
-    miss: Callable[[bytes, int], None],
-) -> int:
-    """Write the rows whose text is known, hand the others to ``miss``; returns the lines
-    written. The scrape's hot path, inlined: per row one look-up and one line; the keys are
-    cut and the counts read by C loops (struct, memoryview), ~25 % faster than slicing."""
-    written = 0
-    for (raw,), value in zip(rows.keys(), rows.values(), strict=True):
-        text = get(raw)
-        if text is None:
-            miss(raw, value)
-        else:
-            out += line % (text, value)
-            written += 1
-    return written
-
-
 def render_counter(
     out: bytearray,
     spec: CounterMetric,
-    rows: RawRows,
+    read: RawRows,
     texts: MapTexts,
     resolve: Resolve,
     extra: Callable[[], Iterable[tuple[Row, int]]],
 ) -> int:
-    """Append one counter family to ``out``: the map's ``rows`` (each one not in the cache
-    placed by ``resolve``), then the rows ``extra()`` gives once every row is placed (folded
-    label sets, __overflow__). Rows with the same labels are one series, their counts added.
-    Returns the series written.
+    """Append one counter family to ``out``: the map's rows (the known ones from the cache,
+    the others placed by ``resolve``), then the rows ``extra()`` gives once every row is
+    placed (folded label sets, __overflow__). Rows with the same labels are one series, their
+    counts added. Returns the series written. ``texts`` must follow ``read`` already.
 
-    A new plain row joins the cache at once (its line is written at the end), unless its
-    labels are taken; if a later row takes them, it leaves again. Only a row written before
-    (a cached one) that gets company makes the family be written again: rare, as a plain row
-    keeps its labels for life."""
+    A new plain row joins the cache unless its labels are taken; if a later row takes them,
+    it leaves again. Only a row written from the cache that gets company makes the family be
+    written again: rare, as a plain row keeps its labels for life."""
     name = spec.name.encode()
     line = b"%b{%%b} %%d\n" % name if texts.names else b"%b%%b %%d\n" % name
     out += _header(spec.name, spec.documentation, "counter")
     first = len(out)
+    rows = texts.rows
+    counts = list(read.counts())
+    missing = None in rows
+    # The hot path: per row one formatted line (~0.2 us), nothing decoded or looked up.
+    if missing:
+        for text, count in zip(rows, counts, strict=True):
+            if text is not None:
+                out += line % (text, count)
+    else:
+        for text, count in zip(rows, counts, strict=True):
+            out += line % (text, count)
+    written = len(rows) - rows.count(None)
     added: dict[bytes, int] = {}  # text → count, for rows shown together (or not plain)
-    new: dict[bytes, int] = {}  # raw key → count, for plain rows new in the cache
-
-    def miss(raw: bytes, value: int) -> None:
-        shown = resolve(raw, value)
-        if shown is None:
-            return
-        text = texts.text(shown.labels)
-        if shown.plain and text not in texts.owners and text not in added:
-            texts.keep(raw, text)
-            new[raw] = shown.count
-        else:
-            added[text] = added.get(text, 0) + shown.count
-
-    written = _write_known(out, line, rows, texts.plain.get, miss)
+    new: dict[int, int] = {}  # row → count, for plain rows new in the cache
+    if missing:
+        keys, ks = read.joined_keys(), read.key_size
+        for i in [i for i, text in enumerate(rows) if text is None]:
+            shown = resolve(keys[i * ks : (i + 1) * ks], counts[i])
+            if shown is None:
+                continue
+            text = texts.text(shown.labels)
+            if shown.plain and text not in texts.shown and text not in added:
+                texts.keep(i, text)
+                new[i] = shown.count
+            else:
+                added[text] = added.get(text, 0) + shown.count
     for labels, count in extra():
         text = texts.of_row(labels)
         added[text] = added.get(text, 0) + count
-    written_before: dict[bytes, bytes] = {}  # raw key written above → its text, now shared
-    for text in added:
-        raw = texts.owners.get(text)
-        if raw is not None:
-            texts.drop(raw)
-            if raw in new:
-                added[text] += new.pop(raw)
-            else:
-                written_before[raw] = text
+    written_before: dict[int, bytes] = {}  # row written above → its text, now shared
+    for text in [t for t in added if t in texts.shown]:
+        i = texts.holder(text)
+        texts.forget(i)
+        if i in new:
+            added[text] += new.pop(i)
+        else:
+            written_before[i] = text
     if written_before:  # write the family again, these rows added to the others
         del out[first:]
         written = 0
-        get = texts.plain.get
-        for raw, value in rows.counts():
-            text = get(raw)
+        for i, (text, count) in enumerate(zip(rows, counts, strict=True)):
             if text is not None:
-                out += line % (text, value)
+                out += line % (text, count)
                 written += 1
-            elif raw in written_before:
-                added[written_before[raw]] += value
+            elif i in written_before:
+                added[written_before[i]] += count
     else:
-        plain = texts.plain
-        for raw, count in new.items():
-            out += line % (plain[raw], count)
+        for i, count in new.items():
+            out += line % (rows[i], count)
         written += len(new)
     for text, count in added.items():
         out += line % (text, count)

@@ -8,11 +8,11 @@ unit tests hand ``MapReader`` fakes with the same ``items()``/``per_cpu_values()
 
 from __future__ import annotations
 
-import itertools
 import struct
 import sys
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Protocol
 
 from procmond.errors import BPFLoadError
@@ -80,19 +80,25 @@ class RawRows:
     def count(self) -> int:
         return sum(n for _, _, n in self.batches)
 
-    def keys(self) -> Iterator[tuple[bytes]]:
+    def key_tuples(self) -> Iterator[tuple[bytes]]:
         """Each raw key, as a 1-tuple: cut by struct's C loop, chained by itertools' (a
         generator resuming per key cost more than the rest of the loop)."""
         cut = struct.Struct(f"{self.key_size}s")
-        return itertools.chain.from_iterable(cut.iter_unpack(keys) for keys, _, _ in self.batches)
+        return chain.from_iterable(cut.iter_unpack(keys) for keys, _, _ in self.batches)
 
-    def values(self) -> Iterator[int]:
+    def counts(self) -> Iterator[int]:
         """Each count (the u64 each value starts with), in key order."""
-        return itertools.chain.from_iterable(_counts(values, n) for _, values, n in self.batches)
+        return chain.from_iterable(_counts(values, n) for _, values, n in self.batches)
 
-    def counts(self) -> Iterator[tuple[bytes, int]]:
+    def joined_keys(self) -> bytes:
+        """Every raw key, back to back."""
+        if len(self.batches) == 1:
+            return self.batches[0][0]
+        return b"".join(keys for keys, _, _ in self.batches)
+
+    def entries(self) -> Iterator[tuple[bytes, int]]:
         """(raw key, count) of every entry."""
-        for (raw,), value in zip(self.keys(), self.values(), strict=True):
+        for (raw,), value in zip(self.key_tuples(), self.counts(), strict=True):
             yield raw, value
 
 
@@ -193,17 +199,13 @@ class MapReader:
             values.update(column)
         return values
 
-    def keys_where(
+    def rows_where(
         self, name: str, rows: RawRows, field: str, values: Collection[int]
-    ) -> list[bytes]:
-        """The raw keys of ``rows`` whose integer field ``field`` is one of ``values``."""
-        ks = rows.key_size
-        return [
-            keys[i * ks : (i + 1) * ks]
-            for keys, column in self._column(name, rows, field)
-            for i, value in enumerate(column)
-            if value in values
-        ]
+    ) -> list[int]:
+        """The places (in ``rows``' order) of the rows whose integer field ``field`` is one of
+        ``values``."""
+        column = chain.from_iterable(c for _, c in self._column(name, rows, field))
+        return [i for i, value in enumerate(column) if value in values]
 
     def _column(self, name: str, rows: RawRows, field: str) -> Iterator[tuple[bytes, list[int]]]:
         """Per batch, its keys and the values of integer field ``field`` in key order: read

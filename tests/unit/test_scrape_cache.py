@@ -217,30 +217,48 @@ def test_a_row_written_from_the_cache_that_gets_company_is_one_series() -> None:
 
 
 def test_the_cache_stays_within_its_bound_when_label_sets_churn_beyond_it() -> None:
-    """Entries deleted behind procmond's back (no cgroup seen gone) leave texts nothing asks
-    for: past the bound set from the config, the oldest are evicted, and every scrape still
-    shows exactly what the map holds."""
-    config = Config(max_entries=4, histograms=False)
-    cgroups, clock = Cgroups(), Clock()
-    world = World(cgroups, clock, config)
+    """Entries deleted behind procmond's back leave texts nothing asks for (histogram keys
+    here, never deleted by procmond): past the bound set from the config, texts are evicted,
+    and every scrape still shows exactly what the maps hold."""
+    config = Config(max_entries=4, histogram_max_entries=2)
+    world = World(Cgroups(), Clock(), config)
     texts = world.collector._texts
-    assert texts.limit == label_sets_budget(config) == 4 * (4 + 1 + 4)
-    for i in range(200):
+    # four counters (4 live, 4 folded, __overflow__ each), one histogram (2, __overflow__)
+    assert texts.limit == label_sets_budget(config) == 4 * (4 + 4 + 1) + (2 + 1)
+    evicted = False
+    for i in range(100):
         world.forks.counts.clear()
         for j in range(4):
             world.forks.add(pair(b"c%d" % (i * 4 + j), b"sh", 0), j + 1)
+        lifetimes = [(one(b"h%d" % (i * 2 + j)), hist({20: j + 1}, 10)) for j in range(2)]
+        world.tables["process_lifetime_seconds"] = FakeHash(lifetimes)  # type: ignore[arg-type]
         m = text_of(world)
         shown = {dict(k)["comm"]: v for (n, k), v in m.items() if n == "procmond_forks_total"}
         assert shown == {f"c{i * 4 + j}": j + 1 for j in range(4)}
+        counts = {
+            dict(k)["comm"]: v
+            for (n, k), v in m.items()
+            if n == "procmond_process_lifetime_seconds_count"
+        }
+        assert counts == {f"h{i * 2 + j}": j + 1 for j in range(2)}
         assert len(texts) <= texts.limit
+        evicted = evicted or len(texts) == texts.limit
+    assert evicted
 
 
-def test_label_texts_evict_the_oldest_first() -> None:
-    texts = LabelTexts(3)
+def test_label_texts_evict_the_oldest_label_sets_first() -> None:
+    texts = LabelTexts(4)
     forks = texts.of("forks_total", ("comm",), ("comm",))
-    for i in range(5):
-        forks.keep(b"k%d" % i, forks.text((b"c%d" % i,)))
-    assert len(texts) == 5
+    for i in range(3):
+        forks.of_row((b"folded%d" % i,))
+    forks.rows = [None, None, None]
+    for i in range(3):
+        forks.keep(i, forks.text((b"c%d" % i,)))
+    assert len(texts) == 6
     texts.trim()
-    assert list(forks.plain) == [b"k2", b"k3", b"k4"]
-    assert set(forks.owners) == {b'comm="c2"', b'comm="c3"', b'comm="c4"'}
+    assert len(texts) == 4
+    assert forks.rows == [b'comm="c0"', b'comm="c1"', b'comm="c2"']  # the two oldest sets went
+    texts.limit = 1
+    texts.trim()
+    assert forks.rows == [b'comm="c0"', None, None]  # then the last label set, then rows
+    assert list(forks.shown) == [b'comm="c0"'] and len(texts) == 1
