@@ -5,14 +5,14 @@ names), and a cache that stays within its bound (the real daemon: tests/e2e/test
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from procmond.attribution import UNKNOWN, Attribution, CgroupLabels
+from procmond.attribution import Attribution, CgroupLabels
 from procmond.cgroups import CgroupLayout, CgroupResolver
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config
@@ -21,33 +21,10 @@ from procmond.maps import MapReader
 from procmond.metrics import label_sets_budget
 from procmond.tasklimits import TaskLimits
 from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, exited, hist, one, pair
+from tests.unit.test_attribution import POD, UNIT_A, Cgroups, Clock
 
 STATUS = ProbeStatus({"task_newtask": True}, True, "9.9", "0.26.0", "6.18.0")
-UNIT_A: CgroupLabels = ("a.service", "", "", "")
-POD: CgroupLabels = ("", "ns", "web-1", "nginx")
 POD_ONLY: CgroupLabels = ("", "ns", "web-1", "")
-
-
-@dataclass
-class Cgroups:
-    """What procmond/cgroups.py would answer: names (final or not) and which cgroups exist."""
-
-    names: dict[int, tuple[CgroupLabels, bool]] = field(default_factory=dict)
-    gone: set[int] = field(default_factory=set)
-
-    def labels(self, cgroup_id: int) -> tuple[CgroupLabels, bool]:
-        return self.names.get(cgroup_id, (UNKNOWN, True))
-
-    def alive(self, cgroup_id: int) -> bool | None:
-        return cgroup_id not in self.gone
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class KernelMap(FakeHash):
@@ -61,12 +38,12 @@ class KernelMap(FakeHash):
 
     def add(self, key: bytes, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
-        self.rows = [(k, v.to_bytes(8, "little")) for k, v in self.counts.items()]
+        self.rows = [(k, struct.pack("=Q", v)) for k, v in self.counts.items()]
 
     def take(self, key: bytes) -> bytes | None:
         count = self.counts.pop(key, None)
-        self.rows = [(k, v.to_bytes(8, "little")) for k, v in self.counts.items()]
-        return None if count is None else count.to_bytes(8, "little")
+        self.rows = [(k, struct.pack("=Q", v)) for k, v in self.counts.items()]
+        return None if count is None else struct.pack("=Q", count)
 
 
 class World:
@@ -160,7 +137,7 @@ def test_the_cached_text_path_shows_what_the_plain_path_shows_through_churn() ->
     shown = forks(text_of(cached), "sh")
     assert shown == {UNIT_A: 3 + 2 + 1 + 1 + 2, POD_ONLY: 4 + 5, POD: 2}
     assert cached.forks.counts.keys() == plain.forks.counts.keys()  # 7's entries taken in both
-    assert all(int.from_bytes(k[:8], "little") != 7 for k in cached.forks.counts)
+    assert all(struct.unpack_from("=Q", k)[0] != 7 for k in cached.forks.counts)
 
 
 def test_a_cached_row_of_a_cgroup_that_goes_is_folded_under_the_same_labels() -> None:
