@@ -69,9 +69,9 @@ class Histogram:
 @dataclass(frozen=True)
 class RawRows:
     """One read of a counter map as the kernel hands it over (BPFMap.batches): per batch, the
-    keys back to back, the values back to back, and how many. The scrape's text path looks
-    each raw key up in its label text cache (procmond/exposition.py) without decoding it, and
-    makes no Python object per entry it already knows."""
+    keys back to back, the values back to back, and how many. The scrape's text path finds
+    each row's label text (procmond/exposition.py) without decoding its key, and makes no
+    Python object per row it already knows."""
 
     batches: list[tuple[bytes, bytes, int]]
     key_size: int
