@@ -17,7 +17,7 @@ from procmond.cgroups import CgroupLayout, CgroupResolver
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config
 from procmond.exposition import LabelTexts
-from procmond.maps import MapReader
+from procmond.maps import MapReader, RawRows
 from procmond.metrics import label_sets_budget
 from procmond.tasklimits import TaskLimits
 from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, exited, hist, one, pair
@@ -228,14 +228,15 @@ def test_label_texts_evict_the_oldest_label_sets_first() -> None:
     forks = texts.of("forks_total", ("comm",), ("comm",))
     for i in range(3):
         forks.of_row((b"folded%d" % i,))
-    forks.rows = [None, None, None]
+    forks.follow(RawRows([(b"k0k1k2", struct.pack("=3Q", 1, 2, 3), 3)], 2))  # three new rows
+    assert forks.rows == [None, None, None] and forks.unknown == 3
     for i in range(3):
         forks.keep(i, forks.text((b"c%d" % i,)))
-    assert len(texts) == 6
+    assert len(texts) == 6 and forks.unknown == 0
     texts.trim()
     assert len(texts) == 4
     assert forks.rows == [b'comm="c0"', b'comm="c1"', b'comm="c2"']  # the two oldest sets went
     texts.limit = 1
     texts.trim()
     assert forks.rows == [b'comm="c0"', None, None]  # then the last label set, then rows
-    assert list(forks.shown) == [b'comm="c0"'] and len(texts) == 1
+    assert list(forks.shown) == [b'comm="c0"'] and len(texts) == 1 and forks.unknown == 2
