@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from procmond.config import CGROUP_LABELS
 
@@ -75,7 +75,21 @@ class _Entry:
     base: int
 
 
+class Shown(NamedTuple):
+    """Where an entry's count shows in a scrape. ``plain``: under its cgroup's final names,
+    all of it, for as long as the entry lives (until its cgroup is gone), so a renderer may
+    keep its label text by the raw key."""
+
+    labels: Row
+    count: int
+    plain: bool
+
+
 class Attribution:
+    """Each scrape: ``start_scrape()``, then per counter map ``entry()`` for each kernel entry
+    the caller does not already show plainly, ``end_map()``, and ``folded()``; after every map,
+    ``forget_unused()``. ``rows()`` does one map's part in one call."""
+
     def __init__(
         self,
         namer: Namer,
@@ -92,43 +106,78 @@ class Attribution:
         self._cgroups: dict[int, _Cgroup] = {}
         self._entries: dict[tuple[str, bytes], _Entry] = {}
         self._folded: dict[str, dict[Row, int]] = {}
+        self._now = clock()
+        self._settled: dict[int, _Cgroup] = {}  # cgroups resolved in this scrape
+        self._present: set[tuple[str, bytes]] = set()  # recorded entries seen in this scrape
         self.reclaimed = 0  # kernel entries deleted, for procmond_cgroup_entries_reclaimed_total
 
     def rows(
         self, map_name: str, entries: list[tuple[bytes, Row, int]], table: Table
     ) -> dict[Row, int]:
         """{(unit, namespace, pod, container, *rest): count} for one map's entries, each given
-        as (raw key, (cgroup_id, *rest), count)."""
-        now = self._clock()
-        folded = self._folded.setdefault(map_name, {})
-        out: dict[Row, int] = dict(folded)
-        present: set[tuple[str, bytes]] = set()
-        settled: dict[int, _Cgroup] = {}  # each cgroup resolved once a read, not once an entry
+        as (raw key, (cgroup_id, *rest), count), as one scrape."""
+        self.start_scrape()
+        out: dict[Row, int] = {}
         for raw, (cgroup_id, *rest), count in entries:
-            cgroup = settled.get(cgroup_id)  # type: ignore[call-overload]
-            if cgroup is None:
-                cgroup = settled[cgroup_id] = self._cgroup(int(cgroup_id), now)
-            labels: Row = (*cgroup.labels, *rest)
-            key = (map_name, raw)
-            entry = self._entries.get(key)
-            if entry is None and not cgroup.final:  # names may still come: remember where
-                entry = self._entries[key] = _Entry(labels, 0)
-            elif entry is not None and entry.labels != labels:  # late names: nothing moves
-                self._fold(folded, out, entry.labels, count - entry.base)
-                entry.labels, entry.base = labels, count
-            base = entry.base if entry is not None else 0
-            if cgroup.gone_since is not None and now - cgroup.gone_since >= self._reclaim_after:
-                last = table.take(raw)
-                self._fold(folded, out, labels, (count if last is None else last) - base)
-                self._entries.pop(key, None)
-                self.reclaimed += 1
-                continue
-            if entry is not None:
-                present.add(key)
-            out[labels] = out.get(labels, 0) + count - base
-        for key in [k for k in self._entries if k[0] == map_name and k not in present]:
-            del self._entries[key]  # deleted by someone else: nothing more to account
+            shown = self.entry(map_name, raw, int(cgroup_id), tuple(rest), count, table)  # type: ignore[call-overload]
+            if shown is not None:
+                out[shown.labels] = out.get(shown.labels, 0) + shown.count
+        self.end_map(map_name)
+        for labels, count in self.folded(map_name).items():
+            out[labels] = out.get(labels, 0) + count
         return out
+
+    def start_scrape(self) -> None:
+        """From here on each cgroup is resolved (names, whether it is gone) once, for every
+        map of the scrape."""
+        self._now = self._clock()
+        self._settled = {}
+        self._present = set()
+
+    def gone(self, cgroup_ids: set[int]) -> set[int]:
+        """Of the cgroups of a map's entries, those seen gone: their entries are to be folded,
+        so none of them may be shown plainly any more. Resolves each (once a scrape)."""
+        return {i for i in cgroup_ids if self._settle(i).gone_since is not None}
+
+    def entry(
+        self, map_name: str, raw: bytes, cgroup_id: int, rest: Row, count: int, table: Table
+    ) -> Shown | None:
+        """Where one kernel entry's count shows in this scrape, and how much of it; None once
+        it is reclaimed (taken from the kernel map, its count folded)."""
+        cgroup = self._settle(cgroup_id)
+        labels: Row = (*cgroup.labels, *rest)
+        key = (map_name, raw)
+        entry = self._entries.get(key)
+        if entry is None and not cgroup.final:  # names may still come: remember where
+            entry = self._entries[key] = _Entry(labels, 0)
+        elif entry is not None and entry.labels != labels:  # late names: nothing moves
+            self._fold(map_name, entry.labels, count - entry.base)
+            entry.labels, entry.base = labels, count
+        base = entry.base if entry is not None else 0
+        if cgroup.gone_since is not None and self._now - cgroup.gone_since >= self._reclaim_after:
+            last = table.take(raw)
+            self._fold(map_name, labels, (count if last is None else last) - base)
+            self._entries.pop(key, None)
+            self.reclaimed += 1
+            return None
+        if entry is not None and cgroup.final and base == 0:
+            del self._entries[key]  # final names from its first count on: nothing to remember
+            entry = None
+        if entry is not None:
+            self._present.add(key)
+        plain = entry is None and cgroup.gone_since is None
+        return Shown(labels, count - base, plain)
+
+    def end_map(self, map_name: str) -> None:
+        """After a map's entries: forget the recorded ones it no longer has (deleted by
+        someone else: nothing more to account)."""
+        present = self._present
+        for key in [k for k in self._entries if k[0] == map_name and k not in present]:
+            del self._entries[key]
+
+    def folded(self, map_name: str) -> dict[Row, int]:
+        """Counts of entries no longer in the kernel map, by the labels they showed under."""
+        return self._folded.setdefault(map_name, {})
 
     def forget_unused(self, older_than: float = FORGET_AFTER_SECONDS) -> None:
         """Drop cgroups no map entry has named for ``older_than`` seconds (after a reclaim):
@@ -136,6 +185,12 @@ class Attribution:
         cutoff = self._clock() - older_than
         for cgroup_id in [i for i, c in self._cgroups.items() if c.seen < cutoff]:
             del self._cgroups[cgroup_id]
+
+    def _settle(self, cgroup_id: int) -> _Cgroup:
+        cgroup = self._settled.get(cgroup_id)
+        if cgroup is None:
+            cgroup = self._settled[cgroup_id] = self._cgroup(cgroup_id, self._now)
+        return cgroup
 
     def _cgroup(self, cgroup_id: int, now: float) -> _Cgroup:
         cgroup = self._cgroups.get(cgroup_id)
@@ -152,13 +207,13 @@ class Attribution:
             cgroup.gone_since = now
         return cgroup
 
-    def _fold(self, folded: dict[Row, int], out: dict[Row, int], labels: Row, count: int) -> None:
+    def _fold(self, map_name: str, labels: Row, count: int) -> None:
         if count <= 0:
             return
+        folded = self.folded(map_name)
         if labels not in folded and len(folded) >= self._capacity:
             labels = (self._overflow,) * len(labels)
         folded[labels] = folded.get(labels, 0) + count
-        out[labels] = out.get(labels, 0) + count
 
 
 def _less_known(new: CgroupLabels, old: CgroupLabels) -> bool:

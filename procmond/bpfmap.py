@@ -111,6 +111,7 @@ class BPFMap:
         self.max_entries = int(info.max_entries)
         self.per_cpu = int(info.type) in _PERCPU_TYPES
         self._batch = True  # until the kernel says otherwise (batch ops are 5.6+)
+        self._last_count: int | None = None  # entries at the last batched read
 
     @property
     def stored_value_size(self) -> int:
@@ -179,9 +180,18 @@ class BPFMap:
             for i in range(count)
         ]
 
+    def _batch_capacity(self) -> int:
+        """Entries the next batch buffer holds: what the map held last time and a quarter
+        more, so that a nearly empty map of large capacity is not read into (and the
+        allocator made to clear) hundreds of kilobytes every scrape."""
+        cap = min(self.max_entries, self.batch_entries)
+        if self._last_count is not None:
+            cap = min(cap, self._last_count + self._last_count // 4 + 64)
+        return max(1, cap)
+
     def _batched(self) -> list[tuple[bytes, bytes, int]]:
         ks, vs = self.key_size, self.stored_value_size
-        capacity = max(1, min(self.max_entries, self.batch_entries))
+        capacity = self._batch_capacity()
         keys = ctypes.create_string_buffer(ks * capacity)
         values = ctypes.create_string_buffer(vs * capacity)
         token_in = ctypes.create_string_buffer(max(ks, 8))
@@ -219,26 +229,35 @@ class BPFMap:
                     (ctypes.string_at(keys, n * ks), ctypes.string_at(values, n * vs), n)
                 )
             if done:
+                self._last_count = sum(b[2] for b in batches)
                 return batches
             ctypes.memmove(token_in, token_out, len(token_out))
             first = False
+            if capacity < min(self.batch_entries, self.max_entries):  # more than last time
+                capacity = min(2 * capacity, self.batch_entries, self.max_entries)
+                keys = ctypes.create_string_buffer(ks * capacity)
+                values = ctypes.create_string_buffer(vs * capacity)
 
     def _one_by_one(self) -> list[tuple[bytes, bytes, int]]:
+        """Key by key. get_next_key starts over from the first key when the one it is given
+        was deleted meanwhile, so a key can come twice: each is kept once (a scrape must not
+        show a series twice)."""
         key = ctypes.create_string_buffer(self.key_size)
         next_key = ctypes.create_string_buffer(self.key_size)
-        keys, values = [], []
+        rows: dict[bytes, bytes] = {}
         first = True
         while True:
             try:
                 libbpf("bpf_map_get_next_key", self.fd, None if first else key, next_key)
             except FileNotFoundError:
-                return [(b"".join(keys), b"".join(values), len(keys))] if keys else []
+                if not rows:
+                    return []
+                return [(b"".join(rows), b"".join(rows.values()), len(rows))]
             first = False
             ctypes.memmove(key, next_key, self.key_size)
             value = self.lookup(key.raw)
             if value is not None:
-                keys.append(key.raw)
-                values.append(value)
+                rows[key.raw] = value
 
     def close(self) -> None:
         os.close(self.fd)

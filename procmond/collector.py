@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import generate_latest
@@ -21,10 +21,10 @@ from prometheus_client.core import (
 )
 
 from procmond import privileges
-from procmond.attribution import Attribution
+from procmond.attribution import Attribution, Row, Shown
 from procmond.cgroups import CgroupLayout, CgroupResolver
 from procmond.config import Config
-from procmond.exposition import CACHE_LIMIT, LabelCache, render_counter, render_histogram
+from procmond.exposition import LabelTexts, render_counter, render_histogram
 from procmond.maps import Histogram, MapReader
 from procmond.metrics import (
     OVERFLOW_LABEL_VALUE,
@@ -35,6 +35,7 @@ from procmond.metrics import (
     cumulative_buckets,
     histograms,
     label_names,
+    label_sets_budget,
     label_value,
 )
 from procmond.tasklimits import TaskLimits
@@ -73,38 +74,17 @@ class CgroupSources:
     resolver: CgroupResolver  # cgroup id → labels, for attribution and storm reports
 
 
-class KeyDecoder:
-    """Map keys → label values, decoded once per key and kept (keys are never deleted from
-    the maps, so this holds at most what the maps hold)."""
-
-    def __init__(self, limit: int = CACHE_LIMIT) -> None:
-        self._cache: dict[tuple[object, ...], tuple[str, ...]] = {}
-        self._limit = limit
-
-    def labelled(
-        self,
-        rows: dict[tuple[bytes | int, ...], int] | dict[tuple[bytes, ...], Histogram],
-        key_fields: tuple[str, ...],
-        names: tuple[str, ...],
-    ) -> dict[tuple[str, ...], object]:
-        """Rows keyed by decoded label values, summing rows that decode alike.
-
-        Distinct byte strings can give one label value (invalid UTF-8 becomes U+FFFD), and a
-        duplicate series would make the exposition invalid: such rows are added together,
-        which keeps every series monotonic.
-        """
-        keep = tuple(key_fields.index(n) for n in names)
-        cache = self._cache
-        if len(cache) >= self._limit:
-            cache.clear()
-        out: dict[tuple[str, ...], object] = {}
-        for key, value in rows.items():
-            cache_key = (keep, *key)
-            labels = cache.get(cache_key)
-            if labels is None:
-                labels = cache[cache_key] = tuple(label_value(key[i]) for i in keep)
-            _merge(out, labels, value)
-        return out
+def labelled(
+    rows: Iterable[tuple[Row, object]], fields: tuple[str, ...], names: tuple[str, ...]
+) -> dict[tuple[str, ...], object]:
+    """Rows of ``fields`` keyed by their label values for ``names``, summing rows that decode
+    alike (distinct byte strings can give one label value: invalid UTF-8 becomes U+FFFD; a
+    duplicate series would make the exposition invalid), which keeps every series monotonic."""
+    keep = tuple(fields.index(n) for n in names)
+    out: dict[tuple[str, ...], object] = {}
+    for row, value in rows:
+        _merge(out, tuple(label_value(row[i]) for i in keep), value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -127,7 +107,7 @@ def _merge(out: dict[tuple[str, ...], object], labels: tuple[str, ...], value: o
 
 @dataclass
 class Snapshot:
-    """One read of every kernel map, with rows keyed by decoded label values."""
+    """One read of every kernel map, with rows keyed by decoded label values (collect())."""
 
     counters: list[tuple[CounterMetric, tuple[str, ...], dict[tuple[str, ...], int]]]
     histograms: list[tuple[HistogramMetric, tuple[str, ...], dict[tuple[str, ...], Histogram]]]
@@ -137,12 +117,24 @@ class Snapshot:
     started: float
 
 
+@dataclass(frozen=True)
+class _Placement:
+    """How one counter map's rows are labelled in this scrape: ``resolve`` places a kernel
+    entry (procmond/attribution.py, or its decoded key as is), ``extra()`` gives the rows
+    that are not kernel entries (folded label sets, __overflow__), once every entry is placed."""
+
+    fields: tuple[str, ...]
+    names: tuple[str, ...]
+    resolve: Callable[[bytes, int], Shown | None]
+    extra: Callable[[], list[tuple[Row, int]]]
+
+
 class ProcmondCollector:
     """Yields procmond's families; register it on a private CollectorRegistry.
 
     ``collect()`` is the prometheus_client path (OpenMetrics, tests); ``render_text()`` gives
-    the same samples in the text format, rendering the large map families itself (see
-    procmond/exposition.py). Both start from one ``snapshot()``.
+    the same samples in the text format, rendering the map families itself from raw map rows
+    and the label text cache (see procmond/exposition.py). Both place each row the same way.
     """
 
     def __init__(
@@ -157,19 +149,24 @@ class ProcmondCollector:
         self._status = status
         self._cgroups = cgroups
         self._attribution = cgroups.attribution if cgroups else None
-        self._labels = LabelCache()
-        self._keys = KeyDecoder()
+        self._texts = LabelTexts(label_sets_budget(config))
         self.last_series: int | None = None  # series read from the maps at the last scrape
 
     def describe(self) -> Iterable[Metric]:
         return []  # families depend on the config; a private registry needs no description
 
-    def snapshot(self) -> Snapshot:
+    def _start(self) -> Snapshot:
         snap = Snapshot([], [], {}, {}, True, time.perf_counter())
         try:
             snap.overflowed = self._reader.overflow_events()
         except Exception as exc:
             snap.ok = self._failed("overflow_events", exc)
+        if self._attribution is not None:
+            self._attribution.start_scrape()
+        return snap
+
+    def snapshot(self) -> Snapshot:
+        snap = self._start()
         for counter in counters(self._config):
             try:
                 snap.counters.append(self._counter_rows(counter, snap))
@@ -205,18 +202,36 @@ class ProcmondCollector:
             yield hfamily
         yield from self._small_families(snap)
 
-    def render_text(self) -> bytes:
-        """The text exposition (format 0.0.4) of everything ``collect()`` yields."""
-        snap = self.snapshot()
-        parts = [
-            render_counter(spec, names, rows, self._labels) for spec, names, rows in snap.counters
-        ]
-        parts += [
-            render_histogram(spec, names, rows, self._labels)
-            for spec, names, rows in snap.histograms
-        ]
-        small = generate_latest(_Families(list(self._small_families(snap))))  # type: ignore[arg-type]
-        return "".join(parts).encode() + small
+    def render_text(self, tail: bytes = b"") -> bytearray:
+        """The text exposition (format 0.0.4) of everything ``collect()`` yields, then
+        ``tail`` (other collectors' text), in the one buffer it was written into: a copy of
+        ~1 MB would cost a scrape its time and page faults."""
+        snap = self._start()
+        out = bytearray()
+        series = 0
+        for counter in counters(self._config):
+            mark = len(out)
+            try:
+                series += self._render_counter(out, counter, snap)
+            except Exception as exc:
+                del out[mark:]
+                snap.ok = self._failed(counter.map_name, exc)
+            self._texts.trim()
+        if self._attribution is not None:
+            self._attribution.forget_unused()
+        for hist in histograms(self._config):
+            mark = len(out)
+            try:
+                label_sets = self._render_histogram(out, hist, snap)
+                series += label_sets * (len(hist.bucket_exponents) + 3)
+            except Exception as exc:
+                del out[mark:]
+                snap.ok = self._failed(hist.map_name, exc)
+            self._texts.trim()
+        self.last_series = series
+        out += generate_latest(_Families(list(self._small_families(snap))))  # type: ignore[arg-type]
+        out += tail
+        return out
 
     def _small_families(self, snap: Snapshot) -> Iterator[Metric]:
         yield from self._map_families(snap.entries, snap.overflowed)
@@ -237,35 +252,96 @@ class ProcmondCollector:
         log.error("cannot read map %s during scrape: %s", map_name, exc)
         return False
 
+    def _placement(self, spec: CounterMetric, snap: Snapshot) -> _Placement:
+        name = spec.map_name
+        overflow = snap.overflowed.get(name, 0)
+        attribution = self._attribution if self._config.cgroup_labels else None
+        rest = tuple(f for f in spec.key_fields if f != "cgroup_id")
+        if attribution is None:  # cgroup ids are zero (no cgroup label) or not resolved
+            fields = rest
+            decode = self._reader.decoder(name, fields)
+
+            def resolve(raw: bytes, count: int) -> Shown | None:
+                return Shown(decode(raw), count, True)
+
+            def extra() -> list[tuple[Row, int]]:
+                return [((OVERFLOW_LABEL_VALUE,) * len(fields), overflow)] if overflow else []
+
+        else:
+            fields = counter_fields(spec, self._config)
+            decode_key = self._reader.decoder(name, ("cgroup_id", *rest))
+            taker = _Taker(self._reader, spec)
+
+            def resolve(raw: bytes, count: int) -> Shown | None:
+                cgroup_id, *values = decode_key(raw)
+                return attribution.entry(name, raw, cgroup_id, tuple(values), count, taker)  # type: ignore[arg-type]
+
+            def extra() -> list[tuple[Row, int]]:
+                attribution.end_map(name)
+                rows = list(attribution.folded(name).items())
+                if overflow:
+                    rows.append(((OVERFLOW_LABEL_VALUE,) * len(fields), overflow))
+                return rows
+
+        return _Placement(fields, label_names(fields, self._config), resolve, extra)
+
+    def _render_counter(self, out: bytearray, spec: CounterMetric, snap: Snapshot) -> int:
+        placement = self._placement(spec, snap)
+        rows = self._reader.raw(spec.map_name)
+        snap.entries[spec.map_name] = rows.count
+        texts = self._texts.of(spec.map_name, placement.fields, placement.names)
+        texts.follow(rows)
+        if self._attribution is not None and self._config.cgroup_labels:
+            # A gone cgroup's entries are about to be folded: none may show plainly now.
+            ids = self._reader.field_values(spec.map_name, rows, "cgroup_id")
+            gone = self._attribution.gone(ids)
+            if gone:
+                for i in self._reader.rows_where(spec.map_name, rows, "cgroup_id", gone):
+                    texts.forget(i)
+        return render_counter(out, spec, rows, texts, placement.resolve, placement.extra)
+
     def _counter_rows(
         self, spec: CounterMetric, snap: Snapshot
     ) -> tuple[CounterMetric, tuple[str, ...], dict[tuple[str, ...], int]]:
-        if self._attribution is not None and self._config.cgroup_labels:
-            fields = counter_fields(spec, self._config)
-            entries = self._reader.counter_entries(spec.map_name, spec.key_fields)
-            snap.entries[spec.map_name] = len(entries)
-            rows = self._attribution.rows(spec.map_name, entries, _Taker(self._reader, spec))
-        else:  # cgroup ids are zero (no cgroup label) or not resolved: leave them out
-            fields = tuple(f for f in spec.key_fields if f != "cgroup_id")
-            rows = self._reader.counters(spec.map_name, fields)
-            snap.entries[spec.map_name] = len(rows)
+        placement = self._placement(spec, snap)
+        rows = self._reader.raw(spec.map_name)
+        snap.entries[spec.map_name] = rows.count
+        placed: list[tuple[Row, object]] = []
+        for raw, value in rows.entries():
+            shown = placement.resolve(raw, value)
+            if shown is not None:
+                placed.append((shown.labels, shown.count))
+        placed += placement.extra()
+        return spec, placement.names, labelled(placed, placement.fields, placement.names)  # type: ignore[return-value]
+
+    def _render_histogram(self, out: bytearray, spec: HistogramMetric, snap: Snapshot) -> int:
+        fields = spec.key_fields
         names = label_names(fields, self._config)
-        labelled = self._keys.labelled(rows, fields, names)
-        if snap.overflowed.get(spec.map_name):
-            _merge(labelled, (OVERFLOW_LABEL_VALUE,) * len(names), snap.overflowed[spec.map_name])
-        return spec, names, labelled  # type: ignore[return-value]
+        entries = self._reader.histogram_entries(spec.map_name)
+        snap.entries[spec.map_name] = len(entries)
+        overflow = self._reader.overflow_histogram(spec.map_name)
+        return render_histogram(
+            out,
+            spec,
+            entries,
+            self._texts.of(spec.map_name, fields, names),
+            self._reader.decoder(spec.map_name, fields),
+            ((OVERFLOW_LABEL_VALUE,) * len(fields), overflow) if overflow.count else None,
+        )
 
     def _histogram_rows(
         self, spec: HistogramMetric, snap: Snapshot
     ) -> tuple[HistogramMetric, tuple[str, ...], dict[tuple[str, ...], Histogram]]:
-        names = label_names(spec.key_fields, self._config)
-        rows = self._reader.histograms(spec.map_name, spec.key_fields)
-        snap.entries[spec.map_name] = len(rows)
-        labelled = self._keys.labelled(rows, spec.key_fields, names)
+        fields = spec.key_fields
+        names = label_names(fields, self._config)
+        entries = self._reader.histogram_entries(spec.map_name)
+        snap.entries[spec.map_name] = len(entries)
+        decode = self._reader.decoder(spec.map_name, fields)
+        placed: list[tuple[Row, object]] = [(decode(raw), hist) for raw, hist in entries]
         overflow = self._reader.overflow_histogram(spec.map_name)
         if overflow.count:
-            _merge(labelled, (OVERFLOW_LABEL_VALUE,) * len(names), overflow)
-        return spec, names, labelled  # type: ignore[return-value]
+            placed.append(((OVERFLOW_LABEL_VALUE,) * len(fields), overflow))
+        return spec, names, labelled(placed, fields, names)  # type: ignore[return-value]
 
     def _map_families(self, entries: dict[str, int], overflowed: dict[str, int]) -> list[Metric]:
         used = GaugeMetricFamily(

@@ -30,7 +30,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # request head, client address -> (the answer's parts, to send in order; close after it)
-Answer = Callable[[bytes, Any], tuple[list[bytes], bool]]
+Answer = Callable[[bytes, Any], tuple[list[bytes | bytearray], bool]]
 
 WORKERS = 2  # answers are computed one scrape at a time anyway (scrapes are serialised)
 REQUEST_DEADLINE_SECONDS = 30.0  # a request must be read and answered within this
@@ -133,7 +133,9 @@ class ConnectionLoop:
         self._selector = selectors.DefaultSelector()
         self._connections: set[_Connection] = set()
         self._jobs: queue.SimpleQueue[tuple[_Connection, bytes] | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[tuple[_Connection, list[bytes], bool]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[_Connection, list[bytes | bytearray], bool]] = (
+            queue.SimpleQueue()
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
         self._drain_until = math.inf

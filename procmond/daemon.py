@@ -215,9 +215,9 @@ class Daemon:
             for c in (*collectors, self.reload_state, self.storms, process):
                 registry.register(c)  # type: ignore[arg-type]
 
-        def render(accept: str) -> tuple[bytes, str]:
+        def render(accept: str) -> tuple[bytes | bytearray, str]:
             if accepts_text(accept):
-                return collector.render_text() + generate_latest(rest), TEXT_CONTENT_TYPE
+                return collector.render_text(generate_latest(rest)), TEXT_CONTENT_TYPE
             encoder, content_type = choose_encoder(accept)
             return encoder(full), content_type
 

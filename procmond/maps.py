@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Protocol
 
 from procmond.errors import BPFLoadError
@@ -30,6 +31,8 @@ class Table(Protocol):
     max_entries: int
 
     def items(self) -> list[tuple[bytes, bytes]]: ...
+
+    def batches(self) -> list[tuple[bytes, bytes, int]]: ...
 
     def take(self, key: bytes) -> bytes | None: ...
 
@@ -61,6 +64,50 @@ class Histogram:
         slots = layout.value.field("slots").decoder()
         sum_ns = layout.value.field("sum_ns").decoder()
         return lambda raw: cls(slots(raw), sum_ns(raw))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RawRows:
+    """One read of a counter map as the kernel hands it over (BPFMap.batches): per batch, the
+    keys back to back, the values back to back, and how many. The scrape's text path finds
+    each row's label text (procmond/exposition.py) without decoding its key, and makes no
+    Python object per row it already knows."""
+
+    batches: list[tuple[bytes, bytes, int]]
+    key_size: int
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, _, n in self.batches)
+
+    def key_tuples(self) -> Iterator[tuple[bytes]]:
+        """Each raw key, as a 1-tuple: cut by struct's C loop, chained by itertools' (a
+        generator resuming per key cost more than the rest of the loop)."""
+        cut = struct.Struct(f"{self.key_size}s")
+        return chain.from_iterable(cut.iter_unpack(keys) for keys, _, _ in self.batches)
+
+    def counts(self) -> Iterator[int]:
+        """Each count (the u64 each value starts with), in key order."""
+        return chain.from_iterable(_counts(values, n) for _, values, n in self.batches)
+
+    def joined_keys(self) -> bytes:
+        """Every raw key, back to back."""
+        if len(self.batches) == 1:
+            return self.batches[0][0]
+        return b"".join(keys for keys, _, _ in self.batches)
+
+    def entries(self) -> Iterator[tuple[bytes, int]]:
+        """(raw key, count) of every entry."""
+        for (raw,), value in zip(self.key_tuples(), self.counts(), strict=True):
+            yield raw, value
+
+
+def _counts(values: bytes, n: int) -> list[int]:
+    """The u64 at the start of each of ``n`` values laid back to back."""
+    stride = len(values) // n if n else 8
+    if stride == 8:
+        return memoryview(values).cast("Q").tolist()
+    return [_U64.unpack_from(values, i * stride)[0] for i in range(n)]
 
 
 def check_layouts(table: Callable[[str], Table], layouts: dict[str, MapLayout]) -> None:
@@ -136,6 +183,44 @@ class MapReader:
         decode = self._key_decoder(name, key_fields)
         return [(k, decode(k), _U64.unpack_from(v)[0]) for k, v in self._table(name).items()]
 
+    def raw(self, name: str) -> RawRows:
+        """A counter map's entries, undecoded."""
+        table = self._table(name)
+        return RawRows(table.batches(), table.key_size)
+
+    def decoder(self, name: str, key_fields: tuple[str, ...]) -> Callable[[bytes], KeyValues]:
+        """Raw key → the values of ``key_fields``, for keys of map ``name``."""
+        return self._key_decoder(name, key_fields)
+
+    def field_values(self, name: str, rows: RawRows, field: str) -> set[int]:
+        """The distinct values of an integer key field (the cgroup ids) over ``rows``."""
+        values: set[int] = set()
+        for _, column in self._column(name, rows, field):
+            values.update(column)
+        return values
+
+    def rows_where(
+        self, name: str, rows: RawRows, field: str, values: Collection[int]
+    ) -> list[int]:
+        """The places (in ``rows``' order) of the rows whose integer field ``field`` is one of
+        ``values``."""
+        column = chain.from_iterable(c for _, c in self._column(name, rows, field))
+        return [i for i, value in enumerate(column) if value in values]
+
+    def _column(self, name: str, rows: RawRows, field: str) -> Iterator[tuple[bytes, list[int]]]:
+        """Per batch, its keys and the values of integer field ``field`` in key order: read
+        as a column of the keys buffer (no key sliced) where the field is an aligned u64."""
+        f = self._layouts[name].key.field(field)
+        aligned = f.size == 8 and f.offset % 8 == 0 and rows.key_size % 8 == 0
+        decode = f.decoder()
+        ks = rows.key_size
+        for keys, _, n in rows.batches:
+            if aligned:
+                column = memoryview(keys).cast("Q")[f.offset // 8 :: ks // 8][:n].tolist()
+            else:
+                column = [decode(keys[i * ks : (i + 1) * ks]) for i in range(n)]
+            yield keys, column  # type: ignore[misc]
+
     def take(self, name: str, raw_key: bytes) -> int | None:
         """Delete a counter entry and return its last count (None if it was not there)."""
         value = self._table(name).take(raw_key)
@@ -154,6 +239,11 @@ class MapReader:
         decode_key = self._key_decoder(name, key_fields)
         decode = self._histogram_decoder(name)
         return {decode_key(k): decode(v) for k, v in self._table(name).items()}
+
+    def histogram_entries(self, name: str) -> list[tuple[bytes, Histogram]]:
+        """Each entry as (raw key, histogram)."""
+        decode = self._histogram_decoder(name)
+        return [(k, decode(v)) for k, v in self._table(name).items()]
 
     def overflow_events(self) -> dict[str, int]:
         counts = read_percpu_counts(self._table("overflow_events"), len(self._map_ids))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -175,13 +176,8 @@ def bucket_bounds(exponents: tuple[int, ...]) -> tuple[str, ...]:
 
 def cumulative_buckets(hist: Histogram, exponents: tuple[int, ...]) -> list[tuple[str, int]]:
     """Prometheus buckets (le in seconds, cumulative) from log2 slots; +Inf is the count."""
-    buckets = []
-    running, slot = 0, 0
-    for le, k in zip(bucket_bounds(exponents), exponents, strict=True):
-        while slot <= k:
-            running += hist.slots[slot]
-            slot += 1
-        buckets.append((le, running))
+    running = list(itertools.accumulate(hist.slots))
+    buckets = [(le, running[k]) for le, k in zip(bucket_bounds(exponents), exponents, strict=True)]
     buckets.append(("+Inf", hist.count))
     return buckets
 
@@ -197,15 +193,29 @@ def series_budget(config: Config) -> int:
     a metric left with no labels at all folds those events into its one series. A histogram
     label set is len(buckets) + 3 series (+Inf, _sum and _count).
     """
-    total = 0
+    return sum(
+        sets * (len(m.bucket_exponents) + 3 if isinstance(m, HistogramMetric) else 1)
+        for m, sets in _metric_label_sets(config)
+    )
+
+
+def label_sets_budget(config: Config) -> int:
+    """Worst-case label sets over every map family: what the scrape's label text cache
+    (procmond/exposition.py) holds at most."""
+    return sum(sets for _, sets in _metric_label_sets(config))
+
+
+def _metric_label_sets(config: Config) -> list[tuple[CounterMetric | HistogramMetric, int]]:
+    """Each family's worst-case label sets (see series_budget)."""
+    sets: list[tuple[CounterMetric | HistogramMetric, int]] = []
     for c in counters(config):
-        total += _label_sets(counter_fields(c, config), config.max_entries, config)
+        n = _label_sets(counter_fields(c, config), config.max_entries, config)
         if config.cgroup_labels:  # gone cgroups' label sets, folded (procmond/attribution.py)
-            total += folded_capacity(config)
+            n += folded_capacity(config)
+        sets.append((c, n))
     for h in histograms(config):
-        sets = _label_sets(h.key_fields, config.histogram_max_entries, config)
-        total += sets * (len(h.bucket_exponents) + 3)
-    return total
+        sets.append((h, _label_sets(h.key_fields, config.histogram_max_entries, config)))
+    return sets
 
 
 def _label_sets(key_fields: tuple[str, ...], capacity: int, config: Config) -> int:

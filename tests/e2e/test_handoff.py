@@ -132,3 +132,54 @@ def test_a_daemon_killed_while_loading_leaves_nothing_loaded(tmp_path: Path) -> 
     while time.monotonic() < deadline and _loaded(MAP_IDS) - before:
         time.sleep(0.1)
     assert _loaded(MAP_IDS) - before == set()
+
+
+def test_a_map_that_grew_since_the_last_read_is_read_whole(creator: Path) -> None:
+    """A read sizes its batches by what the map held at the previous one: after the map grew
+    from a few entries to thousands, the next read still returns every entry, as a fresh
+    reader's does."""
+    probe = bpf_loader.load(Config())
+    try:
+        forks = probe.map("forks_total")
+        comm = probe.layouts["forks_total"].key.field("comm").decoder()
+        reused = BPFMap(forks.fd)
+        before = len(reused.items())
+        # the next read's first batch holds what the map held and a quarter more, not 4096
+        assert reused._batch_capacity() == before + before // 4 + 64 < reused.max_entries
+        names = [unique_name("gr") for _ in range(3000)]
+        run_creator(creator, "fork", 1, names)
+
+        def ours(rows: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+            return sorted(row for row in rows if comm(row[0]) in names)
+
+        grown = ours(reused.items())
+        assert len(grown) == len(names)
+        assert grown == ours(BPFMap(forks.fd).items())
+    finally:
+        probe.close()
+
+
+def test_key_by_key_reads_give_each_key_once_when_keys_go_meanwhile(creator: Path) -> None:
+    """Without batch lookups, a key deleted during the read makes the kernel start over from
+    the first key: the keys already read come again, and are kept once (a series shown twice
+    would make the scrape invalid)."""
+    probe = bpf_loader.load(Config())
+    try:
+        run_creator(creator, "fork", 1, [unique_name("kk") for _ in range(50)])
+        forks = BPFMap(probe.map("forks_total").fd)
+        forks._batch = False
+        lookup, looked = forks.lookup, []
+
+        def lookup_deleting_the_tenth(key: bytes) -> bytes | None:
+            looked.append(key)
+            if len(looked) == 10:
+                forks.take(key)  # gone before its value is read
+            return lookup(key)
+
+        forks.lookup = lookup_deleting_the_tenth  # type: ignore[method-assign]
+        keys = [key for key, _ in forks.items()]
+        assert len(looked) > len(set(looked))  # the read started over: keys came twice
+        assert len(keys) == len(set(keys))
+        assert looked[9] not in keys
+    finally:
+        probe.close()
