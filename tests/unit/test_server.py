@@ -119,7 +119,8 @@ def test_scrapes_make_no_thread(server: MetricsServer) -> None:
     before = {t.native_id for t in threading.enumerate()}
     for _ in range(30):
         assert get(server, "/metrics").status == 200
-    assert {t.native_id for t in threading.enumerate()} == before
+    # No thread made; an earlier test's thread may still be ending, so not "== before".
+    assert {t.native_id for t in threading.enumerate()} - before == set()
 
 
 def test_pipelined_requests_are_answered_in_order(server: MetricsServer) -> None:
