@@ -230,6 +230,21 @@ class Daemon(Configuration):
     def before_load(self, comm: str, path: str) -> None:
         self._before[comm] = self.creations(comm, path)
 
+    def counting_per_process(self) -> bool:
+        """Whether a storm is suspected or going on (the probe counts per process)."""
+        for family in text_string_to_metric_families(self.scrape_text()):
+            if family.name == "procmond_storm_process_counting":
+                return any(s.value == 1 for s in family.samples)
+        return False
+
+    def wait_for_storm_end(self, timeout: float = 120.0) -> None:
+        """Until the daemon has logged the end of any storm the benchmark's own load made."""
+        deadline = time.monotonic() + timeout
+        while self.counting_per_process():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the storm did not end in {timeout:.0f} s: {self.log()}")
+            time.sleep(0.5)
+
     def after_load(self, comm: str, path: str) -> None:
         count, overflow = self.creations(comm, path)
         count_before, overflow_before = self._before.pop(comm)
@@ -267,18 +282,12 @@ class DaemonWithStormCounting(Daemon):
         """Counting per process starts once the host creates anything: make sure it is on
         before the load starts, so that all of the load is measured with it."""
         deadline = time.monotonic() + 10
-        while not self._counting():
+        while not self.counting_per_process():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"per-process counting did not start: {self.log()}")
             subprocess.run(["/bin/true"], check=True)
             time.sleep(0.1)
         super().before_load(comm, path)
-
-    def _counting(self) -> bool:
-        for family in text_string_to_metric_families(self.scrape_text()):
-            if family.name == "procmond_storm_process_counting":
-                return any(s.value == 1 for s in family.samples)
-        return False
 
 
 class _StderrTold(Configuration):

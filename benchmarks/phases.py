@@ -218,6 +218,9 @@ def scrape_latency(
     try:
         prefix = f"s{secrets.token_hex(3)}"
         made = gen.names(series, prefix, unique_comm("x"))
+        # Making the series is a fork storm by the default threshold: the scrapes are timed
+        # once the daemon has seen it end, as a host's scrapes mostly are.
+        daemon.wait_for_storm_end()
         text = daemon.scrape_text()
         forks_series = sum(
             1
