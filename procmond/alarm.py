@@ -14,6 +14,8 @@ reads the slot.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import mmap
 import os
 import select
@@ -28,6 +30,52 @@ ALARM_MAPS = (ALARM_MAP, RING_MAP)  # handed to the daemon beside procmond.metri
 
 _SLOT = struct.pack("=I", 0)
 _COUNT = struct.Struct("=Q")
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    )
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    return libc
+
+
+class _Position:
+    """A ring buffer position: the first 8 bytes of one page of the ring's mapping. Mapped
+    through libc, not Python's mmap, which keeps a duplicate of the descriptor per mapping."""
+
+    def __init__(self, fd: int, page: int, writable: bool) -> None:
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        address = _libc().mmap(None, mmap.PAGESIZE, prot, mmap.MAP_SHARED, fd, page * mmap.PAGESIZE)
+        if address in (None, _MAP_FAILED):
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot map page {page} of {RING_MAP}: {os.strerror(err)}")
+        self._address: int | None = address
+        self._value = ctypes.c_uint64.from_address(address)  # aligned: one load, one store
+
+    @property
+    def value(self) -> int:
+        assert self._address is not None, "read after close"
+        return int(self._value.value)
+
+    @value.setter
+    def value(self, position: int) -> None:
+        assert self._address is not None, "written after close"
+        self._value.value = position
+
+    def close(self) -> None:
+        if self._address is not None:
+            _libc().munmap(self._address, mmap.PAGESIZE)
+            self._address = None
 
 
 class Map(Protocol):
@@ -53,12 +101,15 @@ class CreationAlarm:
             )
         self._alarm = alarm
         self._ring = ring.fd
-        page = mmap.PAGESIZE
         # A BPF ring buffer maps as its consumer position (the first page, the only one user
         # space may write) and its producer position (the second): draining it is copying the
         # second to the first. What the records hold is not needed.
-        self._consumer = mmap.mmap(ring.fd, page, offset=0)
-        self._producer = mmap.mmap(ring.fd, page, prot=mmap.PROT_READ, offset=page)
+        self._consumer = _Position(ring.fd, 0, writable=True)
+        try:
+            self._producer = _Position(ring.fd, 1, writable=False)
+        except OSError:
+            self._consumer.close()
+            raise
         self._poke = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._poll = select.epoll()
         self._poll.register(ring.fd, select.EPOLLIN)
@@ -90,7 +141,7 @@ class CreationAlarm:
         os.eventfd_write(self._poke, 1)
 
     def _drain(self) -> None:
-        self._consumer[0:8] = self._producer[0:8]
+        self._consumer.value = self._producer.value
 
     def close(self) -> None:
         """Switch the alarm off (the probe no longer counts it down) and free what it opened."""

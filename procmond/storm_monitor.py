@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from procmond import creators
 from procmond.alarm import ALARM_MAP, RING_MAP, CreationAlarm
 from procmond.config import Config
+from procmond.errors import ProcmondError
 from procmond.layout import MapLayout
 from procmond.metrics import OVERFLOW_LABEL_VALUE, label_value
 from procmond.storms import (
@@ -155,11 +156,15 @@ class StormMonitor:
             if self._alarm is not None:
                 self._alarm.poke()  # a sleeping thread sets its alarm for the new threshold
             return
-        self._detector = StormDetector(threshold)
         # The alarm's descriptors and /proc/stat (kept open) are opened now, before the daemon
         # is ready: its descriptors are then the same from the first scrape on. The first tick
         # sets the alarm.
-        self._alarm = self._open_alarm()
+        try:
+            self._alarm = self._open_alarm()
+        except (OSError, ProcmondError) as exc:
+            log.error("storm reports are off: the probe's alarm cannot be set up (%s)", exc)
+            return
+        self._detector = StormDetector(threshold)
         self._ticked = self._try(self.tick)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="storms", daemon=True)

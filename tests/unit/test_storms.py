@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -466,6 +467,19 @@ def test_the_monitor_thread_sleeps_with_no_timeout_until_its_alarm_or_a_new_thre
     wait_until(lambda: alarm.waits == [None, None], "the thread to sleep again")
     monitor.stop()
     assert alarm.closed and len(alarm.waits) == 2 and not monitor.counting
+
+
+def test_an_alarm_that_cannot_be_set_up_turns_storm_reports_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> FakeAlarm:
+        raise OSError(errno.EPERM, "mmap refused")
+
+    monitor = StormMonitor(FakeProbe(), alarm=broken)
+    monitor.configure(Config(storm_threshold=100))
+    assert monitor._thread is None and not monitor.counting
+    assert "storm reports are off: the probe's alarm cannot be set up" in caplog.text
+    monitor.stop()
 
 
 def test_storm_detection_needs_the_comm_label(caplog: pytest.LogCaptureFixture) -> None:
