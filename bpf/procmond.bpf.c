@@ -61,6 +61,9 @@ BPF_TABLE("lru_hash", u32, struct creator, creators, CREATORS_MAX_ENTRIES);
  * page, drained at each wake-up); 0 while no alarm is set. */
 BPF_ARRAY(storm_alarm, u64, 1);
 BPF_RINGBUF_OUTPUT(storm_wake, 1);
+/* Creations this CPU counted while the alarm was set and has not yet taken off storm_alarm[0]
+ * (fewer than ALARM_BATCH): the shared slot is written once per batch, not at every creation. */
+BPF_PERCPU_ARRAY(alarm_pending, u32, 1);
 
 #ifdef PROCMOND_WATCH
 BPF_RINGBUF_OUTPUT(events, WATCH_RINGBUF_PAGES);
@@ -327,7 +330,11 @@ static __always_inline void count_down_alarm(void)
     u64 *left = storm_alarm.lookup(&zero);
     if (!left || !*left)
         return;
-    __sync_fetch_and_add(left, -1);
+    u32 *pending = alarm_pending.lookup(&zero);
+    if (!pending || ++*pending < ALARM_BATCH)
+        return;
+    *pending = 0;
+    __sync_fetch_and_add(left, -ALARM_BATCH);
     if ((s64)*left > 0)
         return;
     if (storm_wake.ringbuf_output(&zero, sizeof(zero), BPF_RB_FORCE_WAKEUP) == 0)
