@@ -64,8 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--results",
         type=Path,
-        help="also write the markdown report here (default for full runs: "
-        "benchmarks/RESULTS.md; quick runs write none)",
+        help="also write the markdown report here (default for full runs, every phase of "
+        "every configuration: benchmarks/RESULTS.md; quick and partial runs write none)",
     )
     args = parser.parse_args(argv)
     quick = args.quick
@@ -84,12 +84,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.results is None and not quick and not args.from_json:
-        args.results = HERE / "RESULTS.md"
     configs = [c for c in args.configs.split(",") if c]
     unknown = set(configs) - set(CONFIGURATIONS)
     if unknown:
         parser.error(f"unknown configurations: {', '.join(sorted(unknown))}")
+    # RESULTS.md is the record of one whole run: a run of some phases or configurations (a
+    # look at one figure) must not replace it with a report of not-measured rows.
+    whole = not args.skip.strip(",") and set(configs) | {"none"} == set(CONFIGURATIONS)
+    if args.results is None and whole and not quick and not args.from_json:
+        args.results = HERE / "RESULTS.md"
     if "none" not in configs:
         configs.insert(0, "none")  # every ratio is to it
     args.config_list = configs
