@@ -354,24 +354,25 @@ static __always_inline void emit(struct creation_event *event)
     }
 }
 
-static __always_inline void emit_creation(void *parent, void *child, u32 is_thread)
+/* A creation by `creator`, the current task; `child` is the new task. */
+static __always_inline void emit_creation(char *creator, void *child, u32 is_thread)
 {
     struct creation_event event = {};
-    void *leader = leader_of(parent);
+    void *leader = leader_of(creator);
     struct inflight *call =
         inflight.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
 
     event.timestamp_ns = bpf_ktime_get_ns();
-    event.cgroup_id = bpf_get_current_cgroup_id();
+    event.cgroup_id = cgroup_of_current(creator); /* as the counters read it */
     event.kind = EVENT_CREATION;
-    event.pid = read_u32(parent, TASK_TGID_OFF);
+    event.pid = read_u32(creator, TASK_TGID_OFF);
     event.ppid = read_u32(read_ptr(leader, TASK_REAL_PARENT_OFF), TASK_TGID_OFF);
     event.child_pid = read_u32(child, TASK_TGID_OFF);
     event.child_tid = read_u32(child, TASK_PID_OFF);
     event.syscall = call && call->start_ns ? call->syscall : SYSCALL_KERNEL_CLONE;
     event.is_thread = is_thread;
     read_comm(leader, event.comm);
-    read_comm(parent_leader_of(parent), event.parent_comm);
+    read_comm(parent_leader_of(creator), event.parent_comm);
     emit(&event);
 }
 
@@ -386,7 +387,7 @@ static __always_inline void emit_exec(void *task)
     void *parent = read_ptr(task, TASK_REAL_PARENT_OFF);
 
     event.timestamp_ns = bpf_ktime_get_ns();
-    event.cgroup_id = bpf_get_current_cgroup_id();
+    event.cgroup_id = cgroup_of_current(current_task()); /* the exec'ing task is current */
     event.kind = EVENT_EXEC;
     event.pid = read_u32(task, TASK_TGID_OFF);
     event.ppid = read_u32(parent, TASK_TGID_OFF);

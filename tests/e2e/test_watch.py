@@ -191,3 +191,24 @@ def test_unit_shows_only_that_units_creations(creator: Path, tree: CgroupTree) -
     assert code == 0, err
     expected = f"Process {name.decode()} (PID:{inside.pid}, PPID: {os.getpid()}) called sys_clone"
     assert lines == [expected] * 3
+
+
+def test_unit_shows_only_that_units_execs(creator: Path, tree: CgroupTree, tmp_path: Path) -> None:
+    """An exec is placed in its unit by the cgroup the probe reads, as a creation is: the same
+    program exec'd inside the unit and outside it shows once per exec inside only."""
+    unit = f"watch-{unique_name().hex()[:8]}.service"
+    cgroup = tree.make(f"/test.slice/{unit}")
+    name = unique_name("wux")
+    program = tmp_path / name.decode()
+    shutil.copy("/bin/true", program)
+    watch = Watch("--unit", unit, "--exec")
+    spawn = [str(creator), "spawn", "2", "--exec", str(program)]
+    inside = tree.start(cgroup, *spawn, unique_name("wui").hex())
+    assert inside.wait(timeout=30) == 0
+    outside = subprocess.run([*spawn, unique_name("wuo").hex()], capture_output=True, timeout=30)
+    assert outside.returncode == 0
+    lines, err, code = watch.finish(3)
+    assert code == 0, err
+    execs = [line for line in lines if line.startswith(f"Process {name.decode()} ")]
+    pattern = rf"^Process {name.decode()} \(PID:\d+, PPID: {inside.pid}\) called exec$"
+    assert len(execs) == 2 and all(re.match(pattern, line) for line in execs), lines
