@@ -237,13 +237,23 @@ class Daemon(Configuration):
                 return any(s.value == 1 for s in family.samples)
         return False
 
+    def wait_for_counting(self, on: bool, timeout: float, poke: bool = False) -> None:
+        """Until per-process counting is ``on`` (or off); ``poke``: create a process at each
+        look, as counting starts only once the host creates something."""
+        deadline = time.monotonic() + timeout
+        while self.counting_per_process() != on:
+            if time.monotonic() > deadline:
+                state = "start" if on else "end"
+                raise RuntimeError(
+                    f"counting per process did not {state} in {timeout:.0f} s: {self.log()}"
+                )
+            if poke:
+                subprocess.run(["/bin/true"], check=True)
+            time.sleep(0.1 if poke else 0.5)
+
     def wait_for_storm_end(self, timeout: float = 120.0) -> None:
         """Until the daemon has logged the end of any storm the benchmark's own load made."""
-        deadline = time.monotonic() + timeout
-        while self.counting_per_process():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the storm did not end in {timeout:.0f} s: {self.log()}")
-            time.sleep(0.5)
+        self.wait_for_counting(False, timeout)
 
     def after_load(self, comm: str, path: str) -> None:
         count, overflow = self.creations(comm, path)
@@ -281,12 +291,7 @@ class DaemonWithStormCounting(Daemon):
     def before_load(self, comm: str, path: str) -> None:
         """Counting per process starts once the host creates anything: make sure it is on
         before the load starts, so that all of the load is measured with it."""
-        deadline = time.monotonic() + 10
-        while not self.counting_per_process():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"per-process counting did not start: {self.log()}")
-            subprocess.run(["/bin/true"], check=True)
-            time.sleep(0.1)
+        self.wait_for_counting(True, 10, poke=True)
         super().before_load(comm, path)
 
 
