@@ -198,8 +198,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "cost" not in skip:
             log("probe cost: BPF run time per creation")
-            results["probe_cost"] = phases.probe_cost(
-                gen, workdir, args.config_list, args.cost_seconds, args.workers, log
+            results["probe_cost"], results["probe_cost_by_size"] = phases.probe_cost(
+                gen,
+                workdir,
+                args.config_list,
+                args.cost_seconds,
+                args.workers,
+                log,
+                (0, 16) if args.quick else phases.FORK_SIZES_MIB,
             )
         if "scrape" not in skip:
             log(f"scrape: {args.series:,} series, {args.scrapes} scrapes")

@@ -2,10 +2,12 @@
  * under command names nothing else on the host has, so every monitor's count can be compared
  * with what was really created.
  *
- *   loadgen burst MODE SECONDS WORKERS NAME_HEX
+ *   loadgen burst MODE SECONDS WORKERS NAME_HEX [MIB]
  *       WORKERS processes (forked first, under the program's own name), each renamed to NAME
  *       and released together, create by MODE back to back for SECONDS.
  *       MODE: fork | vfork | clone3 | spawn | thread
+ *       MIB: memory each worker writes before it starts (0), which a fork copies the page
+ *       tables of, as a server's fork does
  *   loadgen names COUNT PREFIX_HEX EXIT_NAME_HEX
  *       one process renames itself COUNT times (PREFIX + a decimal index) and forks once under
  *       each name; the children rename to EXIT_NAME before exiting, so each name makes one
@@ -165,12 +167,13 @@ static void create_one(enum mode mode, const char *exit_name)
 
 static int burst(int argc, char **argv, enum mode mode)
 {
-    if (argc != 6) {
-        fprintf(stderr, "usage: loadgen burst MODE SECONDS WORKERS NAME_HEX\n");
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: loadgen burst MODE SECONDS WORKERS NAME_HEX [MIB]\n");
         return 2;
     }
     double seconds = atof(argv[3]);
     int workers = atoi(argv[4]);
+    size_t memory = argc == 7 ? (size_t)atol(argv[6]) << 20 : 0;
     char name[16];
     decode_hex(argv[5], name);
     if (workers < 1 || seconds <= 0) {
@@ -191,6 +194,12 @@ static int burst(int argc, char **argv, enum mode mode)
             die("fork worker");
         if (pids[w] == 0) {
             char byte = 0;
+            if (memory) {
+                char *heap = malloc(memory);
+                if (!heap)
+                    die("malloc");
+                memset(heap, 1, memory); /* every page present, so a fork copies its tables */
+            }
             set_name(name); /* from here on, every creation counts under NAME */
             close(ready[0]);
             close(go[1]);

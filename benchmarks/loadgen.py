@@ -52,10 +52,17 @@ class LoadGenerator:
             data["mode"], data["workers"], data["created"], data["seconds"], data["per_mode"]
         )
 
-    def burst(self, path: str, seconds: float, workers: int, comm: str) -> Load:
-        """``workers`` processes named ``comm`` creating by ``path`` back to back."""
+    def burst(self, path: str, seconds: float, workers: int, comm: str, mib: int = 0) -> Load:
+        """``workers`` processes named ``comm`` creating by ``path`` back to back, each with
+        ``mib`` MiB of its memory written first."""
         return self._run(
-            "burst", path, str(seconds), str(workers), comm.encode().hex(), timeout=seconds + 60
+            "burst",
+            path,
+            str(seconds),
+            str(workers),
+            comm.encode().hex(),
+            str(mib),
+            timeout=seconds + 60,
         )
 
     def syscalls(self, seconds: float, workers: int) -> Load:

@@ -1,7 +1,8 @@
-"""The benchmark's three phases, each returning plain data for the report:
+"""The benchmark's four phases, each returning plain data for the report:
 
 - throughput: every configuration under the same bursts of creations, interleaved round by
   round (ABCD ABCD ...) so that the shared machine's noise hits them alike;
+- probe cost: the BPF time per creation, as the kernel times it;
 - scrape: a daemon holding many series, scraped again and again;
 - soak: a daemon under a steady load and regular scrapes for a long time.
 """
@@ -147,6 +148,13 @@ def _one_load(
     )
 
 
+# Memory a forking process has written, for the BPF time per fork by process size: the same
+# programs take longer after a fork that copied more page tables (their data and code are
+# evicted from the caches), which a small load generator alone would not show.
+FORK_SIZES_MIB = (0, 64, 256)
+SIZED_PATHS = ("fork", "vfork")  # vfork copies no page tables: the control
+
+
 def probe_cost(
     gen: LoadGenerator,
     workdir: Path,
@@ -154,11 +162,14 @@ def probe_cost(
     seconds: float,
     workers: int,
     log: Log,
-) -> dict[str, object]:
+    sizes_mib: tuple[int, ...] = FORK_SIZES_MIB,
+) -> tuple[dict[str, object], dict[str, object]]:
     """The CPU time each configuration's BPF programs add to every creation, as the kernel
     times them: a figure the machine's noise cannot blur, unlike a throughput ratio. Run
-    apart, as the timing itself costs a little on every program run."""
-    out: dict[str, object] = {}
+    apart, as the timing itself costs a little on every program run. Second: the procmond
+    rows' time per fork and vfork by how much memory the forking process has written."""
+    per_config: dict[str, object] = {}
+    by_size: dict[str, object] = {}
     with measures.bpf_run_time_stats():
         for name in configs:
             if name == "none":
@@ -166,34 +177,51 @@ def probe_cost(
             config = CONFIGURATIONS[name](workdir)
             config.start(0.0)
             assert config.pid is not None
-            per_path = {}
             try:
-                for path in PATHS:
-                    comm = unique_comm(path[:2])
-                    config.before_load(comm, path)  # procmond-storm: counting per process
-                    before = measures.bpf_program_stats(config.pid)
-                    load = gen.burst(path, seconds, workers, comm)
-                    after = measures.bpf_program_stats(config.pid)
-                    config.after_load(comm, path)
-                    ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
-                    runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
-                    per_path[path] = {
-                        "created": load.created,
-                        "rate": load.rate,
-                        "programs": len(after),
-                        "bpf_ns": ns,
-                        "bpf_runs": runs,
-                        "bpf_ns_per_creation": ns / load.created,
-                        "bpf_runs_per_creation": runs / load.created,
+                per_path = {
+                    path: _bpf_time(gen, config, path, seconds, workers, 0) for path in PATHS
+                }
+                if name in ("procmond", "procmond-sys"):
+                    by_size[name] = {
+                        str(mib): {
+                            path: _bpf_time(gen, config, path, seconds, workers, mib)
+                            for path in SIZED_PATHS
+                        }
+                        for mib in sizes_mib
                     }
             finally:
                 config.stop()
-            out[name] = per_path
+            per_config[name] = per_path
             log(
                 f"probe cost {name:9}: "
                 + ", ".join(f"{p} {v['bpf_ns_per_creation']:,.0f} ns" for p, v in per_path.items())
             )
-    return out
+    return per_config, by_size
+
+
+def _bpf_time(
+    gen: LoadGenerator, config: Configuration, path: str, seconds: float, workers: int, mib: int
+) -> dict[str, float]:
+    """One load, and the BPF run time of every program of the configuration meanwhile."""
+    assert config.pid is not None
+    comm = unique_comm(path[:2])
+    config.before_load(comm, path)  # procmond-storm: counting per process
+    before = measures.bpf_program_stats(config.pid)
+    load = gen.burst(path, seconds, workers, comm, mib)
+    after = measures.bpf_program_stats(config.pid)
+    config.after_load(comm, path)
+    ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
+    runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
+    return {
+        "created": load.created,
+        "rate": load.rate,
+        "programs": len(after),
+        "bpf_ns": ns,
+        "bpf_runs": runs,
+        "bpf_ns_per_creation": ns / load.created,
+        "bpf_runs_per_creation": runs / load.created,
+        "creation_us": workers / load.rate * 1e6,  # one worker's time per creation
+    }
 
 
 def scrape_latency(

@@ -57,6 +57,21 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         summary["probe_cost"] = _probe_cost(
             results["probe_cost"], summary.get("rates", {}).get("none", {}), results
         )
+    if results.get("probe_cost_by_size"):
+        summary["probe_cost_by_size"] = {
+            config: {
+                mib: {
+                    path: {
+                        "ns_per_creation": c["bpf_ns_per_creation"],
+                        "creation_us": c["creation_us"],
+                        "share": c["bpf_ns_per_creation"] / (c["creation_us"] * 1000),
+                    }
+                    for path, c in paths.items()
+                }
+                for mib, paths in sizes.items()
+            }
+            for config, sizes in results["probe_cost_by_size"].items()
+        }
     if "scrape" in results:
         scrape = results["scrape"]
         summary["scrape"] = {
@@ -452,6 +467,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         out += _throughput_tables(summary)
     if "probe_cost" in summary:
         out += _probe_cost_table(summary)
+    if "probe_cost_by_size" in summary:
+        out += _probe_cost_by_size_table(summary["probe_cost_by_size"])
     if "scrape" in summary:
         s = summary["scrape"]
         out += [
@@ -646,6 +663,36 @@ def _probe_cost_table(summary: dict[str, Any]) -> list[str]:
             row.append(f"{c['ns_per_creation']:,.0f} ns, {c['runs_per_creation']:.1f} runs{ratio}")
         rows.append(row)
     out += _table(["configuration", *PATHS], rows)
+    return out
+
+
+def _probe_cost_by_size_table(by_size: dict[str, Any]) -> list[str]:
+    out = [
+        "",
+        "## BPF time per fork by the memory of the forking process",
+        "",
+        "The same programs, timed as above, while each worker has written the given memory "
+        "before it forks: a fork copies that memory's page tables, which evicts the programs' "
+        "code and data from the caches; vfork copies nothing and is the control. Each cell: "
+        "BPF time per creation, one worker's time per creation, and the first as a share of "
+        "the second.",
+        "",
+    ]
+    sizes = sorted({int(mib) for sizes in by_size.values() for mib in sizes})
+    rows = []
+    for config, by_mib in by_size.items():
+        for path in sorted({p for paths in by_mib.values() for p in paths}, key=PATHS.index):
+            row = [f"{LABELS[config]}, {path}"]
+            for mib in sizes:
+                c = by_mib.get(str(mib), {}).get(path)
+                row.append(
+                    "n/a"
+                    if c is None
+                    else f"{c['ns_per_creation']:,.0f} ns of {c['creation_us']:,.1f} µs "
+                    f"({c['share']:.2%})"
+                )
+            rows.append(row)
+    out += _table(["configuration, path", *(f"{mib} MiB" for mib in sizes)], rows)
     return out
 
 

@@ -48,6 +48,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         "Throughput ratio and monitoring CPU",
         "Events counted",
         "BPF time",
+        "BPF time per fork by the memory of the forking process",
         "Scrape",
     )
     for heading in headings:
@@ -66,6 +67,11 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         assert set(summary["events"][config]) == set(PATHS)
         assert set(summary["probe_cost"][config]) == set(PATHS)
         assert {"ready_seconds", "rss_mib", "anon_mib"} <= set(summary["starts"][config])
+    by_size = summary["probe_cost_by_size"]
+    assert set(by_size) == {"procmond", "procmond-sys"} & set(CONFIGS)
+    for sizes in by_size.values():
+        assert set(sizes) == {"0", "16"}
+        assert all(set(paths) == {"fork", "vfork"} for paths in sizes.values())
     assert set(summary["syscalls"]) == set(CONFIGS)
     assert set(summary["scrape"]["p99_ms"]) == {"plain", "prometheus"}
     assert "rss_growth_mib" in summary["soak"]
