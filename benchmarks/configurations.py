@@ -230,6 +230,21 @@ class Daemon(Configuration):
     def before_load(self, comm: str, path: str) -> None:
         self._before[comm] = self.creations(comm, path)
 
+    def program_stats(self) -> dict[str, tuple[float, float]]:
+        """{probe: (run time in ns, runs)} of each of its BPF programs, as it serves them
+        (counted while BPF statistics are on)."""
+        stats: dict[str, list[float]] = {}
+        for family in text_string_to_metric_families(self.scrape_text()):
+            if family.name not in ("procmond_bpf_program_run_seconds", "procmond_bpf_program_runs"):
+                continue
+            for sample in family.samples:
+                both = stats.setdefault(sample.labels["probe"], [0.0, 0.0])
+                if family.name == "procmond_bpf_program_runs":
+                    both[1] = sample.value
+                else:
+                    both[0] = sample.value * 1e9
+        return {probe: (ns, runs) for probe, (ns, runs) in stats.items()}
+
     def counting_per_process(self) -> bool:
         """Whether a storm is suspected or going on (the probe counts per process)."""
         for family in text_string_to_metric_families(self.scrape_text()):

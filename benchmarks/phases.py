@@ -201,18 +201,29 @@ def probe_cost(
 
 def _bpf_time(
     gen: LoadGenerator, config: Configuration, path: str, seconds: float, workers: int, mib: int
-) -> dict[str, float]:
-    """One load, and the BPF run time of every program of the configuration meanwhile."""
+) -> dict[str, object]:
+    """One load, and the BPF run time of every program of the configuration meanwhile (and,
+    for the daemon, of each probe's program, from its own metrics)."""
     assert config.pid is not None
     comm = unique_comm(path[:2])
     config.before_load(comm, path)  # procmond-storm: counting per process
+    daemon = config if isinstance(config, Daemon) else None
+    probes_before = daemon.program_stats() if daemon else {}
     before = measures.bpf_program_stats(config.pid)
     load = gen.burst(path, seconds, workers, comm, mib)
     after = measures.bpf_program_stats(config.pid)
+    by_probe = {  # the daemon's own per-probe figures: which program the time goes to
+        probe: {
+            "ns_per_creation": (ns - probes_before.get(probe, (0, 0))[0]) / load.created,
+            "runs_per_creation": (runs - probes_before.get(probe, (0, 0))[1]) / load.created,
+        }
+        for probe, (ns, runs) in (daemon.program_stats() if daemon else {}).items()
+    }
     config.after_load(comm, path)
     ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
     runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
     return {
+        "by_probe": by_probe,
         "created": load.created,
         "rate": load.rate,
         "programs": len(after),

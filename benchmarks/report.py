@@ -199,6 +199,7 @@ def _probe_cost(
             out[config][path] = {
                 "ns_per_creation": ns,
                 "runs_per_creation": cost["bpf_runs_per_creation"],
+                "by_probe": cost.get("by_probe", {}),
                 "implied_ratio": 1 / (1 + ns * base / (workers * 1e9)) if base else None,
             }
     return out
@@ -663,7 +664,30 @@ def _probe_cost_table(summary: dict[str, Any]) -> list[str]:
             row.append(f"{c['ns_per_creation']:,.0f} ns, {c['runs_per_creation']:.1f} runs{ratio}")
         rows.append(row)
     out += _table(["configuration", *PATHS], rows)
+    by_probe = [
+        [f"{LABELS[config]}, {path}", _probe_shares(paths[path]["by_probe"])]
+        for config, paths in cost.items()
+        for path in PATHS
+        if paths[path].get("by_probe")
+    ]
+    if by_probe:
+        out += [
+            "",
+            "The daemon's rows by probe, from its own `procmond_bpf_program_run_seconds_total` "
+            "and `procmond_bpf_program_runs_total` (ns per creation, and runs of it per creation):",
+            "",
+        ]
+        out += _table(["configuration, path", "by probe"], by_probe)
     return out
+
+
+def _probe_shares(by_probe: dict[str, dict[str, float]]) -> str:
+    """`task_newtask 260 ns (1.00 runs), ...` for the probes that ran, costliest first."""
+    ran = [(p, c) for p, c in by_probe.items() if c["runs_per_creation"] >= 0.005]
+    ran.sort(key=lambda pc: -pc[1]["ns_per_creation"])
+    return ", ".join(
+        f"{p} {c['ns_per_creation']:,.0f} ns ({c['runs_per_creation']:.2f} runs)" for p, c in ran
+    )
 
 
 def _probe_cost_by_size_table(by_size: dict[str, Any]) -> list[str]:

@@ -96,13 +96,17 @@ class LoadedProbe:
     def reader(self) -> MapReader:
         return MapReader(self.map, self.layouts, self.map_ids)
 
-    def descriptors(self) -> tuple[dict[str, int], list[int], list[int]]:
+    def descriptors(self) -> tuple[dict[str, int], list[int], dict[str, int]]:
         """What procmond/handoff.py passes: map name → map descriptor, the descriptors that
-        hold the probes attached (raw tracepoint links, tracepoint perf events), and the
-        programs' own (so that `bpftool prog` names the daemon as their holder, and their
-        run-time statistics show in its /proc/PID/fdinfo)."""
+        hold the probes attached (raw tracepoint links, tracepoint perf events), and probe
+        name → its program's descriptor (so that `bpftool prog` names the daemon as their
+        holder, and the daemon reads their run-time statistics in its /proc/PID/fdinfo)."""
         links = [*self.bpf.raw_tracepoint_fds.values(), *self.bpf.tracepoint_fds.values()]
-        programs = [function.fd for function in self.bpf.funcs.values()]
+        probe_of = {p.function: p.name for p in PROBES}
+        programs = {
+            probe_of.get(name.decode(), name.decode()): function.fd
+            for name, function in self.bpf.funcs.items()
+        }
         names = (*self.layouts, *ALARM_MAPS)  # the alarm's have a fixed size, no layout
         return {name: self.table(name).map_fd for name in names}, links, programs
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import generate_latest
 from prometheus_client.core import (
@@ -38,6 +38,7 @@ from procmond.metrics import (
     label_sets_budget,
     label_value,
 )
+from procmond.programs import run_stats
 from procmond.tasklimits import TaskLimits
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class ProbeStatus:
     version: str
     bcc_version: str
     kernel: str
+    programs: Mapping[str, int] = field(default_factory=dict)  # probe → program descriptor
 
 
 @dataclass
@@ -248,6 +250,31 @@ class ProcmondCollector:
             value=time.perf_counter() - snap.started,
         )
 
+    def _program_families(self) -> Iterator[Metric]:
+        runs = CounterMetricFamily(
+            "procmond_bpf_program_runs",
+            "Runs of the BPF program of each probe, counted by the kernel only while BPF "
+            "statistics are enabled (sysctl kernel.bpf_stats_enabled=1).",
+            labels=["probe"],
+        )
+        spent = CounterMetricFamily(
+            "procmond_bpf_program_run_seconds",
+            "Time spent in the BPF program of each probe, counted by the kernel only while BPF "
+            "statistics are enabled (sysctl kernel.bpf_stats_enabled=1).",
+            labels=["probe"],
+        )
+        for name, fd in sorted(self._status.programs.items()):
+            try:
+                stats = run_stats(fd)
+            except OSError as exc:
+                log.error("cannot read the run statistics of the %s program: %s", name, exc)
+                continue
+            if stats is not None:
+                runs.add_metric([name], stats.runs)
+                spent.add_metric([name], stats.run_ns / 1e9)
+        yield runs
+        yield spent
+
     def _failed(self, map_name: str, exc: Exception) -> bool:
         log.error("cannot read map %s during scrape: %s", map_name, exc)
         return False
@@ -419,6 +446,7 @@ class ProcmondCollector:
         for name, attached in sorted(s.attached.items()):
             probes.add_metric([name], int(attached))
         yield probes
+        yield from self._program_families()
         yield GaugeMetricFamily(
             "procmond_capabilities_retained",
             "Linux capabilities the daemon still holds (its permitted set): 0 once it has given "

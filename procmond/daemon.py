@@ -204,6 +204,7 @@ class Daemon:
             __version__,
             self.probe.bcc_version,
             kernel.kernel_release(),
+            self.probe.programs,
         )
         collector = self.collector = ProcmondCollector(
             self.reader, self.config, status, self.cgroups

@@ -53,7 +53,7 @@ class HandedOffProbe:
 
     maps: dict[str, BPFMap]
     links: list[int]
-    programs: list[int]
+    programs: dict[str, int]  # probe name (as in `attached`) → its program's descriptor
     attached: dict[str, bool]
     btf_offsets: bool
     bcc_version: str
@@ -77,9 +77,9 @@ class HandedOffProbe:
             with ThreadPoolExecutor(len(self.links)) as pool:
                 list(pool.map(os.close, self.links))
             self.links = []
-        for fd in self.programs:
+        for fd in self.programs.values():
             os.close(fd)
-        self.programs = []
+        self.programs = {}
         for bpf_map in self.maps.values():
             bpf_map.close()
         self.maps = {}
@@ -142,10 +142,11 @@ def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:
     names: list[str] = message["maps"]
     maps = {name: BPFMap(fd) for name, fd in zip(names, fds, strict=False)}
     links_end = len(names) + message["links"]
+    programs: list[str] = message["programs"]
     probe = HandedOffProbe(
         maps,
         fds[len(names) : links_end],
-        fds[links_end:],
+        dict(zip(programs, fds[links_end:], strict=False)),
         {k: bool(v) for k, v in message["attached"].items()},
         bool(message["btf_offsets"]),
         str(message["bcc_version"]),
@@ -154,7 +155,7 @@ def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:
         tuple(message["map_ids"]),
     )
     # The loader already checked the maps' layouts (bpf_loader.load): same maps, same check.
-    expected = links_end + message["programs"]
+    expected = links_end + len(programs)
     if len(fds) != expected:
         probe.close()
         raise BPFLoadError(
@@ -183,7 +184,7 @@ def _child(sock: socket.socket, config: Config) -> int:
     message = {
         "maps": list(maps),
         "links": len(links),
-        "programs": len(programs),
+        "programs": list(programs),
         "attached": probe.attached,
         "btf_offsets": probe.btf_offsets,
         "bcc_version": probe.bcc_version,
@@ -191,7 +192,7 @@ def _child(sock: socket.socket, config: Config) -> int:
         "layouts": {name: layout.to_json() for name, layout in probe.layouts.items()},
         "map_ids": probe.map_ids,
     }
-    fds = [*maps.values(), *links, *programs]
+    fds = [*maps.values(), *links, *programs.values()]
     try:
         socket.send_fds(sock, [json.dumps(message).encode()], fds)
     except OSError as exc:  # the daemon is gone: BCC's cleanup at exit detaches it all

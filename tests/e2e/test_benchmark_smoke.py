@@ -67,6 +67,9 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         assert set(summary["events"][config]) == set(PATHS)
         assert set(summary["probe_cost"][config]) == set(PATHS)
         assert {"ready_seconds", "rss_mib", "anon_mib"} <= set(summary["starts"][config])
+    for config in ("procmond", "procmond-sys", "procmond-storm"):  # by probe, from the daemon
+        newtask = summary["probe_cost"][config]["fork"]["by_probe"]["task_newtask"]
+        assert newtask["runs_per_creation"] >= 1 and newtask["ns_per_creation"] > 0
     by_size = summary["probe_cost_by_size"]
     assert set(by_size) == {"procmond", "procmond-sys"} & set(CONFIGS)
     for sizes in by_size.values():
