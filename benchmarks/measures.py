@@ -3,17 +3,17 @@ time one HTTP scrape takes, and the statistics the report is made of."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import http.client
 import math
 import os
 import re
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from procmond.programs import RunStats, parse_fdinfo
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -113,46 +113,19 @@ def wait_idle(
     return time.monotonic() - start
 
 
-SYS_BPF = 321  # x86_64
-BPF_ENABLE_STATS = 32
-BPF_STATS_RUN_TIME = 0
-
-
-@contextlib.contextmanager
-def bpf_run_time_stats() -> Iterator[None]:
-    """Have the kernel time every BPF program run while the block runs (BPF_ENABLE_STATS, 5.8+).
-
-    Held as a file descriptor, so the kernel turns it off again even if this process dies.
-    It costs two clock reads per program run, so it stays off while throughput is measured.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    attr = ctypes.c_uint32(BPF_STATS_RUN_TIME)
-    fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), "bpf(BPF_ENABLE_STATS)")
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-def bpf_program_stats(pid: int) -> dict[int, tuple[int, int]]:
-    """{program id: (run_time_ns, run_cnt)} of the BPF programs the process holds, from
+def bpf_program_stats(pid: int) -> dict[int, RunStats]:
+    """{descriptor: run statistics} of the BPF programs the process holds, from
     /proc/PID/fdinfo (no bpftool needed)."""
-    programs: dict[int, tuple[int, int]] = {}
+    programs: dict[int, RunStats] = {}
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             if os.readlink(fd) != "anon_inode:bpf-prog":
                 continue
-            info = dict(
-                line.split(":", 1)
-                for line in Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text().splitlines()
-                if ":" in line
-            )
+            stats = parse_fdinfo(Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text())
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if "run_time_ns" in info:
-            programs[int(info["prog_id"])] = (int(info["run_time_ns"]), int(info["run_cnt"]))
+        if stats is not None:
+            programs[int(fd.name)] = stats
     return programs
 
 

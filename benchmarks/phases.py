@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks import measures
 from benchmarks.configurations import CONFIGURATIONS, Configuration, Daemon
 from benchmarks.loadgen import PATHS, LoadGenerator, unique_comm
+from procmond.programs import statistics_on
 
 Log = Callable[[str], None]
 
@@ -170,7 +171,7 @@ def probe_cost(
     rows' time per fork and vfork by how much memory the forking process has written."""
     per_config: dict[str, object] = {}
     by_size: dict[str, object] = {}
-    with measures.bpf_run_time_stats():
+    with statistics_on():  # the kernel times every program run meanwhile
         for name in configs:
             if name == "none":
                 continue

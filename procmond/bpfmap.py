@@ -34,6 +34,7 @@ _SIGNATURES = {
     "bpf_map_get_next_key": (ctypes.c_int, _P, _P),
     "bpf_map_lookup_batch": (ctypes.c_int, _P, _P, _P, _P, _COUNT, _P),
     "bpf_obj_get_info_by_fd": (ctypes.c_int, _P, _COUNT),
+    "bpf_enable_stats": (ctypes.c_int,),
 }
 
 
@@ -68,13 +69,16 @@ def _libbpf() -> ctypes.CDLL:
     )
 
 
-def libbpf(function: str, *args: object) -> None:
-    """One libbpf call; raises OSError with the kernel's errno. The GIL is released meanwhile.
+def libbpf(function: str, *args: object) -> int:
+    """One libbpf call, and what it returns; raises OSError with the kernel's errno. The GIL is
+    released meanwhile.
 
     libbpf 1.x returns -errno, 0.x returns -1: both set errno."""
-    if getattr(_libbpf(), function)(*args) < 0:
+    result: int = getattr(_libbpf(), function)(*args)
+    if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+    return result
 
 
 @functools.cache

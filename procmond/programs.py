@@ -9,8 +9,14 @@ each program's descriptor (procmond/handoff.py), so it reads them from its own
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
+
+from procmond.bpfmap import libbpf
+
+BPF_STATS_RUN_TIME = 0  # enum bpf_stats_type
 
 
 class RunStats(NamedTuple):
@@ -37,3 +43,15 @@ def run_stats(fd: int) -> RunStats | None:
         return parse_fdinfo(os.read(fdinfo, 4096).decode())
     finally:
         os.close(fdinfo)
+
+
+@contextlib.contextmanager
+def statistics_on() -> Iterator[None]:
+    """BPF statistics on while the block runs (BPF_ENABLE_STATS, Linux 5.8+), as the benchmark
+    and the tests want them: held as a descriptor, so the kernel turns them off again when it
+    closes, even if its holder dies."""
+    fd = libbpf("bpf_enable_stats", BPF_STATS_RUN_TIME)
+    try:
+        yield
+    finally:
+        os.close(fd)

@@ -3,8 +3,6 @@ and the creator helper (tests/helpers/creator.c) making processes under unique n
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import secrets
 import socket
@@ -14,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -31,20 +29,6 @@ PROCMOND = [sys.executable, "-m", "procmond"]
 PROCMOND_SCRIPT = [str(Path(sys.executable).with_name("procmond"))]
 
 T = TypeVar("T")
-BPF_STATS_RUN_TIME = 0  # enum bpf_stats_type
-
-
-@contextlib.contextmanager
-def bpf_stats() -> Iterator[None]:
-    """BPF statistics on while the block runs (BPF_ENABLE_STATS through libbpf): the kernel
-    turns them off again when the descriptor closes, even if the test dies."""
-    libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    fd = libbpf.bpf_enable_stats(BPF_STATS_RUN_TIME)
-    assert fd >= 0, os.strerror(ctypes.get_errno())
-    try:
-        yield
-    finally:
-        os.close(fd)
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:

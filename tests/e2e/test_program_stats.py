@@ -7,7 +7,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.e2e.harness import Daemon, bpf_stats, created_on_host, run_creator, unique_name
+from procmond.programs import statistics_on
+from tests.e2e.harness import Daemon, created_on_host, run_creator, unique_name
 
 RUNS = "procmond_bpf_program_runs_total"
 SECONDS = "procmond_bpf_program_run_seconds_total"
@@ -28,7 +29,7 @@ def test_each_probe_counts_its_runs_while_statistics_are_on(daemon: Daemon, crea
             after,
         )
 
-    with bpf_stats():
+    with statistics_on():
         first_before, first, first_seconds, first_after = runs()
         run_creator(creator, "fork", 200, [unique_name("runs")])
         last_before, last, last_seconds, last_after = runs()

@@ -33,10 +33,10 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
+from procmond.programs import statistics_on
 from tests.e2e.cgroup_tree import CgroupTree, Pod, TaskLimitedUnit
 from tests.e2e.harness import (
     Daemon,
-    bpf_stats,
     free_port,
     own_comm,
     run_creator,
@@ -302,7 +302,7 @@ def test_fork_storm_alert_fires_naming_the_command(stack: Stack, creator: Path) 
 def test_every_dashboard_query_runs_and_returns_data(
     stack: Stack, creator: Path, tree: CgroupTree
 ) -> None:
-    with bpf_stats():  # for the BPF programs' time in the procmond CPU panel
+    with statistics_on():  # for the BPF programs' time in the procmond CPU panel
         every_dashboard_query_runs_and_returns_data(stack, creator, tree)
 
 
