@@ -109,8 +109,10 @@ setup() {
         # perf checks that procmond's syscall probes leave the events to other perf users.
         local perf=linux-perf  # Debian; Ubuntu ships perf in linux-tools
         has_candidate linux-perf || perf=linux-tools-generic
-        # man-db renders the manual page's test; tmux drives `procmond top` in a real terminal.
-        apt_install gcc libc6-dev prometheus openssl python3-prometheus-client $perf man-db tmux || { [ -z "$added" ] || rm -f $policy; exit 1; }
+        # man-db renders the manual page's test; tmux drives `procmond top` in a real terminal;
+        # mmdebstrap makes the Debian 13 root that tests/e2e/test_debian13.py runs procmond in.
+        apt_install gcc libc6-dev prometheus openssl python3-prometheus-client $perf man-db tmux \
+            mmdebstrap debian-archive-keyring || { [ -z "$added" ] || rm -f $policy; exit 1; }
         [ -z "$added" ] || rm -f $policy
     fi
     setup_headers
