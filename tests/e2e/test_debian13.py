@@ -130,6 +130,15 @@ def test_debian13_userland_links_its_headers_compiles_and_counts_exactly(
                 mine[key] = mine.get(key, 0) + v
         assert mine == {(name.decode(), Path("/proc/self/comm").read_text().strip()): 2000}
         assert scrape.value("procmond_scrape_success") == 1
+        lint = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=scrape.text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert lint.returncode == 0, lint.stdout + lint.stderr
         ((info, _),) = scrape.series("procmond_build_info").items()
         # trixie's BCC ("0.31.0+ds-7" → 0.31.0) on the host's kernel
         assert dict(info)["bcc_version"] == bcc.split("+")[0].split("-")[0], (info, bcc)
