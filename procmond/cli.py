@@ -102,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     top = sub.add_parser(
-        "top", help="a live view of creations by command, and the busiest creating processes"
+        "top",
+        help="a live view of creations by command, and the busiest creating processes",
+        description="A live view of process and thread creation on this host, by command, in "
+        "a terminal (-b or --once print plain text instead). Keys: f t e x a c sort by "
+        "forks, threads, execs, exits, failures or command; up/down (k/j) select a row, whose "
+        "busiest creating processes show below the table; ? or h show the keys; q quits.",
     )
     top.add_argument("--config", type=Path, help=config_help)
     top.add_argument(
@@ -125,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sort",
         default="forks",
         metavar="COLUMN",
-        help="forks (default), threads, execs, exits, failures or command",
+        help="forks (default), threads, execs, exits, failures (counted only with "
+        "--syscall-probes) or command",
     )
     top.add_argument(
         "--syscall-probes",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import curses
 import datetime
+import os
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any, TextIO
 
 from procmond import bpf_loader, creators
 from procmond.config import Config
+from procmond.errors import ProcmondError
 from procmond.maps import MapReader
 from procmond.metrics import COUNTERS
 from procmond.storms import CgroupNamer, Creator, CreatorRate, counter_deltas, creator_rates
@@ -187,28 +189,140 @@ class Sampler:
 
 # --- Text ------------------------------------------------------------------------------------
 
-_RATE_HEAD = "".join(f"{c.upper() + '/s':>11}" for c in RATE_COLUMNS)
-TABLE_HEAD = f"{_RATE_HEAD}  {'COMMAND':<16} {'PARENT':<16} {'UNIT':<28} POD"
+RATE_WIDTH = 10  # rates up to 999999.9 and a space; a longer title and a space
+
+
+def rate_title(column: str) -> str:
+    return column.upper() + "/s"
+
+
+def rate_width(column: str) -> int:
+    return max(RATE_WIDTH, len(rate_title(column)) + 1)
+
+
+@dataclass(frozen=True)
+class TextColumn:
+    title: str
+    ideal: int  # enough for most values; a header is never cut below its title's length
+
+
+TEXT_COLUMNS = (
+    TextColumn("COMMAND", 15),  # a whole command: TASK_COMM_LEN - 1 bytes
+    TextColumn("PARENT", 15),
+    TextColumn("UNIT", 28),
+    TextColumn("POD", 28),
+)
+CUT_MARK = "+"  # a value cut to its column's width ends with it, as in procps top
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which columns a table shows and how wide: the rate columns, then the first
+    ``len(widths)`` TEXT_COLUMNS. ``cut``: a longer value is cut to its width (on a screen);
+    otherwise it pushes the rest of its line right (``-b``, for scripts, loses nothing)."""
+
+    rates: tuple[str, ...]
+    widths: tuple[int, ...]
+    cut: bool
+
+    def head(self) -> str:
+        return self._join(
+            [f"{rate_title(c):>{rate_width(c)}}" for c in self.rates],
+            [c.title for c in TEXT_COLUMNS[: len(self.widths)]],
+        )
+
+    def line(self, row: Row) -> str:
+        values = (one_word(row.key.comm), one_word(row.parent), row.key.unit, row.key.pod)
+        return self._join(
+            [f"{row.rates[c]:>{rate_width(c)}.1f}" for c in self.rates],
+            [v or "-" for v in values[: len(self.widths)]],
+        )
+
+    def _join(self, rates: list[str], texts: list[str]) -> str:
+        cells = []
+        for text, width in zip(texts, self.widths, strict=True):
+            if self.cut and len(text) > width:
+                text = text[: width - 1] + CUT_MARK
+            cells.append(f"{text:<{width}}")
+        return ("".join(rates) + "  " + " ".join(cells)).rstrip()
+
+
+def layout(width: int | None, failures_known: bool) -> Layout:
+    """The table's columns for a screen ``width`` characters wide (None: no limit, ``-b``).
+
+    FAILURES/s shows only when failures are counted (else it is a column of dashes). Each
+    text column gets at least its title's width; then COMMAND grows to a whole command, the
+    others evenly to their ideal width, and the last one takes what is left. Columns that
+    cannot get their title's width are left out, from the right: no header is cut mid-word.
+    """
+    rates = [c for c in RATE_COLUMNS if failures_known or c != "failures"]
+    if width is None:
+        return Layout(tuple(rates), tuple(c.ideal for c in TEXT_COLUMNS), cut=False)
+    columns = list(TEXT_COLUMNS)
+
+    def room() -> int:
+        return width - sum(map(rate_width, rates)) - 2
+
+    def needed() -> int:
+        return sum(len(c.title) + 1 for c in columns) - 1
+
+    while len(columns) > 1 and needed() > room():  # then, on a very narrow screen,
+        columns.pop()
+    while len(rates) > 1 and needed() > room():  # the rates but forks,
+        rates.pop()
+    while columns and needed() > room():  # and COMMAND
+        columns.pop()
+    widths = [len(c.title) for c in columns]
+    spare = room() - sum(widths) - (len(columns) - 1)
+    if columns:
+        grow = max(0, min(spare, columns[0].ideal - widths[0]))
+        widths[0] += grow
+        spare -= grow
+    while spare > 0:  # evenly: the narrowest column below its ideal grows first
+        below = [i for i, c in enumerate(columns) if widths[i] < c.ideal]
+        if not below:
+            break
+        widths[min(below, key=lambda i: widths[i])] += 1
+        spare -= 1
+    if columns:
+        widths[-1] += max(0, spare)
+    return Layout(tuple(rates), tuple(widths), cut=True)
+
+
 CREATORS_HEAD = f"{'PID':>9} {'FORKS/s':>10} {'THREADS/s':>10} {'PPID':>9}  {'PARENT':<16} CMDLINE"
-HELP = "f t e x a c: sort by forks threads execs exits failures command; up/down: select; q: quit"
+KEYS_LINE = "f t e x a c: sort  up/down: select  ?: keys  q: quit"
+KEYS = (
+    ("f", "sort by forks per second"),
+    ("t", "sort by threads created per second"),
+    ("e", "sort by execs per second"),
+    ("x", "sort by exits per second"),
+    ("a", "sort by failed creation calls per second (with --syscall-probes)"),
+    ("c", "sort by command"),
+    ("up, k", "select the row above"),
+    ("down, j", "select the row below"),
+    ("?, h", "show these keys"),
+    ("q", "quit"),
+)
+FAILURES_NOT_COUNTED = "failures are not counted without --syscall-probes: rows are by command"
+
+
+def keys_help() -> list[str]:
+    """The help screen of ``?`` and ``h``."""
+    return [
+        "procmond top: keys",
+        "",
+        *(f"  {key:<9}{what}" for key, what in KEYS),
+        "",
+        "The selected row (>) shows its busiest creating processes below the table.",
+        "Press any key to return.",
+    ]
 
 
 def header_line(frame: Frame, sort: str) -> str:
     clock = datetime.datetime.fromtimestamp(frame.wall_time).strftime("%H:%M:%S")
     return (
         f"procmond top {clock}  interval {frame.seconds:.2f} s  host {frame.host_rate:.1f} "
-        f"tasks created/s  sort {sort}"
-    )
-
-
-def row_line(row: Row, failures_known: bool) -> str:
-    rates = "".join(
-        f"{'-':>11}" if c == "failures" and not failures_known else f"{row.rates[c]:>11.1f}"
-        for c in RATE_COLUMNS
-    )
-    return (
-        f"{rates}  {one_word(row.key.comm):<16} {one_word(row.parent):<16} "
-        f"{row.key.unit or '-':<28} {row.key.pod or '-'}"
+        f"created/s  sort {sort}"
     )
 
 
@@ -226,18 +340,20 @@ class View:
     """A frame as text: the rows in order (the selected one's index) and its top creators."""
 
     header: str
+    notes: list[str]  # why a column or an order is empty
+    table_head: str
     rows: list[str]
     selected: int | None
     creators: list[str]
 
     def lines(self) -> list[str]:
         """As ``-b`` prints it."""
-        return [self.header, TABLE_HEAD, *self.rows, "", *self.creators]
+        return [self.header, *self.notes, self.table_head, *self.rows, "", *self.creators]
 
 
-def view(frame: Frame, sort: str, selected: RowKey | None) -> View:
-    """The frame sorted; the row of ``selected`` if still there, else the first, is the one
-    whose creators are shown."""
+def view(frame: Frame, sort: str, selected: RowKey | None, width: int | None = None) -> View:
+    """The frame sorted, its table fit to ``width``; the row of ``selected`` if still there,
+    else the first, is the one whose creators are shown."""
     rows = sort_rows(frame.rows, sort)
     keys = [r.key for r in rows]
     index = keys.index(selected) if selected in keys else (0 if rows else None)
@@ -247,9 +363,13 @@ def view(frame: Frame, sort: str, selected: RowKey | None) -> View:
         row = rows[index]
         creator_lines = [f"TOP CREATORS of {one_word(row.key.comm)}", CREATORS_HEAD]
         creator_lines += [creator_line(r) for r in creators_of(frame, row)[:TOP_CREATORS]]
+    table = layout(width, frame.failures_known)
+    notes = [FAILURES_NOT_COUNTED] if sort == "failures" and not frame.failures_known else []
     return View(
         header_line(frame, sort),
-        [row_line(r, frame.failures_known) for r in rows],
+        notes,
+        table.head(),
+        [table.line(r) for r in rows],
         index,
         creator_lines,
     )
@@ -273,17 +393,24 @@ def batch(sampler: Sampler, interval: float, count: int | None, sort: str, out: 
 
 @dataclass
 class Screen:
-    """The interactive view's state: sort, selection, and the last frame."""
+    """The interactive view's state: sort, selection, the last frame, and whether the keys'
+    help is shown."""
 
     sort: str
     frame: Frame | None = None
     selected: RowKey | None = None
+    showing_keys: bool = False
 
     def key(self, ch: int) -> bool:
         """Act on a key; False to quit."""
+        if self.showing_keys:  # any key returns from the help
+            self.showing_keys = ch == curses.KEY_RESIZE
+            return True
         if ch in (ord("q"), ord("Q")):
             return False
-        if 0 <= ch < 256 and chr(ch) in SORT_KEYS:
+        if ch in (ord("?"), ord("h")):
+            self.showing_keys = True
+        elif 0 <= ch < 256 and chr(ch) in SORT_KEYS:
             self.sort = SORT_KEYS[chr(ch)]
         elif ch in (curses.KEY_DOWN, ord("j")):
             self._move(1)
@@ -298,22 +425,26 @@ class Screen:
         index = keys.index(self.selected) if self.selected in keys else 0
         self.selected = keys[max(0, min(len(keys) - 1, index + step))]
 
-    def lines(self, height: int) -> list[str]:
-        """What fits in ``height`` lines: the table scrolled to keep the selected row, the
-        selected row marked with ">", its creators below, the keys at the bottom."""
+    def lines(self, height: int, width: int) -> list[str]:
+        """What fits in ``height`` lines of ``width`` characters (the last one left blank):
+        the table scrolled to keep the selected row, the selected row marked with ">", its
+        creators below, the keys at the bottom; or the keys' help."""
+        if self.showing_keys:
+            return keys_help()
         if self.frame is None:
-            return ["procmond top: measuring the first interval...", "", HELP]
-        shown = view(self.frame, self.sort, self.selected)
+            return ["procmond top: measuring the first interval...", "", KEYS_LINE]
+        shown = view(self.frame, self.sort, self.selected, width - 2)  # ">" and the last cell
         index = shown.selected
         self.selected = None if index is None else sort_rows(self.frame.rows, self.sort)[index].key
-        room = max(1, height - 4 - len(shown.creators))
+        room = max(1, height - 4 - len(shown.notes) - len(shown.creators))
         first = 0 if index is None else max(0, index - room + 1)
         rows = [
             (">" if i == index else " ") + line
             for i, line in enumerate(shown.rows)
             if first <= i < first + room
         ]
-        return [shown.header, " " + TABLE_HEAD, *rows, "", *shown.creators, HELP]
+        head = [shown.header, *shown.notes, " " + shown.table_head]
+        return [*head, *rows, "", *shown.creators, KEYS_LINE]
 
 
 def interactive(sampler: Sampler, interval: float, count: int | None, sort: str) -> None:
@@ -342,7 +473,7 @@ def interactive(sampler: Sampler, interval: float, count: int | None, sort: str)
                     return
                 dirty = True
             if dirty:
-                draw(screen, state.lines(screen.getmaxyx()[0]))
+                draw(screen, state.lines(*screen.getmaxyx()))
                 dirty = False
 
     curses.wrapper(loop)
@@ -355,6 +486,26 @@ def draw(screen: Any, lines: list[str]) -> None:
         with contextlib.suppress(curses.error):  # the screen's last cell cannot be written
             screen.addnstr(y, 0, line, max(0, width - 1))
     screen.refresh()
+
+
+class NotATerminalError(ProcmondError):
+    """The interactive view was asked for without a terminal to draw on and read keys from."""
+
+    exit_code = 2  # a usage error, as argparse's
+
+
+def require_terminal(keys: TextIO, screen: TextIO) -> None:
+    """Fail before anything is loaded or drawn, rather than half-way through curses' setup
+    (which leaves escape codes in a file and says only "nocbreak() returned ERR")."""
+    if not (keys.isatty() and screen.isatty()):
+        raise NotATerminalError("not a terminal: use -b for plain text (or --once)")
+    try:
+        curses.setupterm(fd=screen.fileno())
+    except curses.error:
+        term = os.environ.get("TERM", "")
+        raise NotATerminalError(
+            f"this terminal (TERM={term!r}) is unknown to curses: use -b for plain text"
+        ) from None
 
 
 class StopError(Exception):
@@ -379,6 +530,8 @@ def top(
     namer: CgroupNamer | None = None,
 ) -> int:
     """``procmond top``: load the probe, count per process for the whole run, show."""
+    if not as_batch:
+        require_terminal(sys.stdin, out)
     probe = bpf_loader.load(config)
     try:
         creators.switch(probe.map("storm_watch"), GENERATION)

@@ -4,7 +4,9 @@ process, probe or broken terminal behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -35,7 +37,8 @@ def paced(creator: Path, name: bytes, seconds: float) -> subprocess.Popen:
 @dataclass
 class Frame:
     header: str
-    rows: dict[str, list[str]]  # command → the row's fields
+    columns: list[str]  # the table's titles
+    rows: dict[str, dict[str, str]]  # command → the row's fields by title
     creators_of: str
     creators: list[list[str]]
 
@@ -46,18 +49,20 @@ def parse(text: str) -> list[Frame]:
     section = ""
     for line in text.splitlines():
         if line.startswith("procmond top "):
-            frames.append(Frame(line, {}, "", []))
+            frames.append(Frame(line, [], {}, "", []))
             section = "head"
         elif not frames or not line.strip():
             section = "" if section == "rows" else section
         elif line.split()[0] == "FORKS/s":
+            frames[-1].columns = line.split()
             section = "rows"
         elif line.startswith("TOP CREATORS of "):
             frames[-1].creators_of = line.removeprefix("TOP CREATORS of ")
             section = "creators"
         elif section == "rows":
             fields = line.lstrip(">").split()  # ">" marks the selected row on the screen
-            frames[-1].rows[fields[5]] = fields
+            row = dict(zip(frames[-1].columns, fields, strict=True))
+            frames[-1].rows[row["COMMAND"]] = row
         elif section == "creators" and line.split()[0].isdigit():
             frames[-1].creators.append(line.split())
     return frames
@@ -82,17 +87,17 @@ def test_batch_mode_prints_rates_and_the_top_creators_as_text(creator: Path) -> 
         assert len(frames) == 3, result.stdout
         for frame in frames:
             row = frame.rows[name.decode()]
-            forks, threads, execs, exits, failures, _comm, parent, unit, pod = row
-            assert_rate(forks)
-            assert_rate(exits)
-            assert (threads, execs, failures, parent, unit, pod) == (
-                "0.0",
-                "0.0",
-                "-",  # failures need --syscall-probes
-                own_comm(),
-                "-",
-                "-",
-            )
+            assert_rate(row.pop("FORKS/s"))
+            assert_rate(row.pop("EXITS/s"))
+            # no FAILURES/s column: failures need --syscall-probes
+            assert row == {
+                "THREADS/s": "0.0",
+                "EXECS/s": "0.0",
+                "COMMAND": name.decode(),
+                "PARENT": own_comm(),
+                "UNIT": "-",
+                "POD": "-",
+            }
             assert frame.creators_of == name.decode()  # the first row is the selected one
             [top] = frame.creators
             assert top[0] == str(workload.pid) and top[3] == str(os.getpid())
@@ -110,7 +115,7 @@ def test_batch_mode_prints_rates_and_the_top_creators_as_text(creator: Path) -> 
         )
         assert once.returncode == 0, once.stderr
         assert len(parse(once.stdout)) == 1
-        assert_rate(parse(once.stdout)[0].rows[name.decode()][0])
+        assert_rate(parse(once.stdout)[0].rows[name.decode()]["FORKS/s"])
     finally:
         workload.kill()
         workload.wait()
@@ -119,7 +124,7 @@ def test_batch_mode_prints_rates_and_the_top_creators_as_text(creator: Path) -> 
 class Tmux:
     """A shell in a detached tmux session of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 200, height: int = 50) -> None:
         self.session = f"procmond-top-{secrets.token_hex(4)}"
         self._tmux(
             "new-session",
@@ -127,9 +132,9 @@ class Tmux:
             "-s",
             self.session,
             "-x",
-            "200",
+            str(width),
             "-y",
-            "50",
+            str(height),
             "-c",
             str(REPO),
             "env",
@@ -187,7 +192,7 @@ def test_top_in_a_terminal_shows_the_rate_and_q_restores_everything(creator: Pat
         while len(rates) < 3:
             screen = tmux.wait_for(lambda s: ours_selected(s, name.decode()))
             [frame] = parse(screen)
-            rates[frame.header] = frame.rows[name.decode()][0]
+            rates[frame.header] = frame.rows[name.decode()]["FORKS/s"]
             assert frame.creators[0][0] == str(workload.pid)
         for rate in rates.values():
             assert_rate(rate)
@@ -210,3 +215,79 @@ def test_top_in_a_terminal_shows_the_rate_and_q_restores_everything(creator: Pat
         tmux.close()
         workload.kill()
         workload.wait()
+
+
+def test_at_80x24_the_header_is_whole_and_question_mark_shows_the_keys() -> None:
+    """A terminal of the classic size: the title line and every column title fit whole;
+    ``-s failures`` without the syscall probes says why that order is empty; ``?`` and ``h``
+    show the keys, any key returns."""
+    tmux = Tmux(80, 24)
+    try:
+        shell = int(tmux.show("#{pane_pid}"))
+        tmux.keys(" ".join([sys.executable, "-m", "procmond", "top", "-s", "failures"]), "Enter")
+        screen = tmux.wait_for(lambda s: "FORKS/s" in s).splitlines()
+        top_pid = int(Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
+        assert re.fullmatch(
+            r"procmond top \d\d:\d\d:\d\d  interval \d+\.\d\d s  "
+            r"host \d+\.\d created/s  sort failures",
+            screen[0],
+        ), screen[0]
+        assert screen[1] == (
+            "failures are not counted without --syscall-probes: rows are by command"
+        )
+        assert screen[2].split() == [
+            *("FORKS/s", "THREADS/s", "EXECS/s", "EXITS/s"),
+            *("COMMAND", "PARENT", "UNIT", "POD"),
+        ]
+        assert all(len(line) < 80 for line in screen), screen
+        assert "f t e x a c: sort  up/down: select  ?: keys  q: quit" in screen
+        for key in ("?", "h"):
+            tmux.keys(key)
+            keys = tmux.wait_for(lambda s: s.startswith("procmond top: keys")).splitlines()
+            assert "  q        quit" in keys and "  ?, h     show these keys" in keys, keys
+            assert (
+                "  a        sort by failed creation calls per second (with --syscall-probes)"
+                in keys
+            )
+            tmux.keys("x")  # any key returns, and does nothing else
+            back = tmux.wait_for(lambda s: "FORKS/s" in s).splitlines()
+            assert back[0].endswith("sort failures"), back[0]
+        tmux.keys("q")
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{top_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{top_pid}").exists(), "top did not quit on q"
+    finally:
+        tmux.close()
+
+
+def test_without_a_terminal_top_says_use_b_and_draws_nothing(tmp_path: Path) -> None:
+    """Neither escape codes nor a curses error: one line, exit status 2 (a usage error),
+    whether stdin, stdout or both are not a terminal."""
+    expected = "procmond: error: not a terminal: use -b for plain text (or --once)\n"
+    primary, secondary = os.openpty()  # a real terminal for the other end
+    try:
+        for case, keys_from_terminal, screen_is_terminal in (
+            ("stdin not a terminal", False, True),
+            ("stdout not a terminal", True, False),
+            ("neither a terminal", False, False),
+        ):
+            out_file = tmp_path / f"{case}.out"
+            with out_file.open("wb") as out:
+                result = subprocess.run(
+                    [*PROCMOND, "top"],
+                    stdin=secondary if keys_from_terminal else subprocess.DEVNULL,
+                    stdout=secondary if screen_is_terminal else out,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    timeout=60,
+                    env={**os.environ, "TERM": "xterm"},
+                )
+            assert (result.returncode, result.stderr) == (2, expected), case
+            assert out_file.read_bytes() == b"", case
+        os.set_blocking(primary, False)
+        with contextlib.suppress(BlockingIOError):
+            assert os.read(primary, 4096) == b""  # no escape code on the terminal either
+    finally:
+        os.close(primary)
+        os.close(secondary)
