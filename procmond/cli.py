@@ -30,6 +30,12 @@ With --json, one JSON object a line, with these fields:
   kind          process or thread: what was created
   child_pid     the new task's process id (its creator's, for a thread)
   child_tid     the new task's thread id
+  cgroup_id     the creating task's cgroup v2 id: the inode number of its cgroup's
+                directory in the v2 hierarchy (stat -c %i DIR)
+  unit          that cgroup's systemd unit: the nearest .service or .scope on its path
+  namespace, pod, container
+                its Kubernetes pod and container, from the kubelet's files on this node
+                (as the daemon labels them; "" where there is none or none known yet)
 Control characters in text lines are escaped; lost events are reported on stderr.
 """
 
@@ -85,20 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="only events of this creating process (repeat for several)",
     )
     watch.add_argument(
-        "--unit", action="append", default=[], help="only events in this systemd unit"
+        "--unit",
+        action="append",
+        default=[],
+        metavar="UNIT",
+        help="only events in this systemd unit (repeat for several); as with systemctl, a "
+        "name without a suffix means NAME.service, and a glob (*, ?, [...]) matches several",
     )
     watch.add_argument(
         "--pod",
         action="append",
         default=[],
         metavar="[NAMESPACE/]POD",
-        help="only events in this Kubernetes pod",
+        help="only events in this Kubernetes pod (repeat for several)",
     )
     watch.add_argument(
         "--exec", action="store_true", help="execs too: 'Process <new command> ... called exec'"
     )
     watch.add_argument(
-        "--timestamp", action="store_true", help="start each line with the local time"
+        "--timestamp",
+        action="store_true",
+        help="start each line with its wall-clock time in UTC (RFC 3339, microseconds)",
     )
 
     top = sub.add_parser(
@@ -201,19 +214,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         flags = {"listen": args.listen, "log_level": args.log_level}
         return run(args.config, {key: value for key, value in flags.items() if value is not None})
     if args.command == "watch":
-        from procmond.watch import Selection, command_name, watch
+        from procmond.watch import Selection, command_name, unit_pattern, watch
 
         config, _ = load_config(args.config)
         selection = Selection(
             frozenset(command_name(c) for c in args.comm),
             frozenset(args.pid),
-            frozenset(args.unit),
+            frozenset(unit_pattern(u) for u in args.unit),
             frozenset(args.pod),
             args.exec,
         )
         from procmond.cgroups import host_namer
 
-        namer = host_namer() if selection.by_cgroup else None
+        namer = host_namer() if selection.by_cgroup or args.json else None
         return watch(config, args.json, selection=selection, timestamps=args.timestamp, namer=namer)
     if args.command == "top":
         from procmond.top import SORT_NAMES, top

@@ -8,6 +8,7 @@ request (``--exec``: the probe sends them only then), timestamps too (``--timest
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
 import os
@@ -21,7 +22,8 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from procmond import bpf_loader
-from procmond.config import Config
+from procmond.cgroups import unit_of
+from procmond.config import CGROUP_LABELS, Config
 from procmond.errors import ProcmondError
 from procmond.header import read_header, syscall_names
 from procmond.maps import read_percpu_counts
@@ -29,6 +31,12 @@ from procmond.storms import CgroupLabels, CgroupNamer
 from procmond.text import printable
 
 COMM_BYTES = 15  # TASK_COMM_LEN - 1: the kernel cuts longer names to this
+NO_LABELS: CgroupLabels = ("",) * len(CGROUP_LABELS)
+# systemd's unit types: a --unit name ending in none of them means NAME.service (systemctl's
+# rule); of these, only services and scopes are units procmond names a cgroup by.
+UNIT_TYPES = (".service", ".socket", ".device", ".mount", ".automount", ".swap", ".target")
+UNIT_TYPES += (".path", ".timer", ".slice", ".scope")
+GLOB_CHARACTERS = frozenset("*?[")
 _CGROUP_CACHE_MAX = 4096  # cgroup ids whose labels a watch remembers
 
 
@@ -61,8 +69,8 @@ def format_text(event: Any) -> str:
     )
 
 
-def event_fields(event: Any) -> dict[str, Any]:
-    """An event as --json shows it."""
+def event_fields(event: Any, labels: CgroupLabels = NO_LABELS) -> dict[str, Any]:
+    """An event as --json shows it, with its cgroup's labels as the daemon names them."""
     return {
         "timestamp_ns": event.timestamp_ns,
         "comm": bytes(event.comm).decode("utf-8", "replace"),
@@ -74,6 +82,7 @@ def event_fields(event: Any) -> dict[str, Any]:
         "child_pid": event.child_pid,
         "child_tid": event.child_tid,
         "cgroup_id": event.cgroup_id,
+        **dict(zip(CGROUP_LABELS, labels, strict=True)),
     }
 
 
@@ -85,13 +94,39 @@ def command_name(name: str) -> bytes:
     return raw[:COMM_BYTES]
 
 
+def unit_pattern(name: str) -> str:
+    """A --unit value as systemctl reads it: a name with a unit type's suffix or a glob
+    (``*``, ``?``, ``[...]``, matched as systemctl matches one) as given, any other name as
+    NAME.service. A name procmond never labels (a slice, a socket...) is an error rather than
+    a watch that shows nothing."""
+    if not name or "/" in name:
+        raise ProcmondError(f"--unit {name!r} is not a unit name", "give a name like nginx.service")
+    if GLOB_CHARACTERS.intersection(name):
+        return name
+    if not name.endswith(UNIT_TYPES):
+        return name + ".service"
+    if unit_of("/" + name) != name:
+        raise ProcmondError(
+            f"--unit {name}: procmond names processes by their service or scope, never by a "
+            f"{name.rsplit('.', 1)[1]}",
+            "give a .service or .scope (a glob such as 'user-*' matches several)",
+        )
+    return name
+
+
+def unit_matches(unit: str, patterns: frozenset[str]) -> bool:
+    return unit in patterns or any(
+        fnmatch.fnmatchcase(unit, p) for p in patterns if GLOB_CHARACTERS.intersection(p)
+    )
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which events ``watch`` prints: each filter given must match one of its values."""
 
     comms: frozenset[bytes] = frozenset()
     pids: frozenset[int] = frozenset()
-    units: frozenset[str] = frozenset()
+    units: frozenset[str] = frozenset()  # unit names and globs, as unit_pattern gives them
     pods: frozenset[str] = frozenset()  # a pod name, or namespace/name
     execs: bool = False
 
@@ -108,7 +143,7 @@ class Selection:
             return False
         if self.by_cgroup:
             unit, namespace, pod, _container = labels(event.cgroup_id)
-            if self.units and unit not in self.units:
+            if self.units and not unit_matches(unit, self.units):
                 return False
             if self.pods and pod not in self.pods and f"{namespace}/{pod}" not in self.pods:
                 return False
@@ -150,21 +185,23 @@ def rfc3339(wall_ns: int) -> str:
     return f"{day_and_time}.{ns // 1000:06d}Z"
 
 
-def format_json(event: Any, monotonic_to_wall: int = 0) -> str:
+def format_json(event: Any, monotonic_to_wall: int = 0, labels: CgroupLabels = NO_LABELS) -> str:
     """One event as JSON. ``time`` is wall-clock; ``timestamp_ns`` keeps the probe's own clock
     (CLOCK_MONOTONIC, for ordering and intervals, and for scripts that already read it)."""
     return json.dumps(
-        {"time": rfc3339(event.timestamp_ns + monotonic_to_wall), **event_fields(event)},
+        {"time": rfc3339(event.timestamp_ns + monotonic_to_wall), **event_fields(event, labels)},
         ensure_ascii=False,
     )
 
 
-def formatter(as_json: bool, timestamps: bool) -> Callable[[Any], str]:
+def formatter(
+    as_json: bool, timestamps: bool, labels: Callable[[int], CgroupLabels] = lambda _id: NO_LABELS
+) -> Callable[[Any], str]:
     """One event → its line: the prototype's text (with its wall-clock time first when asked),
-    or JSON, which always carries the time."""
+    or JSON, which always carries the time and the cgroup's ``labels``."""
     offset = monotonic_to_wall_ns()
     if as_json:
-        return lambda e: format_json(e, offset)
+        return lambda e: format_json(e, offset, labels(e.cgroup_id))
     if not timestamps:
         return format_text
     return lambda e: f"{rfc3339(e.timestamp_ns + offset)} {format_text(e)}"
@@ -192,7 +229,7 @@ def watch(
             "--unit and --pod need cgroup names, which this procmond cannot resolve",
             "filter with --comm or --pid instead",
         )
-    labels = CgroupLabelCache(namer) if namer is not None else (lambda _id: ("",) * 4)
+    labels = CgroupLabelCache(namer) if namer is not None else (lambda _id: NO_LABELS)
     probe = bpf_loader.load(config, watch=True)
     stop = False
 
@@ -202,7 +239,7 @@ def watch(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    fmt = formatter(as_json, timestamps)
+    fmt = formatter(as_json, timestamps, labels)
     events = probe.table("events")
     if selection.execs:
         probe.map("watch_execs").update(struct.pack("=I", 0), struct.pack("=I", 1))

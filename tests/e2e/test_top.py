@@ -280,7 +280,7 @@ def test_without_a_terminal_top_says_use_b_and_draws_nothing(tmp_path: Path) -> 
                     stdout=secondary if screen_is_terminal else out,
                     stderr=subprocess.PIPE,
                     text=True,
-                    timeout=60,
+                    timeout=30,
                     env={**os.environ, "TERM": "xterm"},
                 )
             assert (result.returncode, result.stderr) == (2, expected), case

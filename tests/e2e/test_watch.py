@@ -12,7 +12,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tests.e2e.cgroup_tree import CgroupTree
+from procmond.cgroups import CgroupResolver, read_layout
+from tests.e2e.cgroup_tree import CgroupTree, Pod, proc_cgroup_v2
 from tests.e2e.harness import PROCMOND, Watch, run_creator, unique_name
 
 
@@ -212,3 +213,49 @@ def test_unit_shows_only_that_units_execs(creator: Path, tree: CgroupTree, tmp_p
     execs = [line for line in lines if line.startswith(f"Process {name.decode()} ")]
     pattern = rf"^Process {name.decode()} \(PID:\d+, PPID: {inside.pid}\) called exec$"
     assert len(execs) == 2 and all(re.match(pattern, line) for line in execs), lines
+
+
+def test_a_bare_unit_name_means_its_service_and_json_names_unit_and_pod(
+    creator: Path, tree: CgroupTree
+) -> None:
+    """``--unit NAME`` watches NAME.service, as systemctl reads it; ``--json`` gives every
+    event its cgroup's id (the directory's inode) and the unit, namespace, pod and container
+    the daemon would label it with."""
+    unit = f"watch-{unique_name().hex()[:8]}.service"
+    unit_cgroup = tree.make(f"/test.slice/{unit}")
+    pod = Pod()
+    try:
+        pods = Path("/var/log/pods")
+        pod.write_pod_dir(pods)
+        pod.write_link(pods, Path("/var/log/containers"))
+        pod_cgroup = tree.make(pod.container_cgroup("cgroupfs", "burstable"))
+        name = unique_name("wjl")
+        by_unit = Watch("--json", "--unit", unit.removesuffix(".service"))
+        by_comm = Watch("--json", "--comm", name.decode())
+        in_unit = tree.start(unit_cgroup, str(creator), "fork", "2", name.hex())
+        in_pod = tree.start(pod_cgroup, str(creator), "fork", "3", name.hex())
+        assert in_unit.wait(timeout=30) == 0 and in_pod.wait(timeout=30) == 0
+        run_creator(creator, "fork", 1, [name])  # outside both
+        lines, err, code = by_unit.finish(2)
+        assert code == 0, err
+        in_unit_events = [json.loads(line) for line in lines]
+        named = ("cgroup_id", "unit", "namespace", "pod", "container")
+        assert [(e["pid"], *(e[k] for k in named)) for e in in_unit_events] == [
+            (in_unit.pid, os.stat(unit_cgroup).st_ino, unit, "", "", "")
+        ] * 2
+        lines, err, code = by_comm.finish(6)
+        assert code == 0, err
+        by_pid: dict[int, list[tuple]] = {}
+        for e in map(json.loads, lines):
+            by_pid.setdefault(e["pid"], []).append(tuple(e[k] for k in named))
+        own_cgroup = os.stat(tree.mount / proc_cgroup_v2(os.getpid()).lstrip("/")).st_ino
+        own_labels = CgroupResolver(read_layout().v2).labels(own_cgroup)
+        assert by_pid.pop(in_unit.pid) == [(os.stat(unit_cgroup).st_ino, unit, "", "", "")] * 2
+        assert (
+            by_pid.pop(in_pod.pid)
+            == [(os.stat(pod_cgroup).st_ino, "", pod.namespace, pod.name, pod.container)] * 3
+        )
+        [[outside]] = by_pid.values()  # run_creator's process, in this test's own cgroup
+        assert outside == (own_cgroup, *(own_labels or ("", "", "", "")))
+    finally:
+        pod.remove()

@@ -19,6 +19,7 @@ from procmond.watch import (
     format_json,
     format_text,
     formatter,
+    unit_pattern,
     watch,
 )
 from tests.unit.watch_events import event
@@ -95,3 +96,36 @@ def test_labels_are_asked_once_per_cgroup() -> None:
     cache = CgroupLabelCache(namer)
     assert [cache(2), cache(2), cache(3)] == [LABELS[2], LABELS[2], LABELS[3]]
     assert asked == [2, 3]
+
+
+def test_a_unit_is_named_as_systemctl_names_it() -> None:
+    """A bare name means NAME.service; a name with a unit type's suffix and a glob are kept;
+    a type procmond never names a cgroup by is refused, not watched in silence."""
+    assert unit_pattern("cron") == "cron.service"
+    assert unit_pattern("cron.service") == "cron.service"
+    assert unit_pattern("session-3.scope") == "session-3.scope"
+    assert unit_pattern("getty@tty1") == "getty@tty1.service"
+    assert unit_pattern("cr*") == "cr*"
+    for bad in ("", "a/b.service", "user.slice", "cron.timer"):
+        with pytest.raises(ProcmondError):
+            unit_pattern(bad)
+    cron, other = event(b"sh", cgroup_id=2), event(b"sh", cgroup_id=1)
+    for given in ("cron", "cron.service", "cr*", "c?on.*", "[bc]ron.service"):
+        selection = Selection(units=frozenset({unit_pattern(given)}))
+        assert shown(selection, cron, other) == [cron], given
+    assert shown(Selection(units=frozenset({unit_pattern("cro")})), cron, other) == []
+
+
+def test_json_names_the_cgroup_as_the_daemon_labels_it() -> None:
+    pod = event(b"sh", cgroup_id=3)
+    obj = json.loads(formatter(True, False, LABELS.__getitem__)(pod))
+    assert {k: obj[k] for k in ("cgroup_id", "unit", "namespace", "pod", "container")} == {
+        "cgroup_id": 3,
+        "unit": "",
+        "namespace": "shop",
+        "pod": "web-1",
+        "container": "app",
+    }
+    assert json.loads(formatter(True, False, LABELS.__getitem__)(event(cgroup_id=2)))["unit"] == (
+        "cron.service"
+    )
