@@ -126,7 +126,7 @@ case $cmd in
     setup) setup "${1:-}";;
     run)
         setup
-        say "starting procmond run $*; Ctrl-C stops it"
+        say "starting procmond run${*:+ $*}; Ctrl-C stops it"
         exec "$VENV/bin/procmond" run "$@";;
     test)
         setup --test

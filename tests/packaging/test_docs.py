@@ -3,8 +3,17 @@ every relative link and anchor landing somewhere."""
 
 from __future__ import annotations
 
+import ast
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
+import yaml
+
+from procmond.config import load_config
+from procmond.metrics import COUNTERS, HISTOGRAMS, series_budget
 from tests.packaging.shipped import REPO, github_anchor
 
 README = REPO / "README.md"
@@ -49,3 +58,131 @@ def test_every_relative_link_and_anchor_resolves() -> None:
                 if anchor not in {github_anchor(h) for h in headings}:
                     broken.append(f"{doc.relative_to(REPO)}: {target}: no such heading")
     assert not broken, "\n".join(broken)
+
+
+# --- Texts that state what the code does, checked against the code ---------------------------
+
+CONFIG = REPO / "config" / "procmond.yaml"
+
+
+def evaluate(formula: str, names: dict[str, int]) -> int:
+    """A formula of whole numbers, names, +, * and parentheses, as the config's comment
+    writes it (nothing else is evaluated)."""
+
+    def value(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.Name):
+            return names[node.id]
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mult):
+            left, right = value(node.left), value(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise AssertionError(f"not a formula of the config's comment: {ast.dump(node)}")
+
+    return value(ast.parse(formula, mode="eval").body)
+
+
+def check_config_figure(path: Path) -> int:
+    result = subprocess.run(
+        [sys.executable, "-m", "procmond", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    return int(re.search(r"at most (\d+) series", result.stdout)[1])  # type: ignore[index]
+
+
+def test_the_configs_worst_case_formulas_give_check_configs_figures(tmp_path: Path) -> None:
+    """The comment's two formulas (the file's settings; syscall_probes: true), evaluated with
+    the file's values, give what `procmond check-config` prints for each."""
+    text = CONFIG.read_text()
+    comment = text[text.index("# each). The worst-case number of series") :]
+    formulas = [f.split("  ")[0] for f in re.findall(r"^#   (.+)$", comment, re.M)[:2]]
+    config, _ = load_config(CONFIG)
+    names = {n: getattr(config, n) for n in ("max_entries", "histogram_max_entries")}
+    assert "syscall_probes: false" in text
+    probes = tmp_path / "probes.yaml"
+    probes.write_text(text.replace("syscall_probes: false", "syscall_probes: true"))
+    for formula, path in zip(formulas, (CONFIG, probes), strict=False):
+        figure = check_config_figure(path)
+        assert (formula, evaluate(formula, names)) == (formula, figure)
+        assert figure == series_budget(load_config(path)[0])
+    assert len(formulas) == 2, formulas
+
+
+def alert(name: str) -> dict:
+    groups = yaml.safe_load((REPO / "packaging/prometheus/procmond.rules.yml").read_text())
+    [rule] = [r for g in groups["groups"] for r in g["rules"] if r.get("alert") == name]
+    return rule
+
+
+def test_map_nearly_full_says_which_maps_free_their_entries() -> None:
+    """Counter maps free the entries of removed cgroups (procmond/attribution.py reclaims by
+    the cgroup id their keys carry, when a cgroup label is kept); histogram maps are keyed by
+    command alone and never free theirs. The alert and its runbook name those maps."""
+    assert all("cgroup_id" in c.key_fields for c in COUNTERS)
+    never_freed = {h.map_name for h in HISTOGRAMS if "cgroup_id" not in h.key_fields}
+    assert never_freed == {h.map_name for h in HISTOGRAMS}
+    runbook = (REPO / "packaging/prometheus/README.md").read_text()
+    runbook = runbook[runbook.index("### ProcmondMapNearlyFull") :].split("\n### ")[0]
+    for text in (alert("ProcmondMapNearlyFull")["annotations"]["description"], runbook):
+        text = " ".join(text.split())
+        assert "never freed" not in text and "frees the entries of removed cgroups" in text
+        listed = re.search(r"histogram maps \(([^)]*)\) never free", text)
+        assert listed, text
+        assert set(re.findall(r"\w+", listed[1])) == never_freed, text
+    dashboard = (REPO / "packaging/grafana/procmond.json").read_text()
+    assert "never freed" not in dashboard and "free the entries of removed cgroups" in dashboard
+
+
+def man_page_text() -> str:
+    result = subprocess.run(
+        ["man", "-l", str(REPO / "packaging/man/procmond.8")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MANWIDTH": "200"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def unpaired_brackets(text: str) -> str | None:
+    depth = 0
+    for ch in text:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth < 0:
+            return text
+    return text if depth else None
+
+
+def test_the_manual_pages_synopsis_and_options_pair_their_brackets() -> None:
+    """Each command's synopsis and each option's heading, as man renders them."""
+    text = man_page_text()
+    synopsis = text[text.index("SYNOPSIS") : text.index("DESCRIPTION")]
+    commands = re.split(r"\n(?= +procmond )", synopsis)[1:]
+    options = text[text.index("\nOPTIONS") : text.index("\nCONFIGURATION")]
+    headings = re.findall(r"^ {7}(-.*)$", options, re.M)
+    assert len(commands) >= 6 and any("--pod" in h for h in headings), text
+    bad = [t for t in [*commands, *headings] if unpaired_brackets(t)]
+    assert not bad, bad
+
+
+def test_dev_sh_run_says_what_it_runs_without_an_empty_argument_list() -> None:
+    """The line `dev.sh run` prints before it starts the daemon, with and without arguments
+    (the script's own `say` line, run by bash)."""
+    script = (REPO / "scripts/dev.sh").read_text()
+    [say] = re.findall(r'^\s*(say "starting procmond run.*)$', script, re.M)
+    for args, expected in (
+        ([], "dev.sh: starting procmond run; Ctrl-C stops it"),
+        (["--listen", ":1"], "dev.sh: starting procmond run --listen :1; Ctrl-C stops it"),
+    ):
+        shown = subprocess.run(
+            ["bash", "-c", 'say() { echo "dev.sh: $*"; }; ' + say, "dev.sh", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert shown.stdout == expected + "\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import re
 
 import pytest
 
@@ -129,3 +130,18 @@ def test_json_names_the_cgroup_as_the_daemon_labels_it() -> None:
     assert json.loads(formatter(True, False, LABELS.__getitem__)(event(cgroup_id=2)))["unit"] == (
         "cron.service"
     )
+
+
+def test_the_help_documents_every_json_field_and_says_timestamps_are_utc() -> None:
+    from procmond.cli import WATCH_HELP, build_parser
+
+    documented = set(re.findall(r"^  (\w+(?:, \w+)*)", WATCH_HELP, re.M))
+    documented = {name for names in documented for name in names.split(", ")}
+    assert set(json.loads(format_json(event()))) <= documented
+    (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
+    (timestamp,) = [a for a in commands.choices["watch"]._actions if a.dest == "timestamp"]
+    assert "UTC" in timestamp.help and "local" not in timestamp.help
+    stamp = formatter(False, True)(event()).split(" ", 1)[0]
+    assert datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).utcoffset() == (
+        datetime.timedelta(0)
+    ) and stamp.endswith("Z")
