@@ -78,6 +78,26 @@ def test_calls_restarted_by_signals_are_one_call(timed: Daemon, creator: Path) -
     assert m.value("procmond_fork_duration_seconds_count", comm=comm) == forks
 
 
+@pytest.mark.parametrize("mode", ["thread", "spawn"])
+def test_clone3_answered_enosys_by_seccomp_is_no_failure(
+    timed: Daemon, creator: Path, mode: str
+) -> None:
+    """Docker 20.10's default seccomp profile answers clone3 with ENOSYS and the C library falls
+    back to clone: the same filter, installed for real, makes every creation try clone3 first.
+    That is the fallback protocol, not a failure; each fallback clone is one timed call."""
+    name = unique_name("sec")
+    exit_name = unique_name().hex()
+    run_creator(creator, mode, 50, [name], "--clone3-enosys", "--exit-name-hex", exit_name)
+    m = timed.scrape()
+    comm = name.decode()
+    metric = "procmond_threads_created_total" if mode == "thread" else "procmond_forks_total"
+    assert m.value(metric, comm=comm, parent_comm=own_comm()) == 50
+    assert {
+        k: v for k, v in m.series("procmond_fork_failures_total").items() if ("comm", comm) in k
+    } == {}
+    assert m.value("procmond_fork_duration_seconds_count", comm=comm) == 50
+
+
 def test_every_task_the_kernel_creates_is_counted(daemon: Daemon, creator: Path) -> None:
     """io_uring's io-wq workers are made by copy_process() without kernel_clone(): procmond
     counts them, so its creations grow exactly as the kernel's own count (/proc/stat

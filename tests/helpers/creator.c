@@ -28,6 +28,9 @@
  *                          than i/R seconds after the first (a workload of known rate)
  *     --max-ms M           stop creating M ms after the first creation, even short of COUNT
  *                          (with a large COUNT: create for M ms at full speed, or at --rate)
+ *     --clone3-enosys      before creating, install a seccomp filter that answers clone3 with
+ *                          ENOSYS, as Docker 20.10's default profile does: glibc then falls
+ *                          back to clone (for pthread_create, fork and posix_spawn alike)
  *
  * Prints "done N" with N the creations made (with --tolerate-failures: "done N failed M").
  * Exits 1 on any failed creation otherwise (badclone3 must fail with EINVAL).
@@ -35,10 +38,13 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/io_uring.h>
+#include <linux/filter.h>
 #include <linux/sched.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -233,6 +239,26 @@ static void reap(pid_t pid)
         die("waitpid");
 }
 
+/* The kernel's own mechanism, as a container runtime installs it: a classic-BPF seccomp filter
+ * that fails clone3 with ENOSYS and allows everything else. No architecture check: clone3 has
+ * the same number (435) in the native and compat tables of every architecture that has it. */
+static void deny_clone3_with_enosys(void)
+{
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog program = {sizeof(filter) / sizeof(filter[0]), filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        die("prctl(PR_SET_NO_NEW_PRIVS)");
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program))
+        die("prctl(PR_SET_SECCOMP)");
+    if (syscall(SYS_clone3, NULL, 0) != -1 || errno != ENOSYS)
+        die("the seccomp filter does not answer clone3 with ENOSYS");
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
@@ -266,6 +292,8 @@ int main(int argc, char **argv)
             rate = strtod(argv[++first_name], NULL);
         else if (!strcmp(opt, "--max-ms") && first_name + 1 < argc)
             max_seconds = strtod(argv[++first_name], NULL) / 1000;
+        else if (!strcmp(opt, "--clone3-enosys"))
+            deny_clone3_with_enosys();
         else if (!strcmp(opt, "--exit-name-hex") && first_name + 1 < argc)
             exit_name = argv[++first_name];
         else {
