@@ -15,6 +15,8 @@
  *   on_sched_process_exec  raw tracepoint: execs
  *   on_sched_process_exit  raw tracepoint: process exits (once per process) and lifetime
  *   on_cgroup_mkdir        tracepoint, only with LABEL_CGROUP: the path of each new cgroup
+ *   on_cgroup_rmdir        raw tracepoint, with the pids controller's offsets: the refused-fork
+ *                          counts of a removed cgroup, which its pids.events can no longer give
  *   on_sys_{enter,exit}_{clone,clone3,fork,vfork}  tracepoints, only with SYSCALL_PROBES (or
  *                          for `watch`): time spent in the call, and failed calls by error
  */
@@ -51,6 +53,7 @@ BPF_PERCPU_ARRAY(overflow_hist, struct hist_value, MAP_ID_COUNT);
 BPF_ARRAY(hist_zero, struct hist_value, 1);
 
 BPF_TABLE("lru_hash", u64, struct cgroup_path, cgroup_paths, CGROUP_PATHS_MAX_ENTRIES);
+BPF_HASH(gone_task_limit_hits, u64, struct gone_pids_cgroup, GONE_TASK_LIMITS_MAX_ENTRIES);
 
 /* Per-process counting for storm reports and `procmond top` (see struct creator): on while
  * storm_watch[0] is non-zero. */
@@ -483,6 +486,37 @@ int on_cgroup_mkdir(struct tracepoint__cgroup__cgroup_mkdir *args)
         return 0;
     TP_DATA_LOC_READ_STR(entry.path, path, sizeof(entry.path));
     cgroup_paths.update(&id, &entry);
+    return 0;
+}
+#endif
+
+#ifdef PIDS_EVENTS_OFF
+/* cgroup_rmdir(struct cgroup *cgrp, const char *path), on any hierarchy, once the cgroup is
+ * dead but before its controllers' state is freed (cgroup_mutex is held: the pids state cannot
+ * go offline meanwhile), and with no task left in it to be refused a fork. A cgroup with a
+ * pids state (the pids hierarchy's, v1 or v2) that refused any fork leaves its count here for
+ * the daemon; the rest, most cgroups, leave nothing. Rare: two probe reads per rmdir. The
+ * offsets come from BTF (procmond/btf.py): CGROUP_PIDS_CSS_OFF is &cgrp->subsys[pids_cgrp_id],
+ * PIDS_EVENTS_OFF the count its pids.events file shows, from the css (the first member of
+ * struct pids_cgroup). The path is the one the kernel shows in the rmdir-ing task's cgroup
+ * namespace. */
+int on_cgroup_rmdir(struct bpf_raw_tracepoint_args *ctx)
+{
+    char *cgrp = (char *)ctx->args[0];
+    char *pids = read_ptr(cgrp, CGROUP_PIDS_CSS_OFF);
+    if (!pids)
+        return 0;
+    struct gone_pids_cgroup gone = {.hits = read_u64(pids, PIDS_EVENTS_OFF)};
+    if (!gone.hits)
+        return 0;
+    u64 id = read_u64(read_ptr(cgrp, CGROUP_KN_OFF), KERNFS_NODE_ID_OFF);
+    bpf_probe_read_kernel_str(gone.path, sizeof(gone.path), (void *)ctx->args[1]);
+    if (gone_task_limit_hits.update(&id, &gone) != 0) {
+        u32 map_id = MAP_ID_GONE_TASK_LIMIT_HITS;
+        u64 *events = overflow_events.lookup(&map_id);
+        if (events)
+            *events += gone.hits; /* per-CPU slot: no other CPU writes it */
+    }
     return 0;
 }
 #endif

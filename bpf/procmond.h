@@ -43,6 +43,14 @@
 #endif
 #define CGROUP_PATH_LEN 256
 
+/* Cgroups removed since the daemon last read gone_task_limit_hits, that had refused forks
+ * (their pids controller's count; see on_cgroup_rmdir). The daemon takes each entry at its
+ * next scrape. When it is full, the refused forks of the next removed cgroups are counted in
+ * overflow_events[MAP_ID_GONE_TASK_LIMIT_HITS] instead (one event per refused fork). */
+#ifndef GONE_TASK_LIMITS_MAX_ENTRIES
+#define GONE_TASK_LIMITS_MAX_ENTRIES 1024
+#endif
+
 /* Offset of `long ret` in the syscalls:sys_exit_* records; the loader reads it from the
  * tracepoint's format file. */
 #ifndef SYS_EXIT_RET_OFF
@@ -111,6 +119,14 @@ struct cgroup_path {
     char path[CGROUP_PATH_LEN]; /* below the cgroup2 mount, as "/system.slice/cron.service" */
 };
 
+/* A removed cgroup of the pids controller's hierarchy (gone_task_limit_hits, keyed by the
+ * cgroup's id in that hierarchy: its directory's inode number): the forks it refused, as its
+ * pids.events.local (v2) or pids.events (v1) showed them at removal. */
+struct gone_pids_cgroup {
+    u64 hits;
+    char path[CGROUP_PATH_LEN]; /* in its hierarchy, as "/system.slice/cron.service" */
+};
+
 struct hist_value {
     u64 slots[HIST_SLOTS];
     u64 sum_ns;
@@ -159,6 +175,7 @@ enum map_id {
     MAP_ID_FORK_DURATION_SECONDS,
     MAP_ID_FORK_FAILURES_TOTAL,
     MAP_ID_INFLIGHT,
+    MAP_ID_GONE_TASK_LIMIT_HITS,
     MAP_ID_COUNT, /* not a map: the number of slots */
 };
 

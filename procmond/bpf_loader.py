@@ -17,13 +17,15 @@ from typing import Any
 from procmond import kernel
 from procmond.alarm import ALARM_MAPS
 from procmond.bpfmap import BPFMap
-from procmond.btf import BTF, BTFError, probe_offsets, typed_read_offsets
+from procmond.btf import BTF, BTFError, pids_offsets, probe_offsets, typed_read_offsets
+from procmond.cgroups import MOUNTINFO, parse_mountinfo
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError
 from procmond.header import bpf_source_dir, map_ids, read_header
 from procmond.layout import MapLayout, describe
 from procmond.maps import MapReader, check_layouts
 from procmond.metrics import daemon_maps
+from procmond.tasklimits import shown_pids_event
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class Probe:
     only_for_timing: bool = False
     # Names new cgroups: only needed when a cgroup label (unit, pod...) is configured.
     for_attribution: bool = False
+    # Keeps removed cgroups' refused forks: needs the pids controller's layout from BTF.
+    for_task_limits: bool = False
 
     @property
     def name(self) -> str:
@@ -57,6 +61,7 @@ PROBES: tuple[Probe, ...] = (
     Probe("sched:sched_process_exec", "on_sched_process_exec", raw=True),
     Probe("sched:sched_process_exit", "on_sched_process_exit", raw=True),
     Probe("cgroup:cgroup_mkdir", "on_cgroup_mkdir", raw=False, for_attribution=True),
+    Probe("cgroup:cgroup_rmdir", "on_cgroup_rmdir", raw=True, for_task_limits=True),
     *(
         Probe(
             f"syscalls:sys_{phase}_{call}",
@@ -163,7 +168,8 @@ def build_cflags(
         log.warning(
             "kernel BTF unusable (%s): falling back to the installed kernel headers' struct "
             "layout, which is wrong if they are not this kernel's; parent names and lifetimes "
-            "may be garbage (procmond_btf_offsets_in_use 0)",
+            "may be garbage (procmond_btf_offsets_in_use 0), and task-limit hits of cgroups "
+            "removed between two scrapes are not counted",
             exc,
         )
         return flags, False
@@ -171,7 +177,27 @@ def build_cflags(
     flags += [f"-D{name}={value}" for name, value in offsets.items()]
     if not force_probe_reads:
         flags += typed_read_flags(btf)
-    return flags, True
+    flags += task_limit_flags(btf)
+    return list(dict.fromkeys(flags)), True  # typed reads and task limits share two offsets
+
+
+TASK_LIMIT_FLAG = "-DPIDS_EVENTS_OFF"
+
+
+def task_limit_flags(btf: BTF, mountinfo: Path = MOUNTINFO) -> list[str]:
+    """The offsets with which the probe reads a removed cgroup's refused forks, else nothing
+    (those of cgroups removed between two scrapes then go uncounted, as logged)."""
+    try:
+        shown = shown_pids_event(parse_mountinfo(mountinfo.read_text(errors="surrogateescape")))
+        offsets = pids_offsets(btf, shown)
+    except (BTFError, OSError) as exc:
+        log.warning(
+            "task-limit hits of cgroups removed between two scrapes will not be counted: "
+            "cannot find the pids controller's counts (%s)",
+            exc,
+        )
+        return []
+    return [f"-D{name}={value}" for name, value in offsets.items()]
 
 
 # bpf_get_current_task_btf(), which makes the current task a typed pointer, came in 5.11.
@@ -244,7 +270,8 @@ def load(
         probe.layouts = {name: layout_of(bpf[name.encode()]) for name in daemon_maps()}
         probe.map_ids = map_ids(read_header(source_dir))
         check_layouts(probe.map, probe.layouts)
-        probe.attached = attach(bpf, config, watch)
+        task_limits = any(f.startswith(TASK_LIMIT_FLAG + "=") for f in cflags)
+        probe.attached = attach(bpf, config, watch, task_limits)
     except Exception:
         bpf.cleanup()
         raise
@@ -265,6 +292,7 @@ def wanted_probes(config: Config, watch: bool) -> list[Probe]:
         p
         for p in PROBES
         if (not p.for_attribution or config.cgroup_labels)
+        and (not p.for_task_limits or not watch)
         and (
             watch
             or not p.syscall
@@ -273,10 +301,15 @@ def wanted_probes(config: Config, watch: bool) -> list[Probe]:
     ]
 
 
-def attach(bpf: Any, config: Config, watch: bool) -> dict[str, bool]:
-    """Attach what this kernel has; a missing tracepoint is logged and reported, not fatal."""
+def attach(bpf: Any, config: Config, watch: bool, task_limits: bool = True) -> dict[str, bool]:
+    """Attach what this kernel has; a missing tracepoint is logged and reported, not fatal.
+    Without ``task_limits`` (no pids offsets: logged by task_limit_flags) the program is not
+    compiled in, and its probe is reported as not attached."""
     attached: dict[str, bool] = {}
     for probe in wanted_probes(config, watch):
+        if probe.for_task_limits and not task_limits:
+            attached[probe.name] = False
+            continue
         try:
             if probe.raw:
                 bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=probe.function.encode())

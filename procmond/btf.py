@@ -103,6 +103,7 @@ class BTF:
             raise BTFError("BTF sections run past the end of the blob")
         self._positions: list[int] = [0]  # record position of each type id
         self._structs: dict[int, list[int]] = {}  # name offset -> struct type ids
+        self._enums: dict[int, list[int]] = {}  # name offset -> enum type ids
         self._index()
 
     @classmethod
@@ -113,13 +114,17 @@ class BTF:
             raise BTFError(f"cannot read {path}: {exc.strerror}") from exc
 
     def _index(self) -> None:
-        blob, unpack, positions, structs = self._blob, _RECORD.unpack_from, self._positions, {}
+        blob, unpack, positions = self._blob, _RECORD.unpack_from, self._positions
+        structs: dict[int, list[int]] = {}
+        enums: dict[int, list[int]] = {}
         pos, end = self._types_start, self._types_end
         while pos < end:
             name_off, info, _ = unpack(blob, pos)
             kind = (info >> 24) & 0x1F
             if kind == KIND_STRUCT and name_off:
                 structs.setdefault(name_off, []).append(len(positions))
+            elif kind in (KIND_ENUM, KIND_ENUM64) and name_off:
+                enums.setdefault(name_off, []).append(len(positions))
             positions.append(pos)
             if kind in _PER_MEMBER_EXTRA:
                 pos += 12 + _PER_MEMBER_EXTRA[kind] * (info & 0xFFFF)
@@ -130,6 +135,7 @@ class BTF:
             else:
                 raise BTFError(f"unknown BTF kind {kind} at type id {len(positions) - 1}")
         self._structs = structs
+        self._enums = enums
 
     def _string(self, offset: int) -> str:
         start = self._str_start + offset
@@ -166,15 +172,34 @@ class BTF:
             type_id = t.size_or_type
         return type_id
 
-    def struct_id(self, name: str) -> int:
-        """Id of the complete struct called ``name`` (forward declarations are not structs)."""
+    def _name_offset(self, name: str) -> int | None:
         needle = b"\0" + name.encode() + b"\0"  # BTF strings are unique: one exact match
         at = self._blob.find(needle, self._str_start, self._str_end)
-        if at >= 0:
-            for type_id in self._structs.get(at + 1 - self._str_start, []):
-                if self.type(type_id).vlen > 0:
-                    return type_id
+        return None if at < 0 else at + 1 - self._str_start
+
+    def struct_id(self, name: str) -> int:
+        """Id of the complete struct called ``name`` (forward declarations are not structs)."""
+        for type_id in self._structs.get(self._name_offset(name) or -1, []):
+            if self.type(type_id).vlen > 0:
+                return type_id
         raise BTFError(f"struct {name} not found in BTF")
+
+    def enum_value(self, enum_name: str, member: str) -> int:
+        """The value of ``member`` in ``enum enum_name`` (enum or enum64)."""
+        for type_id in self._enums.get(self._name_offset(enum_name) or -1, []):
+            t = self.type(type_id)
+            stride = _PER_MEMBER_EXTRA[t.kind]
+            for i in range(t.vlen):
+                at = t.data_offset + stride * i
+                name_off, low = struct.unpack_from("<Ii", self._blob, at)
+                if self._string(name_off) != member:
+                    continue
+                if t.kind == KIND_ENUM64:
+                    low, high = struct.unpack_from("<II", self._blob, at + 4)
+                    return high << 32 | low
+                return low
+            raise BTFError(f"enum {enum_name} has no member {member}")
+        raise BTFError(f"enum {enum_name} not found in BTF")
 
     def member_offset(self, struct_name: str, member: str) -> int:
         """Byte offset of ``member`` in ``struct struct_name``, looking into anonymous members."""
@@ -191,6 +216,14 @@ class BTF:
             raise BTFError(f"type {t.name or '(anonymous)'} is not an array")
         _elem, _index, nelems = _RECORD.unpack_from(self._blob, t.data_offset)
         return nelems
+
+    def element_size(self, t: BTFType) -> int:
+        """Bytes of one element of array type ``t`` (0 if not a sized type)."""
+        self.array_length(t)  # raises if not an array
+        element, _index, _nelems = _RECORD.unpack_from(self._blob, t.data_offset)
+        resolved = self.type(self.resolve(element))
+        sized = (KIND_INT, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64, KIND_FLOAT)
+        return resolved.size_or_type if resolved.kind in sized else 0
 
     def _member(self, struct_name: str, member: str) -> tuple[int, int]:
         found = self._find_member(self.struct_id(struct_name), member, 0)
@@ -243,6 +276,42 @@ def probe_offsets(btf: BTF) -> dict[str, int]:
     if comm_len != TASK_COMM_LEN:
         raise BTFError(f"task_struct.comm is {comm_len} bytes, procmond expects {TASK_COMM_LEN}")
     return offsets
+
+
+# Where the count a cgroup's pids.events shows sits, by the enum pidcg_event member the kernel
+# shows there (since 6.13, kernel/cgroup/pids.c): PIDCG_FORKFAIL (forks refused to this
+# cgroup's tasks) on v1 and on v2 mounted with pids_localevents, else PIDCG_MAX (forks refused
+# because this cgroup's own limit was hit, as pids.events.local shows it).
+PIDS_FORKFAIL = "PIDCG_FORKFAIL"
+PIDS_MAX = "PIDCG_MAX"
+POINTER_SIZE = 8
+COUNT_SIZE = 8  # atomic64_t
+
+
+def pids_offsets(btf: BTF, shown: str) -> dict[str, int]:
+    """The ``-D`` defines with which the probe reads a removed cgroup's refused forks
+    (on_cgroup_rmdir): the pids state's place in struct cgroup, the ``shown`` count's place in
+    it (events_local[shown] since 6.13; before, the one count events_limit), and the cgroup's
+    id. Raises BTFError if the kernel has no pids controller or another layout."""
+    pids_id = btf.enum_value("cgroup_subsys_id", "pids_cgrp_id")
+    if pids_id >= btf.array_length(btf.member_type("cgroup", "subsys")):
+        raise BTFError(f"pids_cgrp_id {pids_id} is past the end of cgroup.subsys")
+    css = btf.member_offset("pids_cgroup", "css")
+    try:
+        events = btf.member_offset("pids_cgroup", "events_local")
+        counts = btf.member_type("pids_cgroup", "events_local")
+        index = btf.enum_value("pidcg_event", shown)
+        if index >= btf.array_length(counts) or btf.element_size(counts) != COUNT_SIZE:
+            raise BTFError(f"pids_cgroup.events_local has no 8-byte count {shown}")
+        count = events + COUNT_SIZE * index
+    except BTFError:
+        count = btf.member_offset("pids_cgroup", "events_limit")  # before 6.13
+    return {
+        "CGROUP_PIDS_CSS_OFF": btf.member_offset("cgroup", "subsys") + POINTER_SIZE * pids_id,
+        "PIDS_EVENTS_OFF": count - css,
+        "CGROUP_KN_OFF": btf.member_offset("cgroup", "kn"),
+        "KERNFS_NODE_ID_OFF": btf.member_offset("kernfs_node", "id"),
+    }
 
 
 def typed_read_offsets(btf: BTF) -> dict[str, int]:

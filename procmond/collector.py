@@ -394,6 +394,11 @@ class ProcmondCollector:
             overflow.add_metric([name], overflowed.get(name, 0))
         if self._config.syscall_probes:  # per-task storage: no entries to count, no capacity
             overflow.add_metric(["inflight"], overflowed.get("inflight", 0))
+        if self._cgroups is not None and self._cgroups.task_limits.pids is not None:
+            gone = "gone_task_limit_hits"  # removed cgroups' counts, taken at each scrape
+            used.add_metric([gone], self._reader.entries(gone))
+            capacity.add_metric([gone], self._reader.capacity(gone))
+            overflow.add_metric([gone], overflowed.get(gone, 0))
         return [used, capacity, overflow]
 
     def _cgroup_families(self) -> Iterator[Metric]:

@@ -35,7 +35,7 @@ from procmond.metrics import OVERFLOW_LABEL_VALUE, folded_capacity, series_budge
 from procmond.server import MetricsServer, Render
 from procmond.storm_monitor import StormMonitor
 from procmond.systemd import Notifier
-from procmond.tasklimits import TaskLimits, find_pids_hierarchy
+from procmond.tasklimits import TaskLimits, find_pids_hierarchy, gone_cgroups
 from procmond.webconfig import WebSettings, load_web_config
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Daemon:
         layout = read_layout()
         log.info("cgroups: %s", layout.describe())
         kubelet = KubeletNames()
-        task_limits = TaskLimits(find_pids_hierarchy(layout), kubelet)
+        task_limits = TaskLimits(find_pids_hierarchy(layout), kubelet, gone=gone_cgroups(reader))
 
         def recorded_path(cgroup_id: int) -> str | None:
             try:

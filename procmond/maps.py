@@ -235,6 +235,20 @@ class MapReader:
         path = self._layouts["cgroup_paths"].value.field("path").decoder()(raw)
         return path.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
 
+    def take_gone_pids_cgroups(self) -> tuple[list[tuple[int, int, bytes]], int]:
+        """The removed cgroups' refused forks the probe kept (gone_task_limit_hits), each
+        as (cgroup id, count, path) and taken out of the map; and the refused forks of
+        removed cgroups it had no room for (cumulative, from its overflow_events slot)."""
+        name = "gone_task_limit_hits"
+        table, value = self._table(name), self._layouts[name].value
+        hits, path = value.field("hits").decoder(), value.field("path").decoder()
+        gone = []
+        for key, _ in table.items():
+            raw = table.take(key)
+            if raw is not None:
+                gone.append((int.from_bytes(key, sys.byteorder), hits(raw), path(raw)))
+        return gone, self.overflow_events().get(name, 0)  # type: ignore[return-value]
+
     def histograms(self, name: str, key_fields: tuple[str, ...]) -> dict[KeyValues, Histogram]:
         decode_key = self._key_decoder(name, key_fields)
         decode = self._histogram_decoder(name)

@@ -112,6 +112,7 @@ def daemon_maps() -> tuple[str, ...]:
         "overflow_events",
         "overflow_hist",
         "cgroup_paths",
+        "gone_task_limit_hits",
         "storm_watch",
         "creators",
     )

@@ -15,8 +15,14 @@ refusal once:
 Summing those per cgroup by labels gives :class:`TaskLimitLabels` totals. A cgroup that is
 removed takes its count with it, which would make a sum go down; :class:`TaskLimitCounter`
 instead keeps totals that only grow: per cgroup (path and inode, so a re-created cgroup is a
-new one) it remembers the last value and adds what changed to its labels' total. Suggested
-metric::
+new one) it remembers the last value and adds what changed to its labels' total.
+
+What a cgroup counted after the last scrape and before its removal (a restarted unit, a
+finished container) is no longer in any file: the probe reads it from the kernel's pids state
+as the cgroup is removed (``on_cgroup_rmdir``, the count pids.events showed, chosen by
+:func:`shown_pids_event`) into ``gone_task_limit_hits``, and the next scrape takes those
+entries and folds them as the cgroups' last readings. Removed cgroups the probe could not keep
+(that map full) count under ``unit="__overflow__"``. Suggested metric::
 
     # HELP procmond_task_limit_hits_total Forks refused because a cgroup reached its task limit
     #   (pids.max: systemd TasksMax, a pod's pids limit), by the systemd unit or Kubernetes pod
@@ -31,9 +37,10 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
-from procmond.cgroups import CgroupLayout, Hierarchy, parse_cgroup_path, walk
+from procmond.btf import PIDS_FORKFAIL, PIDS_MAX
+from procmond.cgroups import CgroupLayout, Hierarchy, Mount, parse_cgroup_path, walk
 from procmond.kubelet import KubeletNames
 from procmond.metrics import OVERFLOW_LABEL_VALUE
 
@@ -65,6 +72,19 @@ def find_pids_hierarchy(layout: CgroupLayout) -> PidsHierarchy | None:
         if "pids" in controllers:
             return PidsHierarchy(layout.v2, 2)
     return None
+
+
+def shown_pids_event(mounts: Iterable[Mount]) -> str:
+    """Which of a cgroup's pids counts (``enum pidcg_event``, Linux 6.13+) the file this
+    module reads shows: forks refused to the cgroup's own tasks on v1 and on v2 mounted with
+    ``pids_localevents``; else (v2) forks refused because the cgroup's own limit was hit."""
+    mounts = list(mounts)
+    if any(m.fstype == "cgroup" and "pids" in m.super_options for m in mounts):
+        return PIDS_FORKFAIL
+    v2 = [m for m in mounts if m.fstype == "cgroup2"]
+    if v2 and "pids_localevents" not in v2[0].super_options:
+        return PIDS_MAX
+    return PIDS_FORKFAIL
 
 
 def parse_pids_events(text: str) -> int:
@@ -202,7 +222,39 @@ class TaskLimitCounter:
         self._totals: dict[TaskLimitLabels, _Total] = {}
         self._updates = 0
 
-    def update(self, readings: Iterable[PidsReading]) -> None:
+    def update(
+        self,
+        readings: Iterable[PidsReading],
+        removed: Iterable[PidsReading] = (),
+        lost: int = 0,
+    ) -> None:
+        """Fold a reading of the live cgroups, then the last readings of ``removed`` ones (taken
+        after the live ones: a cgroup removed while they were read is in both, and its final
+        count wins), and ``lost`` refused forks of removed cgroups that could not be kept."""
+        previous = self._cgroups
+        self._update_live(readings)
+        for r in removed:
+            cgroup = self._cgroups.pop(r.path, None)
+            if cgroup is None or cgroup.inode != r.inode:
+                cgroup = previous.get(r.path)
+            if cgroup is None or cgroup.inode != r.inode:
+                cgroup = _Cgroup(r.inode)
+            if not cgroup.final:
+                cgroup.labels = self._labels_of(r.path)[0]
+            self._add(cgroup, r.refused, self._slot(cgroup.labels))
+        if lost:
+            self._slot(OVERFLOW)
+            self._totals[OVERFLOW].value += lost
+        for labels in [k for k, t in self._totals.items() if not t.live and t.value == 0]:
+            del self._totals[labels]
+
+    def _add(self, cgroup: _Cgroup, refused: int, labels: TaskLimitLabels) -> None:
+        """What ``cgroup`` refused since its last reading, to ``labels``' total."""
+        total = self._totals[labels]
+        total.value += refused - cgroup.last if refused >= cgroup.last else refused
+        cgroup.last = refused
+
+    def _update_live(self, readings: Iterable[PidsReading]) -> None:
         self._updates += 1
         current: list[tuple[PidsReading, _Cgroup, TaskLimitLabels]] = []
         for r in readings:
@@ -222,14 +274,11 @@ class TaskLimitCounter:
         self._cgroups = {}
         for r, cgroup, labels in current:
             cgroup.labels = self._slot(labels)
+            self._add(cgroup, r.refused, cgroup.labels)
             total = self._totals[cgroup.labels]
-            total.value += r.refused - cgroup.last if r.refused >= cgroup.last else r.refused
             total.live = True
             total.last_live = self._updates
-            cgroup.last = r.refused
             self._cgroups[r.path] = cgroup
-        for labels in [k for k, t in self._totals.items() if not t.live and t.value == 0]:
-            del self._totals[labels]
 
     def _slot(self, labels: TaskLimitLabels) -> TaskLimitLabels:
         """The labels to count under: these, or the overflow set when no room can be made."""
@@ -249,8 +298,38 @@ class TaskLimitCounter:
         return {labels: t.value for labels, t in self._totals.items()}
 
 
+class GoneCgroups(NamedTuple):
+    """What the probe kept of cgroups removed since the last take (procmond/maps.py)."""
+
+    readings: list[PidsReading]  # each removed cgroup's final count
+    lost: int  # refused forks of removed cgroups the probe had no room for, since it started
+
+
+def gone_reading(cgroup_id: int, hits: int, path: bytes) -> PidsReading:
+    """A removed cgroup's final count, as the probe recorded it (its path in the kernel's
+    bytes, decoded as the walk decodes directory names)."""
+    return PidsReading(path.decode("utf-8", "surrogateescape") or "/", cgroup_id, hits)
+
+
+class GoneSource(Protocol):
+    """What gone_cgroups() needs of procmond.maps.MapReader."""
+
+    def take_gone_pids_cgroups(self) -> tuple[list[tuple[int, int, bytes]], int]: ...
+
+
+def gone_cgroups(reader: GoneSource) -> Callable[[], GoneCgroups]:
+    """The probe's counts of removed cgroups, taken from its map at each call."""
+
+    def take() -> GoneCgroups:
+        gone, lost = reader.take_gone_pids_cgroups()
+        return GoneCgroups([gone_reading(*entry) for entry in gone], lost)
+
+    return take
+
+
 class TaskLimits:
-    """The scrape-time edge: read the pids hierarchy, update the totals, return them."""
+    """The scrape-time edge: read the pids hierarchy, take the probe's counts of cgroups
+    removed since (``gone``, None without the probe), update the totals, return them."""
 
     def __init__(
         self,
@@ -258,11 +337,17 @@ class TaskLimits:
         kubelet: KubeletNames | None = None,
         *,
         max_label_sets: int = 1024,
+        gone: Callable[[], GoneCgroups] | None = None,
     ) -> None:
         self.pids = pids
         self.counter = TaskLimitCounter(labeller(kubelet), max_label_sets=max_label_sets)
+        self._gone = gone
+        self._lost = 0
 
     def collect(self) -> dict[TaskLimitLabels, int]:
         if self.pids is not None:
-            self.counter.update(read_pids(self.pids))
+            readings = read_pids(self.pids)
+            gone = self._gone() if self._gone is not None else GoneCgroups([], self._lost)
+            self.counter.update(readings, gone.readings, gone.lost - self._lost)
+            self._lost = gone.lost
         return self.counter.totals()

@@ -16,9 +16,11 @@ from procmond.tasklimits import (
     TaskLimitLabels,
     TaskLimits,
     find_pids_hierarchy,
+    parse_pids_events,
     read_pids,
 )
 from tests.e2e.cgroup_tree import CgroupTree
+from tests.e2e.harness import Daemon
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +113,50 @@ def test_totals_only_grow_across_a_removed_and_recreated_unit(
         assert limits.collect()[TaskLimitLabels(unit)] == failed + again
     finally:
         second.remove()
+
+
+def kernel_count(pids: PidsHierarchy, cgroup: Path) -> int:
+    """The refused forks the kernel shows for ``cgroup`` in the file procmond reads."""
+    events = cgroup / "pids.events.local"
+    return parse_pids_events((events if events.exists() else cgroup / "pids.events").read_text())
+
+
+def hits_of(daemon: Daemon, unit: str) -> float:
+    return daemon.scrape().value("procmond_task_limit_hits_total", unit=unit, namespace="", pod="")
+
+
+def test_hits_of_units_removed_before_the_next_scrape_are_kept(
+    daemon: Daemon, pids: PidsHierarchy, creator: Path
+) -> None:
+    """A restarted unit or a finished container takes its pids.events with it: the probe reads
+    its count from the kernel as the cgroup is removed, and the next scrape still has every
+    refused fork. One unit is scraped while it lives and removed after more refusals; the
+    other lives and goes between two scrapes."""
+    scraped, unscraped = (f"test-{secrets.token_hex(4)}.service" for _ in range(2))
+    hits_of(daemon, scraped)  # a scrape before either unit exists
+    trees = [CgroupTree(pids.hierarchy.mount_point) for _ in range(2)]
+    try:
+        first = limited(trees[0], pids, f"/test.slice/{scraped}", 20)
+        early = fork_past_limit(trees[0], first, creator, 100)
+        assert early == kernel_count(pids, first) > 0
+        assert hits_of(daemon, scraped) == early
+        late = fork_past_limit(trees[0], first, creator, 300)
+        refused = kernel_count(pids, first)
+        assert refused == early + late
+
+        second = limited(trees[1], pids, f"/test.slice/{unscraped}", 20)
+        assert fork_past_limit(trees[1], second, creator, 300) == kernel_count(pids, second) > 0
+        refused_unscraped = kernel_count(pids, second)
+    finally:
+        for t in reversed(trees):  # the first made /test.slice, if it was not there
+            t.remove()
+    assert not (pids.hierarchy.mount_point / "test.slice" / scraped).exists()
+    m = daemon.scrape()
+    hits = "procmond_task_limit_hits_total"
+    assert m.value(hits, unit=scraped, namespace="", pod="") == refused
+    assert m.value(hits, unit=unscraped, namespace="", pod="") == refused_unscraped
+    assert m.value("procmond_probe_attached", probe="cgroup_rmdir") == 1
+    # read as the scrape began, before it took them (other removed cgroups may wait too)
+    assert m.value("procmond_map_entries", map="gone_task_limit_hits") >= 2
+    assert m.value("procmond_map_overflow_events_total", map="gone_task_limit_hits") == 0
+    assert hits_of(daemon, scraped) == refused  # taken once: the next scrape adds nothing

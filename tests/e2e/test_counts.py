@@ -201,6 +201,7 @@ def test_self_metrics(daemon: Daemon) -> None:
         "sched_process_exec",
         "sched_process_exit",
         "cgroup_mkdir",
+        "cgroup_rmdir",
     }
     assert all(v == 1 for v in probes.values())
     assert m.value("procmond_map_max_entries", map="forks_total") == 4096

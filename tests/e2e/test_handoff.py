@@ -59,7 +59,7 @@ def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -
         assert len(maps) == len(daemon_maps()) + len(ALARM_MAPS)
         assert maps <= _loaded(MAP_IDS)
         attached = sum(ok for ok in (daemon.scrape().series("procmond_probe_attached").values()))
-        assert attached == 4 and len(progs) == attached  # it holds every program it runs
+        assert attached == 5 and len(progs) == attached  # it holds every program it runs
         name = unique_name("ho")
         run_creator(creator, "fork", 7, [name])
         assert daemon.scrape().total("procmond_forks_total") > 0

@@ -43,7 +43,8 @@ def test_without_btf_falls_back_loudly(
         assert any(
             "falling back to the installed kernel headers" in r.message for r in caplog.records
         )
-        assert all(probe.attached.values())
+        # the pids controller's layout comes from BTF only: without, that probe is left out
+        assert {name for name, ok in probe.attached.items() if not ok} == {"cgroup_rmdir"}
     finally:
         probe.close()
 
@@ -59,7 +60,7 @@ def test_missing_tracepoint_is_reported_not_fatal(
     probe = bpf_loader.load(Config(syscall_probes=True))
     try:
         assert probe.attached["sys_enter_nonexistent"] is False
-        assert sum(probe.attached.values()) == 12
+        assert sum(probe.attached.values()) == 13
         name = unique_name("tp")
         run_creator(creator, "fork", 10, [name])
         forks = probe.reader().counters("forks_total", ("comm", "parent_comm"))

@@ -10,12 +10,17 @@ from procmond.btf import (
     BTF,
     KIND_ARRAY,
     KIND_CONST,
+    KIND_ENUM,
+    KIND_ENUM64,
     KIND_INT,
     KIND_PTR,
     KIND_STRUCT,
     KIND_TYPEDEF,
     KIND_UNION,
+    PIDS_FORKFAIL,
+    PIDS_MAX,
     BTFError,
+    pids_offsets,
     probe_offsets,
 )
 
@@ -131,3 +136,58 @@ def test_bitfield_member_is_refused() -> None:
 def test_malformed_blobs_raise_btf_error(blob: bytes) -> None:
     with pytest.raises(BTFError):
         BTF(blob)
+
+
+def pids_btf(events_local: bool = True, enum64: bool = False) -> bytes:
+    """struct cgroup (subsys[], kn), kernfs_node, pids_cgroup and the two enums: as 6.13+
+    lays them out (events_local[]), or as before (one events_limit count)."""
+    b = Builder()
+    long_t = b.add(KIND_INT, "long", 8, extra=struct.pack("<I", 64))
+    ptr_t = b.add(KIND_PTR, "", 0)
+    atomic = b.struct("", [("counter", long_t, 0)])
+    atomic64_t = b.add(KIND_TYPEDEF, "atomic64_t", atomic)
+    subsys = b.add(KIND_ARRAY, "", 0, extra=struct.pack("<III", ptr_t, long_t, 14))
+    counts = b.add(KIND_ARRAY, "", 0, extra=struct.pack("<III", atomic64_t, long_t, 2))
+
+    def enum(name: str, members: list[tuple[str, int]]) -> None:
+        if enum64:
+            extra = b"".join(struct.pack("<III", b.name(n), v, 0) for n, v in members)
+            b.add(KIND_ENUM64, name, 4, len(members), extra=extra)
+        else:
+            extra = b"".join(struct.pack("<Ii", b.name(n), v) for n, v in members)
+            b.add(KIND_ENUM, name, 4, len(members), extra=extra)
+
+    enum("cgroup_subsys_id", [("cpuset_cgrp_id", 0), ("pids_cgrp_id", 11)])
+    enum("pidcg_event", [("PIDCG_MAX", 0), ("PIDCG_FORKFAIL", 1)])
+    b.struct("kernfs_node", [("parent", ptr_t, 0), ("id", long_t, 768)])
+    b.struct("cgroup", [("kn", ptr_t, 2048), ("subsys", subsys, 4416)])
+    css = b.struct("cgroup_subsys_state", [("cgroup", ptr_t, 0)])
+    last = ("events_local", counts, 2880) if events_local else ("events_limit", long_t, 2240)
+    b.struct("pids_cgroup", [("css", css, 0), ("counter", atomic64_t, 1664), last])
+    return b.blob()
+
+
+@pytest.mark.parametrize("enum64", [False, True])
+def test_pids_offsets_name_the_count_pids_events_shows(enum64: bool) -> None:
+    btf = BTF(pids_btf(enum64=enum64))
+    common = {"CGROUP_PIDS_CSS_OFF": 552 + 8 * 11, "CGROUP_KN_OFF": 256, "KERNFS_NODE_ID_OFF": 96}
+    assert pids_offsets(btf, PIDS_FORKFAIL) == {**common, "PIDS_EVENTS_OFF": 360 + 8}
+    assert pids_offsets(btf, PIDS_MAX) == {**common, "PIDS_EVENTS_OFF": 360}
+
+
+def test_pids_offsets_before_6_13_read_the_one_count() -> None:
+    btf = BTF(pids_btf(events_local=False))
+    assert pids_offsets(btf, PIDS_MAX)["PIDS_EVENTS_OFF"] == 280
+    assert pids_offsets(btf, PIDS_FORKFAIL)["PIDS_EVENTS_OFF"] == 280
+
+
+def test_pids_offsets_without_a_pids_controller_raise() -> None:
+    with pytest.raises(BTFError, match="enum cgroup_subsys_id not found"):
+        pids_offsets(BTF(task_struct_btf()), PIDS_FORKFAIL)
+
+
+def test_enum_values_and_missing_members() -> None:
+    btf = BTF(pids_btf())
+    assert btf.enum_value("pidcg_event", "PIDCG_FORKFAIL") == 1
+    with pytest.raises(BTFError, match="enum pidcg_event has no member PIDCG_NOPE"):
+        btf.enum_value("pidcg_event", "PIDCG_NOPE")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from procmond.cgroups import Hierarchy
+from procmond.btf import PIDS_FORKFAIL, PIDS_MAX
+from procmond.cgroups import Hierarchy, Mount
 from procmond.kubelet import KubeletNames
 from procmond.tasklimits import (
     EMPTY,
@@ -17,10 +18,13 @@ from procmond.tasklimits import (
     PidsReading,
     TaskLimitCounter,
     TaskLimitLabels,
+    TaskLimits,
+    gone_cgroups,
     labeller,
     parse_pids_events,
     parse_pids_value,
     read_pids,
+    shown_pids_event,
 )
 
 UID = "0a1b2c3d-0000-4111-8222-333344445555"
@@ -171,3 +175,59 @@ def test_beyond_the_bound_live_cgroups_count_under_overflow() -> None:
 def test_label_set_bound_must_leave_room_for_overflow() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         TaskLimitCounter(unit_labels, max_label_sets=1)
+
+
+def test_a_removed_cgroups_last_count_adds_what_grew_since_its_last_reading() -> None:
+    c = TaskLimitCounter(unit_labels)
+    c.update([R("/x.service", 5, inode=10)])
+    c.update([], removed=[R("/x.service", 9, inode=10)])  # 4 more, then it was removed
+    assert c.totals() == {TaskLimitLabels("x.service"): 9}
+    c.update([R("/x.service", 2, inode=11)])  # restarted: its new cgroup counts from 0
+    assert c.totals() == {TaskLimitLabels("x.service"): 11}
+
+
+def test_a_cgroup_made_and_removed_between_two_readings_adds_all_of_it() -> None:
+    c = TaskLimitCounter(unit_labels)
+    c.update([R("/y.service", 3, inode=1)], removed=[R("/x.service", 7, inode=2)])
+    assert c.totals() == {TaskLimitLabels("x.service"): 7, TaskLimitLabels("y.service"): 3}
+
+
+def test_a_cgroup_removed_while_being_read_is_counted_once() -> None:
+    """Read live (6), then removed at 8 before the probe's map was read: 8 in all."""
+    c = TaskLimitCounter(unit_labels)
+    c.update([R("/x.service", 2, inode=10)])
+    c.update([R("/x.service", 6, inode=10)], removed=[R("/x.service", 8, inode=10)])
+    assert c.totals() == {TaskLimitLabels("x.service"): 8}
+    c.update([])
+    assert c.totals() == {TaskLimitLabels("x.service"): 8}
+
+
+def test_removed_cgroups_the_probe_had_no_room_for_count_under_overflow() -> None:
+    c = TaskLimitCounter(unit_labels)
+    c.update([], lost=12)
+    c.update([], lost=3)
+    assert c.totals() == {OVERFLOW: 15}
+
+
+def test_gone_entries_become_readings_and_lost_counts_are_taken_as_they_grow() -> None:
+    class Reader:
+        def __init__(self) -> None:
+            self.taken = [([(10, 4, b"/s.slice/x.service")], 5), ([], 7)]
+
+        def take_gone_pids_cgroups(self) -> tuple[list[tuple[int, int, bytes]], int]:
+            return self.taken.pop(0)
+
+    pids = PidsHierarchy(Hierarchy(Path("/nonexistent")), 1)
+    limits = TaskLimits(pids, gone=gone_cgroups(Reader()), max_label_sets=8)
+    assert limits.collect() == {TaskLimitLabels("x.service"): 4, OVERFLOW: 5}
+    assert limits.collect() == {TaskLimitLabels("x.service"): 4, OVERFLOW: 7}
+
+
+def test_which_pids_count_the_files_show() -> None:
+    v1 = Mount("/sys/fs/cgroup/pids", "/", "cgroup", frozenset({"rw", "pids"}))
+    v2 = Mount("/sys/fs/cgroup", "/", "cgroup2", frozenset({"rw", "nsdelegate"}))
+    local = Mount("/sys/fs/cgroup", "/", "cgroup2", frozenset({"rw", "pids_localevents"}))
+    assert shown_pids_event([v2, v1]) == PIDS_FORKFAIL  # hybrid: the v1 pids hierarchy
+    assert shown_pids_event([v2]) == PIDS_MAX  # unified: pids.events.local
+    assert shown_pids_event([local]) == PIDS_FORKFAIL
+    assert shown_pids_event([]) == PIDS_FORKFAIL

@@ -61,15 +61,18 @@ def test_syscall_entry_probes_only_when_something_uses_them() -> None:
     timed = Config(histograms=False, syscall_probes=True, labels=("comm",))
     names = {p.name for p in bpf_loader.wanted_probes(timed, watch=False)}
     exits = {f"sys_exit_{call}" for call in ("clone", "clone3", "fork", "vfork")}
-    assert names == {"task_newtask", "sched_process_exec", "sched_process_exit"} | exits
+    daemon = {"task_newtask", "sched_process_exec", "sched_process_exit", "cgroup_rmdir"}
+    assert names == daemon | exits
     assert len(bpf_loader.wanted_probes(Config(histograms=False), watch=True)) == 12
-    assert len(bpf_loader.wanted_probes(Config(syscall_probes=True), watch=False)) == 12
-    # the default: no syscall probes; cgroup_mkdir names cgroups for the unit and pod labels
+    assert len(bpf_loader.wanted_probes(Config(syscall_probes=True), watch=False)) == 13
+    # the default: no syscall probes; cgroup_mkdir names cgroups for the unit and pod labels,
+    # cgroup_rmdir keeps the task-limit hits of removed cgroups
     assert {p.name for p in bpf_loader.wanted_probes(Config(), watch=False)} == {
         "task_newtask",
         "sched_process_exec",
         "sched_process_exit",
         "cgroup_mkdir",
+        "cgroup_rmdir",
     }
 
 
@@ -90,7 +93,7 @@ def test_tracepoint_field_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 def test_no_syscall_probes_means_no_syscall_tracepoints() -> None:
     config = Config(syscall_probes=False, labels=("comm", "parent_comm"))
     names = {p.name for p in bpf_loader.wanted_probes(config, watch=False)}
-    assert names == {"task_newtask", "sched_process_exec", "sched_process_exit"}
+    assert names == {"task_newtask", "sched_process_exec", "sched_process_exit", "cgroup_rmdir"}
     assert len(bpf_loader.wanted_probes(config, watch=True)) == 11  # watch names the calls
 
 
