@@ -11,6 +11,7 @@ import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from procmond import bpf_loader, kernel
@@ -147,6 +148,33 @@ def check_cgroups(layout: CgroupLayout | None = None) -> Check:
     return Check("cgroups", layout.v2 is not None, layout.describe(), fix, fatal=False)
 
 
+# x86-64 registers this sysctl only when built with CONFIG_IA32_EMULATION (vdso32-setup.c).
+IA32_SYSCTL = Path("/proc/sys/abi/vsyscall32")
+CMDLINE = Path("/proc/cmdline")
+
+
+def check_32bit_programs(sysctl: Path = IA32_SYSCTL, cmdline: Path = CMDLINE) -> Check:
+    """Whether 32-bit programs can run on this 64-bit kernel: their clone, fork and vfork are
+    compat syscalls, which fire no syscall tracepoint, so their failed forks and fork
+    durations are not seen (catching them on raw_syscalls:sys_exit would run a program at
+    every syscall of every task: getppid ran at 0.64x its rate here)."""
+    name = "32-bit programs"
+    if not sysctl.exists():
+        return Check(name, True, "this kernel runs no 32-bit (ia32) programs", fatal=False)
+    options = cmdline.read_text(errors="replace").split()
+    if any(o in options for o in ("ia32_emulation=0", "ia32_emulation=n", "ia32_emulation=false")):
+        return Check(name, True, "32-bit (ia32) emulation is off (ia32_emulation=0)", fatal=False)
+    return Check(
+        name,
+        False,
+        f"this kernel runs 32-bit (ia32) programs ({sysctl} exists): with syscall_probes, their "
+        "failed forks and fork durations are not counted (the kernel traces no 32-bit "
+        "syscall); their creations, execs, exits and task-limit hits are",
+        "nothing to fix for 64-bit programs; boot with ia32_emulation=0 if none should run",
+        fatal=False,
+    )
+
+
 def run_checks() -> list[Check]:
     tracefs = guarded("tracefs", check_tracefs)
     checks = [Check("kernel", True, kernel.kernel_release()), guarded("BTF", check_btf), tracefs]
@@ -154,6 +182,7 @@ def run_checks() -> list[Check]:
         checks += check_tracepoints()
     checks += [guarded("kernel headers", check_headers), check_capabilities(), check_bcc()]
     checks.append(guarded("cgroups", check_cgroups))
+    checks.append(guarded("32-bit programs", check_32bit_programs))
     if all(c.ok for c in checks if c.fatal):
         checks.append(check_load())
     return checks

@@ -162,3 +162,23 @@ def test_typed_reads_only_from_5_11(monkeypatch: pytest.MonkeyPatch) -> None:
         "-DCGROUP_KN_OFF",
         "-DKERNFS_NODE_ID_OFF",
     }
+
+
+def test_doctor_says_when_32_bit_programs_can_run(tmp_path: Path) -> None:
+    """Their fork failures are invisible to the syscall probes: a warning, not a failure."""
+    from procmond.doctor import check_32bit_programs
+
+    sysctl, cmdline = tmp_path / "vsyscall32", tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0 quiet\n")
+    assert check_32bit_programs(sysctl, cmdline).ok  # no ia32 emulation built in
+    sysctl.write_text("1\n")
+    check = check_32bit_programs(sysctl, cmdline)
+    assert not check.ok and not check.fatal
+    out = io.StringIO()
+    assert doctor(out, lambda: [check]) == 0
+    assert out.getvalue().startswith(
+        "[warn] 32-bit programs: this kernel runs 32-bit (ia32) programs"
+    )
+    assert "failed forks and fork durations are not counted" in out.getvalue()
+    cmdline.write_text("console=ttyS0 ia32_emulation=0 quiet\n")
+    assert check_32bit_programs(sysctl, cmdline).ok  # built in, but off since boot
