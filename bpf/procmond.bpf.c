@@ -498,8 +498,7 @@ int on_cgroup_mkdir(struct tracepoint__cgroup__cgroup_mkdir *args)
  * the daemon; the rest, most cgroups, leave nothing. Rare: two probe reads per rmdir. The
  * offsets come from BTF (procmond/btf.py): CGROUP_PIDS_CSS_OFF is &cgrp->subsys[pids_cgrp_id],
  * PIDS_EVENTS_OFF the count its pids.events file shows, from the css (the first member of
- * struct pids_cgroup). The path is the one the kernel shows in the rmdir-ing task's cgroup
- * namespace. */
+ * struct pids_cgroup). */
 int on_cgroup_rmdir(struct bpf_raw_tracepoint_args *ctx)
 {
     char *cgrp = (char *)ctx->args[0];
@@ -510,7 +509,8 @@ int on_cgroup_rmdir(struct bpf_raw_tracepoint_args *ctx)
     if (!gone.hits)
         return 0;
     u64 id = read_u64(read_ptr(cgrp, CGROUP_KN_OFF), KERNFS_NODE_ID_OFF);
-    bpf_probe_read_kernel_str(gone.path, sizeof(gone.path), (void *)ctx->args[1]);
+    long len = bpf_probe_read_kernel_str(gone.path, sizeof(gone.path), (void *)ctx->args[1]);
+    gone.path_len = len > 0 ? len : 0;
     if (gone_task_limit_hits.update(&id, &gone) != 0) {
         u32 map_id = MAP_ID_GONE_TASK_LIMIT_HITS;
         u64 *events = overflow_events.lookup(&map_id);

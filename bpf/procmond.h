@@ -121,10 +121,12 @@ struct cgroup_path {
 
 /* A removed cgroup of the pids controller's hierarchy (gone_task_limit_hits, keyed by the
  * cgroup's id in that hierarchy: its directory's inode number): the forks it refused, as its
- * pids.events.local (v2) or pids.events (v1) showed them at removal. */
+ * pids.events.local (v2) or pids.events (v1) showed them at removal, and its path from the
+ * hierarchy's root (whatever the remover's cgroup namespace), which names it only if whole. */
 struct gone_pids_cgroup {
     u64 hits;
-    char path[CGROUP_PATH_LEN]; /* in its hierarchy, as "/system.slice/cron.service" */
+    u64 path_len; /* bytes read into path, its NUL included: CGROUP_PATH_LEN if cut short */
+    char path[CGROUP_PATH_LEN]; /* as "/system.slice/cron.service" */
 };
 
 struct hist_value {

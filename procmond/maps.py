@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from itertools import chain
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from procmond.errors import BPFLoadError
 from procmond.layout import MapLayout
@@ -108,6 +108,15 @@ def _counts(values: bytes, n: int) -> list[int]:
     if stride == 8:
         return memoryview(values).cast("Q").tolist()
     return [_U64.unpack_from(values, i * stride)[0] for i in range(n)]
+
+
+class GonePidsCgroup(NamedTuple):
+    """One entry of gone_task_limit_hits (struct gone_pids_cgroup)."""
+
+    cgroup_id: int
+    hits: int
+    path: bytes
+    truncated: bool
 
 
 def check_layouts(table: Callable[[str], Table], layouts: dict[str, MapLayout]) -> None:
@@ -235,19 +244,23 @@ class MapReader:
         path = self._layouts["cgroup_paths"].value.field("path").decoder()(raw)
         return path.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
 
-    def take_gone_pids_cgroups(self) -> tuple[list[tuple[int, int, bytes]], int]:
+    def take_gone_pids_cgroups(self) -> tuple[list[GonePidsCgroup], int]:
         """The removed cgroups' refused forks the probe kept (gone_task_limit_hits), each
-        as (cgroup id, count, path) and taken out of the map; and the refused forks of
-        removed cgroups it had no room for (cumulative, from its overflow_events slot)."""
+        taken out of the map; and the refused forks of removed cgroups it had no room for
+        (cumulative, from its overflow_events slot)."""
         name = "gone_task_limit_hits"
         table, value = self._table(name), self._layouts[name].value
-        hits, path = value.field("hits").decoder(), value.field("path").decoder()
+        fields = ("hits", "path_len", "path")
+        hits, length, path = (value.field(f).decoder() for f in fields)
+        capacity = value.field("path").size
         gone = []
         for key, _ in table.items():
             raw = table.take(key)
             if raw is not None:
-                gone.append((int.from_bytes(key, sys.byteorder), hits(raw), path(raw)))
-        return gone, self.overflow_events().get(name, 0)  # type: ignore[return-value]
+                cgroup_id = int.from_bytes(key, sys.byteorder)
+                cut = length(raw) >= capacity  # type: ignore[operator]
+                gone.append(GonePidsCgroup(cgroup_id, hits(raw), path(raw), cut))  # type: ignore[arg-type]
+        return gone, self.overflow_events().get(name, 0)
 
     def histograms(self, name: str, key_fields: tuple[str, ...]) -> dict[KeyValues, Histogram]:
         decode_key = self._key_decoder(name, key_fields)

@@ -42,6 +42,7 @@ from typing import NamedTuple, Protocol
 from procmond.btf import PIDS_FORKFAIL, PIDS_MAX
 from procmond.cgroups import CgroupLayout, Hierarchy, Mount, parse_cgroup_path, walk
 from procmond.kubelet import KubeletNames
+from procmond.maps import GonePidsCgroup
 from procmond.metrics import OVERFLOW_LABEL_VALUE
 
 log = logging.getLogger(__name__)
@@ -234,19 +235,29 @@ class TaskLimitCounter:
         previous = self._cgroups
         self._update_live(readings)
         for r in removed:
-            cgroup = self._cgroups.pop(r.path, None)
+            path = r.path or self._path_of(r.inode, previous)
+            cgroup = self._cgroups.pop(path, None)
             if cgroup is None or cgroup.inode != r.inode:
-                cgroup = previous.get(r.path)
+                cgroup = previous.get(path)
             if cgroup is None or cgroup.inode != r.inode:
                 cgroup = _Cgroup(r.inode)
             if not cgroup.final:
-                cgroup.labels = self._labels_of(r.path)[0]
+                cgroup.labels = self._labels_of(path)[0] if path else EMPTY
             self._add(cgroup, r.refused, self._slot(cgroup.labels))
         if lost:
             self._slot(OVERFLOW)
             self._totals[OVERFLOW].value += lost
         for labels in [k for k, t in self._totals.items() if not t.live and t.value == 0]:
             del self._totals[labels]
+
+    def _path_of(self, inode: int, previous: dict[str, _Cgroup]) -> str:
+        """The path a read saw the cgroup of this inode at, or UNKNOWN_PATH (then its count goes
+        to the empty labels: unnamed, but counted)."""
+        for cgroups in (self._cgroups, previous):
+            for path, cgroup in cgroups.items():
+                if cgroup.inode == inode:
+                    return path
+        return UNKNOWN_PATH
 
     def _add(self, cgroup: _Cgroup, refused: int, labels: TaskLimitLabels) -> None:
         """What ``cgroup`` refused since its last reading, to ``labels``' total."""
@@ -305,16 +316,22 @@ class GoneCgroups(NamedTuple):
     lost: int  # refused forks of removed cgroups the probe had no room for, since it started
 
 
-def gone_reading(cgroup_id: int, hits: int, path: bytes) -> PidsReading:
-    """A removed cgroup's final count, as the probe recorded it (its path in the kernel's
-    bytes, decoded as the walk decodes directory names)."""
-    return PidsReading(path.decode("utf-8", "surrogateescape") or "/", cgroup_id, hits)
+UNKNOWN_PATH = ""  # a removed cgroup whose recorded path cannot be trusted
+
+
+def gone_reading(gone: GonePidsCgroup) -> PidsReading:
+    """A removed cgroup's final count, as the probe recorded it, with its path from the
+    hierarchy's root (decoded as the walk decodes directory names). A path the probe's buffer
+    cut short is not the cgroup's: it becomes UNKNOWN_PATH, and the count is placed by the
+    cgroup's id (TaskLimitCounter.update), never under a wrong name."""
+    path = gone.path.decode("utf-8", "surrogateescape")
+    return PidsReading(UNKNOWN_PATH if gone.truncated else path, gone.cgroup_id, gone.hits)
 
 
 class GoneSource(Protocol):
     """What gone_cgroups() needs of procmond.maps.MapReader."""
 
-    def take_gone_pids_cgroups(self) -> tuple[list[tuple[int, int, bytes]], int]: ...
+    def take_gone_pids_cgroups(self) -> tuple[list[GonePidsCgroup], int]: ...
 
 
 def gone_cgroups(reader: GoneSource) -> Callable[[], GoneCgroups]:
@@ -322,7 +339,7 @@ def gone_cgroups(reader: GoneSource) -> Callable[[], GoneCgroups]:
 
     def take() -> GoneCgroups:
         gone, lost = reader.take_gone_pids_cgroups()
-        return GoneCgroups([gone_reading(*entry) for entry in gone], lost)
+        return GoneCgroups([gone_reading(entry) for entry in gone], lost)
 
     return take
 

@@ -160,3 +160,44 @@ def test_hits_of_units_removed_before_the_next_scrape_are_kept(
     assert m.value("procmond_map_entries", map="gone_task_limit_hits") >= 2
     assert m.value("procmond_map_overflow_events_total", map="gone_task_limit_hits") == 0
     assert hits_of(daemon, scraped) == refused  # taken once: the next scrape adds nothing
+
+
+def test_a_cgroup_removed_from_inside_a_cgroup_namespace_is_counted_once(
+    daemon: Daemon, pids: PidsHierarchy, tree: CgroupTree, creator: Path
+) -> None:
+    """A runtime inside a cgroup namespace removes a cgroup that the last scrape saw: the probe
+    names it by its path from the hierarchy's root, as the scrape did, so it is counted once,
+    under its own unit, with what it refused since."""
+    root = f"/test.slice/ns-{secrets.token_hex(4)}"
+    unit = f"w-{secrets.token_hex(4)}.service"
+    tree.make(root)
+    cgroup = limited(tree, pids, f"{root}/{unit}", 20)
+    early = fork_past_limit(tree, cgroup, creator, 100)
+    assert hits_of(daemon, unit) == early > 0
+    late = fork_past_limit(tree, cgroup, creator, 100)
+    refused = kernel_count(pids, cgroup)
+    assert refused == early + late
+    remover = tree.start(tree.mount / root.lstrip("/"), "unshare", "--cgroup", "rmdir", str(cgroup))
+    _, err = remover.communicate(timeout=30)
+    assert remover.returncode == 0, err
+    tree.made.remove(cgroup)
+    assert hits_of(daemon, unit) == refused
+
+
+def test_a_removed_cgroup_whose_path_is_too_long_for_the_probe_is_named_by_its_id(
+    daemon: Daemon, pids: PidsHierarchy, tree: CgroupTree, creator: Path
+) -> None:
+    """The probe keeps 255 bytes of a path: a longer one, cut short, would name another unit
+    (or none). The count is placed by the cgroup's id instead, under the unit the last scrape
+    read it as."""
+    unit = f"{secrets.token_hex(4)}{'L' * 232}.service"  # 248 bytes: the path is 260
+    cgroup = limited(tree, pids, f"/test.slice/{unit}", 20)
+    early = fork_past_limit(tree, cgroup, creator, 60)
+    assert hits_of(daemon, unit) == early > 0
+    late = fork_past_limit(tree, cgroup, creator, 60)
+    refused = kernel_count(pids, cgroup)
+    assert refused == early + late
+    tree.made.remove(cgroup)
+    cgroup.rmdir()
+    m = daemon.scrape()
+    assert m.value("procmond_task_limit_hits_total", unit=unit, namespace="", pod="") == refused

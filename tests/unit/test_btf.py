@@ -170,7 +170,11 @@ def pids_btf(events_local: bool = True, enum64: bool = False) -> bytes:
 @pytest.mark.parametrize("enum64", [False, True])
 def test_pids_offsets_name_the_count_pids_events_shows(enum64: bool) -> None:
     btf = BTF(pids_btf(enum64=enum64))
-    common = {"CGROUP_PIDS_CSS_OFF": 552 + 8 * 11, "CGROUP_KN_OFF": 256, "KERNFS_NODE_ID_OFF": 96}
+    common = {
+        "CGROUP_PIDS_CSS_OFF": 552 + 8 * 11,
+        "CGROUP_KN_OFF": 256,
+        "KERNFS_NODE_ID_OFF": 96,
+    }
     assert pids_offsets(btf, PIDS_FORKFAIL) == {**common, "PIDS_EVENTS_OFF": 360 + 8}
     assert pids_offsets(btf, PIDS_MAX) == {**common, "PIDS_EVENTS_OFF": 360}
 

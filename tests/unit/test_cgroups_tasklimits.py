@@ -11,6 +11,7 @@ import pytest
 from procmond.btf import PIDS_FORKFAIL, PIDS_MAX
 from procmond.cgroups import Hierarchy, Mount
 from procmond.kubelet import KubeletNames
+from procmond.maps import GonePidsCgroup
 from procmond.tasklimits import (
     EMPTY,
     OVERFLOW,
@@ -20,6 +21,7 @@ from procmond.tasklimits import (
     TaskLimitLabels,
     TaskLimits,
     gone_cgroups,
+    gone_reading,
     labeller,
     parse_pids_events,
     parse_pids_value,
@@ -212,9 +214,9 @@ def test_removed_cgroups_the_probe_had_no_room_for_count_under_overflow() -> Non
 def test_gone_entries_become_readings_and_lost_counts_are_taken_as_they_grow() -> None:
     class Reader:
         def __init__(self) -> None:
-            self.taken = [([(10, 4, b"/s.slice/x.service")], 5), ([], 7)]
+            self.taken = [([GonePidsCgroup(10, 4, b"/s.slice/x.service", False)], 5), ([], 7)]
 
-        def take_gone_pids_cgroups(self) -> tuple[list[tuple[int, int, bytes]], int]:
+        def take_gone_pids_cgroups(self) -> tuple[list[GonePidsCgroup], int]:
             return self.taken.pop(0)
 
     pids = PidsHierarchy(Hierarchy(Path("/nonexistent")), 1)
@@ -231,3 +233,23 @@ def test_which_pids_count_the_files_show() -> None:
     assert shown_pids_event([v2]) == PIDS_MAX  # unified: pids.events.local
     assert shown_pids_event([local]) == PIDS_FORKFAIL
     assert shown_pids_event([]) == PIDS_FORKFAIL
+
+
+def test_a_recorded_path_cut_short_names_nothing() -> None:
+    """A path longer than the probe's buffer is not the cgroup's: its count is placed by the
+    cgroup's id, under the path a reading saw it at, else under the empty labels. Never under
+    a wrong name."""
+    cut = b"/a.slice/" + b"z" * 235 + b".service-real.scope"
+    reading = gone_reading(GonePidsCgroup(10, 6, cut[:255], True))
+    assert reading == PidsReading("", 10, 6)
+    c = TaskLimitCounter(unit_labels)
+    c.update([R("/a.slice/real.service/sub", 2, inode=10)])
+    c.update([], removed=[reading])
+    assert c.totals() == {TaskLimitLabels("real.service"): 6}
+    c.update([], removed=[PidsReading("", 11, 3)])  # never read: unnamed, still counted
+    assert c.totals() == {TaskLimitLabels("real.service"): 6, EMPTY: 3}
+
+
+def test_a_whole_recorded_path_is_the_cgroups() -> None:
+    reading = gone_reading(GonePidsCgroup(10, 6, b"/s.slice/x\xff.service", False))
+    assert reading == PidsReading("/s.slice/x\udcff.service", 10, 6)
