@@ -46,10 +46,9 @@
 /* Cgroups removed since the daemon last read gone_task_limit_hits, that had refused forks
  * (their pids controller's count; see on_cgroup_rmdir). The daemon takes each entry at its
  * next scrape. When it is full, the refused forks of the next removed cgroups are counted in
- * overflow_events[MAP_ID_GONE_TASK_LIMIT_HITS] instead (one event per refused fork). */
-#ifndef GONE_TASK_LIMITS_MAX_ENTRIES
+ * overflow_events[MAP_ID_GONE_TASK_LIMIT_HITS] instead (one event per refused fork). A fixed
+ * capacity (~280 KB): only cgroups that refused a fork, removed within one scrape interval. */
 #define GONE_TASK_LIMITS_MAX_ENTRIES 1024
-#endif
 
 /* Offset of `long ret` in the syscalls:sys_exit_* records; the loader reads it from the
  * tracepoint's format file. */
