@@ -255,7 +255,10 @@ class MapReader:
         capacity = value.field("path").size
         gone = []
         for key, _ in table.items():
-            raw = table.take(key)
+            try:
+                raw = table.take(key)
+            except OSError:
+                break  # what is taken is returned; the rest waits for the next scrape
             if raw is not None:
                 cgroup_id = int.from_bytes(key, sys.byteorder)
                 cut = length(raw) >= capacity  # type: ignore[operator]

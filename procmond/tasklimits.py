@@ -364,7 +364,18 @@ class TaskLimits:
     def collect(self) -> dict[TaskLimitLabels, int]:
         if self.pids is not None:
             readings = read_pids(self.pids)
-            gone = self._gone() if self._gone is not None else GoneCgroups([], self._lost)
+            gone = self._take_gone()
             self.counter.update(readings, gone.readings, gone.lost - self._lost)
             self._lost = gone.lost
         return self.counter.totals()
+
+    def _take_gone(self) -> GoneCgroups:
+        """The probe's counts of removed cgroups; none this time if its map cannot be read
+        (what was not taken is taken at the next scrape)."""
+        if self._gone is None:
+            return GoneCgroups([], self._lost)
+        try:
+            return self._gone()
+        except Exception as exc:  # a map read: OSError, or a layout that does not fit
+            log.error("cannot take the task-limit hits of removed cgroups: %s", exc)
+            return GoneCgroups([], self._lost)

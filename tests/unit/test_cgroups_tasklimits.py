@@ -253,3 +253,21 @@ def test_a_recorded_path_cut_short_names_nothing() -> None:
 def test_a_whole_recorded_path_is_the_cgroups() -> None:
     reading = gone_reading(GonePidsCgroup(10, 6, b"/s.slice/x\xff.service", False))
     assert reading == PidsReading("/s.slice/x\udcff.service", 10, 6)
+
+
+def test_a_failed_take_loses_nothing_and_fails_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    class Reader:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def take_gone_pids_cgroups(self) -> tuple[list[GonePidsCgroup], int]:
+            self.calls += 1
+            if self.calls == 1:
+                raise OSError(9, "Bad file descriptor")
+            return [GonePidsCgroup(10, 4, b"/x.service", False)], 0
+
+    pids = PidsHierarchy(Hierarchy(Path("/nonexistent")), 1)
+    limits = TaskLimits(pids, gone=gone_cgroups(Reader()), max_label_sets=8)
+    assert limits.collect() == {}
+    assert "cannot take the task-limit hits of removed cgroups" in caplog.text
+    assert limits.collect() == {TaskLimitLabels("x.service"): 4}
