@@ -7,9 +7,17 @@ connection with epoll and does all their I/O without blocking: accepts, TLS hand
 reading request heads, writing answers. Only a complete request head goes to a worker, which
 computes the answer and touches no socket. So an idle, slow or never-reading client holds
 no thread; each connection is bounded in bytes (the request head budget) and in time (a
-timeout for each step, a deadline for each request); and with nothing to do the loop sleeps
-with no timeout at all: an idle daemon is not woken (the poll of ``serve_forever`` woke it
-five times a second, the deadline reaper once a second).
+timeout for each step, a deadline for each request head and for each request); and with
+nothing to do the loop sleeps with no timeout at all: an idle daemon is not woken (the poll
+of ``serve_forever`` woke it five times a second, the deadline reaper once a second).
+
+Slow clients (Slowloris) cannot lock Prometheus out: 1,100 connections each dripping a header
+line every 2 s held the connection cap, and every new connection was refused (0 of 25
+scrapes answered, measured). So a request head has a total deadline however it trickles in
+(Go's ReadHeaderTimeout, nginx's client_header_timeout), and at the cap a new connection
+takes the place of the oldest one that has not sent a whole request yet: a scrape sends its
+head at once and is answered, a drip is pushed out. Connections that completed a request
+(Prometheus keeps its connection alive) are closed only when no other is left to close.
 """
 
 from __future__ import annotations
@@ -34,6 +42,11 @@ Answer = Callable[[bytes, Any], tuple[list[bytes | bytearray], bool]]
 
 WORKERS = 2  # answers are computed one scrape at a time anyway (scrapes are serialised)
 REQUEST_DEADLINE_SECONDS = 30.0  # a request must be read and answered within this
+# A request head must be whole within this, counted from the accept (the TLS handshake
+# included) for a connection's first request, from its first byte for a later one; between
+# requests only the connection timeout applies. Prometheus sends its head in one write.
+HEAD_DEADLINE_SECONDS = 10.0
+EVICTION_LOG_SECONDS = 60.0  # at most one log line this often about connections pushed out
 REQUEST_HEAD_BYTES = 16 * 1024  # request line plus headers; Prometheus sends a few hundred
 DRAIN_REQUEST_BYTES = 1 << 20  # unread request bytes discarded before closing a connection
 DRAIN_AFTER_ERROR_SECONDS = 1.0
@@ -93,23 +106,22 @@ class _Connection:
         self.close_after = False
         self.eof = False  # the client has sent all it will: answer what it sent, then close
         self.opened = self.active = now
-        self.request_started: float | None = None
+        self.request_started: float | None = now  # the first request's clock starts at accept
         self.drain_until = 0.0
         self.drain_left = DRAIN_REQUEST_BYTES
 
     def deadline(self, timeout: float) -> float:
         """When the loop gives up on it: a step silent for ``timeout`` (the handshake, a read,
-        a write), a request past its deadline, a drain past its second."""
+        a write), a request head or a request past its deadline, a drain past its second."""
         state = self.state
         if state is _State.ANSWERING:
             return math.inf
-        if state is _State.HANDSHAKE:
-            return self.opened + timeout
         if state is _State.DRAINING:
             return self.drain_until
-        deadline = self.active + timeout
+        deadline = (self.opened if state is _State.HANDSHAKE else self.active) + timeout
         if self.request_started is not None:
-            deadline = min(deadline, self.request_started + REQUEST_DEADLINE_SECONDS)
+            limit = REQUEST_DEADLINE_SECONDS if state is _State.WRITING else HEAD_DEADLINE_SECONDS
+            deadline = min(deadline, self.request_started + limit)
         return deadline
 
 
@@ -132,6 +144,10 @@ class ConnectionLoop:
         self._timeout = timeout
         self._selector = selectors.DefaultSelector()
         self._connections: set[_Connection] = set()
+        # connections yet to send a whole first request head, oldest first: who goes at the cap
+        self._unserved: dict[_Connection, None] = {}
+        self._evicted = 0  # since the last log line about it
+        self._evicted_logged = -math.inf
         self._jobs: queue.SimpleQueue[tuple[_Connection, bytes] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[_Connection, list[bytes | bytearray], bool]] = (
             queue.SimpleQueue()
@@ -245,9 +261,10 @@ class ConnectionLoop:
             except OSError as exc:  # EMFILE and the like: try again at the next event
                 log.warning("cannot accept a connection: %s", exc)
                 return
-            if len(self._connections) >= self._max_connections:
+            if len(self._connections) >= self._max_connections and not self._make_room():
                 log.warning(
-                    "connection limit (%d) reached: closing a new connection",
+                    "connection limit (%d) reached, every connection busy with a request: "
+                    "closing a new connection",
                     self._max_connections,
                 )
                 sock.close()
@@ -264,7 +281,36 @@ class ConnectionLoop:
                 state = _State.HANDSHAKE
             connection = _Connection(sock, address, state, time.monotonic())
             self._connections.add(connection)
+            self._unserved[connection] = None
             self._watch(connection, selectors.EVENT_READ)
+
+    def _make_room(self) -> bool:
+        """Close one connection for a new one: the oldest that has not sent a whole request
+        head (a slow or silent client), else the one idle longest between requests; never one
+        whose request is being answered. False if there is none."""
+        victim = next(iter(self._unserved), None)
+        if victim is None:
+            idle = [
+                c
+                for c in self._connections
+                if c.state is _State.READING and c.request_started is None
+            ]
+            victim = min(idle, key=lambda c: c.active, default=None)
+        if victim is None:
+            return False
+        self._close(victim)
+        self._evicted += 1
+        now = time.monotonic()
+        if now - self._evicted_logged >= EVICTION_LOG_SECONDS:
+            log.warning(
+                "connection limit (%d) reached: closed %d connection(s) that had not sent a "
+                "whole request or were idle longest, to make room for new ones (slow or too "
+                "many clients; this is logged at most once a minute)",
+                self._max_connections,
+                self._evicted,
+            )
+            self._evicted, self._evicted_logged = 0, now
+        return True
 
     def _step(self, connection: _Connection) -> None:
         state = connection.state
@@ -330,6 +376,7 @@ class ConnectionLoop:
             connection.close_after = True
         head = bytes(inbuf[:end])
         del inbuf[:end]
+        self._unserved.pop(connection, None)
         connection.state = _State.ANSWERING
         self._watch(connection, 0)
         self._jobs.put((connection, head))
@@ -424,6 +471,7 @@ class ConnectionLoop:
         if connection not in self._connections:
             return
         self._connections.discard(connection)
+        self._unserved.pop(connection, None)
         self._watch(connection, 0)
         with contextlib.suppress(OSError):
             connection.sock.close()

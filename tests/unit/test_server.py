@@ -72,28 +72,91 @@ def test_bad_method_and_garbage_are_answered(server: MetricsServer) -> None:
         assert b"Error code: 400" in answer
 
 
-def test_connection_cap_and_idle_timeout(server: MetricsServer) -> None:
-    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+def test_idle_connections_are_dropped_after_the_timeout(server: MetricsServer) -> None:
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(4)]
     try:
-        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        assert extra.recv(10) == b""  # over the cap: closed at once
-        extra.close()
-        for s in idle:  # idle ones are dropped after the connection timeout
-            s.settimeout(5)
+        for s in idle:
             assert s.recv(10) == b""
-            s.close()  # as a client does on EOF, which ends the server's drain at once
-        # their slots come back as their threads finish: soon, but not at an exact instant
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                assert get(server, "/metrics").status == 200
-                break
-            except (ConnectionError, http.client.HTTPException):
-                assert time.monotonic() < deadline, "connection slots were not released"
-                time.sleep(0.1)
     finally:
         for s in idle:
             s.close()
+    assert get(server, "/metrics").status == 200
+
+
+@pytest.fixture
+def capped() -> Iterator[MetricsServer]:
+    """Four connections at most, and a timeout longer than any of these tests."""
+    registry = CollectorRegistry()
+    s = MetricsServer(registry_render(registry), "127.0.0.1", 0, max_connections=4)
+    s.start()
+    yield s
+    s.close()
+
+
+def served_connection(server: MetricsServer) -> http.client.HTTPConnection:
+    """A kept-alive connection that has completed a request, as Prometheus holds one."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", "/metrics")
+    conn.getresponse().read()
+    return conn
+
+
+def wait_connections(server: MetricsServer, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while server._loop.connections != count:
+        assert time.monotonic() < deadline, f"{server._loop.connections} connections, not {count}"
+        time.sleep(0.01)
+
+
+def is_open(s: socket.socket) -> bool:
+    """Whether the server still holds it: closed, it reads as EOF or a reset at once."""
+    s.setblocking(False)
+    try:
+        return s.recv(10) != b""
+    except BlockingIOError:
+        return True
+    except ConnectionError:
+        return False
+
+
+def test_at_the_cap_a_new_connection_pushes_out_the_oldest_that_sent_no_request(
+    capped: MetricsServer,
+) -> None:
+    """Slowloris: clients that connect and never finish a request head must not lock out a
+    scrape. The oldest of them goes; a connection that completed a request is kept."""
+    kept = served_connection(capped)
+    slow = [socket.create_connection(("127.0.0.1", capped.port), timeout=5) for _ in range(3)]
+    try:
+        slow[1].sendall(b"GET /metrics HTTP/1.1\r\n")  # a drip counts as no request
+        wait_connections(capped, 4)
+        fresh = served_connection(capped)  # the fifth: answered
+        assert fresh.sock is not None and kept.sock is not None
+        wait_connections(capped, 4)
+        assert [is_open(s) for s in slow] == [False, True, True]
+        assert is_open(fresh.sock) and is_open(kept.sock)
+        kept.request("GET", "/metrics")  # the kept-alive connection still answers
+        assert kept.getresponse().status == 200
+        fresh.close()
+    finally:
+        kept.close()
+        for s in slow:
+            s.close()
+
+
+def test_at_the_cap_with_every_connection_served_the_longest_idle_goes(
+    capped: MetricsServer,
+) -> None:
+    served = [served_connection(capped) for _ in range(4)]
+    try:
+        served[0].request("GET", "/")  # now the longest idle is served[1]
+        served[0].getresponse().read()
+        fresh = served_connection(capped)
+        wait_connections(capped, 4)
+        assert [is_open(c.sock) for c in served] == [True, False, True, True]  # type: ignore[arg-type]
+        fresh.close()
+    finally:
+        for c in served:
+            c.close()
 
 
 def test_port_in_use_is_a_listen_error(server: MetricsServer) -> None:
@@ -144,19 +207,21 @@ def test_idle_and_half_sent_requests_hold_no_worker(server: MetricsServer) -> No
             s.close()
 
 
-def test_a_trickled_request_is_cut_at_its_deadline(
+def test_a_trickled_request_head_is_cut_at_its_deadline_from_the_accept(
     server: MetricsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A byte every 0.2 s never trips the 1 s timeout between reads; the request deadline
-    (shortened here) does."""
-    monkeypatch.setattr(connections, "REQUEST_DEADLINE_SECONDS", 1.0)
+    """A byte every 0.2 s never trips the 1 s timeout between reads; the head's deadline
+    (shortened here), counted from the accept, does: the silence before the first byte
+    counts too."""
+    monkeypatch.setattr(connections, "HEAD_DEADLINE_SECONDS", 1.5)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         started = time.monotonic()
+        time.sleep(0.8)
         with pytest.raises(OSError):
             for byte in b"GET /metrics HTTP/1.1\r\n" + b"X" * 100:
                 s.sendall(bytes([byte]))
                 time.sleep(0.2)
-        assert time.monotonic() - started < 3
+        assert 1.5 <= time.monotonic() - started < 2.3
 
 
 def test_a_client_that_never_reads_is_cut_off_and_holds_up_no_one() -> None:
