@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
 import math
 import queue
@@ -46,7 +47,8 @@ REQUEST_DEADLINE_SECONDS = 30.0  # a request must be read and answered within th
 # included) for a connection's first request, from its first byte for a later one; between
 # requests only the connection timeout applies. Prometheus sends its head in one write.
 HEAD_DEADLINE_SECONDS = 10.0
-EVICTION_LOG_SECONDS = 60.0  # at most one log line this often about connections pushed out
+WARNING_SECONDS = 60.0  # at most one log line this often about each connection trouble
+ACCEPT_PAUSE_SECONDS = 1.0  # after accept() failed for want of descriptors, with none to close
 REQUEST_HEAD_BYTES = 16 * 1024  # request line plus headers; Prometheus sends a few hundred
 DRAIN_REQUEST_BYTES = 1 << 20  # unread request bytes discarded before closing a connection
 DRAIN_AFTER_ERROR_SECONDS = 1.0
@@ -147,7 +149,8 @@ class ConnectionLoop:
         # connections yet to send a whole first request head, oldest first: who goes at the cap
         self._unserved: dict[_Connection, None] = {}
         self._evicted = 0  # since the last log line about it
-        self._evicted_logged = -math.inf
+        self._warned: dict[str, float] = {}  # what was logged when, for rate-limited warnings
+        self._accept_resumes: float | None = None  # accept() failed: the listener rests until
         self._jobs: queue.SimpleQueue[tuple[_Connection, bytes] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[_Connection, list[bytes | bytearray], bool]] = (
             queue.SimpleQueue()
@@ -211,6 +214,7 @@ class ConnectionLoop:
     def _run(self) -> None:
         try:
             while not self._finished():
+                self._resume_accepting()
                 for key, _events in self._selector.select(self._next_timeout()):
                     if key.data == "listener":
                         self._accept()
@@ -238,7 +242,8 @@ class ConnectionLoop:
         if not self._stopping.is_set():
             return False
         if self._listener.fileno() >= 0:  # stop accepting, drop connections with no answer due
-            self._selector.unregister(self._listener)
+            with contextlib.suppress(KeyError):  # not registered while accepting rests
+                self._selector.unregister(self._listener)
             self._listener.close()
             for connection in list(self._connections):
                 if connection.state not in (_State.ANSWERING, _State.WRITING):
@@ -250,6 +255,8 @@ class ConnectionLoop:
         deadline = min((c.deadline(self._timeout) for c in self._connections), default=math.inf)
         if self._stopping.is_set():
             deadline = min(deadline, self._drain_until)
+        if self._accept_resumes is not None:
+            deadline = min(deadline, self._accept_resumes)
         return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
 
     def _accept(self) -> None:
@@ -258,13 +265,26 @@ class ConnectionLoop:
                 sock, address = self._listener.accept()
             except _WOULD_BLOCK:
                 return
-            except OSError as exc:  # EMFILE and the like: try again at the next event
-                log.warning("cannot accept a connection: %s", exc)
+            except OSError as exc:
+                # Out of descriptors: a slow client's goes to the new one. With none to close,
+                # accept() would fail at once again (the listener stays readable), so the
+                # listener rests a second instead of spinning.
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._make_room():
+                    continue
+                self._warn(
+                    "accept",
+                    "cannot accept connections, resting a second: %s (logged at most once a "
+                    "minute)",
+                    exc,
+                )
+                self._selector.unregister(self._listener)
+                self._accept_resumes = time.monotonic() + ACCEPT_PAUSE_SECONDS
                 return
             if len(self._connections) >= self._max_connections and not self._make_room():
-                log.warning(
+                self._warn(
+                    "full",
                     "connection limit (%d) reached, every connection busy with a request: "
-                    "closing a new connection",
+                    "closing new connections (logged at most once a minute)",
                     self._max_connections,
                 )
                 sock.close()
@@ -300,17 +320,32 @@ class ConnectionLoop:
             return False
         self._close(victim)
         self._evicted += 1
-        now = time.monotonic()
-        if now - self._evicted_logged >= EVICTION_LOG_SECONDS:
-            log.warning(
-                "connection limit (%d) reached: closed %d connection(s) that had not sent a "
-                "whole request or were idle longest, to make room for new ones (slow or too "
-                "many clients; this is logged at most once a minute)",
-                self._max_connections,
-                self._evicted,
-            )
-            self._evicted, self._evicted_logged = 0, now
+        if self._warn(
+            "evict",
+            "%d connection(s) that had not sent a whole request, or were idle longest, closed "
+            "to make room for new ones: more slow or idle clients than the %d connections "
+            "allowed (or the open-files limit); logged at most once a minute",
+            self._evicted,
+            self._max_connections,
+        ):
+            self._evicted = 0
         return True
+
+    def _warn(self, what: str, message: str, *args: object) -> bool:
+        """Log a warning unless one about ``what`` went out less than a minute ago: an attack
+        must not flood the journal. Whether it was logged."""
+        now = time.monotonic()
+        if now - self._warned.get(what, -math.inf) < WARNING_SECONDS:
+            return False
+        self._warned[what] = now
+        log.warning(message, *args)
+        return True
+
+    def _resume_accepting(self) -> None:
+        resumes = self._accept_resumes
+        if resumes is not None and time.monotonic() >= resumes and not self._stopping.is_set():
+            self._accept_resumes = None
+            self._selector.register(self._listener, selectors.EVENT_READ, "listener")
 
     def _step(self, connection: _Connection) -> None:
         state = connection.state

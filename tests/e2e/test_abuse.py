@@ -13,7 +13,7 @@ from pathlib import Path
 
 from procmond.connections import HEAD_DEADLINE_SECONDS, WORKERS
 from tests.e2e.drip import Drip, raise_open_files_limit
-from tests.e2e.harness import Daemon, start_daemon, unique_name
+from tests.e2e.harness import PROCMOND, Daemon, start_daemon, unique_name
 from tests.e2e.prom_harness import JOB, start_prometheus
 
 
@@ -99,11 +99,14 @@ def test_slow_clients_never_lock_out_scrapes(tmp_path: Path) -> None:
     when closed) hold the connection cap. A scrape every second on a new connection, and a
     real Prometheus that first connects during the attack, must all succeed: at the cap the
     daemon closes the oldest connection that has not sent a whole request, and no request
-    head may take longer than its deadline, however it trickles in."""
+    head may take longer than its deadline, however it trickles in. The daemon starts with
+    the soft open-files limit systemd gives services (1024): it must not run out of
+    descriptors before its cap."""
     limits = raise_open_files_limit(DRIPPING + 512)
     (tmp_path / "daemon").mkdir()
     (tmp_path / "prometheus").mkdir()
-    daemon = start_daemon(tmp_path / "daemon")
+    as_systemd_starts_it = ["prlimit", f"--nofile=1024:{limits[1]}", *PROCMOND]
+    daemon = start_daemon(tmp_path / "daemon", command=as_systemd_starts_it)
     drip = Drip(daemon.port, DRIPPING)
     prometheus = None
     try:
@@ -133,6 +136,7 @@ def test_slow_clients_never_lock_out_scrapes(tmp_path: Path) -> None:
         took = drip.wait_all_closed(HEAD_DEADLINE_SECONDS + 5)
         print(f"the last dripping connections were closed {took:.1f} s after the attack")
         assert drip.lifetimes and max(drip.lifetimes) < HEAD_DEADLINE_SECONDS + 3
+        assert "Too many open files" not in daemon.log()
     finally:
         drip.close()
         prometheus_rc = prometheus.stop() if prometheus is not None else 0

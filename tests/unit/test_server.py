@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import http.client
 import re
+import resource
+import select
 import socket
 import threading
 import time
@@ -17,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from procmond import connections
 from procmond.connections import WORKERS
 from procmond.errors import ListenError
-from procmond.server import MetricsServer, registry_render
+from procmond.server import RESERVED_DESCRIPTORS, MetricsServer, connection_cap, registry_render
 
 
 @pytest.fixture
@@ -110,11 +112,10 @@ def wait_connections(server: MetricsServer, count: int) -> None:
 
 def is_open(s: socket.socket) -> bool:
     """Whether the server still holds it: closed, it reads as EOF or a reset at once."""
-    s.setblocking(False)
-    try:
-        return s.recv(10) != b""
-    except BlockingIOError:
+    if not select.select([s], [], [], 0)[0]:
         return True
+    try:
+        return s.recv(1, socket.MSG_PEEK) != b""
     except ConnectionError:
         return False
 
@@ -298,6 +299,26 @@ def test_the_server_closes_promptly_with_a_slow_answer_in_flight() -> None:
         assert time.monotonic() - t0 < 1.5
         answer = b"".join(iter(lambda: c.recv(65536), b""))
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"slow 1\n")
+
+
+INFINITY = resource.RLIM_INFINITY
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "expected"),
+    [
+        (1024, 524288, (1024 + RESERVED_DESCRIPTORS, 1024)),  # as systemd starts services
+        (1024, 1024, (1024, 1024 - RESERVED_DESCRIPTORS)),  # a container's nofile=1024:1024
+        (65536, 65536, (65536, 1024)),  # never lowered
+        (1024, INFINITY, (1024 + RESERVED_DESCRIPTORS, 1024)),
+        (INFINITY, INFINITY, (INFINITY, 1024)),
+        (100, 100, (100, 1)),
+    ],
+)
+def test_connection_cap_fits_the_open_files_limit(
+    soft: int, hard: int, expected: tuple[int, int]
+) -> None:
+    assert connection_cap(1024, soft, hard) == expected
 
 
 @pytest.mark.parametrize(
