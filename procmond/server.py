@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from procmond import __version__
+from procmond.config import address_on_host, not_on_host
 from procmond.connections import REQUEST_HEAD_BYTES, ConnectionLoop
 from procmond.errors import ListenError
 from procmond.webconfig import WebSettings
@@ -294,12 +295,15 @@ def _bind(host: str, port: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
             sock.bind(address)
             sock.listen(LISTEN_BACKLOG)
-            return sock
         except OSError as exc:
             sock.close()
             error = exc
             if exc.errno == errno.EADDRINUSE:  # no other family will do better
                 break
+        else:
+            if host and not address_on_host(family, address):
+                log.warning("%s", not_on_host(str(address[0]), port))
+            return sock
     assert error is not None
     hint = "another process holds the port (ss -ltnp), or change listen in the config"
     if error.errno == errno.EACCES:

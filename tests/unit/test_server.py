@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from procmond import connections
+from procmond.config import address_on_host
 from procmond.connections import WORKERS
 from procmond.errors import ListenError
 from procmond.server import RESERVED_DESCRIPTORS, MetricsServer, connection_cap, registry_render
@@ -271,14 +272,27 @@ def _runs(thread: threading.Thread) -> int:
     return int(Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text().split()[2])
 
 
-def test_an_address_not_on_any_interface_binds() -> None:
+def test_an_address_not_on_any_interface_binds_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """IP_FREEBIND: at boot the configured address may not be up yet (tests/e2e/test_listen.py
-    then adds it and scrapes it)."""
+    then adds it and scrapes it); a typo binds too, so it is said in the log."""
     s = MetricsServer(registry_render(CollectorRegistry()), "192.0.2.77", 0)  # TEST-NET-1
     try:
         assert s.address.startswith("192.0.2.77:")
     finally:
         s.close()
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith("listen address 192.0.2.77 is not on any interface")
+
+
+@pytest.mark.parametrize(
+    ("host", "on_host"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("0.0.0.0", True), ("192.0.2.77", False)],
+)
+def test_address_on_host(host: str, on_host: bool) -> None:
+    assert address_on_host(socket.AF_INET, (host, 10057)) is on_host
 
 
 def test_the_server_closes_promptly_with_a_slow_answer_in_flight() -> None:
