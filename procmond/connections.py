@@ -83,6 +83,7 @@ class _Connection:
     __slots__ = (
         "active",
         "address",
+        "answered",
         "close_after",
         "drain_left",
         "drain_until",
@@ -107,7 +108,7 @@ class _Connection:
         self.sent = 0  # bytes of out[0] already sent
         self.close_after = False
         self.eof = False  # the client has sent all it will: answer what it sent, then close
-        self.opened = self.active = now
+        self.opened = self.active = self.answered = now
         self.request_started: float | None = now  # the first request's clock starts at accept
         self.drain_until = 0.0
         self.drain_left = DRAIN_REQUEST_BYTES
@@ -306,16 +307,13 @@ class ConnectionLoop:
 
     def _make_room(self) -> bool:
         """Close one connection for a new one: the oldest that has not sent a whole request
-        head (a slow or silent client), else the one idle longest between requests; never one
-        whose request is being answered. False if there is none."""
+        head (a slow or silent client), else, of those waiting for a later request, the one
+        whose last answer is oldest (Prometheus asks every scrape interval); never one whose
+        request is being answered. False if there is none."""
         victim = next(iter(self._unserved), None)
         if victim is None:
-            idle = [
-                c
-                for c in self._connections
-                if c.state is _State.READING and c.request_started is None
-            ]
-            victim = min(idle, key=lambda c: c.active, default=None)
+            waiting = [c for c in self._connections if c.state is _State.READING]
+            victim = min(waiting, key=lambda c: c.answered, default=None)
         if victim is None:
             return False
         self._close(victim)
@@ -457,7 +455,8 @@ class ConnectionLoop:
             self._start_draining(connection)
             return
         connection.state = _State.READING
-        connection.request_started = time.monotonic() if connection.inbuf else None
+        connection.answered = time.monotonic()
+        connection.request_started = connection.answered if connection.inbuf else None
         self._read(connection)  # a pipelined request may be waiting, in the kernel or in TLS
 
     def _start_draining(self, connection: _Connection) -> None:

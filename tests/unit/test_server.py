@@ -145,16 +145,22 @@ def test_at_the_cap_a_new_connection_pushes_out_the_oldest_that_sent_no_request(
             s.close()
 
 
-def test_at_the_cap_with_every_connection_served_the_longest_idle_goes(
+def test_at_the_cap_with_every_connection_served_the_one_answered_longest_ago_goes(
     capped: MetricsServer,
 ) -> None:
+    """With no connection that never sent a request, the new one replaces the one whose last
+    answer is oldest, whether idle or dripping a later request head: a client that holds
+    its slot by dripping after one quick request goes before a Prometheus that scrapes."""
     served = [served_connection(capped) for _ in range(4)]
     try:
-        served[0].request("GET", "/")  # now the longest idle is served[1]
-        served[0].getresponse().read()
+        assert served[0].sock is not None
+        served[0].sock.sendall(b"GET / HTTP/1.1\r\n")  # a later head, dripping
+        served[2].request("GET", "/")
+        served[2].getresponse().read()
+        wait_connections(capped, 4)
         fresh = served_connection(capped)
         wait_connections(capped, 4)
-        assert [is_open(c.sock) for c in served] == [True, False, True, True]  # type: ignore[arg-type]
+        assert [is_open(c.sock) for c in served] == [False, True, True, True]  # type: ignore[arg-type]
         fresh.close()
     finally:
         for c in served:
