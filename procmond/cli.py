@@ -9,7 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from procmond import __version__
-from procmond.config import DEFAULT_CONFIG_PATH, check_listen_resolves, load_config
+from procmond.config import (
+    DEFAULT_CONFIG_PATH,
+    check_listen_resolves,
+    listen_address_warnings,
+    load_config,
+)
 from procmond.errors import ConfigError, ProcmondError
 from procmond.metrics import series_budget
 from procmond.webconfig import load_web_config
@@ -246,6 +251,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         config, source = load_config(args.file)
         load_web_config(config.web_config_file)
         check_listen_resolves(config, source)
+        for warning in listen_address_warnings(config, source):
+            print(f"procmond: config warning: {warning}", file=sys.stderr)
         print(f"{source}: OK; at most {series_budget(config)} series from the kernel maps")
         return 0
     if args.command == "doctor":

@@ -8,6 +8,7 @@ on the command line (``run --listen``, ``--log-level``) go through the same vali
 from __future__ import annotations
 
 import difflib
+import errno
 import ipaddress
 import re
 import socket
@@ -210,6 +211,45 @@ def check_listen_resolves(config: Config, source: str) -> None:
                 "of this host or a name it resolves"
             ]
         ) from None
+
+
+def address_on_host(family: int, sockaddr: tuple[Any, ...]) -> bool:
+    """Whether an interface of this host has the address. The listener binds with IP_FREEBIND
+    (at boot the address may not be up yet), so its own bind says nothing: a throwaway socket
+    bound to (address, port 0) without it fails with EADDRNOTAVAIL when no interface has the
+    address. Wildcards and loopback always bind."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((sockaddr[0], 0, *sockaddr[2:]))
+        except OSError as exc:
+            return exc.errno != errno.EADDRNOTAVAIL
+    return True
+
+
+def not_on_host(address: str, port: int) -> str:
+    """What to say of a listen address no interface has, in one line: what and what to do."""
+    return (
+        f"listen address {address} is not on any interface of this host: nothing reaches "
+        "procmond there until the address is added (it is bound anyway, so that procmond can "
+        "start before the network at boot); if it is a mistake, set listen to an address of "
+        f'this host (ip -brief address) or to ":{port}" for every interface'
+    )
+
+
+def listen_address_warnings(config: Config, source: str) -> list[str]:
+    """``procmond check-config``'s warnings about the listen address: not on this host.
+    Warnings, not errors: a config for a daemon that starts before the network must pass
+    (the unit runs check-config before it starts)."""
+    if not config.listen_host:
+        return []
+    try:
+        infos = socket.getaddrinfo(config.listen_host, config.listen_port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return []  # check_listen_resolves says so
+    family, _, _, _, sockaddr = infos[0]  # the address the daemon binds
+    if address_on_host(family, sockaddr):
+        return []
+    return [f"{source}: {not_on_host(str(sockaddr[0]), config.listen_port)}"]
 
 
 def _key_lines(root: yaml.Node | None) -> dict[Any, int]:

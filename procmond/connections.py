@@ -7,15 +7,24 @@ connection with epoll and does all their I/O without blocking: accepts, TLS hand
 reading request heads, writing answers. Only a complete request head goes to a worker, which
 computes the answer and touches no socket. So an idle, slow or never-reading client holds
 no thread; each connection is bounded in bytes (the request head budget) and in time (a
-timeout for each step, a deadline for each request); and with nothing to do the loop sleeps
-with no timeout at all: an idle daemon is not woken (the poll of ``serve_forever`` woke it
-five times a second, the deadline reaper once a second).
+timeout for each step, a deadline for each request head and for each request); and with
+nothing to do the loop sleeps with no timeout at all: an idle daemon is not woken (the poll
+of ``serve_forever`` woke it five times a second, the deadline reaper once a second).
+
+Slow clients (Slowloris) cannot lock Prometheus out: 1,100 connections each dripping a header
+line every 2 s held the connection cap, and every new connection was refused (0 of 25
+scrapes answered, measured). So a request head has a total deadline however it trickles in
+(Go's ReadHeaderTimeout, nginx's client_header_timeout), and at the cap a new connection
+takes the place of the oldest one that has not sent a whole request yet: a scrape sends its
+head at once and is answered, a drip is pushed out. Connections that completed a request
+(Prometheus keeps its connection alive) are closed only when no other is left to close.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
 import math
 import queue
@@ -34,6 +43,12 @@ Answer = Callable[[bytes, Any], tuple[list[bytes | bytearray], bool]]
 
 WORKERS = 2  # answers are computed one scrape at a time anyway (scrapes are serialised)
 REQUEST_DEADLINE_SECONDS = 30.0  # a request must be read and answered within this
+# A request head must be whole within this, counted from the accept (the TLS handshake
+# included) for a connection's first request, from its first byte for a later one; between
+# requests only the connection timeout applies. Prometheus sends its head in one write.
+HEAD_DEADLINE_SECONDS = 10.0
+WARNING_SECONDS = 60.0  # at most one log line this often about each connection trouble
+ACCEPT_PAUSE_SECONDS = 1.0  # after accept() failed for want of descriptors, with none to close
 REQUEST_HEAD_BYTES = 16 * 1024  # request line plus headers; Prometheus sends a few hundred
 DRAIN_REQUEST_BYTES = 1 << 20  # unread request bytes discarded before closing a connection
 DRAIN_AFTER_ERROR_SECONDS = 1.0
@@ -68,6 +83,7 @@ class _Connection:
     __slots__ = (
         "active",
         "address",
+        "answered",
         "close_after",
         "drain_left",
         "drain_until",
@@ -92,24 +108,23 @@ class _Connection:
         self.sent = 0  # bytes of out[0] already sent
         self.close_after = False
         self.eof = False  # the client has sent all it will: answer what it sent, then close
-        self.opened = self.active = now
-        self.request_started: float | None = None
+        self.opened = self.active = self.answered = now
+        self.request_started: float | None = now  # the first request's clock starts at accept
         self.drain_until = 0.0
         self.drain_left = DRAIN_REQUEST_BYTES
 
     def deadline(self, timeout: float) -> float:
         """When the loop gives up on it: a step silent for ``timeout`` (the handshake, a read,
-        a write), a request past its deadline, a drain past its second."""
+        a write), a request head or a request past its deadline, a drain past its second."""
         state = self.state
         if state is _State.ANSWERING:
             return math.inf
-        if state is _State.HANDSHAKE:
-            return self.opened + timeout
         if state is _State.DRAINING:
             return self.drain_until
-        deadline = self.active + timeout
+        deadline = (self.opened if state is _State.HANDSHAKE else self.active) + timeout
         if self.request_started is not None:
-            deadline = min(deadline, self.request_started + REQUEST_DEADLINE_SECONDS)
+            limit = REQUEST_DEADLINE_SECONDS if state is _State.WRITING else HEAD_DEADLINE_SECONDS
+            deadline = min(deadline, self.request_started + limit)
         return deadline
 
 
@@ -132,6 +147,11 @@ class ConnectionLoop:
         self._timeout = timeout
         self._selector = selectors.DefaultSelector()
         self._connections: set[_Connection] = set()
+        # connections yet to send a whole first request head, oldest first: who goes at the cap
+        self._unserved: dict[_Connection, None] = {}
+        self._evicted = 0  # since the last log line about it
+        self._warned: dict[str, float] = {}  # what was logged when, for rate-limited warnings
+        self._accept_resumes: float | None = None  # accept() failed: the listener rests until
         self._jobs: queue.SimpleQueue[tuple[_Connection, bytes] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[_Connection, list[bytes | bytearray], bool]] = (
             queue.SimpleQueue()
@@ -195,6 +215,7 @@ class ConnectionLoop:
     def _run(self) -> None:
         try:
             while not self._finished():
+                self._resume_accepting()
                 for key, _events in self._selector.select(self._next_timeout()):
                     if key.data == "listener":
                         self._accept()
@@ -222,7 +243,8 @@ class ConnectionLoop:
         if not self._stopping.is_set():
             return False
         if self._listener.fileno() >= 0:  # stop accepting, drop connections with no answer due
-            self._selector.unregister(self._listener)
+            with contextlib.suppress(KeyError):  # not registered while accepting rests
+                self._selector.unregister(self._listener)
             self._listener.close()
             for connection in list(self._connections):
                 if connection.state not in (_State.ANSWERING, _State.WRITING):
@@ -234,6 +256,8 @@ class ConnectionLoop:
         deadline = min((c.deadline(self._timeout) for c in self._connections), default=math.inf)
         if self._stopping.is_set():
             deadline = min(deadline, self._drain_until)
+        if self._accept_resumes is not None:
+            deadline = min(deadline, self._accept_resumes)
         return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
 
     def _accept(self) -> None:
@@ -242,12 +266,26 @@ class ConnectionLoop:
                 sock, address = self._listener.accept()
             except _WOULD_BLOCK:
                 return
-            except OSError as exc:  # EMFILE and the like: try again at the next event
-                log.warning("cannot accept a connection: %s", exc)
+            except OSError as exc:
+                # Out of descriptors: a slow client's goes to the new one. With none to close,
+                # accept() would fail at once again (the listener stays readable), so the
+                # listener rests a second instead of spinning.
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._make_room():
+                    continue
+                self._warn(
+                    "accept",
+                    "cannot accept connections, resting a second: %s (logged at most once a "
+                    "minute)",
+                    exc,
+                )
+                self._selector.unregister(self._listener)
+                self._accept_resumes = time.monotonic() + ACCEPT_PAUSE_SECONDS
                 return
-            if len(self._connections) >= self._max_connections:
-                log.warning(
-                    "connection limit (%d) reached: closing a new connection",
+            if len(self._connections) >= self._max_connections and not self._make_room():
+                self._warn(
+                    "full",
+                    "connection limit (%d) reached, every connection busy with a request: "
+                    "closing new connections (logged at most once a minute)",
                     self._max_connections,
                 )
                 sock.close()
@@ -264,7 +302,48 @@ class ConnectionLoop:
                 state = _State.HANDSHAKE
             connection = _Connection(sock, address, state, time.monotonic())
             self._connections.add(connection)
+            self._unserved[connection] = None
             self._watch(connection, selectors.EVENT_READ)
+
+    def _make_room(self) -> bool:
+        """Close one connection for a new one: the oldest that has not sent a whole request
+        head (a slow or silent client), else, of those waiting for a later request, the one
+        whose last answer is oldest (Prometheus asks every scrape interval); never one whose
+        request is being answered. False if there is none."""
+        victim = next(iter(self._unserved), None)
+        if victim is None:
+            waiting = [c for c in self._connections if c.state is _State.READING]
+            victim = min(waiting, key=lambda c: c.answered, default=None)
+        if victim is None:
+            return False
+        self._close(victim)
+        self._evicted += 1
+        if self._warn(
+            "evict",
+            "%d connection(s) that had not sent a whole request, or were idle longest, closed "
+            "to make room for new ones: more slow or idle clients than the %d connections "
+            "allowed (or the open-files limit); logged at most once a minute",
+            self._evicted,
+            self._max_connections,
+        ):
+            self._evicted = 0
+        return True
+
+    def _warn(self, what: str, message: str, *args: object) -> bool:
+        """Log a warning unless one about ``what`` went out less than a minute ago: an attack
+        must not flood the journal. Whether it was logged."""
+        now = time.monotonic()
+        if now - self._warned.get(what, -math.inf) < WARNING_SECONDS:
+            return False
+        self._warned[what] = now
+        log.warning(message, *args)
+        return True
+
+    def _resume_accepting(self) -> None:
+        resumes = self._accept_resumes
+        if resumes is not None and time.monotonic() >= resumes and not self._stopping.is_set():
+            self._accept_resumes = None
+            self._selector.register(self._listener, selectors.EVENT_READ, "listener")
 
     def _step(self, connection: _Connection) -> None:
         state = connection.state
@@ -330,6 +409,7 @@ class ConnectionLoop:
             connection.close_after = True
         head = bytes(inbuf[:end])
         del inbuf[:end]
+        self._unserved.pop(connection, None)
         connection.state = _State.ANSWERING
         self._watch(connection, 0)
         self._jobs.put((connection, head))
@@ -375,7 +455,8 @@ class ConnectionLoop:
             self._start_draining(connection)
             return
         connection.state = _State.READING
-        connection.request_started = time.monotonic() if connection.inbuf else None
+        connection.answered = time.monotonic()
+        connection.request_started = connection.answered if connection.inbuf else None
         self._read(connection)  # a pipelined request may be waiting, in the kernel or in TLS
 
     def _start_draining(self, connection: _Connection) -> None:
@@ -424,6 +505,7 @@ class ConnectionLoop:
         if connection not in self._connections:
             return
         self._connections.discard(connection)
+        self._unserved.pop(connection, None)
         self._watch(connection, 0)
         with contextlib.suppress(OSError):
             connection.sock.close()

@@ -3,13 +3,18 @@ connections are counted by the daemon's descriptors: it makes no thread for them
 
 from __future__ import annotations
 
+import http.client
 import os
+import resource
 import socket
 import time
+import urllib.error
 from pathlib import Path
 
-from procmond.connections import WORKERS
-from tests.e2e.harness import Daemon, start_daemon, unique_name
+from procmond.connections import HEAD_DEADLINE_SECONDS, WORKERS
+from tests.e2e.drip import Drip, raise_open_files_limit
+from tests.e2e.harness import PROCMOND, Daemon, start_daemon, unique_name
+from tests.e2e.prom_harness import JOB, start_prometheus
 
 
 def proc_status(daemon: Daemon) -> dict[str, str]:
@@ -83,6 +88,61 @@ def test_idle_and_slowloris_clients_do_not_stop_scrapes(daemon: Daemon) -> None:
             s.close()
     wait_descriptors_at_most(daemon, baseline, 15)
     assert timed_scrape(daemon) < 1.0
+
+
+DRIPPING = 1_100  # more than the daemon's 1,024-connection cap
+ATTACK_SECONDS = 25
+
+
+def test_slow_clients_never_lock_out_scrapes(tmp_path: Path) -> None:
+    """Slowloris: 1,100 connections that each send a header line every 2 s (and reconnect
+    when closed) hold the connection cap. A scrape every second on a new connection, and a
+    real Prometheus that first connects during the attack, must all succeed: at the cap the
+    daemon closes the oldest connection that has not sent a whole request, and no request
+    head may take longer than its deadline, however it trickles in. The daemon starts with
+    the soft open-files limit systemd gives services (1024): it must not run out of
+    descriptors before its cap."""
+    limits = raise_open_files_limit(DRIPPING + 512)
+    (tmp_path / "daemon").mkdir()
+    (tmp_path / "prometheus").mkdir()
+    as_systemd_starts_it = ["prlimit", f"--nofile=1024:{limits[1]}", *PROCMOND]
+    daemon = start_daemon(tmp_path / "daemon", command=as_systemd_starts_it)
+    drip = Drip(daemon.port, DRIPPING)
+    prometheus = None
+    try:
+        drip.start()
+        attack_started = time.monotonic()
+        prometheus = start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{daemon.port}"], [])
+        attempted, failures = 0, []
+        while (started := time.monotonic()) - attack_started < ATTACK_SECONDS:
+            attempted += 1
+            try:
+                daemon.scrape()
+            except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+                failures.append(repr(exc))
+            time.sleep(max(0.0, started + 1 - time.monotonic()))
+        window = int(time.monotonic() - attack_started)
+        ups = prometheus.query(f'up{{job="{JOB}"}}[{window}s]')
+        print(
+            f"drip attack ({DRIPPING} connections, {drip.opened} opened in all): "
+            f"{attempted - len(failures)}/{attempted} scrapes succeeded; longest-lived "
+            f"dripping connection {max(drip.lifetimes, default=0):.1f} s"
+        )
+        samples = [value for _, value in ups[0]["values"]] if ups else []
+        print(f"Prometheus during the attack: up == 1 in {samples.count('1')}/{len(samples)}")
+        assert failures == [], f"{len(failures)}/{attempted} scrapes failed: {failures[:3]}"
+        assert samples.count("1") == len(samples) >= ATTACK_SECONDS - 10, samples
+        drip.stop_reopening()
+        took = drip.wait_all_closed(HEAD_DEADLINE_SECONDS + 5)
+        print(f"the last dripping connections were closed {took:.1f} s after the attack")
+        assert drip.lifetimes and max(drip.lifetimes) < HEAD_DEADLINE_SECONDS + 3
+        assert "Too many open files" not in daemon.log()
+    finally:
+        drip.close()
+        prometheus_rc = prometheus.stop() if prometheus is not None else 0
+        assert daemon.stop() == 0, daemon.log()
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    assert prometheus_rc == 0, prometheus.log()
 
 
 def test_malformed_and_oversized_requests_get_errors(daemon: Daemon) -> None:

@@ -68,6 +68,7 @@ def test_check_config_accepts_the_shipped_config() -> None:
     result = procmond("check-config", str(Path(__file__).parents[2] / "config/procmond.yaml"))
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+    assert result.stderr == ""  # every interface: no warning about the listen address
 
 
 def test_check_config_resolves_the_listen_host(tmp_path: Path) -> None:

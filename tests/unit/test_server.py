@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import http.client
 import re
+import resource
+import select
 import socket
 import threading
 import time
@@ -15,9 +17,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from procmond import connections
+from procmond.config import address_on_host
 from procmond.connections import WORKERS
 from procmond.errors import ListenError
-from procmond.server import MetricsServer, registry_render
+from procmond.server import RESERVED_DESCRIPTORS, MetricsServer, connection_cap, registry_render
 
 
 @pytest.fixture
@@ -72,28 +75,96 @@ def test_bad_method_and_garbage_are_answered(server: MetricsServer) -> None:
         assert b"Error code: 400" in answer
 
 
-def test_connection_cap_and_idle_timeout(server: MetricsServer) -> None:
-    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+def test_idle_connections_are_dropped_after_the_timeout(server: MetricsServer) -> None:
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(4)]
     try:
-        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        assert extra.recv(10) == b""  # over the cap: closed at once
-        extra.close()
-        for s in idle:  # idle ones are dropped after the connection timeout
-            s.settimeout(5)
+        for s in idle:
             assert s.recv(10) == b""
-            s.close()  # as a client does on EOF, which ends the server's drain at once
-        # their slots come back as their threads finish: soon, but not at an exact instant
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                assert get(server, "/metrics").status == 200
-                break
-            except (ConnectionError, http.client.HTTPException):
-                assert time.monotonic() < deadline, "connection slots were not released"
-                time.sleep(0.1)
     finally:
         for s in idle:
             s.close()
+    assert get(server, "/metrics").status == 200
+
+
+@pytest.fixture
+def capped() -> Iterator[MetricsServer]:
+    """Four connections at most, and a timeout longer than any of these tests."""
+    registry = CollectorRegistry()
+    s = MetricsServer(registry_render(registry), "127.0.0.1", 0, max_connections=4)
+    s.start()
+    yield s
+    s.close()
+
+
+def served_connection(server: MetricsServer) -> http.client.HTTPConnection:
+    """A kept-alive connection that has completed a request, as Prometheus holds one."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", "/metrics")
+    conn.getresponse().read()
+    return conn
+
+
+def wait_connections(server: MetricsServer, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while server._loop.connections != count:
+        assert time.monotonic() < deadline, f"{server._loop.connections} connections, not {count}"
+        time.sleep(0.01)
+
+
+def is_open(s: socket.socket) -> bool:
+    """Whether the server still holds it: closed, it reads as EOF or a reset at once."""
+    if not select.select([s], [], [], 0)[0]:
+        return True
+    try:
+        return s.recv(1, socket.MSG_PEEK) != b""
+    except ConnectionError:
+        return False
+
+
+def test_at_the_cap_a_new_connection_pushes_out_the_oldest_that_sent_no_request(
+    capped: MetricsServer,
+) -> None:
+    """Slowloris: clients that connect and never finish a request head must not lock out a
+    scrape. The oldest of them goes; a connection that completed a request is kept."""
+    kept = served_connection(capped)
+    slow = [socket.create_connection(("127.0.0.1", capped.port), timeout=5) for _ in range(3)]
+    try:
+        slow[1].sendall(b"GET /metrics HTTP/1.1\r\n")  # a drip counts as no request
+        wait_connections(capped, 4)
+        fresh = served_connection(capped)  # the fifth: answered
+        assert fresh.sock is not None and kept.sock is not None
+        wait_connections(capped, 4)
+        assert [is_open(s) for s in slow] == [False, True, True]
+        assert is_open(fresh.sock) and is_open(kept.sock)
+        kept.request("GET", "/metrics")  # the kept-alive connection still answers
+        assert kept.getresponse().status == 200
+        fresh.close()
+    finally:
+        kept.close()
+        for s in slow:
+            s.close()
+
+
+def test_at_the_cap_with_every_connection_served_the_one_answered_longest_ago_goes(
+    capped: MetricsServer,
+) -> None:
+    """With no connection that never sent a request, the new one replaces the one whose last
+    answer is oldest, whether idle or dripping a later request head: a client that holds
+    its slot by dripping after one quick request goes before a Prometheus that scrapes."""
+    served = [served_connection(capped) for _ in range(4)]
+    try:
+        assert served[0].sock is not None
+        served[0].sock.sendall(b"GET / HTTP/1.1\r\n")  # a later head, dripping
+        served[2].request("GET", "/")
+        served[2].getresponse().read()
+        wait_connections(capped, 4)
+        fresh = served_connection(capped)
+        wait_connections(capped, 4)
+        assert [is_open(c.sock) for c in served] == [False, True, True, True]  # type: ignore[arg-type]
+        fresh.close()
+    finally:
+        for c in served:
+            c.close()
 
 
 def test_port_in_use_is_a_listen_error(server: MetricsServer) -> None:
@@ -144,19 +215,21 @@ def test_idle_and_half_sent_requests_hold_no_worker(server: MetricsServer) -> No
             s.close()
 
 
-def test_a_trickled_request_is_cut_at_its_deadline(
+def test_a_trickled_request_head_is_cut_at_its_deadline_from_the_accept(
     server: MetricsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A byte every 0.2 s never trips the 1 s timeout between reads; the request deadline
-    (shortened here) does."""
-    monkeypatch.setattr(connections, "REQUEST_DEADLINE_SECONDS", 1.0)
+    """A byte every 0.2 s never trips the 1 s timeout between reads; the head's deadline
+    (shortened here), counted from the accept, does: the silence before the first byte
+    counts too."""
+    monkeypatch.setattr(connections, "HEAD_DEADLINE_SECONDS", 1.5)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         started = time.monotonic()
+        time.sleep(0.8)
         with pytest.raises(OSError):
             for byte in b"GET /metrics HTTP/1.1\r\n" + b"X" * 100:
                 s.sendall(bytes([byte]))
                 time.sleep(0.2)
-        assert time.monotonic() - started < 3
+        assert 1.5 <= time.monotonic() - started < 2.3
 
 
 def test_a_client_that_never_reads_is_cut_off_and_holds_up_no_one() -> None:
@@ -205,14 +278,27 @@ def _runs(thread: threading.Thread) -> int:
     return int(Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text().split()[2])
 
 
-def test_an_address_not_on_any_interface_binds() -> None:
+def test_an_address_not_on_any_interface_binds_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """IP_FREEBIND: at boot the configured address may not be up yet (tests/e2e/test_listen.py
-    then adds it and scrapes it)."""
+    then adds it and scrapes it); a typo binds too, so it is said in the log."""
     s = MetricsServer(registry_render(CollectorRegistry()), "192.0.2.77", 0)  # TEST-NET-1
     try:
         assert s.address.startswith("192.0.2.77:")
     finally:
         s.close()
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith("listen address 192.0.2.77 is not on any interface")
+
+
+@pytest.mark.parametrize(
+    ("host", "on_host"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("0.0.0.0", True), ("192.0.2.77", False)],
+)
+def test_address_on_host(host: str, on_host: bool) -> None:
+    assert address_on_host(socket.AF_INET, (host, 10057)) is on_host
 
 
 def test_the_server_closes_promptly_with_a_slow_answer_in_flight() -> None:
@@ -233,6 +319,26 @@ def test_the_server_closes_promptly_with_a_slow_answer_in_flight() -> None:
         assert time.monotonic() - t0 < 1.5
         answer = b"".join(iter(lambda: c.recv(65536), b""))
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"slow 1\n")
+
+
+INFINITY = resource.RLIM_INFINITY
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "expected"),
+    [
+        (1024, 524288, (1024 + RESERVED_DESCRIPTORS, 1024)),  # as systemd starts services
+        (1024, 1024, (1024, 1024 - RESERVED_DESCRIPTORS)),  # a container's nofile=1024:1024
+        (65536, 65536, (65536, 1024)),  # never lowered
+        (1024, INFINITY, (1024 + RESERVED_DESCRIPTORS, 1024)),
+        (INFINITY, INFINITY, (INFINITY, 1024)),
+        (100, 100, (100, 1)),
+    ],
+)
+def test_connection_cap_fits_the_open_files_limit(
+    soft: int, hard: int, expected: tuple[int, int]
+) -> None:
+    assert connection_cap(1024, soft, hard) == expected
 
 
 @pytest.mark.parametrize(
