@@ -19,6 +19,10 @@ cgroup2 filesystem (64-bit kernels). This module turns such an id into labels:
   ``pod``/``container``, which name it better and stay the same across restarts.
 * **Names** for pod uids and container ids come from the node's own files
   (procmond/kubelet.py), never from the API server.
+* **Bytes until named:** a cgroup's name is any bytes but "/" and NUL, not always UTF-8.
+  Paths travel as Python makes them of bytes (surrogates for undecodable bytes), so that the
+  directory can be found again; they become text only in :func:`parse_cgroup_path`, through
+  procmond.text.decoded (invalid UTF-8 → U+FFFD), so no label carries a surrogate.
 
 The contract of :meth:`CgroupResolver.labels` (what the collector relies on):
 
@@ -58,6 +62,7 @@ from pathlib import Path
 from typing import Generic, NamedTuple, TypeVar
 
 from procmond.kubelet import KubeletNames
+from procmond.text import decoded
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +204,9 @@ class CgroupLayout:
                 "systemd.unified_cgroup_hierarchy=1 (or mount cgroup2) to get them"
             )
         beside = " beside v1 controllers (hybrid)" if self.v1_controllers else " (unified)"
+        where = decoded(str(self.v2.mount_point))
         return (
-            f"cgroup v2 at {self.v2.mount_point}{beside}: creations are attributed to "
+            f"cgroup v2 at {where}{beside}: creations are attributed to "
             "systemd units and Kubernetes pods"
         )
 
@@ -296,17 +302,19 @@ class CgroupPath:
     container_id: str = ""  # 64 hex digits
 
 
-def unit_of(path: str) -> str:
-    """The deepest .service or .scope component of a cgroup path, or ""."""
-    for name in reversed(path.split("/")):
+def unit_of(path: str | bytes) -> str:
+    """The deepest .service or .scope component of a cgroup path, or "" (as text)."""
+    for name in reversed(decoded(path).split("/")):
         for suffix in _UNIT_SUFFIXES:
             if name.endswith(suffix) and len(name) > len(suffix):
                 return name
     return ""
 
 
-def parse_cgroup_path(path: str) -> CgroupPath:
-    """Unit, pod uid and container id from a cgroup path (pure; see the module docstring)."""
+def parse_cgroup_path(path: str | bytes) -> CgroupPath:
+    """Unit, pod uid and container id from a cgroup path (pure; see the module docstring).
+    Where a cgroup's names become text: every label a path gives is decoded here."""
+    path = decoded(path)
     names = [n for n in path.split("/") if n]
     start = next((i for i, n in enumerate(names) if _KUBEPODS.match(n)), None)
     if start is None:

@@ -1,8 +1,9 @@
 """The prometheus_client custom collector: kernel maps → metric families, at scrape time.
 
 Nothing is copied in the background: every scrape reads the maps afresh, so what Prometheus
-sees is what the kernel counted. A map that cannot be read makes ``procmond_scrape_success 0``
-and a log line, never a failed scrape. No ``bcc`` here.
+sees is what the kernel counted. A map that cannot be read, or a family that cannot be
+rendered, is left out of the scrape: ``procmond_scrape_success 0`` and one log line (again
+only after it recovered), never a failed scrape. No ``bcc`` here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from procmond import privileges
 from procmond.attribution import Attribution, Row, Shown
 from procmond.cgroups import CgroupLayout, CgroupResolver
 from procmond.config import Config
-from procmond.exposition import LabelTexts, render_counter, render_histogram
+from procmond.exposition import (
+    Collector,
+    Encoder,
+    Families,
+    LabelTexts,
+    families_of,
+    render_counter,
+    render_families,
+    render_histogram,
+)
 from procmond.maps import Histogram, MapReader
 from procmond.metrics import (
     OVERFLOW_LABEL_VALUE,
@@ -40,18 +50,9 @@ from procmond.metrics import (
 )
 from procmond.programs import run_stats
 from procmond.tasklimits import TaskLimits
+from procmond.text import decoded
 
 log = logging.getLogger(__name__)
-
-
-class _Families:
-    """A fixed list of families, shaped like a registry for generate_latest()."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> list[Metric]:
-        return self._families
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Snapshot:
     overflowed: dict[str, int]
     ok: bool
     started: float
+    failing: set[str] = field(default_factory=set)  # maps and families left out
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class ProcmondCollector:
         self._attribution = cgroups.attribution if cgroups else None
         self._texts = LabelTexts(label_sets_budget(config))
         self.last_series: int | None = None  # series read from the maps at the last scrape
+        self._failing: set[str] = set()  # left out of the last scrape: logged already
 
     def describe(self) -> Iterable[Metric]:
         return []  # families depend on the config; a private registry needs no description
@@ -162,7 +165,7 @@ class ProcmondCollector:
         try:
             snap.overflowed = self._reader.overflow_events()
         except Exception as exc:
-            snap.ok = self._failed("overflow_events", exc)
+            self._failed(snap, "map overflow_events", exc)
         if self._attribution is not None:
             self._attribution.start_scrape()
         return snap
@@ -173,14 +176,14 @@ class ProcmondCollector:
             try:
                 snap.counters.append(self._counter_rows(counter, snap))
             except Exception as exc:
-                snap.ok = self._failed(counter.map_name, exc)
+                self._failed(snap, f"map {counter.map_name}", exc)
         if self._attribution is not None:
             self._attribution.forget_unused()
         for hist in histograms(self._config):
             try:
                 snap.histograms.append(self._histogram_rows(hist, snap))
             except Exception as exc:
-                snap.ok = self._failed(hist.map_name, exc)
+                self._failed(snap, f"map {hist.map_name}", exc)
         self.last_series = sum(len(rows) for _, _, rows in snap.counters) + sum(
             len(rows) * (len(spec.bucket_exponents) + 3) for spec, _, rows in snap.histograms
         )
@@ -188,6 +191,21 @@ class ProcmondCollector:
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
+        yield from self._families(snap)
+        self._end(snap)
+
+    def render(self, encode: Encoder, others: Iterable[Collector] = ()) -> bytes:
+        """Every family of this collector, then of ``others``, rendered by prometheus_client's
+        ``encode`` (OpenMetrics) one family at a time: one that fails is left out, the others
+        still render."""
+        snap = self.snapshot()
+        failed = self._reporter(snap)
+        tail = render_families(families_of(others, failed), encode, failed)
+        out = render_families(self._families(snap), encode, failed)
+        self._end(snap)
+        return out + tail + encode(Families([]))
+
+    def _families(self, snap: Snapshot) -> Iterator[Metric]:
         for spec, names, rows in snap.counters:
             family = CounterMetricFamily(spec.name, spec.documentation, labels=names)
             for labels, value in sorted(rows.items()):
@@ -204,11 +222,14 @@ class ProcmondCollector:
             yield hfamily
         yield from self._small_families(snap)
 
-    def render_text(self, tail: bytes = b"") -> bytearray:
-        """The text exposition (format 0.0.4) of everything ``collect()`` yields, then
-        ``tail`` (other collectors' text), in the one buffer it was written into: a copy of
-        ~1 MB would cost a scrape its time and page faults."""
+    def render_text(self, others: Iterable[Collector] = ()) -> bytearray:
+        """The text exposition (format 0.0.4) of everything ``collect()`` yields, then the
+        families of ``others``, in the one buffer it was written into: a copy of ~1 MB would
+        cost a scrape its time and page faults. A family that fails is left out (see
+        ``render``)."""
         snap = self._start()
+        failed = self._reporter(snap)
+        tail = render_families(families_of(others, failed), generate_latest, failed)
         out = bytearray()
         series = 0
         for counter in counters(self._config):
@@ -217,7 +238,7 @@ class ProcmondCollector:
                 series += self._render_counter(out, counter, snap)
             except Exception as exc:
                 del out[mark:]
-                snap.ok = self._failed(counter.map_name, exc)
+                self._failed(snap, f"map {counter.map_name}", exc)
             self._texts.trim()
         if self._attribution is not None:
             self._attribution.forget_unused()
@@ -228,17 +249,29 @@ class ProcmondCollector:
                 series += label_sets * (len(hist.bucket_exponents) + 3)
             except Exception as exc:
                 del out[mark:]
-                snap.ok = self._failed(hist.map_name, exc)
+                self._failed(snap, f"map {hist.map_name}", exc)
             self._texts.trim()
         self.last_series = series
-        out += generate_latest(_Families(list(self._small_families(snap))))  # type: ignore[arg-type]
+        out += render_families(self._small_families(snap), generate_latest, failed)
         out += tail
+        self._end(snap)
         return out
 
     def _small_families(self, snap: Snapshot) -> Iterator[Metric]:
-        yield from self._map_families(snap.entries, snap.overflowed)
-        yield from self._status_families()
-        yield from self._cgroup_families()
+        """The self-metrics, each group made apart (one that raises is left out), then
+        procmond_scrape_success, which tells of every family left out before it."""
+        groups: tuple[Callable[[], Iterable[Metric]], ...] = (
+            lambda: self._map_families(snap.entries, snap.overflowed),
+            self._status_families,
+            self._cgroup_families,
+        )
+        for group, what in zip(groups, ("map usage", "status", "cgroup"), strict=True):
+            try:
+                families = list(group())
+            except Exception as exc:
+                self._failed(snap, f"the {what} families", exc)
+                continue
+            yield from families
         yield GaugeMetricFamily(
             "procmond_scrape_success",
             "1 if every kernel map was read in this scrape, else 0.",
@@ -275,9 +308,21 @@ class ProcmondCollector:
         yield runs
         yield spent
 
-    def _failed(self, map_name: str, exc: Exception) -> bool:
-        log.error("cannot read map %s during scrape: %s", map_name, exc)
-        return False
+    def _failed(self, snap: Snapshot, what: str, exc: Exception) -> None:
+        """``what`` (a map, a family) is left out of this scrape: scrape_success 0, and one
+        log line, unless it was left out of the last scrape too (no line per scrape)."""
+        snap.ok = False
+        snap.failing.add(what)
+        if what not in self._failing:
+            reason = str(exc)  # prometheus_client appends the whole family to its errors
+            reason = reason if len(reason) <= 300 else reason[:300] + "..."
+            log.error("%s left out of the scrape: %s: %s", what, type(exc).__name__, reason)
+
+    def _reporter(self, snap: Snapshot) -> Callable[[str, Exception], None]:
+        return lambda what, exc: self._failed(snap, what, exc)
+
+    def _end(self, snap: Snapshot) -> None:
+        self._failing = snap.failing
 
     def _placement(self, spec: CounterMetric, snap: Snapshot) -> _Placement:
         name = spec.map_name
@@ -411,7 +456,7 @@ class ProcmondCollector:
             "without v2 (legacy) the unit, namespace, pod and container labels stay empty.",
             labels=["layout", "v2_mount"],
         )
-        info.add_metric([layout.kind, str(layout.v2.mount_point) if layout.v2 else ""], 1)
+        info.add_metric([layout.kind, decoded(str(layout.v2.mount_point)) if layout.v2 else ""], 1)
         yield info
         hits = CounterMetricFamily(
             "procmond_task_limit_hits_total",
@@ -441,7 +486,7 @@ class ProcmondCollector:
             "procmond's version, the BCC version and the running kernel.",
             labels=["version", "bcc_version", "kernel"],
         )
-        info.add_metric([s.version, s.bcc_version, s.kernel], 1)
+        info.add_metric([s.version, s.bcc_version, decoded(s.kernel)], 1)
         yield info
         probes = GaugeMetricFamily(
             "procmond_probe_attached",

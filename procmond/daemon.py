@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
@@ -209,18 +208,13 @@ class Daemon:
         collector = self.collector = ProcmondCollector(
             self.reader, self.config, status, self.cgroups
         )
-        process = ProcessCollector(registry=None)
-        rest = CollectorRegistry()
-        full = CollectorRegistry()
-        for registry, collectors in ((rest, ()), (full, (collector,))):
-            for c in (*collectors, self.reload_state, self.storms, process):
-                registry.register(c)  # type: ignore[arg-type]
+        others = (self.reload_state, self.storms, ProcessCollector(registry=None))
 
         def render(accept: str) -> tuple[bytes | bytearray, str]:
             if accepts_text(accept):
-                return collector.render_text(generate_latest(rest)), TEXT_CONTENT_TYPE
+                return collector.render_text(others), TEXT_CONTENT_TYPE
             encoder, content_type = choose_encoder(accept)
-            return encoder(full), content_type
+            return collector.render(encoder, others), content_type
 
         return render
 

@@ -21,14 +21,62 @@ scrape. The cache is bounded by the label sets the config's maps can show
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import accumulate, chain
+from typing import Protocol
+
+from prometheus_client.core import Metric
 
 from procmond.attribution import Row, Shown
 from procmond.maps import Histogram, RawRows
 from procmond.metrics import CounterMetric, HistogramMetric, bucket_bounds, label_value
 
 Resolve = Callable[[bytes, int], Shown | None]  # a raw key and its count → where it shows
+Failed = Callable[[str, Exception], None]  # what could not be collected or rendered, and why
+Encoder = Callable[..., bytes]  # prometheus_client's generate_latest, either format
+
+
+class Collector(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class Families:
+    """A fixed list of families, shaped like a registry for prometheus_client's encoders."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def families_of(collectors: Iterable[Collector], failed: Failed) -> Iterator[Metric]:
+    """Every family of ``collectors``; one whose collect() raises is reported and skipped."""
+    for collector in collectors:
+        try:
+            families = list(collector.collect())
+        except Exception as exc:
+            failed(type(collector).__name__, exc)
+            continue
+        yield from families
+
+
+def render_families(families: Iterable[Metric], encode: Encoder, failed: Failed) -> bytes:
+    """``families`` rendered by ``encode`` one at a time, without the format's trailer
+    (OpenMetrics' ``# EOF``): a family that cannot be rendered is reported and left out, and
+    every other one still renders (prometheus_client encodes a whole registry at once, so one
+    bad label value would fail them all). Each family is rendered before the next is asked
+    for, so a family made later (procmond_scrape_success) can tell of the failures."""
+    trailer = encode(Families([]))
+    out = bytearray()
+    for family in families:
+        try:
+            text = encode(Families([family]))
+        except Exception as exc:
+            failed(family.name, exc)
+            continue
+        out += text[: len(text) - len(trailer)] if trailer and text.endswith(trailer) else text
+    return bytes(out)
 
 
 def escape_label_value(value: str) -> str:

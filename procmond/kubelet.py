@@ -10,9 +10,11 @@ read it.
   (``pause``) has none.
 
 Namespaces, pods and containers are DNS names, which have no ``_``, so both file names split
-unambiguously. Both directories are listed whole at most once per ``refresh_interval``
-seconds, and only when a look-up misses; the index is replaced at each listing, so it is
-bounded by what is on disk, and at most ``max_entries`` of each are kept.
+unambiguously. What is on disk is still any bytes (whatever can write there chooses them):
+names are decoded as they are listed (procmond.text.decoded: invalid UTF-8 → U+FFFD). Both
+directories are listed whole at most once per ``refresh_interval`` seconds, and only when a
+look-up misses; the index is replaced at each listing, so it is bounded by what is on disk,
+and at most ``max_entries`` of each are kept.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
+
+from procmond.text import decoded
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,8 @@ def parse_container_link(name: str) -> tuple[str, ContainerName] | None:
 
 
 def _list(directory: Path, limit: int) -> list[str]:
-    """Up to ``limit`` names in a directory; none (and a debug line) if it cannot be read."""
+    """Up to ``limit`` names in a directory, as text; none (and a debug line) if it cannot be
+    read. Names are only parsed, never opened, so they are decoded here, once."""
     names = []
     try:
         with os.scandir(directory) as entries:
@@ -81,7 +86,7 @@ def _list(directory: Path, limit: int) -> list[str]:
                         limit,
                     )
                     break
-                names.append(entry.name)
+                names.append(decoded(entry.name))
     except OSError as exc:
         log.debug("cannot list %s: %s", directory, exc)
     return names

@@ -6,12 +6,15 @@ import logging
 import os
 import sys
 
+from procmond.text import decoded
+
 
 class _OneLineFormatter(logging.Formatter):
-    """Folds any newline (tracebacks included) so each record stays one journal line."""
+    """Folds any newline (tracebacks included) so each record stays one journal line, and
+    decodes it as every name is (a path from the filesystem may carry undecodable bytes)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\n", " | ")
+        return decoded(super().format(record)).replace("\n", " | ")
 
 
 def setup_logging(level: str = "info") -> None:

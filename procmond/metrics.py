@@ -16,6 +16,7 @@ from prometheus_client.utils import floatToGoString
 
 from procmond.config import CGROUP_LABELS, KNOWN_LABELS, Config
 from procmond.maps import Histogram
+from procmond.text import decoded
 
 OVERFLOW_LABEL_VALUE = "__overflow__"
 # A failed clone, clone3, fork or vfork returns -errno, and errno values run from 1 to
@@ -159,14 +160,14 @@ def label_names(key_fields: tuple[str, ...], config: Config) -> tuple[str, ...]:
 
 
 def label_value(raw: bytes | int | str) -> str:
-    """A key field as a label value. A comm: UTF-8, each invalid byte replaced by U+FFFD. An
-    error number: its symbolic name (EAGAIN), or the number if the name is unknown. A cgroup
-    label (unit, pod...) is already text."""
+    """A key field as a label value. A comm: procmond.text.decoded (invalid UTF-8 → U+FFFD).
+    An error number: its symbolic name (EAGAIN), or the number if the name is unknown. A
+    cgroup label (unit, pod...) is already text, decoded where it was read."""
     if isinstance(raw, str):
         return raw
     if isinstance(raw, int):
         return errno.errorcode.get(raw, str(raw))
-    return raw.decode("utf-8", "replace")
+    return decoded(raw)
 
 
 @functools.cache

@@ -1,7 +1,11 @@
-"""Names and command lines made safe for one line of a terminal or a log.
+"""Names from the kernel and the filesystem made text, and made safe for one line of a
+terminal or a log.
 
-Commands and arguments are chosen by whoever runs a program: escaped here, a hostile one can
-neither break a line nor fake another one.
+Every such name (a comm, a cgroup path, a kubelet log file's name) is untrusted bytes: any byte
+but NUL (and "/" in a file name). :func:`decoded` is the one way they become text, so that no
+label value or log line can carry what UTF-8 cannot encode (a surrogate would fail a whole
+exposition). Commands and arguments are chosen by whoever runs a program: escaped here, a
+hostile one can neither break a line nor fake another one.
 """
 
 from __future__ import annotations
@@ -9,11 +13,29 @@ from __future__ import annotations
 SHELL_SAFE = frozenset("@%+=:,./_-")
 
 
+def decoded(raw: bytes | str) -> str:
+    """A name from the kernel or the filesystem as text: UTF-8, each invalid sequence replaced
+    by U+FFFD. Total: any input gives a string that encodes as UTF-8.
+
+    ``raw`` is bytes, or a str that Python's os functions made of bytes (os.scandir,
+    os.fsdecode: undecodable bytes kept as lone surrogates, so that the path can be opened
+    again); such a str is taken back to its bytes first, so both spellings of a name decode
+    alike."""
+    if isinstance(raw, str):
+        if raw.isascii():
+            return raw
+        try:
+            raw = raw.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # surrogates no os function makes: invalid UTF-8 bytes
+            raw = raw.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def printable(raw: bytes) -> str:
-    """A comm for a terminal line: UTF-8 (invalid bytes → U+FFFD), control characters and
-    backslashes escaped, so a hostile name can never break or fake a line."""
+    """A comm for a terminal line: :func:`decoded`, control characters and backslashes
+    escaped, so a hostile name can never break or fake a line."""
     out = []
-    for ch in raw.decode("utf-8", "replace"):
+    for ch in decoded(raw):
         if ch == "\\":
             out.append("\\\\")
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
