@@ -8,6 +8,7 @@ unit tests hand ``MapReader`` fakes with the same ``items()``/``per_cpu_values()
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 from collections.abc import Callable, Collection, Iterator
@@ -236,13 +237,23 @@ class MapReader:
         return None if value is None else int(_U64.unpack_from(value)[0])
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
-        """The path the probe recorded when the cgroup was made (cgroup_paths), if it did."""
+        """The path the probe recorded when the cgroup was made (cgroup_paths), if it did and
+        recorded all of it.
+
+        The probe keeps at most CGROUP_PATH_LEN - 1 bytes of a path, and a longer one is cut
+        there: a record that fills its buffer may be cut short (a wrong unit, or none), so it
+        counts as no record, and the cgroup is found by id in the tree instead. The path is
+        for finding the directory again: os.fsdecode keeps every byte (procmond/cgroups.py
+        decodes names for labels)."""
         table = self._table("cgroup_paths")
         raw = table.lookup(cgroup_id.to_bytes(table.key_size, sys.byteorder))
         if raw is None:
             return None
-        path = self._layouts["cgroup_paths"].value.field("path").decoder()(raw)
-        return path.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+        field = self._layouts["cgroup_paths"].value.field("path")
+        path: bytes = field.decoder()(raw)  # type: ignore[assignment]
+        if len(path) >= field.size - 1:
+            return None
+        return os.fsdecode(path)
 
     def take_gone_pids_cgroups(self) -> tuple[list[GonePidsCgroup], int]:
         """The removed cgroups' refused forks the probe kept (gone_task_limit_hits), each
