@@ -274,7 +274,7 @@ class ProcmondCollector:
             yield from families
         yield GaugeMetricFamily(
             "procmond_scrape_success",
-            "1 if every kernel map was read in this scrape, else 0.",
+            "1 if every kernel map was read and every family rendered in this scrape, else 0.",
             value=int(snap.ok),
         )
         yield GaugeMetricFamily(
