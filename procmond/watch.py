@@ -28,7 +28,7 @@ from procmond.errors import ProcmondError
 from procmond.header import read_header, syscall_names
 from procmond.maps import read_percpu_counts
 from procmond.storms import CgroupLabels, CgroupNamer
-from procmond.text import printable
+from procmond.text import decoded, printable
 
 COMM_BYTES = 15  # TASK_COMM_LEN - 1: the kernel cuts longer names to this
 NO_LABELS: CgroupLabels = ("",) * len(CGROUP_LABELS)
@@ -73,10 +73,10 @@ def event_fields(event: Any, labels: CgroupLabels = NO_LABELS) -> dict[str, Any]
     """An event as --json shows it, with its cgroup's labels as the daemon names them."""
     return {
         "timestamp_ns": event.timestamp_ns,
-        "comm": bytes(event.comm).decode("utf-8", "replace"),
+        "comm": decoded(bytes(event.comm)),
         "pid": event.pid,
         "ppid": event.ppid,
-        "parent_comm": bytes(event.parent_comm).decode("utf-8", "replace"),
+        "parent_comm": decoded(bytes(event.parent_comm)),
         "syscall": call_name(event),
         "kind": "exec" if is_exec(event) else "thread" if event.is_thread else "process",
         "child_pid": event.child_pid,
