@@ -11,6 +11,7 @@ hierarchies and the real daemon: tests/e2e/test_hostile_cgroup_names.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import struct
@@ -44,6 +45,7 @@ from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config
 from procmond.kubelet import KubeletNames
 from procmond.layout import CHARS, UINT, Field, Layout, MapLayout
+from procmond.logs import _OneLineFormatter
 from procmond.maps import MapReader
 from procmond.tasklimits import PidsHierarchy, TaskLimits
 from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, exited, hist, pair
@@ -53,6 +55,7 @@ PATH_LEN = 256  # CGROUP_PATH_LEN in bpf/procmond.h: the probe keeps 255 bytes a
 PATH_LAYOUT = MapLayout(
     Layout(8, (Field("", 0, 8, UINT),)), Layout(PATH_LEN, (Field("path", 0, PATH_LEN, CHARS),))
 )
+BAD_PATH = os.fsdecode(b"/sys/fs/cgroup/pids/x\xff.service\nnext")  # as os.scandir makes it
 NAME_BYTES = [b for b in range(1, 256) if b != ord("/")]
 
 
@@ -281,3 +284,12 @@ def test_a_cut_path_record_is_never_taken_for_the_name(
     os.rmdir(host.root + b"/v2/test.slice/" + name)
     later = CgroupResolver(v2, kernel_path=reader.cgroup_path)
     assert later.labels(gone) is None  # not found: unnamed (counted under empty labels)
+
+
+def test_a_log_line_about_a_hostile_path_is_decoded_as_labels_are() -> None:
+    record = logging.LogRecord(
+        "procmond", logging.WARNING, __file__, 1, "cannot read %s", (BAD_PATH,), None
+    )
+    line = _OneLineFormatter("%(message)s").format(record)
+    assert line == "cannot read /sys/fs/cgroup/pids/x\ufffd.service | next"
+    line.encode("utf-8")  # no surrogate left
