@@ -43,6 +43,7 @@ from procmond.cgroups import (
 )
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config
+from procmond.header import read_header
 from procmond.kubelet import KubeletNames
 from procmond.layout import CHARS, UINT, Field, Layout, MapLayout
 from procmond.logs import _OneLineFormatter
@@ -51,7 +52,7 @@ from procmond.tasklimits import PidsHierarchy, TaskLimits
 from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, exited, hist, pair
 
 STATUS = ProbeStatus({"task_newtask": True}, True, "9.9", "0.26.0", "6.18.0")
-PATH_LEN = 256  # CGROUP_PATH_LEN in bpf/procmond.h: the probe keeps 255 bytes and a NUL
+PATH_LEN = read_header().define("CGROUP_PATH_LEN")  # the probe keeps PATH_LEN - 1 bytes
 PATH_LAYOUT = MapLayout(
     Layout(8, (Field("", 0, 8, UINT),)), Layout(PATH_LEN, (Field("path", 0, PATH_LEN, CHARS),))
 )
@@ -269,13 +270,14 @@ def test_a_cut_path_record_is_never_taken_for_the_name(
     host = Host(tmp_path)
     cgroup_id = host.cgroup(b"test.slice", name)
     cut = host.records.paths[struct.pack("=Q", cgroup_id)].rstrip(b"\0")
-    assert len(cut) == PATH_LEN - 1 and unit_of(os.fsdecode(cut)) == cut_unit  # what the probe left
+    assert len(cut) == PATH_LEN - 1  # what the probe left
+    assert unit_of(os.fsdecode(cut)) == cut_unit
     reader = MapReader(
         {"cgroup_paths": host.records}.__getitem__, {"cgroup_paths": PATH_LAYOUT}, ()
     )
     assert reader.cgroup_path(cgroup_id) is None  # a full buffer: maybe cut, so no record
-    short = host.cgroup(b"test.slice", b"y" * (PATH_LEN - 2 - len(b"/test.slice/")))
-    assert reader.cgroup_path(short) == "/test.slice/" + "y" * 242  # 254 bytes: whole
+    whole = b"y" * (PATH_LEN - 2 - len(b"/test.slice/"))  # its path: one byte short of full
+    assert reader.cgroup_path(host.cgroup(b"test.slice", whole)) == "/test.slice/" + whole.decode()
     v2 = Hierarchy(Path(os.fsdecode(host.root + b"/v2")))
     resolver = CgroupResolver(v2, kernel_path=reader.cgroup_path)
     assert resolver.labels(cgroup_id) == CgroupLabels(unit=text(name))  # found in the tree
