@@ -161,6 +161,7 @@ class Host:
             "overflow_events": FakePerCpuArray([[0]] * len(MAP_IDS)),
             "overflow_hist": FakePerCpuArray([[hist({}, 0)]] * len(MAP_IDS)),
             "cgroup_paths": self.records,
+            "gone_task_limit_hits": empty(8),
         }
         reader = MapReader(tables.__getitem__, {**LAYOUTS, "cgroup_paths": PATH_LAYOUT}, MAP_IDS)
         v2 = Hierarchy(Path(os.fsdecode(self.root + b"/v2")))
