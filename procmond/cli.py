@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from procmond import __version__
+from procmond import __version__, signals
 from procmond.config import (
     DEFAULT_CONFIG_PATH,
     check_listen_resolves,
@@ -190,6 +190,8 @@ def _interval(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "run":  # held since the entry; the daemon frees them itself
+            signals.release()
         return _dispatch(args)
     except ConfigError as exc:
         for problem in exc.problems:

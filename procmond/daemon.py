@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
-from procmond import __version__, handoff, kernel, privileges
+from procmond import __version__, handoff, kernel, privileges, signals
 from procmond.attribution import Attribution
 from procmond.cgroups import EMPTY_LABELS, CgroupNamer, CgroupResolver, read_layout
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
@@ -229,8 +229,12 @@ class Daemon:
         )
 
     def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        """Queue SIGTERM, SIGINT and SIGHUP from now on, those held since the entry
+        (procmond/signals.py) included: a SIGHUP that came while loading is a reload once
+        started, a SIGTERM stops the daemon as soon as it holds the probe, and detaches it."""
+        for sig in signals.HELD:
             signal.signal(sig, lambda signum, _frame: self.signals.put(signum))
+        signals.release()
 
     def loop(self) -> None:
         """Until SIGTERM or SIGINT: reload on SIGHUP; check the maps and ping the watchdog if

@@ -23,6 +23,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from procmond import signals
 from procmond.bpfmap import BPFMap
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError, ProcmondError
@@ -89,7 +90,9 @@ def load(config: Config) -> HandedOffProbe:
     """Run the loader child and take over what it loaded. Raises what the loader raised."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours:
-        with theirs:
+        # The child starts, and stays, with SIGHUP, SIGINT and SIGTERM blocked: a stop sent
+        # to the whole service must not kill it halfway (procmond/signals.py).
+        with theirs, signals.held():
             child = subprocess.Popen(
                 child_command(theirs.fileno(), config),
                 pass_fds=(theirs.fileno(),),

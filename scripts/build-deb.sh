@@ -45,7 +45,7 @@ cat > "$PKG/usr/bin/procmond" <<'PYEOF'
 #!/usr/bin/python3
 import sys
 
-from procmond.cli import main
+from procmond.__main__ import main
 
 sys.exit(main())
 PYEOF

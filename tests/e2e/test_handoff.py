@@ -3,8 +3,6 @@ reads the maps by descriptor, and frees everything in the kernel when it stops."
 
 from __future__ import annotations
 
-import ctypes
-import os
 import re
 import subprocess
 import time
@@ -12,39 +10,11 @@ from pathlib import Path
 
 from procmond import bpf_loader
 from procmond.alarm import ALARM_MAPS
-from procmond.bpfmap import BPFMap, libbpf, possible_cpus
+from procmond.bpfmap import BPFMap, possible_cpus
 from procmond.config import Config
 from procmond.metrics import daemon_maps
+from tests.e2e.bpf_objects import MAP_IDS, PROG_IDS, held_by, loaded
 from tests.e2e.harness import PROCMOND, free_port, run_creator, start_daemon, unique_name
-
-MAP_IDS, PROG_IDS = "bpf_map_get_next_id", "bpf_prog_get_next_id"
-
-
-def _loaded(next_id: str) -> set[int]:
-    """Ids of every BPF program or map loaded in the kernel now (libbpf's ``next_id``:
-    bpf_map_get_next_id or bpf_prog_get_next_id)."""
-    ids, current = set(), ctypes.c_uint32(0)
-    while True:
-        following = ctypes.c_uint32()
-        try:
-            libbpf(next_id, current, ctypes.byref(following))
-        except FileNotFoundError:
-            return ids
-        ids.add(following.value)
-        current = following
-
-
-def _kernel_objects(pid: int) -> tuple[set[int], set[int]]:
-    """Ids of the BPF maps and programs the process holds descriptors to (from fdinfo)."""
-    maps, progs = set(), set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except FileNotFoundError:
-            continue
-        maps |= {int(x) for x in re.findall(r"^map_id:\s+(\d+)", info, re.M)}
-        progs |= {int(x) for x in re.findall(r"^prog_id:\s+(\d+)", info, re.M)}
-    return maps, progs
 
 
 def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -> None:
@@ -55,9 +25,9 @@ def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -
         assert not re.search(r"lib(bcc|LLVM|clang)", mapped), "the daemon loaded BCC"
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         assert children == [], "the loader child is still there"
-        maps, progs = _kernel_objects(pid)
+        maps, progs = held_by(pid)
         assert len(maps) == len(daemon_maps()) + len(ALARM_MAPS)
-        assert maps <= _loaded(MAP_IDS)
+        assert maps <= loaded(MAP_IDS)
         attached = sum(ok for ok in (daemon.scrape().series("procmond_probe_attached").values()))
         assert attached == 5 and len(progs) == attached  # it holds every program it runs
         name = unique_name("ho")
@@ -70,7 +40,7 @@ def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -
     # Closing the descriptors detached and freed everything (freeing waits for RCU).
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        alive = (maps & _loaded(MAP_IDS)) | (progs & _loaded(PROG_IDS))
+        alive = (maps & loaded(MAP_IDS)) | (progs & loaded(PROG_IDS))
         if not alive:
             break
         time.sleep(0.1)
@@ -109,9 +79,9 @@ def test_batched_and_key_by_key_reads_agree(creator: Path) -> None:
         probe.close()
 
 
-def test_a_daemon_killed_while_loading_leaves_nothing_loaded(tmp_path: Path) -> None:
+def test_a_daemon_killed_while_loading_leaves_nothingloaded(tmp_path: Path) -> None:
     """SIGKILL while the loader child compiles: whichever side is left frees the probe."""
-    before = _loaded(MAP_IDS)
+    before = loaded(MAP_IDS)
     config = tmp_path / "c.yaml"
     config.write_text(f'listen: "127.0.0.1:{free_port()}"\n')
     daemon = subprocess.Popen(
@@ -129,9 +99,9 @@ def test_a_daemon_killed_while_loading_leaves_nothing_loaded(tmp_path: Path) -> 
     while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{children[0]}").exists(), "the loader child outlived the daemon"
-    while time.monotonic() < deadline and _loaded(MAP_IDS) - before:
+    while time.monotonic() < deadline and loaded(MAP_IDS) - before:
         time.sleep(0.1)
-    assert _loaded(MAP_IDS) - before == set()
+    assert loaded(MAP_IDS) - before == set()
 
 
 def test_a_map_that_grew_since_the_last_read_is_read_whole(creator: Path) -> None:
