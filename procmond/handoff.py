@@ -23,7 +23,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from procmond import signals
+from procmond import memory_limits, signals
 from procmond.bpfmap import BPFMap
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError, ProcmondError
@@ -87,8 +87,10 @@ class HandedOffProbe:
 
 
 def load(config: Config) -> HandedOffProbe:
-    """Run the loader child and take over what it loaded. Raises what the loader raised."""
+    """Run the loader child and take over what it loaded. Raises what the loader raised, or
+    says why it died (procmond/memory_limits.py: for memory, most often)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    oom = memory_limits.OomWatch.start()
     with ours:
         # The child starts, and stays, with SIGHUP, SIGINT and SIGTERM blocked: a stop sent
         # to the whole service must not kill it halfway (procmond/signals.py).
@@ -110,10 +112,7 @@ def load(config: Config) -> HandedOffProbe:
         finally:
             status = child.wait()
     if not data:
-        raise BPFLoadError(
-            f"the probe loader exited with status {status} before handing over the probe",
-            "its error is logged just above; run `procmond doctor`",
-        )
+        raise memory_limits.loader_exit_error(status, oom)
     return _take_over(json.loads(data), fds)
 
 
@@ -178,9 +177,14 @@ def _child(sock: socket.socket, config: Config) -> int:
         error = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
         sock.send(json.dumps({"error": error}).encode())
         return exc.exit_code
-    except Exception as exc:  # a bug: one log line with the traceback, and a clear error
-        log.exception("the probe loader failed")
-        error = {"type": "BPFLoadError", "message": f"the probe loader failed: {exc}", "hint": ""}
+    except Exception as exc:
+        if memory_limits.is_out_of_memory(exc):  # not a bug: the limit and the fix, no trace
+            short = memory_limits.out_of_memory(f"{type(exc).__name__}: {exc}".rstrip(": "))
+            error = {"type": "BPFLoadError", "message": short.message, "hint": short.hint}
+        else:  # a bug: one log line with the traceback, and a clear error
+            log.exception("the probe loader failed")
+            message = f"the probe loader failed: {exc}"
+            error = {"type": "BPFLoadError", "message": message, "hint": ""}
         sock.send(json.dumps({"error": error}).encode())
         return 1
     maps, links, programs = probe.descriptors()
