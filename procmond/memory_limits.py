@@ -15,6 +15,7 @@ short, and neither says so by itself:
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 from collections.abc import Callable
@@ -77,16 +78,26 @@ def _field(text: str, key: str) -> int | None:
     return None
 
 
+def holds_us(cgroup: MemoryCgroup) -> bool:
+    """Whether the directory really is this process's memory cgroup: it lists our pid, and on
+    v2 its memory controller is on (memory.max). A mount can hide another (a host's hierarchy
+    mounted over a container's own), and then the path leads elsewhere."""
+    try:
+        pids = (cgroup.directory / "cgroup.procs").read_text().split()
+    except OSError:
+        return False
+    on = cgroup.version == 1 or (cgroup.directory / "memory.max").exists()
+    return on and str(os.getpid()) in pids
+
+
 def memory_cgroups(
-    mountinfo: str,
-    proc_cgroup: str,
-    controlled: Callable[[Path], bool] = lambda directory: (directory / "memory.max").exists(),
+    mountinfo: str, proc_cgroup: str, ours: Callable[[MemoryCgroup], bool] = holds_us
 ) -> list[MemoryCgroup]:
     """This process's memory cgroup and its ancestors up to the mount's top, innermost first,
-    from the texts of /proc/self/mountinfo and /proc/self/cgroup. Cgroup v2 where its memory
-    controller is on (``controlled``: the cgroup's directory has memory.max); else v1's memory
-    hierarchy. Empty when neither is found, or the mount does not show our own cgroup (a host
-    hierarchy mounted into a container, whose cgroup namespace hides where in it we are)."""
+    from the texts of /proc/self/mountinfo and /proc/self/cgroup: cgroup v2 where its memory
+    controller is on, else v1's memory hierarchy (``ours`` checks the innermost). Empty when
+    neither is found, or the mount does not show our own cgroup (a host's hierarchy mounted
+    into a container, whose cgroup namespace hides where in it we are)."""
     mounts = parse_mountinfo(mountinfo)
     found: list[list[MemoryCgroup]] = []
     for line in proc_cgroup.splitlines():
@@ -102,7 +113,7 @@ def memory_cgroups(
             continue
         for mount in candidates:
             chain = _chain(Path(mount.mount_point), mount.root, path, version)
-            if chain and (version == 1 or controlled(chain[0].directory)):
+            if chain and ours(chain[0]):
                 found.append(chain)
                 break
     found.sort(key=lambda chain: -chain[0].version)  # v2 first, when it has the controller

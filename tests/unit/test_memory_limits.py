@@ -3,6 +3,7 @@ loader dies (the real kernel's side is tests/e2e/test_memory_limits.py)."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -20,7 +21,7 @@ HYBRID = (
 
 
 def test_v2_when_its_memory_controller_is_on() -> None:
-    chain = memory_cgroups(V2, "0::/system.slice/procmond.service\n", lambda _d: True)
+    chain = memory_cgroups(V2, "0::/system.slice/procmond.service\n", lambda _c: True)
     assert [(c.path, str(c.directory), c.version) for c in chain] == [
         ("/system.slice/procmond.service", "/sys/fs/cgroup/system.slice/procmond.service", 2),
         ("/system.slice", "/sys/fs/cgroup/system.slice", 2),
@@ -29,7 +30,7 @@ def test_v2_when_its_memory_controller_is_on() -> None:
 
 
 def test_v1_memory_hierarchy_when_v2_has_no_memory_controller() -> None:
-    chain = memory_cgroups(HYBRID, "8:pids:/\n4:memory:/a/b\n0::/\n", lambda _d: False)
+    chain = memory_cgroups(HYBRID, "8:pids:/\n4:memory:/a/b\n0::/\n", lambda c: c.version == 1)
     assert [(c.path, str(c.directory), c.version) for c in chain] == [
         ("/a/b", "/sys/fs/cgroup/memory/a/b", 1),
         ("/a", "/sys/fs/cgroup/memory/a", 1),
@@ -39,7 +40,7 @@ def test_v1_memory_hierarchy_when_v2_has_no_memory_controller() -> None:
 
 def test_a_mount_of_a_subtree_maps_paths_below_it() -> None:
     mountinfo = "30 1 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
-    chain = memory_cgroups(mountinfo, "0::/kubepods/pod1/ctr\n", lambda _d: True)
+    chain = memory_cgroups(mountinfo, "0::/kubepods/pod1/ctr\n", lambda _c: True)
     assert [(c.path, str(c.directory)) for c in chain] == [
         ("/kubepods/pod1/ctr", "/sys/fs/cgroup/ctr"),
         ("/kubepods/pod1", "/sys/fs/cgroup"),
@@ -59,7 +60,7 @@ def test_a_mount_of_a_subtree_maps_paths_below_it() -> None:
     ],
 )
 def test_nothing_when_our_memory_cgroup_cannot_be_seen(mountinfo: str, proc_cgroup: str) -> None:
-    assert memory_cgroups(mountinfo, proc_cgroup, lambda _d: False) == []
+    assert memory_cgroups(mountinfo, proc_cgroup, lambda c: c.version == 1) == []
 
 
 def _cgroup(tmp_path: Path, version: int, limit: str, oom_kills: int) -> MemoryCgroup:
@@ -134,3 +135,16 @@ def test_what_counts_as_out_of_memory() -> None:
     assert memory_limits.is_out_of_memory(mapped)
     assert not memory_limits.is_out_of_memory(OSError("libbcc.so.0: cannot open shared object"))
     assert not memory_limits.is_out_of_memory(ValueError("x"))
+
+
+def test_a_directory_that_does_not_list_us_is_not_our_cgroup(tmp_path: Path) -> None:
+    """A mount hidden under another (a host's hierarchy over a container's own) leads a path
+    to some other cgroup: only one that lists this process counts."""
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "cgroup.procs").write_text(f"1\n{os.getpid() + 1}\n")
+    assert not memory_limits.holds_us(MemoryCgroup("/x", tmp_path, 2))
+    (tmp_path / "cgroup.procs").write_text(f"1\n{os.getpid()}\n")
+    assert memory_limits.holds_us(MemoryCgroup("/x", tmp_path, 2))
+    (tmp_path / "memory.max").unlink()  # v2 without its memory controller on
+    assert not memory_limits.holds_us(MemoryCgroup("/x", tmp_path, 2))
+    assert memory_limits.holds_us(MemoryCgroup("/x", tmp_path, 1))
