@@ -97,7 +97,7 @@ def test_enable_now_serves_real_counts(box: SystemdSandbox) -> None:
     )
     assert props["ActiveState"] == "active", props
     assert re.match(
-        r"4/4 probes attached; serving http://\S+:10057/metrics; no scrape yet$",
+        r"5/5 probes attached; serving http://\S+:10057/metrics; no scrape yet$",
         props["StatusText"],
     ), props
     ready = (
