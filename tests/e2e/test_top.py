@@ -14,13 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.e2e.bpf_objects import MAP_IDS, PROG_IDS, held_by, loaded
 from tests.e2e.harness import PROCMOND, REPO, own_comm, unique_name
-from tests.e2e.test_handoff import (
-    MAP_IDS,
-    PROG_IDS,
-    _kernel_objects,
-    _loaded,
-)
 
 RATE = 200  # forks a second, paced by the creator
 TOLERANCE = 0.10
@@ -185,7 +180,7 @@ def test_top_in_a_terminal_shows_the_rate_and_q_restores_everything(creator: Pat
         tmux.keys(" ".join([sys.executable, "-m", "procmond", "top"]), "Enter")
         tmux.wait_for(lambda s: "FORKS/s" in s)
         top_pid = int(Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
-        maps, programs = _kernel_objects(top_pid)
+        maps, programs = held_by(top_pid)
         assert maps and programs
         tmux.keys("c", *(["Up"] * 30))  # sort by command; the first row ("!...") selected
         rates: dict[str, str] = {}  # header (its clock) → our row's fork rate
@@ -206,7 +201,7 @@ def test_top_in_a_terminal_shows_the_rate_and_q_restores_everything(creator: Pat
         tmux.wait_for(lambda s: "\nrestored-42" in s)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            left = (maps & _loaded(MAP_IDS)) | (programs & _loaded(PROG_IDS))
+            left = (maps & loaded(MAP_IDS)) | (programs & loaded(PROG_IDS))
             if not left:
                 break
             time.sleep(0.1)
