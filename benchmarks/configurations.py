@@ -168,10 +168,13 @@ class Daemon(Configuration):
 
     name = "procmond"
 
-    def __init__(self, workdir: Path, config_text: str = OUTSIDE_STORMS) -> None:
+    def __init__(
+        self, workdir: Path, config_text: str = OUTSIDE_STORMS, source: Path | None = None
+    ) -> None:
         super().__init__(workdir)
         self.port = free_port()
         self.config_text = config_text
+        self.source = source  # a tree whose procmond to run (python -m, from there); None: ours
         self.log_path = workdir / f"procmond-{self.port}.log"
         self._before: dict[str, tuple[float, float]] = {}
         self._counted: dict[str, int] = {}
@@ -185,10 +188,12 @@ class Daemon(Configuration):
         config = self.workdir / f"procmond-{self.port}.yaml"
         config.write_text(f'listen: "127.0.0.1:{self.port}"\n{self.config_text}')
         with self.log_path.open("wb") as log:
+            command = [sys.executable, "-m", "procmond"] if self.source else procmond_command()
             self.process = subprocess.Popen(
-                [*procmond_command(), "run", "--config", str(config)],
+                [*command, "run", "--config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=self.source,
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

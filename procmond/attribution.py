@@ -14,12 +14,22 @@ labels its count is shown under and from which base:
   been seen gone at an earlier scrape (a program that read the id just before the rmdir has
   long finished). Its count is folded into user space under its labels, so the kernel entry is
   free for a new cgroup.
-- Folded counts are kept per label set, at most ``capacity`` label sets per map; beyond that
-  they go to the ``__overflow__`` label set, as kernel-map overflow does. Memory is fixed by
-  the config whatever the churn.
+- Folded counts are kept per label set, and share ``capacity`` (the config's ``max_entries``)
+  with the label sets live kernel entries show: a metric shows at most ``capacity`` series plus
+  ``__overflow__``. A label set that a live entry also shows costs no series and is always
+  kept. A gone cgroup's counts go to the ``__overflow__`` label set, as kernel-map overflow
+  does, when the live ones leave no room; and when live label sets grow into the room of
+  folded ones, the folded label sets least recently added to go there too (the live counters
+  are never touched). Each is one move of a count from a series that ends to
+  ``__overflow__``: the sum stays exact, no series shown goes down.
+- Cgroups are remembered while map entries name them: a gone one is forgotten at the first
+  scrape that no longer sees it (its entries all reclaimed), a live one no entry named for
+  ``FORGET_AFTER_SECONDS``, and past ``max_cgroups`` the least recently seen. Memory is fixed
+  by the config whatever the churn.
 
-Invariants (tests/unit/test_attribution.py, tests/e2e/test_attribution.py): every count shows
-exactly once; no exposed series goes down; kernel entries and user-space state are bounded.
+Invariants (tests/unit/test_attribution.py, tests/e2e/test_attribution.py,
+tests/e2e/test_churn.py): every count shows exactly once; no exposed series goes down; kernel
+entries, series and user-space state are bounded by the config.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ class _Cgroup:
     final: bool
     gone_since: float | None = None
     seen: float = 0.0
+    seen_scrape: int = 0
 
 
 @dataclass
@@ -87,8 +98,9 @@ class Shown(NamedTuple):
 
 class Attribution:
     """Each scrape: ``start_scrape()``, then per counter map ``entry()`` for each kernel entry
-    the caller does not already show plainly, ``end_map()``, and ``folded()``; after every map,
-    ``forget_unused()``. ``rows()`` does one map's part in one call."""
+    the caller does not already show plainly, ``end_map()``, and ``folded()`` once every entry
+    is placed; after every map, ``forget_unused()``. ``rows()`` does one map's part in one
+    call. ``max_cgroups`` bounds the cgroups remembered (default: ``capacity``)."""
 
     def __init__(
         self,
@@ -97,16 +109,21 @@ class Attribution:
         overflow_value: str,
         clock: Callable[[], float] = time.monotonic,
         reclaim_after: float = RECLAIM_AFTER_SECONDS,
+        max_cgroups: int | None = None,
     ) -> None:
         self._namer = namer
         self._capacity = capacity
         self._overflow = overflow_value
         self._clock = clock
         self._reclaim_after = reclaim_after
+        self.max_cgroups = max_cgroups or capacity
         self._cgroups: dict[int, _Cgroup] = {}
         self._entries: dict[tuple[str, bytes], _Entry] = {}
+        # per map: label set → count, least recently added to first
         self._folded: dict[str, dict[Row, int]] = {}
+        self._folding: dict[str, list[tuple[Row, int]]] = {}  # reclaimed, not yet placed
         self._now = clock()
+        self._scrape = 0
         self._settled: dict[int, _Cgroup] = {}  # cgroups resolved in this scrape
         self._present: set[tuple[str, bytes]] = set()  # recorded entries seen in this scrape
         self.reclaimed = 0  # kernel entries deleted, for procmond_cgroup_entries_reclaimed_total
@@ -123,7 +140,8 @@ class Attribution:
             if shown is not None:
                 out[shown.labels] = out.get(shown.labels, 0) + shown.count
         self.end_map(map_name)
-        for labels, count in self.folded(map_name).items():
+        live = set(out)
+        for labels, count in self.folded(map_name, live.__contains__, len(live)).items():
             out[labels] = out.get(labels, 0) + count
         return out
 
@@ -131,6 +149,7 @@ class Attribution:
         """From here on each cgroup is resolved (names, whether it is gone) once, for every
         map of the scrape."""
         self._now = self._clock()
+        self._scrape += 1
         self._settled = {}
         self._present = set()
 
@@ -175,16 +194,69 @@ class Attribution:
         for key in [k for k in self._entries if k[0] == map_name and k not in present]:
             del self._entries[key]
 
-    def folded(self, map_name: str) -> dict[Row, int]:
-        """Counts of entries no longer in the kernel map, by the labels they showed under."""
-        return self._folded.setdefault(map_name, {})
+    def folded(
+        self, map_name: str, live: Callable[[Row], bool], live_series: int
+    ) -> dict[Row, int]:
+        """Counts of entries no longer in the kernel map, by the labels they showed under,
+        once this scrape's live entries are placed: ``live_series`` series show them, and
+        ``live(labels)`` tells whether a label set is one of those. Folded label sets that
+        are not live get the room the live ones leave of ``capacity``; the counts of those
+        beyond it go to ``__overflow__`` (module docstring)."""
+        folded = self._folded.setdefault(map_name, {})
+        folding = self._folding.pop(map_name, [])
+        if not folding and (not folded or len(folded) + live_series <= self._capacity):
+            return folded  # within the bound whatever is live: the usual case, no look-up
+        some = folding[0][0] if folding else next(iter(folded))
+        overflow: Row = (self._overflow,) * len(some)
+        alone = {labels for labels in folded if labels != overflow and not live(labels)}
+        room = max(self._capacity - live_series, 0)
+        moved = 0
+        for labels, count in folding:
+            if labels in folded:
+                folded[labels] = folded.pop(labels) + count  # now the most recently added to
+            elif live(labels):
+                folded[labels] = count  # shown by a live entry anyway: costs no series
+            elif len(alone) < room:
+                folded[labels] = count
+                alone.add(labels)
+            else:
+                moved += count
+        if len(alone) > room:  # live label sets took the room of folded ones: oldest first
+            for labels in [labels for labels in folded if labels in alone][: len(alone) - room]:
+                moved += folded.pop(labels)
+        if moved:
+            folded[overflow] = folded.pop(overflow, 0) + moved
+        return folded
 
     def forget_unused(self, older_than: float = FORGET_AFTER_SECONDS) -> None:
-        """Drop cgroups no map entry has named for ``older_than`` seconds (after a reclaim):
-        called once a scrape, it keeps what is remembered bounded by what the maps hold."""
+        """Drop the cgroups no map entry needs any more, once a scrape: gone ones this scrape
+        did not see (their entries are all reclaimed), live ones no entry has named for
+        ``older_than`` seconds, and beyond ``max_cgroups`` the least recently seen (never one
+        this scrape saw). What is remembered stays bounded by what the maps can hold."""
         cutoff = self._clock() - older_than
-        for cgroup_id in [i for i, c in self._cgroups.items() if c.seen < cutoff]:
+        scrape = self._scrape
+        for cgroup_id in [
+            i
+            for i, c in self._cgroups.items()
+            if c.seen < cutoff or (c.gone_since is not None and c.seen_scrape < scrape)
+        ]:
             del self._cgroups[cgroup_id]
+        excess = len(self._cgroups) - self.max_cgroups
+        if excess > 0:
+            unseen = [(c.seen, i) for i, c in self._cgroups.items() if c.seen_scrape < scrape]
+            for _, cgroup_id in sorted(unseen)[:excess]:
+                del self._cgroups[cgroup_id]
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries and capacity of each table (procmond_table_entries): cgroups and entries
+        remembered, and per map the label sets kept for gone cgroups (with __overflow__)."""
+        sizes = {
+            "attribution_cgroups": (len(self._cgroups), self.max_cgroups),
+            "attribution_entries": (len(self._entries), self.max_cgroups),
+        }
+        for map_name, folded in sorted(self._folded.items()):
+            sizes[f"folded_{map_name}"] = (len(folded), self._capacity + 1)
+        return sizes
 
     def _settle(self, cgroup_id: int) -> _Cgroup:
         cgroup = self._settled.get(cgroup_id)
@@ -202,18 +274,16 @@ class Attribution:
                 cgroup.labels, cgroup.final = labels, final
             else:
                 cgroup.final = final
-        cgroup.seen = now
+        cgroup.seen, cgroup.seen_scrape = now, self._scrape
         if cgroup_id and cgroup.gone_since is None and self._namer.alive(cgroup_id) is False:
             cgroup.gone_since = now
         return cgroup
 
     def _fold(self, map_name: str, labels: Row, count: int) -> None:
-        if count <= 0:
-            return
-        folded = self.folded(map_name)
-        if labels not in folded and len(folded) >= self._capacity:
-            labels = (self._overflow,) * len(labels)
-        folded[labels] = folded.get(labels, 0) + count
+        """Keep ``count`` under ``labels``; where, exactly, once the scrape's live label sets
+        are known (``folded()``)."""
+        if count > 0:
+            self._folding.setdefault(map_name, []).append((labels, count))
 
 
 def _less_known(new: CgroupLabels, old: CgroupLabels) -> bool:

@@ -44,8 +44,11 @@ The contract of :meth:`CgroupResolver.labels` (what the collector relies on):
 * Everything is bounded: paths and final labels are LRU caches of ``capacity`` ids, ids not
   found are remembered (negative cache, ``negative_capacity`` ids) until the next walk is
   allowed, and pending ids (``pending_capacity``) only keep the time they were first asked for.
-  A walk of the tree runs at most once per ``walk_interval`` seconds, and only on a miss; the
-  kubelet's files are re-read at most once per their own interval, only on a miss.
+  The daemon sizes them all by the cgroups its maps can hold (``metrics.cgroups_capacity``).
+  A walk of the tree runs at most once per ``walk_interval`` seconds, and only on a miss; it
+  adds the other cgroups it passes to the path cache only where there is room, so that a tree
+  larger than the cache never pushes out the ids in use. The kubelet's files are re-read at
+  most once per their own interval, only on a miss.
 """
 
 from __future__ import annotations
@@ -92,6 +95,11 @@ class BoundedLRU(Generic[K, V]):
         self._items.move_to_end(key)
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
+
+    def offer(self, key: K, value: V) -> None:
+        """Keep ``value`` only if that evicts nothing (a guess must not push out what is used)."""
+        if key not in self._items and len(self._items) < self.capacity:
+            self._items[key] = value
 
     def pop(self, key: K) -> V | None:
         return self._items.pop(key, None)
@@ -464,7 +472,7 @@ class CgroupResolver:
             if d.inode in wanted:
                 found[d.inode] = d.path
             else:
-                self._paths.put(d.inode, d.path)
+                self._paths.offer(d.inode, d.path)
         for cgroup_id, path in found.items():
             self._paths.put(cgroup_id, path)
             self._negative.pop(cgroup_id)
@@ -522,6 +530,21 @@ class CgroupResolver:
             return CgroupLabels("", pod.namespace, pod.pod, "") if pod else EMPTY_LABELS
         return None
 
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries and capacity of each table, the kubelet's names included: what stays
+        bounded under churn (procmond_table_entries)."""
+        with self._lock:
+            tables = {
+                "cgroup_paths": self._paths,
+                "cgroup_labels": self._labels,
+                "cgroups_not_found": self._negative,
+                "cgroups_awaiting_names": self._pending,
+            }
+            sizes = {name: (len(t), t.capacity) for name, t in tables.items()}
+        if self._kubelet is not None:
+            sizes.update(self._kubelet.sizes())
+        return sizes
+
     def stats(self) -> ResolverStats:
         with self._lock:
             return ResolverStats(
@@ -552,11 +575,13 @@ class CgroupNamer:
         resolver: CgroupResolver,
         hierarchy: Hierarchy | None,
         clock: Callable[[], float] = time.monotonic,
+        capacity: int = 16384,
     ) -> None:
         self._resolver = resolver
         self._hierarchy = hierarchy
         self._clock = clock
-        self._unplaced: dict[int, float] = {}  # id → first asked, while its path is unknown
+        # id → first asked, while its path is unknown; an id evicted is asked about afresh
+        self._unplaced: BoundedLRU[int, float] = BoundedLRU(capacity)
 
     def labels(self, cgroup_id: int) -> tuple[tuple[str, ...], bool]:
         labels = self._resolver.labels(cgroup_id)
@@ -567,18 +592,25 @@ class CgroupNamer:
             return True  # no v2 ids to tell apart: nothing is ever reclaimed
         path = self._resolver.path(cgroup_id)
         if path is None:
-            first = self._unplaced.setdefault(cgroup_id, self._clock())
+            first = self._unplaced.get(cgroup_id)
+            if first is None:
+                first = self._clock()
+                self._unplaced.put(cgroup_id, first)
             last_walk = self._resolver.last_walk
             if last_walk is not None and last_walk > first:
-                del self._unplaced[cgroup_id]
+                self._unplaced.pop(cgroup_id)
                 return False
             return None
-        self._unplaced.pop(cgroup_id, None)
+        self._unplaced.pop(cgroup_id)
         try:
             inode = os.stat(self._directory(path), follow_symlinks=False).st_ino
         except OSError:
             return False
         return inode == cgroup_id
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries and capacity of its table (procmond_table_entries)."""
+        return {"cgroups_unplaced": (len(self._unplaced), self._unplaced.capacity)}
 
     def _directory(self, path: str) -> str:
         """Where a cgroup path (from the hierarchy's root) is in this mount."""

@@ -23,11 +23,12 @@ from prometheus_client.core import (
 
 from procmond import privileges
 from procmond.attribution import Attribution, Row, Shown
-from procmond.cgroups import CgroupLayout, CgroupResolver
+from procmond.cgroups import CgroupLayout, CgroupNamer, CgroupResolver
 from procmond.config import Config
 from procmond.exposition import (
     Collector,
     Encoder,
+    Extra,
     Families,
     LabelTexts,
     families_of,
@@ -75,6 +76,7 @@ class CgroupSources:
     task_limits: TaskLimits
     attribution: Attribution | None  # None: no cgroup label is kept
     resolver: CgroupResolver  # cgroup id → labels, for attribution and storm reports
+    namer: CgroupNamer | None = None  # whether cgroups are gone, for attribution
 
 
 def labelled(
@@ -83,11 +85,17 @@ def labelled(
     """Rows of ``fields`` keyed by their label values for ``names``, summing rows that decode
     alike (distinct byte strings can give one label value: invalid UTF-8 becomes U+FFFD; a
     duplicate series would make the exposition invalid), which keeps every series monotonic."""
-    keep = tuple(fields.index(n) for n in names)
+    series = series_of(fields, names)
     out: dict[tuple[str, ...], object] = {}
     for row, value in rows:
-        _merge(out, tuple(label_value(row[i]) for i in keep), value)
+        _merge(out, series(row), value)
     return out
+
+
+def series_of(fields: tuple[str, ...], names: tuple[str, ...]) -> Callable[[Row], tuple[str, ...]]:
+    """Row of ``fields`` → the label values of its series (see ``labelled``)."""
+    keep = tuple(fields.index(n) for n in names)
+    return lambda row: tuple(label_value(row[i]) for i in keep)
 
 
 @dataclass(frozen=True)
@@ -124,13 +132,14 @@ class Snapshot:
 @dataclass(frozen=True)
 class _Placement:
     """How one counter map's rows are labelled in this scrape: ``resolve`` places a kernel
-    entry (procmond/attribution.py, or its decoded key as is), ``extra()`` gives the rows
-    that are not kernel entries (folded label sets, __overflow__), once every entry is placed."""
+    entry (procmond/attribution.py, or its decoded key as is), ``extra(live, live_series)``
+    gives the rows that are not kernel entries (folded label sets, __overflow__), once every
+    entry is placed: ``live_series`` series show them, ``live`` tells a row of one of those."""
 
     fields: tuple[str, ...]
     names: tuple[str, ...]
     resolve: Callable[[bytes, int], Shown | None]
-    extra: Callable[[], list[tuple[Row, int]]]
+    extra: Extra
 
 
 class ProcmondCollector:
@@ -336,7 +345,7 @@ class ProcmondCollector:
             def resolve(raw: bytes, count: int) -> Shown | None:
                 return Shown(decode(raw), count, True)
 
-            def extra() -> list[tuple[Row, int]]:
+            def extra(live: Callable[[Row], bool], live_series: int) -> list[tuple[Row, int]]:
                 return [((OVERFLOW_LABEL_VALUE,) * len(fields), overflow)] if overflow else []
 
         else:
@@ -348,9 +357,9 @@ class ProcmondCollector:
                 cgroup_id, *values = decode_key(raw)
                 return attribution.entry(name, raw, cgroup_id, tuple(values), count, taker)  # type: ignore[arg-type]
 
-            def extra() -> list[tuple[Row, int]]:
+            def extra(live: Callable[[Row], bool], live_series: int) -> list[tuple[Row, int]]:
                 attribution.end_map(name)
-                rows = list(attribution.folded(name).items())
+                rows = list(attribution.folded(name, live, live_series).items())
                 if overflow:
                     rows.append(((OVERFLOW_LABEL_VALUE,) * len(fields), overflow))
                 return rows
@@ -383,7 +392,9 @@ class ProcmondCollector:
             shown = placement.resolve(raw, value)
             if shown is not None:
                 placed.append((shown.labels, shown.count))
-        placed += placement.extra()
+        series = series_of(placement.fields, placement.names)
+        live = {series(labels) for labels, _ in placed}
+        placed += placement.extra(lambda labels: series(labels) in live, len(live))
         return spec, placement.names, labelled(placed, placement.fields, placement.names)  # type: ignore[return-value]
 
     def _render_histogram(self, out: bytearray, spec: HistogramMetric, snap: Snapshot) -> int:
@@ -471,6 +482,7 @@ class ProcmondCollector:
         except OSError as exc:
             log.error("cannot read the pids controller's counts: %s", exc)
         yield hits
+        yield from self._table_families()
         if self._attribution is not None:
             yield CounterMetricFamily(
                 "procmond_cgroup_entries_reclaimed_total",
@@ -478,6 +490,32 @@ class ProcmondCollector:
                 "their counts were folded into the daemon (nothing is lost).",
                 value=self._attribution.reclaimed,
             )
+
+    def _table_families(self) -> Iterator[Metric]:
+        """The daemon's own tables of cgroups and label sets, and their caps from the config:
+        what keeps its memory fixed whatever the churn."""
+        assert self._cgroups is not None
+        sizes = {"label_texts": (len(self._texts), self._texts.limit)}
+        sizes.update(self._cgroups.resolver.sizes())
+        if self._cgroups.namer is not None:
+            sizes.update(self._cgroups.namer.sizes())
+        if self._attribution is not None:
+            sizes.update(self._attribution.sizes())
+        entries = GaugeMetricFamily(
+            "procmond_table_entries",
+            "Entries in each of the daemon's tables of cgroups, names and label sets.",
+            labels=["table"],
+        )
+        capacity = GaugeMetricFamily(
+            "procmond_table_max_entries",
+            "Capacity of each of the daemon's tables, from the config's max_entries.",
+            labels=["table"],
+        )
+        for table, (used, cap) in sorted(sizes.items()):
+            entries.add_metric([table], used)
+            capacity.add_metric([table], cap)
+        yield entries
+        yield capacity
 
     def _status_families(self) -> Iterator[Metric]:
         s = self._status

@@ -30,7 +30,12 @@ from procmond.errors import ProcmondError
 from procmond.kubelet import KubeletNames
 from procmond.logs import setup_logging
 from procmond.maps import MapReader
-from procmond.metrics import OVERFLOW_LABEL_VALUE, folded_capacity, series_budget
+from procmond.metrics import (
+    OVERFLOW_LABEL_VALUE,
+    cgroups_capacity,
+    folded_capacity,
+    series_budget,
+)
 from procmond.server import MetricsServer, Render
 from procmond.storm_monitor import StormMonitor
 from procmond.systemd import Notifier
@@ -169,7 +174,8 @@ class Daemon:
         survives a reload that rebinds the listener."""
         layout = read_layout()
         log.info("cgroups: %s", layout.describe())
-        kubelet = KubeletNames()
+        cgroups = cgroups_capacity(self.config)  # the caps on everything kept of cgroups
+        kubelet = KubeletNames(capacity=cgroups)
         task_limits = TaskLimits(find_pids_hierarchy(layout), kubelet, gone=gone_cgroups(reader))
 
         def recorded_path(cgroup_id: int) -> str | None:
@@ -178,12 +184,21 @@ class Daemon:
             except OSError:
                 return None
 
-        resolver = CgroupResolver(layout.v2, kernel_path=recorded_path, kubelet=kubelet)
+        resolver = CgroupResolver(
+            layout.v2,
+            kernel_path=recorded_path,
+            kubelet=kubelet,
+            capacity=cgroups,
+            negative_capacity=cgroups,
+            pending_capacity=cgroups,
+        )
         if not self.config.cgroup_labels:
             return CgroupSources(layout, task_limits, None, resolver)
-        namer = CgroupNamer(resolver, layout.v2)
-        attribution = Attribution(namer, folded_capacity(self.config), OVERFLOW_LABEL_VALUE)
-        return CgroupSources(layout, task_limits, attribution, resolver)
+        namer = CgroupNamer(resolver, layout.v2, capacity=cgroups)
+        attribution = Attribution(
+            namer, folded_capacity(self.config), OVERFLOW_LABEL_VALUE, max_cgroups=cgroups
+        )
+        return CgroupSources(layout, task_limits, attribution, resolver, namer)
 
     def _cgroup_names(self, cgroup_id: int) -> tuple[str, ...]:
         """A cgroup's unit, namespace, pod and container, for storm reports (empty if not

@@ -32,6 +32,8 @@ from procmond.maps import Histogram, RawRows
 from procmond.metrics import CounterMetric, HistogramMetric, bucket_bounds, label_value
 
 Resolve = Callable[[bytes, int], Shown | None]  # a raw key and its count → where it shows
+# (is this row's series shown by a kernel entry, how many series those are) → the other rows
+Extra = Callable[[Callable[[Row], bool], int], Iterable[tuple[Row, int]]]
 Failed = Callable[[str, Exception], None]  # what could not be collected or rendered, and why
 Encoder = Callable[..., bytes]  # prometheus_client's generate_latest, either format
 
@@ -221,12 +223,13 @@ def render_counter(
     read: RawRows,
     texts: MapTexts,
     resolve: Resolve,
-    extra: Callable[[], Iterable[tuple[Row, int]]],
+    extra: Extra,
 ) -> int:
     """Append one counter family to ``out``: the map's rows (the known ones from the cache,
-    the others placed by ``resolve``), then the rows ``extra()`` gives once every row is
-    placed (folded label sets, __overflow__). Rows with the same labels are one series, their
-    counts added. Returns the series written. ``texts`` must follow ``read`` already.
+    the others placed by ``resolve``), then the rows ``extra`` gives once every row is
+    placed (folded label sets, __overflow__), told which series the map's rows show. Rows
+    with the same labels are one series, their counts added. Returns the series written.
+    ``texts`` must follow ``read`` already.
 
     A new plain row joins the cache unless its labels are taken; if a later row takes them,
     it leaves again. Only a row written from the cache that gets company makes the family be
@@ -261,7 +264,14 @@ def render_counter(
                 new[i] = shown.count
             else:
                 added[text] = added.get(text, 0) + shown.count
-    for labels, count in extra():
+    shown = texts.shown
+
+    def live(labels: Row) -> bool:
+        text = texts.of_row(labels)
+        return text in shown or text in added
+
+    live_series = len(shown) + sum(1 for text in added if text not in shown)
+    for labels, count in extra(live, live_series):
         text = texts.of_row(labels)
         added[text] = added.get(text, 0) + count
     written_before: dict[int, bytes] = {}  # row written above → its text, now shared

@@ -14,7 +14,8 @@ unambiguously. What is on disk is still any bytes (whatever can write there choo
 names are decoded as they are listed (procmond.text.decoded: invalid UTF-8 → U+FFFD). Both
 directories are listed whole at most once per ``refresh_interval`` seconds, and only when a
 look-up misses; the index is replaced at each listing, so it is bounded by what is on disk,
-and at most ``max_entries`` of each are kept.
+and at most ``capacity`` names of each are kept (the daemon's ``metrics.cgroups_capacity``:
+as many cgroups as its maps can hold).
 """
 
 from __future__ import annotations
@@ -105,13 +106,13 @@ class KubeletNames:
         containers_dir: Path = CONTAINERS_DIR,
         *,
         refresh_interval: float = 5.0,
-        max_entries: int = 65536,
+        capacity: int = 16384,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pods_dir = pods_dir
         self._containers_dir = containers_dir
         self._refresh_interval = refresh_interval
-        self._max_entries = max_entries
+        self._capacity = capacity
         self._clock = clock
         self._pods: dict[str, PodName] = {}
         self._containers: dict[str, ContainerName] = {}
@@ -137,7 +138,15 @@ class KubeletNames:
             return
         self._last_refresh = now
         self.refreshes += 1
-        pods = (parse_pod_dir(n) for n in _list(self._pods_dir, self._max_entries))
+        pods = (parse_pod_dir(n) for n in _list(self._pods_dir, self._capacity))
         self._pods = dict(p for p in pods if p is not None)
-        links = (parse_container_link(n) for n in _list(self._containers_dir, self._max_entries))
+        links = (parse_container_link(n) for n in _list(self._containers_dir, self._capacity))
         self._containers = dict(c for c in links if c is not None)
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Names kept, and how many may be (procmond_table_entries)."""
+        with self._lock:
+            return {
+                "kubelet_pods": (len(self._pods), self._capacity),
+                "kubelet_containers": (len(self._containers), self._capacity),
+            }

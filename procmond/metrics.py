@@ -148,9 +148,18 @@ def counter_fields(spec: CounterMetric, config: Config) -> tuple[str, ...]:
 
 
 def folded_capacity(config: Config) -> int:
-    """Label sets of gone cgroups kept per counter in user space (procmond/attribution.py):
-    as many as the kernel map holds live ones; beyond that they count under __overflow__."""
+    """Series per counter metric, besides __overflow__ (procmond/attribution.py): live kernel
+    entries and gone cgroups' label sets kept in user space share ``max_entries``; a gone
+    cgroup's counts go to __overflow__ when the live ones leave no room."""
     return config.max_entries
+
+
+def cgroups_capacity(config: Config) -> int:
+    """Cgroups the daemon keeps anything of (names, paths, attribution records, the kubelet's
+    names): as many as the counter maps can hold entries of at once, each its own cgroup.
+    Caches of that size keep every cgroup a scrape asks about; gone cgroups are forgotten
+    first, so memory does not grow with churn."""
+    return config.max_entries * max(1, len(counters(config)))
 
 
 def label_names(key_fields: tuple[str, ...], config: Config) -> tuple[str, ...]:
@@ -192,8 +201,10 @@ def series_budget(config: Config) -> int:
     parent_comm a counter map holds 1 label set (all events share the zeroed key), and the
     fork-failure map 1 per error (at most MAX_ERRNO). Each labelled metric can also show the
     __overflow__ label set (events whose update failed, a full map being the usual reason);
-    a metric left with no labels at all folds those events into its one series. A histogram
-    label set is len(buckets) + 3 series (+Inf, _sum and _count).
+    a metric left with no labels at all folds those events into its one series. Gone cgroups'
+    label sets kept in user space share the map's capacity with its live entries
+    (folded_capacity), so a counter shows at most max_entries + 1 series. A histogram label
+    set is len(buckets) + 3 series (+Inf, _sum and _count).
     """
     return sum(
         sets * (len(m.bucket_exponents) + 3 if isinstance(m, HistogramMetric) else 1)
@@ -211,10 +222,9 @@ def _metric_label_sets(config: Config) -> list[tuple[CounterMetric | HistogramMe
     """Each family's worst-case label sets (see series_budget)."""
     sets: list[tuple[CounterMetric | HistogramMetric, int]] = []
     for c in counters(config):
-        n = _label_sets(counter_fields(c, config), config.max_entries, config)
-        if config.cgroup_labels:  # gone cgroups' label sets, folded (procmond/attribution.py)
-            n += folded_capacity(config)
-        sets.append((c, n))
+        # live entries and gone cgroups' label sets share folded_capacity (attribution.py)
+        capacity = folded_capacity(config) if config.cgroup_labels else config.max_entries
+        sets.append((c, _label_sets(counter_fields(c, config), capacity, config)))
     for h in histograms(config):
         sets.append((h, _label_sets(h.key_fields, config.histogram_max_entries, config)))
     return sets

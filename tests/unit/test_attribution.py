@@ -122,7 +122,15 @@ def test_folded_label_sets_are_bounded_and_the_rest_overflows() -> None:
         clock.now += 2
     shown = scrape(attribution, kernel)
     assert sum(shown.values()) == total  # nothing lost
-    assert len(shown) == 4 and shown[("__overflow__",) * 5] == total - (1 + 2 + 3)
+    # the first two gone units kept their series; from then on the live unit (seen gone, not
+    # yet reclaimed: run-10 at the end) left no room, so each reclaimed one overflowed
+    assert len(shown) == 3 + 1 and shown[("__overflow__",) * 5] == total - (1 + 2 + 10)
+    assert set(shown) - {("__overflow__",) * 5} == {
+        (f"run-{i}.service", "", "", "", "sh") for i in (1, 2, 10)
+    }
+    clock.now += 2
+    shown = scrape(attribution, kernel)  # run-10 reclaimed: room for it now
+    assert len(shown) == 4 and shown[("run-10.service", "", "", "", "sh")] == 10
     assert not kernel.entries  # every kernel entry given back
 
 
@@ -159,3 +167,90 @@ def test_cgroups_no_entry_names_are_forgotten() -> None:
     attribution.forget_unused()
     assert not attribution._cgroups and not attribution._entries
     assert sum(scrape(attribution, kernel).values()) == 49
+
+
+def test_live_and_folded_label_sets_share_the_bound() -> None:
+    """Units come and go, a varying number alive at once: every scrape shows at most
+    ``capacity`` series plus __overflow__, each count exactly once, and no series shown by a
+    live entry ever goes down (gone cgroups' counts are what yields)."""
+    cgroups, kernel, clock, attribution = setup(capacity=5)
+    made, alive, shown_before = 0, [], {}
+    for step in range(300):
+        if step % 3 == 0 or not alive:  # a new unit, with one to four forks
+            cgroup_id = 100 + step
+            cgroups.names[cgroup_id] = ((f"u{step}.service", "", "", ""), True)
+            alive.append(cgroup_id)
+        target = alive[step % len(alive)]
+        kernel.add(target, "sh", 1 + step % 4)
+        made += 1 + step % 4
+        if len(alive) > 1 + (step // 20) % 5:  # between 1 and 5 alive, in waves
+            cgroups.gone.add(alive.pop(0))
+        clock.now += 0.7
+        shown = scrape(attribution, kernel)
+        assert sum(shown.values()) == made
+        assert len([s for s in shown if s != ("__overflow__",) * 5]) <= 5, step
+        live = {(*cgroups.names[i][0], "sh") for i, _, _ in kernel.entries.values()}
+        for labels in live & set(shown_before):
+            assert shown[labels] >= shown_before[labels], (step, labels)
+        shown_before = shown
+    assert shown[("__overflow__",) * 5] > 0  # the bound was reached
+
+
+def test_live_label_sets_take_the_room_of_the_oldest_folded_ones() -> None:
+    cgroups, kernel, clock, attribution = setup(capacity=3)
+    for i in (1, 2, 3):  # three units gone: their label sets fill the room
+        cgroups.names[i] = ((f"old-{i}.service", "", "", ""), True)
+        kernel.add(i, "sh", 10 * i)
+        cgroups.gone.add(i)
+    scrape(attribution, kernel)
+    clock.now += 2
+    assert len(scrape(attribution, kernel)) == 3 and not kernel.entries
+    cgroups.names[4] = (UNIT_A, True)  # a live unit: the oldest folded set makes room
+    kernel.add(4, "sh", 1)
+    clock.now += 2
+    assert scrape(attribution, kernel) == {
+        ("old-2.service", "", "", "", "sh"): 20,
+        ("old-3.service", "", "", "", "sh"): 30,
+        (*UNIT_A, "sh"): 1,
+        ("__overflow__",) * 5: 10,
+    }
+
+
+def test_a_gone_cgroup_whose_labels_are_live_keeps_its_count_there_when_full() -> None:
+    """A unit restarted (a new cgroup, the same labels) while the room is taken: the old
+    cgroup's count stays in the series, which costs no room, so that series never drops."""
+    cgroups, kernel, clock, attribution = setup(capacity=2)
+    cgroups.names = {1: (UNIT_A, True), 2: (UNIT_A, True), 3: (POD, True)}
+    kernel.add(1, "sh", 5)
+    kernel.add(3, "sh", 1)
+    scrape(attribution, kernel)
+    cgroups.gone.add(1)  # restarted: 2 is the new cgroup of unit a
+    kernel.add(2, "sh", 2)
+    clock.now += 2
+    assert scrape(attribution, kernel) == {(*UNIT_A, "sh"): 7, (*POD, "sh"): 1}
+    clock.now += 2
+    assert scrape(attribution, kernel) == {(*UNIT_A, "sh"): 7, (*POD, "sh"): 1}
+    assert 1 not in {i for i, _, _ in kernel.entries.values()}  # reclaimed, kept under a
+
+
+def test_gone_cgroups_are_forgotten_once_reclaimed_and_the_rest_is_capped() -> None:
+    cgroups, kernel, clock, attribution = setup(capacity=100)
+    attribution.max_cgroups = 10
+    for i in range(1, 200):  # churn: each unit forks, is seen gone, then reclaimed
+        kernel.add(i, "sh")
+        cgroups.gone.add(i)
+        clock.now += 1.1
+        scrape(attribution, kernel)
+        attribution.forget_unused()
+        assert len(attribution._cgroups) <= 2, i  # the one seen gone, the one reclaimed
+    for i in range(1000, 1030):  # more live cgroups than the cap, each with an entry
+        kernel.add(i, "sh")
+    scrape(attribution, kernel)
+    attribution.forget_unused()
+    assert len(attribution._cgroups) == 30 + 1  # every one a scrape saw is kept (199 too)
+    kernel.entries = {k: v for k, v in kernel.entries.items() if v[0] >= 1020}
+    clock.now += 1
+    scrape(attribution, kernel)
+    attribution.forget_unused()
+    assert len(attribution._cgroups) == 10  # the least recently seen went first
+    assert attribution.sizes()["attribution_cgroups"] == (10, 10)

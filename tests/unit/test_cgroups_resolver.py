@@ -303,6 +303,6 @@ def test_kubelet_index_is_capped(tmp_path: Path, clock: Clock) -> None:
     pods = tmp_path / "pods"
     for n in range(10):
         (pods / f"ns_p{n}_uid{n}").mkdir(parents=True)
-    kubelet = KubeletNames(pods, tmp_path, max_entries=4, clock=clock)
+    kubelet = KubeletNames(pods, tmp_path, capacity=4, clock=clock)
     known = [kubelet.pod(f"uid{n}") for n in range(10)]
     assert sum(k is not None for k in known) == 4

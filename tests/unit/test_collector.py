@@ -167,10 +167,11 @@ def test_series_budget_counts_every_bucket() -> None:
     assert series_budget(c) == len(COUNTERS) * 11 + 3 * per_label_set
     c = Config(max_entries=10, histograms=False, syscall_probes=True, labels=pairs)
     assert series_budget(c) == len(COUNTERS) * 11
-    # the README's figures: the defaults (4 counters, live and folded cgroup label sets, and
-    # the lifetime histogram), and the same with syscall probes
-    assert series_budget(Config()) == 4 * (4097 + 4096) + 257 * 19 == 37_655
-    assert series_budget(Config(syscall_probes=True)) == 5 * 8193 + 257 * (19 + 14) == 49_446
+    # the README's figures: the defaults (4 counters of max_entries label sets, live and
+    # folded cgroups' together, and __overflow__; the lifetime histogram), and the same with
+    # syscall probes
+    assert series_budget(Config()) == 4 * (4096 + 1) + 257 * 19 == 21_271
+    assert series_budget(Config(syscall_probes=True)) == 5 * 4097 + 257 * (19 + 14) == 28_966
 
 
 def test_series_budget_counts_dropped_labels() -> None:

@@ -1,0 +1,173 @@
+"""Cgroup churn through the real daemon: tens of thousands of real unit cgroups made and
+removed, with real forks in them. The daemon's memory and its tables stay within what the
+config implies, each counter shows at most ``max_entries`` series plus ``__overflow__``, and
+every count is still shown exactly once."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks.churn import Churner, remove_churn_slice
+from procmond.cgroups import read_layout
+from procmond.config import Config
+from procmond.metrics import COUNTERS, cgroups_capacity, label_sets_budget
+from tests.e2e.harness import Daemon, Exposition, start_daemon
+
+OVERFLOW = "__overflow__"
+COUNTER_NAMES = [c.name for c in COUNTERS if not c.needs_syscall_probes]
+
+
+@pytest.fixture
+def churn_slice() -> Iterator[Path]:
+    """A slice of the test's own in the cgroup v2 hierarchy, removed with whatever is left."""
+    layout = read_layout()
+    assert layout.v2 is not None, "this test needs cgroup v2 (unified or hybrid)"
+    top = layout.v2.mount_point / f"test-churn-{secrets.token_hex(4)}.slice"
+    top.mkdir()
+    try:
+        yield top
+    finally:
+        remove_churn_slice(top)
+
+
+def rss_kib(daemon: Daemon) -> int:
+    for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class Flow:
+    """``procmond_forks_total`` followed from scrape to scrape, each one checked: at most
+    ``max_entries`` series plus __overflow__ per counter; a series only ever goes down (or
+    away) by handing its count to __overflow__, so that what __overflow__ gains is exactly
+    what series lost plus the events that found the kernel map full. Every count of a cgroup
+    is shown under its labels before it is folded (reclaim waits a scrape), so this accounts
+    for every count; ``lost_to_overflow`` keeps it per command."""
+
+    def __init__(self, daemon: Daemon, max_entries: int) -> None:
+        self.daemon = daemon
+        self.max_entries = max_entries
+        self.before: dict[tuple[tuple[str, str], ...], float] = {}
+        self.kernel_overflow = 0.0
+        self.lost_to_overflow: dict[str, float] = {}
+        self.most_series = 0
+        self.scrapes = 0
+
+    def scrape(self) -> Exposition:
+        m = self.daemon.scrape()
+        assert m.value("procmond_scrape_success") == 1, self.daemon.log()[-3000:]
+        for name in COUNTER_NAMES:
+            series = len(m.series(name))
+            assert series <= self.max_entries + 1, f"{name}: {series} series"
+            self.most_series = max(self.most_series, series)
+        now = m.series("procmond_forks_total")
+        overflow = next((k for k in now if all(v == OVERFLOW for _, v in k)), ())
+        kernel = m.value("procmond_map_overflow_events_total", map="forks_total")
+        lost = 0.0
+        for labels, value in self.before.items():
+            if labels != overflow and now.get(labels, 0.0) < value:
+                drop = value - now.get(labels, 0.0)
+                comm = dict(labels)["comm"]
+                self.lost_to_overflow[comm] = self.lost_to_overflow.get(comm, 0.0) + drop
+                lost += drop
+        gained = now.get(overflow, 0.0) - self.before.get(overflow, 0.0)
+        assert gained == lost + kernel - self.kernel_overflow, (gained, lost, kernel)
+        self.before, self.kernel_overflow = now, kernel
+        self.scrapes += 1
+        return m
+
+    def counted(self, comm: str) -> float:
+        """The command's forks: in its series now, and handed to __overflow__ on the way."""
+        shown = sum(v for k, v in self.before.items() if dict(k)["comm"] == comm)
+        return shown + self.lost_to_overflow.get(comm, 0.0)
+
+
+def churn(churner: Churner, flow: Flow, count: int, fork_every: int, rate: float) -> int:
+    """Churn ``count`` cgroups while scraping every 0.3 s; then scrape until the last ones are
+    reclaimed. The forks made."""
+    churner.start(count, fork_every, rate)
+    next_scrape = time.monotonic()
+    while not churner.poll():
+        if time.monotonic() >= next_scrape:
+            flow.scrape()
+            next_scrape = max(next_scrape + 0.3, time.monotonic())
+        time.sleep(0.02)
+    for _ in range(3):  # seen gone, then (a second later) reclaimed
+        time.sleep(0.6)
+        flow.scrape()
+    assert churner.forks is not None
+    return churner.forks
+
+
+def tables(m: Exposition) -> dict[str, tuple[float, float]]:
+    """{table: (entries, capacity)} from procmond_table_entries and _max_entries."""
+    return {
+        dict(k)["table"]: (v, m.value("procmond_table_max_entries", **dict(k)))
+        for k, v in m.series("procmond_table_entries").items()
+    }
+
+
+def test_memory_and_tables_follow_the_config_not_the_churn(
+    tmp_path: Path, churn_slice: Path
+) -> None:
+    """40,000 unit cgroups made and removed, every second one with a fork, scraped every
+    0.3 s: once the tables are full (10,000 cgroups), RSS stays within 3 MiB while 30,000
+    more come and go; every table is within its cap, derived from max_entries; every fork
+    is counted once."""
+    config = Config(max_entries=1024)
+    d = start_daemon(tmp_path, "max_entries: 1024\nstorm_threshold: 0\n")
+    name = ("ch" + secrets.token_hex(6)).encode()
+    churner = Churner(churn_slice, name)
+    try:
+        flow = Flow(d, config.max_entries)
+        forks = churn(churner, flow, 10_000, 2, 900)
+        warm = rss_kib(d)
+        forks += churn(churner, flow, 30_000, 2, 900)
+        grown = rss_kib(d) - warm
+        m = flow.scrape()
+        sizes = tables(m)
+        print(
+            f"RSS {warm} KiB after 10,000 cgroups, +{grown} KiB after 40,000; "
+            f"{flow.scrapes} scrapes, at most {flow.most_series} series; tables {sizes}"
+        )
+        assert m.value("procmond_map_overflow_events_total", map="forks_total") == 0
+        assert flow.counted(name.decode()) == forks == 20_000
+        assert m.value("procmond_cgroup_entries_reclaimed_total") >= 0.5 * forks
+        cgroups = cgroups_capacity(config)
+        assert sizes["cgroup_paths"][1] == sizes["attribution_cgroups"][1] == cgroups == 4096
+        assert sizes["kubelet_containers"][1] == cgroups
+        assert sizes["folded_forks_total"][1] == config.max_entries + 1
+        assert sizes["label_texts"][1] == label_sets_budget(config)
+        assert all(used <= cap for used, cap in sizes.values()), sizes
+        assert sizes["attribution_cgroups"][0] < 100  # gone ones are forgotten at once
+        assert grown < 3 * 1024, f"RSS grew {grown} KiB over 30,000 more cgroups"
+    finally:
+        churner.stop()
+        assert d.stop() == 0, d.log()
+
+
+def test_series_stay_within_max_entries_under_churn(tmp_path: Path, churn_slice: Path) -> None:
+    """max_entries 1000 and 3,000 units churned, each forking three times: at no scrape does
+    a counter show more than 1,001 series (live and gone units' label sets share the room;
+    __overflow__ takes the rest), and every fork is counted once."""
+    d = start_daemon(tmp_path, "max_entries: 1000\nstorm_threshold: 0\n")
+    name = ("cs" + secrets.token_hex(6)).encode()
+    churner = Churner(churn_slice, name, forks_each=3)
+    try:
+        flow = Flow(d, 1000)
+        forks = churn(churner, flow, 3000, 1, 400)
+        m = flow.scrape()
+        print(f"{flow.scrapes} scrapes, at most {flow.most_series} series")
+        assert m.value("procmond_map_overflow_events_total", map="forks_total") == 0
+        assert flow.counted(name.decode()) == forks == 9000
+        assert flow.most_series >= 1000  # the bound was reached, and held
+        assert flow.lost_to_overflow.get(name.decode(), 0) > 0
+    finally:
+        churner.stop()
+        assert d.stop() == 0, d.log()
