@@ -20,6 +20,7 @@ from typing import TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 
 from procmond.config import CGROUP_LABELS
+from procmond.metrics import COUNTERS, OVERFLOW_LABEL_VALUE
 
 REPO = Path(__file__).resolve().parents[2]
 CREATOR_SOURCE = REPO / "tests" / "helpers" / "creator.c"
@@ -140,6 +141,65 @@ class Daemon:
                 self.process.wait()
                 raise AssertionError(f"daemon ignored signal {sig}; log:\n{self.log()}") from None
         return self.process.returncode
+
+
+class SeriesFlow:
+    """``procmond_forks_total`` followed from scrape to scrape, each one checked: at most
+    ``max_entries`` series plus __overflow__ per counter; a series only ever goes down (or
+    away) by handing its count to __overflow__, so that what __overflow__ gains is exactly
+    what series lost plus the events that found the kernel map full. Every count of a cgroup
+    is shown under its labels before it is folded (reclaim waits a scrape), so this accounts
+    for every count; ``lost_to_overflow`` keeps it per command. The first scrape is the base:
+    make it before the load starts; no other client may scrape the daemon meanwhile."""
+
+    def __init__(self, daemon: Daemon, max_entries: int) -> None:
+        self.daemon = daemon
+        self.max_entries = max_entries
+        self.before: dict[tuple[tuple[str, str], ...], float] = {}
+        self.kernel_overflow: float | None = None
+        self.kernel_overflow_first = 0.0
+        self.lost_to_overflow: dict[str, float] = {}
+        self.most_series = 0
+        self.scrapes = 0
+
+    def scrape(self) -> Exposition:
+        m = self.daemon.scrape()
+        assert m.value("procmond_scrape_success") == 1, self.daemon.log()[-3000:]
+        for name in (c.name for c in COUNTERS if not c.needs_syscall_probes):
+            series = len(m.series(name))
+            assert series <= self.max_entries + 1, f"{name}: {series} series"
+            self.most_series = max(self.most_series, series)
+        now = m.series("procmond_forks_total")
+        overflow = next((k for k in now if all(v == OVERFLOW_LABEL_VALUE for _, v in k)), ())
+        kernel = m.value("procmond_map_overflow_events_total", map="forks_total")
+        lost = 0.0
+        for labels, value in self.before.items():
+            if labels != overflow and now.get(labels, 0.0) < value:
+                drop = value - now.get(labels, 0.0)
+                comm = dict(labels)["comm"]
+                self.lost_to_overflow[comm] = self.lost_to_overflow.get(comm, 0.0) + drop
+                lost += drop
+        if self.kernel_overflow is None:
+            self.kernel_overflow_first = kernel
+        else:
+            gained = now.get(overflow, 0.0) - self.before.get(overflow, 0.0)
+            assert gained == lost + kernel - self.kernel_overflow, (gained, lost, kernel)
+        self.before, self.kernel_overflow = now, kernel
+        self.scrapes += 1
+        return m
+
+    def counted(self, comm: str) -> float:
+        """The command's forks: in its series now, and handed to __overflow__ on the way."""
+        shown = sum(v for k, v in self.before.items() if dict(k)["comm"] == comm)
+        return shown + self.lost_to_overflow.get(comm, 0.0)
+
+    def assert_counted(self, comm: str, made: int) -> None:
+        """Each of ``made`` forks by ``comm`` counted once: exactly, unless the host filled
+        the kernel map meanwhile; then a fork may have counted under __overflow__ at once
+        (the map's overflow events, which name no command), and no more than those."""
+        counted = self.counted(comm)
+        overflowed = (self.kernel_overflow or 0.0) - self.kernel_overflow_first
+        assert counted <= made <= counted + overflowed, (counted, made, overflowed)
 
 
 def start_daemon(

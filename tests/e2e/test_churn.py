@@ -14,12 +14,7 @@ import pytest
 
 from benchmarks.churn import Churner, remove_churn_slice
 from procmond.cgroups import read_layout
-from procmond.config import Config
-from procmond.metrics import COUNTERS, cgroups_capacity, label_sets_budget
-from tests.e2e.harness import Daemon, Exposition, start_daemon
-
-OVERFLOW = "__overflow__"
-COUNTER_NAMES = [c.name for c in COUNTERS if not c.needs_syscall_probes]
+from tests.e2e.harness import Daemon, Exposition, SeriesFlow, start_daemon
 
 
 @pytest.fixture
@@ -42,55 +37,10 @@ def rss_kib(daemon: Daemon) -> int:
     raise AssertionError("no VmRSS")
 
 
-class Flow:
-    """``procmond_forks_total`` followed from scrape to scrape, each one checked: at most
-    ``max_entries`` series plus __overflow__ per counter; a series only ever goes down (or
-    away) by handing its count to __overflow__, so that what __overflow__ gains is exactly
-    what series lost plus the events that found the kernel map full. Every count of a cgroup
-    is shown under its labels before it is folded (reclaim waits a scrape), so this accounts
-    for every count; ``lost_to_overflow`` keeps it per command."""
-
-    def __init__(self, daemon: Daemon, max_entries: int) -> None:
-        self.daemon = daemon
-        self.max_entries = max_entries
-        self.before: dict[tuple[tuple[str, str], ...], float] = {}
-        self.kernel_overflow = 0.0
-        self.lost_to_overflow: dict[str, float] = {}
-        self.most_series = 0
-        self.scrapes = 0
-
-    def scrape(self) -> Exposition:
-        m = self.daemon.scrape()
-        assert m.value("procmond_scrape_success") == 1, self.daemon.log()[-3000:]
-        for name in COUNTER_NAMES:
-            series = len(m.series(name))
-            assert series <= self.max_entries + 1, f"{name}: {series} series"
-            self.most_series = max(self.most_series, series)
-        now = m.series("procmond_forks_total")
-        overflow = next((k for k in now if all(v == OVERFLOW for _, v in k)), ())
-        kernel = m.value("procmond_map_overflow_events_total", map="forks_total")
-        lost = 0.0
-        for labels, value in self.before.items():
-            if labels != overflow and now.get(labels, 0.0) < value:
-                drop = value - now.get(labels, 0.0)
-                comm = dict(labels)["comm"]
-                self.lost_to_overflow[comm] = self.lost_to_overflow.get(comm, 0.0) + drop
-                lost += drop
-        gained = now.get(overflow, 0.0) - self.before.get(overflow, 0.0)
-        assert gained == lost + kernel - self.kernel_overflow, (gained, lost, kernel)
-        self.before, self.kernel_overflow = now, kernel
-        self.scrapes += 1
-        return m
-
-    def counted(self, comm: str) -> float:
-        """The command's forks: in its series now, and handed to __overflow__ on the way."""
-        shown = sum(v for k, v in self.before.items() if dict(k)["comm"] == comm)
-        return shown + self.lost_to_overflow.get(comm, 0.0)
-
-
-def churn(churner: Churner, flow: Flow, count: int, fork_every: int, rate: float) -> int:
+def churn(churner: Churner, flow: SeriesFlow, count: int, fork_every: int, rate: float) -> int:
     """Churn ``count`` cgroups while scraping every 0.3 s; then scrape until the last ones are
     reclaimed. The forks made."""
+    flow.scrape()
     churner.start(count, fork_every, rate)
     next_scrape = time.monotonic()
     while not churner.poll():
@@ -120,12 +70,12 @@ def test_memory_and_tables_follow_the_config_not_the_churn(
     0.3 s: once the tables are full (10,000 cgroups), RSS stays within 3 MiB while 30,000
     more come and go; every table is within its cap, derived from max_entries; every fork
     is counted once."""
-    config = Config(max_entries=1024)
-    d = start_daemon(tmp_path, "max_entries: 1024\nstorm_threshold: 0\n")
+    max_entries = 1024
+    d = start_daemon(tmp_path, f"max_entries: {max_entries}\nstorm_threshold: 0\n")
     name = ("ch" + secrets.token_hex(6)).encode()
     churner = Churner(churn_slice, name)
     try:
-        flow = Flow(d, config.max_entries)
+        flow = SeriesFlow(d, max_entries)
         forks = churn(churner, flow, 10_000, 2, 900)
         warm = rss_kib(d)
         forks += churn(churner, flow, 30_000, 2, 900)
@@ -136,17 +86,19 @@ def test_memory_and_tables_follow_the_config_not_the_churn(
             f"RSS {warm} KiB after 10,000 cgroups, +{grown} KiB after 40,000; "
             f"{flow.scrapes} scrapes, at most {flow.most_series} series; tables {sizes}"
         )
-        assert m.value("procmond_map_overflow_events_total", map="forks_total") == 0
-        assert flow.counted(name.decode()) == forks == 20_000
-        assert m.value("procmond_cgroup_entries_reclaimed_total") >= 0.5 * forks
-        cgroups = cgroups_capacity(config)
-        assert sizes["cgroup_paths"][1] == sizes["attribution_cgroups"][1] == cgroups == 4096
-        assert sizes["kubelet_containers"][1] == cgroups
-        assert sizes["folded_forks_total"][1] == config.max_entries + 1
-        assert sizes["label_texts"][1] == label_sets_budget(config)
-        assert all(used <= cap for used, cap in sizes.values()), sizes
-        assert sizes["attribution_cgroups"][0] < 100  # gone ones are forgotten at once
         assert grown < 3 * 1024, f"RSS grew {grown} KiB over 30,000 more cgroups"
+        assert forks == 20_000
+        flow.assert_counted(name.decode(), forks)
+        assert m.value("procmond_cgroup_entries_reclaimed_total") >= 0.5 * forks
+        # caps from max_entries: the cgroups 4 counter maps can hold; label sets (and
+        # __overflow__) of 4 counters and the lifetime histogram's 256
+        assert all(used <= cap for used, cap in sizes.values()), sizes
+        cgroups = 4 * max_entries
+        assert sizes["cgroup_paths"][1] == sizes["attribution_cgroups"][1] == cgroups
+        assert sizes["kubelet_containers"][1] == sizes["cgroups_not_found"][1] == cgroups
+        assert sizes["folded_forks_total"][1] == max_entries + 1
+        assert sizes["label_texts"][1] == 4 * (max_entries + 1) + 256 + 1
+        assert sizes["attribution_cgroups"][0] < 100  # gone ones are forgotten at once
     finally:
         churner.stop()
         assert d.stop() == 0, d.log()
@@ -160,12 +112,11 @@ def test_series_stay_within_max_entries_under_churn(tmp_path: Path, churn_slice:
     name = ("cs" + secrets.token_hex(6)).encode()
     churner = Churner(churn_slice, name, forks_each=3)
     try:
-        flow = Flow(d, 1000)
+        flow = SeriesFlow(d, 1000)
         forks = churn(churner, flow, 3000, 1, 400)
-        m = flow.scrape()
         print(f"{flow.scrapes} scrapes, at most {flow.most_series} series")
-        assert m.value("procmond_map_overflow_events_total", map="forks_total") == 0
-        assert flow.counted(name.decode()) == forks == 9000
+        assert forks == 9000
+        flow.assert_counted(name.decode(), forks)
         assert flow.most_series >= 1000  # the bound was reached, and held
         assert flow.lost_to_overflow.get(name.decode(), 0) > 0
     finally:
