@@ -217,19 +217,28 @@ def test_live_label_sets_take_the_room_of_the_oldest_folded_ones() -> None:
 
 
 def test_a_gone_cgroup_whose_labels_are_live_keeps_its_count_there_when_full() -> None:
-    """A unit restarted (a new cgroup, the same labels) while the room is taken: the old
-    cgroup's count stays in the series, which costs no room, so that series never drops."""
+    """A unit restarted (a new cgroup, the same labels) while gone units fill the room: the
+    old cgroup's count stays in the unit's series, which costs no room, so it never drops."""
     cgroups, kernel, clock, attribution = setup(capacity=2)
-    cgroups.names = {1: (UNIT_A, True), 2: (UNIT_A, True), 3: (POD, True)}
-    kernel.add(1, "sh", 5)
-    kernel.add(3, "sh", 1)
+    for i in (5, 6):  # two gone units fill the room
+        cgroups.names[i] = ((f"old-{i}.service", "", "", ""), True)
+        kernel.add(i, "sh", 1)
+        cgroups.gone.add(i)
     scrape(attribution, kernel)
+    clock.now += 2
+    scrape(attribution, kernel)
+    cgroups.names.update({1: (UNIT_A, True), 2: (UNIT_A, True)})
+    kernel.add(1, "sh", 5)
+    clock.now += 2
+    shown = scrape(attribution, kernel)
+    assert shown[(*UNIT_A, "sh")] == 5 and len(shown) == 3  # old-5 made room (to __overflow__)
     cgroups.gone.add(1)  # restarted: 2 is the new cgroup of unit a
     kernel.add(2, "sh", 2)
     clock.now += 2
-    assert scrape(attribution, kernel) == {(*UNIT_A, "sh"): 7, (*POD, "sh"): 1}
+    assert scrape(attribution, kernel)[(*UNIT_A, "sh")] == 7
     clock.now += 2
-    assert scrape(attribution, kernel) == {(*UNIT_A, "sh"): 7, (*POD, "sh"): 1}
+    shown = scrape(attribution, kernel)
+    assert shown[(*UNIT_A, "sh")] == 7 and sum(shown.values()) == 9
     assert 1 not in {i for i, _, _ in kernel.entries.values()}  # reclaimed, kept under a
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from procmond.cgroups import EMPTY_LABELS, CgroupLabels, CgroupResolver, Hierarchy, walk
+from procmond.cgroups import (
+    EMPTY_LABELS,
+    CgroupLabels,
+    CgroupNamer,
+    CgroupResolver,
+    Hierarchy,
+    walk,
+)
 from procmond.kubelet import (
     ContainerName,
     KubeletNames,
@@ -128,6 +135,33 @@ def test_caches_stay_within_their_capacity(tmp_path: Path, clock: Clock) -> None
         assert r.labels(unknown) is None
     stats = r.stats()
     assert (stats.cached_paths, stats.final_labels, stats.negative) == (8, 1, 4)
+
+
+def test_a_walk_never_pushes_out_the_paths_in_use(tmp_path: Path, clock: Clock) -> None:
+    """A tree larger than the cache: the cgroups a walk passes by fill free room only, so the
+    ids asked about at every scrape keep their paths (else each walk would evict them and the
+    next ones would walk again)."""
+    ids = [mkdirs(tmp_path, f"/u{n}.service") for n in range(50)]
+    r = CgroupResolver(Hierarchy(tmp_path), capacity=4, walk_interval=0, clock=clock)
+    in_use = ids[:3]
+    assert r.labels_many(in_use) == {
+        i: CgroupLabels(unit=f"u{ids.index(i)}.service") for i in in_use
+    }
+    for other in ids[10:20]:  # each a miss: a walk of all 51 cgroups
+        r.path(other)
+        walks = r.stats().walks
+        assert [r.path(i) for i in in_use] == [f"/u{n}.service" for n in range(3)]
+        assert r.stats().walks == walks  # from the cache
+    assert r.sizes()["cgroup_paths"] == (4, 4)
+
+
+def test_unplaced_ids_are_bounded(tmp_path: Path, clock: Clock) -> None:
+    r = CgroupResolver(Hierarchy(tmp_path), walk_interval=3600, clock=clock)
+    namer = CgroupNamer(r, Hierarchy(tmp_path), clock, capacity=16)
+    r.path(1)  # the one walk allowed in the next hour
+    for unknown in range(10_000_000, 10_001_000):  # ids no walk has placed yet
+        assert namer.alive(unknown) is None
+    assert namer.sizes() == {"cgroups_unplaced": (16, 16)}
 
 
 def test_no_cgroup_v2_makes_every_id_final_and_empty(clock: Clock) -> None:
