@@ -6,6 +6,8 @@ every count is still shown exactly once."""
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from benchmarks.churn import Churner, remove_churn_slice
 from procmond.cgroups import read_layout
-from tests.e2e.harness import Daemon, Exposition, SeriesFlow, start_daemon
+from tests.e2e.harness import REPO, Daemon, Exposition, SeriesFlow, start_daemon
 
 
 @pytest.fixture
@@ -122,3 +124,23 @@ def test_series_stay_within_max_entries_under_churn(tmp_path: Path, churn_slice:
     finally:
         churner.stop()
         assert d.stop() == 0, d.log()
+
+
+def test_the_churn_benchmark_runs_and_removes_its_cgroups(tmp_path: Path) -> None:
+    """Only that benchmarks/churn.py works (its figures are in benchmarks/CHURN.md), on a few
+    hundred cgroups: its report has a row per daemon, and it leaves no cgroup behind."""
+    out = tmp_path / "churn.md"
+    args = ["--cgroups", "400", "--checkpoints", "200", "--rate", "0", "--scrape-interval"]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.churn", *args, "0.3", "--baseline", "", "--out", out],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| this tree")]
+    assert len(rows) == 2, out.read_text()  # default config, small max_entries
+    layout = read_layout()
+    assert layout.v2 is not None
+    assert not list(layout.v2.mount_point.glob("procmond-churn-*")), "cgroups left behind"
