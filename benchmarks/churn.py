@@ -240,7 +240,8 @@ def _config(max_entries: int | None) -> str:
 # ---- the run ----------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace, workdir: Path) -> list[Watched]:
+def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Watched], float]:
+    """The daemons as watched, and how long the churn itself took (seconds)."""
     layout = read_layout()
     if layout.v2 is None:
         raise SystemExit(f"needs cgroup v2: {layout.describe()}")
@@ -266,7 +267,9 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Watched]:
         checkpoints = sorted(set(args.checkpoints) | {args.cgroups})
         churned = 0
         started = time.monotonic()
+        churning = 0.0
         for checkpoint in checkpoints:
+            began = time.monotonic()
             churner.start(checkpoint - churned, rate=args.rate)
             next_scrape = time.monotonic()
             while not churner.poll():
@@ -279,6 +282,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Watched]:
                         file=sys.stderr,
                     )
                 time.sleep(0.05)
+            churning += time.monotonic() - began
             churned = checkpoint
             for _ in range(3):  # the last cgroups seen gone, then reclaimed
                 time.sleep(args.scrape_interval)
@@ -299,26 +303,30 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Watched]:
         for w in watched:
             w.daemon.kill()
         remove_churn_slice(top)
-    return watched
+    return watched, churning
 
 
 def _rss_line(watched: list[Watched], checkpoint: str) -> str:
     return ", ".join(f"{w.label}: {w.rss_kib[checkpoint] / 1024:.1f} MiB" for w in watched)
 
 
-def report(args: argparse.Namespace, watched: list[Watched], seconds: float) -> str:
+def report(
+    args: argparse.Namespace, watched: list[Watched], seconds: float, churning: float
+) -> str:
     checkpoints = ["start", *(str(c) for c in sorted(set(args.checkpoints) | {args.cgroups}))]
     head = " | ".join(["daemon", *(_checkpoint_title(c) for c in checkpoints), "series at end"])
     lines = [
         "# The daemon's memory under cgroup churn",
         "",
-        f"Made by `sudo .venv/bin/python -m benchmarks.churn {' '.join(args.argv)}`".rstrip()
-        + f" on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
+        f"Made by `{' '.join(['sudo .venv/bin/python -m benchmarks.churn', *args.argv])}`"
+        f" on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
         f"(a {os.cpu_count()}-core machine, Linux {platform.release()}),"
         f" one run of {seconds / 60:.0f} minutes.",
         "",
-        f"{args.cgroups:,} unit cgroups made and removed one after another at up to "
-        f"{args.rate:.0f} a second under one slice, each with a process that forks once; "
+        f"{args.cgroups:,} unit cgroups made and removed one after another under one slice, "
+        f"{args.cgroups / churning:.0f} a second on average"
+        + (f" (at most {args.rate:.0f})" if args.rate else "")
+        + ", each with a process that forks once; "
         f"every daemon scraped every {args.scrape_interval:g} s, all running at once on the "
         "same churn. RSS is `VmRSS` (MiB) at each checkpoint, once the last cgroups' entries "
         "have been given back; series are those of `procmond_forks_total` at the end.",
@@ -355,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else argv
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=scratch_dir()) as workdir:
-        watched = run(args, Path(workdir))
-    text = report(args, watched, time.monotonic() - started)
+        watched, churning = run(args, Path(workdir))
+    text = report(args, watched, time.monotonic() - started, churning)
     args.out.write_text(text)
     print(text)
     return 0

@@ -222,9 +222,9 @@ def _metric_label_sets(config: Config) -> list[tuple[CounterMetric | HistogramMe
     """Each family's worst-case label sets (see series_budget)."""
     sets: list[tuple[CounterMetric | HistogramMetric, int]] = []
     for c in counters(config):
-        # live entries and gone cgroups' label sets share folded_capacity (attribution.py)
-        capacity = folded_capacity(config) if config.cgroup_labels else config.max_entries
-        sets.append((c, _label_sets(counter_fields(c, config), capacity, config)))
+        # max_entries: the kernel map's live entries and, with a cgroup label, the label sets
+        # of gone cgroups together (folded_capacity, procmond/attribution.py)
+        sets.append((c, _label_sets(counter_fields(c, config), config.max_entries, config)))
     for h in histograms(config):
         sets.append((h, _label_sets(h.key_fields, config.histogram_max_entries, config)))
     return sets

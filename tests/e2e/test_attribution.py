@@ -148,7 +148,10 @@ def test_churn_stays_bounded_exact_and_leaves_room(
         flow.scrape()
         m = flow.scrape()
         forks = by_labels(m, "procmond_forks_total", comm)
-        assert 0 < len(forks) <= 64 and set(forks.values()) == {1}  # room left by live ones
+        # room left by the live ones; a unit the host's own cgroup churn left unnamed counts
+        # under the empty names
+        named = {k: v for k, v in forks.items() if k != ("", "", "", "")}
+        assert 0 < len(named) <= 64 and set(named.values()) == {1}
         flow.assert_counted(comm, units)  # every creation, once (some via __overflow__)
         assert m.value("procmond_map_entries", map="forks_total") < 64
         assert m.value("procmond_cgroup_entries_reclaimed_total") >= units
