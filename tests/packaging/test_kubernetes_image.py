@@ -32,7 +32,7 @@ import yaml
 from procmond.cgroups import read_layout
 from tests.e2e.cgroup_tree import CgroupTree, Pod
 from tests.e2e.harness import Exposition, build_creator, unique_name
-from tests.packaging import daemonset_podman
+from tests.packaging import daemonset_podman, kustomize
 from tests.packaging.daemonset_podman import grants_bpf_to_its_capabilities, with_bpf_grants
 from tests.packaging.shipped import REPO
 
@@ -201,8 +201,12 @@ def neighbour() -> Iterator[tuple[Pod, CgroupTree, Path]]:
         pod.remove()
 
 
-def daemonset_pod() -> daemonset_podman.Pod:
-    return daemonset_podman.Pod(manifest("daemonset.yaml")["spec"]["template"]["spec"])
+def daemonset_pod(component: str | None = None) -> daemonset_podman.Pod:
+    """The DaemonSet's pod, with a component's patches applied."""
+    daemonset = manifest("daemonset.yaml")
+    if component is not None:
+        daemonset = kustomize.apply_patches(K8S / "components" / component, daemonset)
+    return daemonset_podman.Pod(daemonset["spec"]["template"]["spec"])
 
 
 def configmap_folder(tmp_path: Path) -> Path:
@@ -280,6 +284,11 @@ class Running:
             time.sleep(0.1)
         return state["ExitCode"]
 
+    def status(self) -> dict[str, str]:
+        """/proc/<pid>/status of the container's process (the daemon, once it exec'd)."""
+        text = Path(f"/proc/{self.state()['Pid']}/status").read_text()
+        return dict(line.split(":\t", 1) for line in text.splitlines())
+
     def remove(self) -> None:
         subprocess.run(
             ["podman", "rm", "--force", "--time", "0", self.name],
@@ -350,9 +359,7 @@ def test_the_image_runs_as_the_daemonset_runs_it_and_counts_a_pod_exactly(
         counted = by_pod(scrape(pid, port, path), name.decode())
         assert counted == {("", pod.namespace, pod.name, pod.container): FORKS}
 
-        status = dict(
-            line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        )
+        status = container.status()
         assert "procmond" in Path(f"/proc/{pid}/cmdline").read_text()
         security = spec.container["securityContext"]
         granted = sum(1 << CAPABILITY_BITS[c] for c in security["capabilities"]["add"])
@@ -374,22 +381,28 @@ def test_the_image_runs_as_the_daemonset_runs_it_and_counts_a_pod_exactly(
         container.remove()
 
 
-def test_podmans_own_default_seccomp_profile_decides_whether_the_probe_loads(
+def test_on_podmans_own_seccomp_profile_the_unconfined_component_is_needed(
     podman_env: dict[str, str], image: str, tmp_path: Path
 ) -> None:
     """podman 4.3 (Debian 12) lets bpf() and perf_event_open() through only to CAP_SYS_ADMIN:
     under its own RuntimeDefault the pod's two capabilities are not enough, and procmond says
-    so and exits. Where the installed profile grants them, the probe loads."""
-    spec = daemonset_pod()
-    options = spec.options(configmap_folder(tmp_path), node_without_headers(tmp_path), None)
-    probe = spec.container["startupProbe"]["httpGet"]
-    container = Running(podman_env, image, options, spec.args)
-    try:
-        if grants_bpf_to_its_capabilities(json.loads(PODMAN_SECCOMP.read_text())):
-            port, path = spec.port(probe["port"]), probe["path"]
-            container.wait_until_serving(port, path, spec.startup_budget_seconds())
-        else:
-            assert container.wait_until_exited(spec.startup_budget_seconds()) != 0
-            assert "Operation not permitted" in container.logs()
-    finally:
-        container.remove()
+    so and exits (where the installed profile grants them, the probe loads). With the
+    seccomp-unconfined component's patch, it loads with the same two capabilities."""
+    granted = grants_bpf_to_its_capabilities(json.loads(PODMAN_SECCOMP.read_text()))
+    for component in (None, "seccomp-unconfined"):
+        spec = daemonset_pod(component)
+        folder = tmp_path / (component or "as-shipped")
+        folder.mkdir()
+        options = spec.options(configmap_folder(folder), node_without_headers(folder), None)
+        probe = spec.container["startupProbe"]["httpGet"]
+        container = Running(podman_env, image, options, spec.args)
+        try:
+            if granted or component:
+                port, path = spec.port(probe["port"]), probe["path"]
+                container.wait_until_serving(port, path, spec.startup_budget_seconds())
+                assert int(container.status()["CapEff"], 16) == 0
+            else:
+                assert container.wait_until_exited(spec.startup_budget_seconds()) != 0
+                assert "Operation not permitted" in container.logs()
+        finally:
+            container.remove()
