@@ -11,6 +11,7 @@ images: a second run reuses both (the .deb is reproducible, so the build is all 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -186,7 +187,22 @@ def creator(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def neighbour() -> Iterator[tuple[Pod, CgroupTree, Path]]:
+def kubelet_dirs() -> Iterator[None]:
+    """The kubelet's log folders, which every node has and the pod mounts (hostPath type
+    Directory: the kubelet would not start the pod without them); removed after if made."""
+    made = [d for d in (PODS_DIR, CONTAINERS_DIR) if not d.is_dir()]
+    for d in made:
+        d.mkdir(parents=True)
+    try:
+        yield
+    finally:
+        for d in made:
+            with contextlib.suppress(OSError):  # not empty: another test's pod is in it
+                d.rmdir()
+
+
+@pytest.fixture
+def neighbour(kubelet_dirs: None) -> Iterator[tuple[Pod, CgroupTree, Path]]:
     """Another pod on the node, laid out as the kubelet (cgroupfs driver, Burstable) and its
     runtime lay it out: its container's cgroup, its log folder and the log link naming it."""
     layout = read_layout()
@@ -382,7 +398,7 @@ def test_the_image_runs_as_the_daemonset_runs_it_and_counts_a_pod_exactly(
 
 
 def test_on_podmans_own_seccomp_profile_the_unconfined_component_is_needed(
-    podman_env: dict[str, str], image: str, tmp_path: Path
+    podman_env: dict[str, str], image: str, tmp_path: Path, kubelet_dirs: None
 ) -> None:
     """podman 4.3 (Debian 12) lets bpf() and perf_event_open() through only to CAP_SYS_ADMIN:
     under its own RuntimeDefault the pod's two capabilities are not enough, and procmond says
