@@ -65,6 +65,8 @@ def ulimits() -> list[str]:
     without CAP_SYS_RESOURCE, which this machine does not grant: podman's defaults (1048576)
     fail here. nproc above 4096 failed too (as measured), so that one is fixed."""
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if nofile == resource.RLIM_INFINITY:
+        nofile = 1 << 20
     return [f"nofile={nofile}:{nofile}", "nproc=4096:4096"]
 
 
@@ -133,7 +135,9 @@ def ensure_base(env: dict[str, str]) -> str:
         fresh = datetime.now(timezone.utc) - created < BASE_MAX_AGE
         if (info.get("Labels") or {}).get("procmond.test.recipe") == label and fresh:
             return name
-    make = subprocess.Popen(recipe, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = STORAGE / "mmdebstrap.log"
+    with log.open("wb") as errors:
+        make = subprocess.Popen(recipe, stdout=subprocess.PIPE, stderr=errors)
     imported = subprocess.run(
         ["podman", "import", "--change", f"LABEL procmond.test.recipe={label}", "-", name],
         stdin=make.stdout,
@@ -142,10 +146,9 @@ def ensure_base(env: dict[str, str]) -> str:
         text=True,
         timeout=600,
     )
-    assert make.stdout is not None and make.stderr is not None
+    assert make.stdout is not None
     make.stdout.close()
-    made = make.wait(timeout=600)
-    assert made == 0, make.stderr.read().decode(errors="replace")
+    assert make.wait(timeout=600) == 0, log.read_text(errors="replace")
     assert imported.returncode == 0, imported.stderr
     return name
 
@@ -160,9 +163,12 @@ def image(podman_env: dict[str, str]) -> str:
             str(K8S / "build-image.sh"),
             *("--engine", "podman", "--platform", native_platform(), IMAGE, "--"),
             *("--network", "host"),  # apt-get reaches Debian's mirror
+            # podman build does not take containers.conf's default_ulimits
             *(arg for limit in ulimits() for arg in ("--ulimit", limit)),
         ],
-        env=podman_env,
+        # one date for every build: a .deb of the same contents is the same file whatever the
+        # last commit, and the build all cache hits
+        env={**podman_env, "SOURCE_DATE_EPOCH": "1700000000"},
         capture_output=True,
         text=True,
         timeout=900,
