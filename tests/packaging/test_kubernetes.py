@@ -29,7 +29,7 @@ from kubernetes_validate.utils import all_versions, latest_version
 
 from procmond.config import load_config
 from tests.e2e.harness import Daemon, build_creator, free_port, run_creator, unique_name
-from tests.packaging import kustomize
+from tests.packaging import daemonset_podman, kustomize
 from tests.packaging.shipped import REPO, RULES
 
 K8S = REPO / "packaging" / "kubernetes"
@@ -442,6 +442,26 @@ def test_the_images_packages_resolve_on_debian_12(context: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "procmond" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [("pod", "hostIPC"), ("container", "lifecycle"), ("securityContext", "procMount")],
+)
+def test_the_image_test_refuses_a_setting_it_would_not_apply(
+    tmp_path: Path, where: str, field: str
+) -> None:
+    """The image test runs the pod with podman options read from the manifest; a field it
+    does not translate fails it rather than being left out of the run."""
+    spec = pod_spec()
+    target = {
+        "pod": spec,
+        "container": spec["containers"][0],
+        "securityContext": spec["containers"][0]["securityContext"],
+    }[where]
+    target[field] = True
+    with pytest.raises(AssertionError, match=f"the {where} field\\(s\\) \\['{field}'\\]"):
+        daemonset_podman.Pod(spec).options(tmp_path, {}, None)
 
 
 PUSHED = "registry.example.com/procmond:0.1.0"
