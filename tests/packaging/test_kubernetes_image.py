@@ -323,21 +323,27 @@ class Running:
 CAPABILITY_BITS = {"BPF": 39, "PERFMON": 38, "SYS_ADMIN": 21, "SYS_RESOURCE": 24}
 
 
-def memory_limit(pid: int) -> int:
-    """The memory limit of the cgroup the runtime put the process in (v1 or v2)."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+def cgroup_file(pid: int, controller: str, v1_name: str, v2_name: str) -> str:
+    """A controller's file in the cgroup the runtime put the process in: in the controller's
+    v1 hierarchy where there is one (hybrid hosts), else in the v2 one."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    for line in lines:
         _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            folder = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-            return int((folder / "memory.limit_in_bytes").read_text())
+        if controller in controllers.split(","):
+            mount = Path("/sys/fs/cgroup") / controllers
+            return (mount / path.lstrip("/") / v1_name).read_text().strip()
     layout = read_layout()
     assert layout.v2 is not None
-    v2_path = next(
-        line[3:]
-        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-        if line.startswith("0::")
-    )
-    return int((layout.v2.mount_point / v2_path.lstrip("/") / "memory.max").read_text())
+    (path,) = [line[3:] for line in lines if line.startswith("0::")]
+    return (layout.v2.mount_point / path.lstrip("/") / v2_name).read_text().strip()
+
+
+def limits_applied(pid: int) -> dict[str, float]:
+    """The memory limit in bytes and the CPU limit in CPUs that the kernel enforces."""
+    memory = int(cgroup_file(pid, "memory", "memory.limit_in_bytes", "memory.max"))
+    quota = cgroup_file(pid, "cpu", "cpu.cfs_quota_us", "cpu.max").split()
+    period = quota[1] if len(quota) == 2 else cgroup_file(pid, "cpu", "cpu.cfs_period_us", "")
+    return {"memory": memory, "cpu": int(quota[0]) / int(period)}
 
 
 def by_pod(m: Exposition, comm: str) -> dict[tuple[str, ...], float]:
@@ -390,8 +396,11 @@ def test_the_image_runs_as_the_daemonset_runs_it_and_counts_a_pod_exactly(
         # the daemon gives up even those once the probe is loaded
         assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0
         assert status["NoNewPrivs"].strip() == "1"
-        limit = spec.container["resources"]["limits"]["memory"]
-        assert memory_limit(pid) == daemonset_podman.quantity_bytes(limit)
+        limits = spec.container["resources"]["limits"]
+        assert limits_applied(pid) == {
+            "memory": daemonset_podman.quantity_bytes(limits["memory"]),
+            "cpu": daemonset_podman.quantity_cpus(limits["cpu"]),
+        }
 
         # the kubelet's stop: SIGTERM, then SIGKILL once the grace period is over
         stopping = time.monotonic()
