@@ -274,7 +274,11 @@ class Running:
         self.env = env
         self.name = f"procmond-test-{secrets.token_hex(4)}"
         self.started = time.monotonic()
-        podman(env, "run", "--detach", "--name", self.name, *options, image, *args)
+        try:
+            podman(env, "run", "--detach", "--name", self.name, *options, image, *args)
+        except BaseException:
+            self.remove()  # one that was created but failed to start
+            raise
 
     def state(self) -> dict:
         (info,) = json.loads(podman(self.env, "inspect", self.name))
