@@ -1,46 +1,51 @@
-"""The kustomizations in packaging/kubernetes, read the way kustomize reads them, for the parts
-the tests need (no kustomize binary is installable here): which files a kustomization or a
-component brings in, and a component's JSON patches (RFC 6902) applied to its target."""
+"""Deployment overlays of packaging/kubernetes as a user makes them, rendered by kustomize itself
+(`kubectl kustomize`: kubectl 1.21 or later, whose kustomize reads components; these machines
+have kubectl 1.32 with kustomize 5.5; Debian 12's own kubectl is 1.20, too old)."""
 
 from __future__ import annotations
 
-import copy
+import os
+import subprocess
 from pathlib import Path
 
 import yaml
 
+from tests.packaging.shipped import REPO
 
-def kustomization(folder: Path) -> dict:
-    return yaml.safe_load((folder / "kustomization.yaml").read_text())
-
-
-def resource_files(folder: Path) -> list[Path]:
-    """The files a kustomization or component lists as resources, resolved."""
-    return [(folder / r).resolve() for r in kustomization(folder).get("resources", [])]
+K8S = REPO / "packaging" / "kubernetes"
+PUSHED = "registry.example.com/procmond:0.1.0"
 
 
-def _pointer(path: str) -> list[str]:
-    assert path.startswith("/"), path
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+def overlay(folder: Path, components: list[str], image: str = PUSHED) -> Path:
+    """The kustomization that the README's commands write in ``folder``: `kustomize create
+    --resources <packaging/kubernetes>`, `kustomize edit set image procmond=<image>`, and
+    `kustomize edit add component` for each of ``components``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name, _, tag = image.rpartition(":")
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S, folder)],
+        "images": [{"name": "procmond", "newName": name, "newTag": tag}],
+    }
+    if components:
+        kustomization["components"] = [
+            os.path.relpath(K8S / "components" / c, folder) for c in components
+        ]
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return folder
 
 
-def apply_patches(folder: Path, resource: dict) -> dict:
-    """``resource`` with the component's inline JSON patches that target it applied (add and
-    replace, the operations used here); a path that does not exist is an error, as in
-    kustomize."""
-    out = copy.deepcopy(resource)
-    for entry in kustomization(folder).get("patches", []):
-        target = entry["target"]
-        if target.get("kind") != out["kind"] or target.get("name") != out["metadata"]["name"]:
-            continue
-        for op in yaml.safe_load(entry["patch"]):
-            *parents, last = _pointer(op["path"])
-            node = out
-            for key in parents:
-                node = node[int(key)] if isinstance(node, list) else node[key]
-            assert op["op"] in {"add", "replace"}, f"{op['op']}: not applied by the tests"
-            key: int | str = int(last) if isinstance(node, list) else last
-            if op["op"] == "replace":
-                assert key in node or isinstance(key, int), f"{op['path']}: nothing to replace"
-            node[key] = op["value"]
-    return out
+def build(folder: Path) -> dict[str, dict]:
+    """kind → object, as `kubectl kustomize` renders the folder (one object of each kind)."""
+    try:
+        done = subprocess.run(
+            ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60
+        )
+    except FileNotFoundError:
+        raise AssertionError("no kubectl: these tests need kubectl 1.21 or later") from None
+    assert done.returncode == 0, f"kubectl kustomize {folder}: {done.stderr}"
+    objects = [d for d in yaml.safe_load_all(done.stdout) if d]
+    by_kind = {d["kind"]: d for d in objects}
+    assert len(by_kind) == len(objects), "two objects of one kind"
+    return by_kind

@@ -223,12 +223,11 @@ def neighbour(kubelet_dirs: None) -> Iterator[tuple[Pod, CgroupTree, Path]]:
         pod.remove()
 
 
-def daemonset_pod(component: str | None = None) -> daemonset_podman.Pod:
-    """The DaemonSet's pod, with a component's patches applied."""
-    daemonset = manifest("daemonset.yaml")
-    if component is not None:
-        daemonset = kustomize.apply_patches(K8S / "components" / component, daemonset)
-    return daemonset_podman.Pod(daemonset["spec"]["template"]["spec"])
+def daemonset_pod(folder: Path, component: str | None = None) -> daemonset_podman.Pod:
+    """The DaemonSet's pod as an overlay in ``folder`` renders it (kustomize), with a
+    component added."""
+    overlay = kustomize.overlay(folder / "deploy", [component] if component else [])
+    return daemonset_podman.Pod(kustomize.build(overlay)["DaemonSet"]["spec"]["template"]["spec"])
 
 
 def configmap_folder(tmp_path: Path) -> Path:
@@ -372,7 +371,7 @@ def test_the_image_runs_as_the_daemonset_runs_it_and_counts_a_pod_exactly(
     bpf() and perf_event_open() through to CAP_BPF and CAP_PERFMON: podman's own profile,
     with those two rules added (podman 4.3's refuses, see the next test)."""
     pod, tree, cgroup = neighbour
-    spec = daemonset_pod()
+    spec = daemonset_pod(tmp_path)
     runtime_default = with_bpf_grants(json.loads(PODMAN_SECCOMP.read_text()))
     profile = daemonset_podman.write_profile(runtime_default, tmp_path / "seccomp.json")
     options = spec.options(configmap_folder(tmp_path), node_without_headers(tmp_path), profile)
@@ -425,9 +424,8 @@ def test_on_podmans_own_seccomp_profile_the_unconfined_component_is_needed(
     seccomp-unconfined component's patch, it loads with the same two capabilities."""
     granted = grants_bpf_to_its_capabilities(json.loads(PODMAN_SECCOMP.read_text()))
     for component in (None, "seccomp-unconfined"):
-        spec = daemonset_pod(component)
         folder = tmp_path / (component or "as-shipped")
-        folder.mkdir()
+        spec = daemonset_pod(folder, component)
         options = spec.options(configmap_folder(folder), node_without_headers(folder), None)
         probe = spec.container["startupProbe"]["httpGet"]
         container = Running(podman_env, image, options, spec.args)
