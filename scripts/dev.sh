@@ -117,6 +117,10 @@ setup() {
             mmdebstrap debian-archive-keyring podman runc \
             || { [ -z "$added" ] || rm -f $policy; exit 1; }
         [ -z "$added" ] || rm -f $policy
+        # The Kubernetes tests render the manifests with kustomize (`kubectl kustomize`, from
+        # kubectl 1.21 on); Debian 12's kubectl is 1.20, too old: the machine must bring one.
+        command -v kubectl >/dev/null ||
+            say "no kubectl: tests/packaging/test_kubernetes.py needs kubectl 1.21 or later"
     fi
     setup_headers
     setup_tracefs
