@@ -110,10 +110,17 @@ setup() {
         local perf=linux-perf  # Debian; Ubuntu ships perf in linux-tools
         has_candidate linux-perf || perf=linux-tools-generic
         # man-db renders the manual page's test; tmux drives `procmond top` in a real terminal;
-        # mmdebstrap makes the Debian 13 root that tests/e2e/test_debian13.py runs procmond in.
+        # mmdebstrap makes the Debian 13 root that tests/e2e/test_debian13.py runs procmond in,
+        # and the base of the container image that podman (with runc: crun refuses hybrid
+        # cgroups) builds and runs as the DaemonSet does (tests/packaging/test_kubernetes_image.py).
         apt_install gcc libc6-dev prometheus openssl python3-prometheus-client $perf man-db tmux \
-            mmdebstrap debian-archive-keyring || { [ -z "$added" ] || rm -f $policy; exit 1; }
+            mmdebstrap debian-archive-keyring podman runc \
+            || { [ -z "$added" ] || rm -f $policy; exit 1; }
         [ -z "$added" ] || rm -f $policy
+        # The Kubernetes tests render the manifests with kustomize (`kubectl kustomize`, from
+        # kubectl 1.21 on); Debian 12's kubectl is 1.20, too old: the machine must bring one.
+        command -v kubectl >/dev/null ||
+            say "no kubectl: tests/packaging/test_kubernetes.py needs kubectl 1.21 or later"
     fi
     setup_headers
     setup_tracefs

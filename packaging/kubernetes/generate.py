@@ -1,8 +1,10 @@
 """Write the Kubernetes manifests that repeat a file kept elsewhere in the repository:
 
 * configmap.yaml       config/procmond.yaml, as the ConfigMap the DaemonSet mounts;
-* prometheusrule.yaml  packaging/prometheus/procmond.rules.yml, as a PrometheusRule;
-* kustomization.yaml   every manifest, with the image tag at procmond's version.
+* components/prometheusrule/prometheusrule.yaml
+                       packaging/prometheus/procmond.rules.yml, as a PrometheusRule;
+* kustomization.yaml   the workload's manifests, with the image tag at procmond's version
+                       (the Prometheus Operator's objects are components, added by choice).
 
     python3 packaging/kubernetes/generate.py          # rewrite them
     python3 packaging/kubernetes/generate.py --check  # exit 1 if one is out of date
@@ -30,8 +32,8 @@ HAND_WRITTEN = [
     "serviceaccount.yaml",
     "daemonset.yaml",
     "service.yaml",
-    "servicemonitor.yaml",
 ]
+PROMETHEUS_RULE = HERE / "components" / "prometheusrule" / "prometheusrule.yaml"
 GENERATED_NOTE = "# Made by packaging/kubernetes/generate.py from {source}: edit that instead.\n"
 
 
@@ -78,7 +80,8 @@ def prometheusrule() -> str:
         "# Add the labels your Prometheus' ruleSelector matches (kube-prometheus-stack:\n"
         "# release: <its release name>).\n"
     )
-    return GENERATED_NOTE.format(source="../prometheus/procmond.rules.yml") + note + body
+    source = "../../../prometheus/procmond.rules.yml"
+    return GENERATED_NOTE.format(source=source) + note + body
 
 
 def version() -> str:
@@ -89,11 +92,13 @@ def version() -> str:
 
 
 def kustomization() -> str:
-    resources = [*HAND_WRITTEN, "configmap.yaml", "prometheusrule.yaml"]
+    resources = [*HAND_WRITTEN, "configmap.yaml"]
     lines = [
-        "# Made by packaging/kubernetes/generate.py: the manifests here, and the image tag at",
-        "# procmond's __version__. kubectl apply -k packaging/kubernetes, after setting newName",
-        "# to the image you pushed (packaging/kubernetes/README.md).",
+        "# Made by packaging/kubernetes/generate.py: the workload's manifests, and the image tag",
+        "# at procmond's __version__. Deploy it from an overlay of your own, where",
+        "# `kustomize edit set image procmond=<the image you pushed>` names your image and",
+        "# `kustomize edit add component` adds the Prometheus Operator's objects",
+        "# (packaging/kubernetes/README.md).",
         "apiVersion: kustomize.config.k8s.io/v1beta1",
         "kind: Kustomization",
         "resources:",
@@ -109,7 +114,7 @@ def kustomization() -> str:
 def outputs() -> dict[Path, str]:
     return {
         HERE / "configmap.yaml": configmap(),
-        HERE / "prometheusrule.yaml": prometheusrule(),
+        PROMETHEUS_RULE: prometheusrule(),
         HERE / "kustomization.yaml": kustomization(),
     }
 

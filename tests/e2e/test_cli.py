@@ -210,6 +210,27 @@ def test_sigterm_and_sigint_exit_zero_within_a_second(tmp_path: Path) -> None:
         assert "stopped: probes detached" in daemon.log()
 
 
+def test_a_stop_signal_taken_by_any_thread_stops_the_daemon(tmp_path: Path) -> None:
+    """kill(2) with a thread's id hands the process's signal to that thread first; a runtime
+    that signals a container's tasks one by one does that. Python runs the handler only in
+    the main thread, so the main loop must wake whichever thread took it."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        daemon = start_daemon(tmp_path)
+        daemon.scrape()  # the HTTP threads are up
+        main = daemon.process.pid
+        others = sorted(int(t) for t in os.listdir(f"/proc/{main}/task") if int(t) != main)
+        assert others, "the daemon has no thread but its main one"
+        os.kill(others[-1], sig)
+        try:
+            assert daemon.process.wait(5) == 0, daemon.log()
+        except subprocess.TimeoutExpired:
+            daemon.process.kill()
+            daemon.process.wait()
+            raise AssertionError(f"{sig.name} to thread {others[-1]} was not acted on") from None
+        assert f"received {sig.name}: stopping" in daemon.log()
+        assert "stopped: probes detached" in daemon.log()
+
+
 REQUEST_LOGGED = '"GET /metrics HTTP/1.1" 200'  # a debug line, one per request
 
 

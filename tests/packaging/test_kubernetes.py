@@ -29,10 +29,12 @@ from kubernetes_validate.utils import all_versions, latest_version
 
 from procmond.config import load_config
 from tests.e2e.harness import Daemon, build_creator, free_port, run_creator, unique_name
+from tests.packaging import daemonset_podman, kustomize
 from tests.packaging.shipped import REPO, RULES
 
 K8S = REPO / "packaging" / "kubernetes"
-MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+MANIFESTS = sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+COMPONENTS = sorted(p.parent for p in (K8S / "components").glob("*/kustomization.yaml"))
 # The oldest and the newest Kubernetes whose schemas the package ships (1.25 and 1.37 today).
 KUBERNETES_VERSIONS = [all_versions()[0], latest_version()]
 
@@ -220,9 +222,67 @@ def test_the_config_map_is_the_default_config_and_valid(tmp_path: Path) -> None:
     assert config.listen_port == container()["ports"][0]["containerPort"]
 
 
-def test_kustomization_lists_every_manifest_and_tags_the_image_with_the_version() -> None:
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+def test_kustomization_and_components_hold_every_manifest_once() -> None:
+    """The workload in the kustomization; the Prometheus Operator's objects in components of
+    their own, which an overlay adds or leaves out (a cluster without the operator's CRDs
+    would refuse them)."""
+    listed = [
+        K8S / r for r in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    ]
+    for component in COMPONENTS:
+        c = yaml.safe_load((component / "kustomization.yaml").read_text())
+        assert (c["apiVersion"], c["kind"]) == ("kustomize.config.k8s.io/v1alpha1", "Component")
+        listed += [component / r for r in c.get("resources", [])]
+    assert sorted(listed) == MANIFESTS
+
+
+@pytest.mark.parametrize(
+    "components",
+    [[], ["servicemonitor", "prometheusrule"]],
+    ids=["without-operator", "with-operator"],
+)
+def test_an_overlay_names_the_image_and_adds_the_components_it_lists(
+    tmp_path: Path, components: list[str]
+) -> None:
+    """The README's overlay, rendered by kustomize: the pushed image in the DaemonSet, the
+    operator's objects only when their components are added, everything else as shipped."""
+    rendered = kustomize.build(kustomize.overlay(tmp_path / "deploy", components))
+    shipped = resources()
+    expected = set(shipped) - OPERATOR_KINDS
+    if components:
+        expected |= OPERATOR_KINDS
+    assert set(rendered) == expected
+    (c,) = rendered["DaemonSet"]["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == kustomize.PUSHED
+    c["image"] = container()["image"]
+    for kind in expected:
+        assert rendered[kind] == shipped[kind], kind
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_seccomp_component_makes_a_valid_unconfined_daemonset(
+    tmp_path: Path, version: str
+) -> None:
+    """For runtimes whose default profile refuses bpf() to CAP_BPF: only the profile
+    changes (the image test runs it under such a runtime)."""
+    overlay = kustomize.overlay(tmp_path / "deploy", ["seccomp-unconfined"])
+    daemonset = kustomize.build(overlay)["DaemonSet"]
+    kubernetes_validate.validate(daemonset, version, strict=True)
+    (c,) = daemonset["spec"]["template"]["spec"]["containers"]
+    assert c["securityContext"].pop("seccompProfile") == {"type": "Unconfined"}
+    shipped = container()
+    shipped["securityContext"].pop("seccompProfile")
+    c["image"] = shipped["image"]
+    assert c == shipped
+
+
+def test_kustomization_tags_the_image_with_the_version() -> None:
+    """An overlay names the pushed image with `kustomize edit set image procmond=IMAGE`: it
+    matches the DaemonSet's image by that name."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in MANIFESTS)
     (image,) = kustomization["images"]
     assert image["name"] == container()["image"]
     version = re.search(r'__version__ = "(.+)"', (REPO / "procmond/__init__.py").read_text())
@@ -276,6 +336,10 @@ def test_least_privilege() -> None:
     assert spec["automountServiceAccountToken"] is False
     assert spec["hostPID"] is True
     assert "hostNetwork" not in spec
+    # tolerating every taint, it must still keep off Windows nodes
+    assert {"operator": "Exists"} in spec["tolerations"]
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert spec["priorityClassName"] == "system-node-critical"
     host_paths = {v["name"] for v in spec["volumes"] if "hostPath" in v}
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert host_paths <= mounts.keys()
@@ -408,6 +472,77 @@ def test_the_images_packages_resolve_on_debian_12(context: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "procmond" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [("pod", "hostIPC"), ("container", "lifecycle"), ("securityContext", "procMount")],
+)
+def test_the_image_test_refuses_a_setting_it_would_not_apply(
+    tmp_path: Path, where: str, field: str
+) -> None:
+    """The image test runs the pod with podman options read from the manifest; a field it
+    does not translate fails it rather than being left out of the run."""
+    spec = pod_spec()
+    target = {
+        "pod": spec,
+        "container": spec["containers"][0],
+        "securityContext": spec["containers"][0]["securityContext"],
+    }[where]
+    target[field] = True
+    with pytest.raises(AssertionError, match=f"the {where} field\\(s\\) \\['{field}'\\]"):
+        daemonset_podman.Pod(spec).options(tmp_path, {}, None)
+
+
+PUSHED = kustomize.PUSHED
+
+
+@pytest.mark.parametrize(
+    ("engine", "plan"),
+    [
+        (
+            "docker",
+            [
+                "docker buildx build --platform linux/amd64,linux/arm64 -t "
+                f"{PUSHED} --push --network host CONTEXT"
+            ],
+        ),
+        (
+            "podman",
+            [
+                f"podman manifest rm {PUSHED} || true",
+                "podman build --platform linux/amd64,linux/arm64 --manifest "
+                f"{PUSHED} --network host CONTEXT",
+                f"podman manifest push --all {PUSHED} docker://{PUSHED}",
+            ],
+        ),
+    ],
+)
+def test_a_multi_architecture_build_is_one_manifest_list(engine: str, plan: list[str]) -> None:
+    """What build-image.sh would run. Only this machine's own platform can be built here (the
+    image test builds it for real through the same podman path); arm64 needs an emulator and
+    an arm64 base this machine has not, so for two platforms the plan is what is checked."""
+    argv = [str(K8S / "build-image.sh"), "--dry-run", "--engine", engine]
+    argv += ["--platform", "linux/amd64,linux/arm64", "--push", PUSHED, "--", "--network", "host"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == plan
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "nerdctl"], "--engine must be docker or podman, not 'nerdctl'"),
+        (["--platfrom", "linux/arm64"], "unknown option --platfrom"),
+        (["a:1", "b:1"], "one image name, not 'a:1' and 'b:1'"),
+    ],
+)
+def test_build_image_refuses_what_it_does_not_know(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [str(K8S / "build-image.sh"), "--dry-run", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
 
 
 # ---- the pod, emulated on this host ------------------------------------------------------------
