@@ -182,13 +182,24 @@ class OomWatch:
         return min(limits, key=lambda pair: pair[0]) if limits else None
 
 
+# ld.so's exit status for a fatal error ("cannot allocate memory for thread-local data" under
+# RLIMIT_AS: seen at 256 MiB when the loader starts its first thread)
+DYNAMIC_LOADER_FAILURE = 127
+
+
 def loader_exit_error(status: int, watch: OomWatch) -> BPFLoadError:
     """What to say when the loader child exited (``status``, as Popen gives it) without
     handing over the probe or an error of its own."""
     if status == -signal.SIGKILL:
         return _killed(watch)
-    if status == -signal.SIGABRT and address_space_limit() is not None:
-        return out_of_memory("SIGABRT, what the compiler does when an allocation fails")
+    if address_space_limit() is not None:
+        if status == -signal.SIGABRT:
+            return out_of_memory("SIGABRT, what the compiler does when an allocation fails")
+        if status == DYNAMIC_LOADER_FAILURE:
+            return out_of_memory(
+                f"exit status {status}, the dynamic loader's when it cannot map a library "
+                "or allocate a thread's data"
+            )
     if status < 0:
         return BPFLoadError(
             f"the probe loader was killed by {signal.Signals(-status).name} before handing "

@@ -75,13 +75,15 @@ def test_under_a_256_mib_address_space_limit_it_says_which_limit_to_raise(
     result = run_to_exit(tmp_path, ["prlimit", f"--as={256 * MIB}"])
     assert result.returncode == 70, result.stderr
     # How it shows depends on where the mapping failed: a library that cannot be mapped, a
-    # MemoryError, or the compiler's abort (whose own message libstdc++ prints first).
+    # MemoryError, the compiler's abort (whose own message libstdc++ prints first), or the
+    # dynamic loader's exit when it cannot allocate a new thread's data.
     line = result.stderr.splitlines()[-1]
     assert re.fullmatch(
         r"procmond: error: the probe loader ran out of address space \((OSError: .*failed to "
         r"map segment from shared object|MemoryError|SIGABRT, what the compiler does when an "
-        r"allocation fails)\): RLIMIT_AS is 256 MiB \(ulimit -v, prlimit --as, LimitAS=\) and "
-        r"compiling the probe maps about 300 MiB; fix: raise that limit to at least "
+        r"allocation fails|exit status 127, the dynamic loader's when it cannot map a library "
+        r"or allocate a thread's data)\): RLIMIT_AS is 256 MiB \(ulimit -v, prlimit --as, "
+        r"LimitAS=\) and compiling the probe maps about 300 MiB; fix: raise that limit to at least "
         rf"{ADDRESS_SPACE_NEEDED_MIB} MiB, or remove it",
         line,
     ), result.stderr

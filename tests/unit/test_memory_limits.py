@@ -123,6 +123,18 @@ def test_an_abort_under_an_address_space_limit_names_the_limit(
     assert error.message.startswith("the probe loader was killed by SIGABRT")
 
 
+def test_the_dynamic_loaders_exit_under_an_address_space_limit_names_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(memory_limits, "address_space_limit", lambda: 256 << 20)
+    error = loader_exit_error(127, OomWatch([], []))
+    assert "exit status 127" in error.message and "RLIMIT_AS is 256 MiB" in error.message
+    monkeypatch.setattr(memory_limits, "address_space_limit", lambda: None)
+    assert loader_exit_error(127, OomWatch([], [])).message == (
+        "the probe loader exited with status 127 before handing over the probe"
+    )
+
+
 def test_other_exits_keep_pointing_at_the_loaders_own_log() -> None:
     assert loader_exit_error(3, OomWatch([], [])).message == (
         "the probe loader exited with status 3 before handing over the probe"
