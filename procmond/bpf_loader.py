@@ -25,6 +25,7 @@ from procmond.header import bpf_source_dir, map_ids, read_header
 from procmond.layout import MapLayout, describe
 from procmond.maps import MapReader, check_layouts
 from procmond.metrics import daemon_maps
+from procmond.perf_links import perf_link_supported, tracepoint_link
 from procmond.tasklimits import shown_pids_event
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,15 @@ class LoadedProbe:
     cflags: list[str] = field(default_factory=list)
     layouts: dict[str, MapLayout] = field(default_factory=dict)
     map_ids: tuple[str, ...] = ()
+    # Tracepoints attached as BPF links (BPF_LINK_CREATE on a perf event, Linux 5.15+): a link
+    # can be pinned, a perf event's attachment cannot. probe name → link descriptor.
+    perf_links: dict[str, int] = field(default_factory=dict)
     _maps: dict[str, BPFMap] = field(default_factory=dict)
+
+    @property
+    def pinnable(self) -> bool:
+        """Whether every attachment is a link, so the probe can outlive this process."""
+        return not self.bpf.tracepoint_fds
 
     def table(self, name: str) -> Any:
         """BCC's table object (for its ring-buffer API)."""
@@ -106,7 +115,11 @@ class LoadedProbe:
         hold the probes attached (raw tracepoint links, tracepoint perf events), and probe
         name → its program's descriptor (so that `bpftool prog` names the daemon as their
         holder, and the daemon reads their run-time statistics in its /proc/PID/fdinfo)."""
-        links = [*self.bpf.raw_tracepoint_fds.values(), *self.bpf.tracepoint_fds.values()]
+        links = [
+            *self.bpf.raw_tracepoint_fds.values(),
+            *self.bpf.tracepoint_fds.values(),
+            *self.perf_links.values(),
+        ]
         probe_of = {p.function: p.name for p in PROBES}
         programs = {
             probe_of.get(name.decode(), name.decode()): function.fd
@@ -123,9 +136,12 @@ class LoadedProbe:
         threads (the ctypes calls release the GIL) they share grace periods.
         """
         tracepoints = list(self.bpf.tracepoint_fds)
-        if tracepoints:
-            with ThreadPoolExecutor(len(tracepoints)) as pool:
+        links = list(self.perf_links.values())
+        self.perf_links = {}
+        if tracepoints or links:
+            with ThreadPoolExecutor(len(tracepoints) + len(links)) as pool:
                 list(pool.map(self.bpf.detach_tracepoint, tracepoints))
+                list(pool.map(os.close, links))
         self.bpf.cleanup()
 
 
@@ -271,8 +287,10 @@ def load(
         probe.map_ids = map_ids(read_header(source_dir))
         check_layouts(probe.map, probe.layouts)
         task_limits = any(f.startswith(TASK_LIMIT_FLAG + "=") for f in cflags)
-        probe.attached = attach(bpf, config, watch, task_limits)
+        probe.attached = attach(bpf, config, watch, task_limits, probe.perf_links)
     except Exception:
+        for fd in probe.perf_links.values():
+            os.close(fd)
         bpf.cleanup()
         raise
     return probe
@@ -301,10 +319,18 @@ def wanted_probes(config: Config, watch: bool) -> list[Probe]:
     ]
 
 
-def attach(bpf: Any, config: Config, watch: bool, task_limits: bool = True) -> dict[str, bool]:
+def attach(
+    bpf: Any,
+    config: Config,
+    watch: bool,
+    task_limits: bool = True,
+    perf_links: dict[str, int] | None = None,
+) -> dict[str, bool]:
     """Attach what this kernel has; a missing tracepoint is logged and reported, not fatal.
     Without ``task_limits`` (no pids offsets: logged by task_limit_flags) the program is not
-    compiled in, and its probe is reported as not attached."""
+    compiled in, and its probe is reported as not attached. Given ``perf_links``, plain
+    tracepoints are attached as BPF links where the kernel can (procmond/perf_links.py), and
+    their descriptors put there; elsewhere through BCC's perf events, as before."""
     attached: dict[str, bool] = {}
     for probe in wanted_probes(config, watch):
         if probe.for_task_limits and not task_limits:
@@ -313,6 +339,9 @@ def attach(bpf: Any, config: Config, watch: bool, task_limits: bool = True) -> d
         try:
             if probe.raw:
                 bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=probe.function.encode())
+            elif perf_links is not None and perf_link_supported():
+                program = bpf.load_func(probe.function.encode(), bpf.TRACEPOINT)
+                perf_links[probe.name] = tracepoint_link(program.fd, probe.target)
             else:
                 bpf.attach_tracepoint(tp=probe.target.encode(), fn_name=probe.function.encode())
             attached[probe.name] = True

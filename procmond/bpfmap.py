@@ -35,6 +35,17 @@ _SIGNATURES = {
     "bpf_map_lookup_batch": (ctypes.c_int, _P, _P, _P, _P, _COUNT, _P),
     "bpf_obj_get_info_by_fd": (ctypes.c_int, _P, _COUNT),
     "bpf_enable_stats": (ctypes.c_int,),
+    "bpf_obj_pin": (ctypes.c_int, ctypes.c_char_p),
+    "bpf_obj_get": (ctypes.c_char_p,),
+    "bpf_link_create": (ctypes.c_int, ctypes.c_int, ctypes.c_int, _P),
+    "bpf_map_create": (
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        _P,
+    ),
 }
 
 
@@ -60,6 +71,8 @@ def _libbpf() -> ctypes.CDLL:
         except OSError:
             continue
         for function, argtypes in _SIGNATURES.items():
+            if not hasattr(lib, function):  # libbpf 0.x lacks bpf_map_create: no pinning
+                continue
             getattr(lib, function).argtypes = argtypes
             getattr(lib, function).restype = ctypes.c_int
         return lib

@@ -1,4 +1,5 @@
-"""Command line: ``procmond run | watch | top | check-config | doctor`` and ``--version``."""
+"""Command line: ``procmond run | watch | top | detach | check-config | doctor`` and
+``--version``."""
 
 from __future__ import annotations
 
@@ -118,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start each line with its wall-clock time in UTC (RFC 3339, microseconds)",
     )
+
+    detach = sub.add_parser(
+        "detach",
+        help="unpin the probe a stopped daemon left counting (pin_root), so nothing stays loaded",
+        description="Remove every probe pinned under the config's pin_root: what no running "
+        "daemon holds is detached and freed at once; a running daemon's probe goes when it "
+        "stops. The service runs this when it is stopped for good, and the package on removal.",
+    )
+    detach.add_argument("--config", type=Path, help=config_help)
 
     top = sub.add_parser(
         "top",
@@ -249,6 +259,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from procmond.cgroups import host_namer
 
         return top(config, args.delay, count, batch, args.sort, namer=host_namer())
+    if args.command == "detach":
+        from procmond.pins import detach
+
+        config, _ = load_config(args.config)
+        if not config.pin_root:
+            print("procmond: pin_root is empty: nothing is pinned")
+            return 0
+        removed = detach(Path(config.pin_root))
+        print(f"procmond: unpinned {len(removed)} probe(s) from {config.pin_root}")
+        return 0
     if args.command == "check-config":
         config, source = load_config(args.file)
         load_web_config(config.web_config_file)

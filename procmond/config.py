@@ -54,6 +54,10 @@ class Config:
     # Processes created per second by one command that make a fork storm, logged with the
     # creating PIDs (procmond/storms.py); the ForkStorm alert's default threshold. 0: off.
     storm_threshold: int = 2000
+    # A bpffs folder where the probe stays loaded between two runs of the daemon, so that a
+    # restart misses no count (procmond/pins.py); "" to load a fresh probe at every start and
+    # detach it at every stop. `procmond detach` removes it.
+    pin_root: str = "/sys/fs/bpf/procmond"
 
     @property
     def cgroup_labels(self) -> tuple[str, ...]:
@@ -319,4 +323,5 @@ _VALIDATORS = {
     "log_level": _log_level,
     "web_config_file": _path,
     "storm_threshold": _whole_number(0, STORM_THRESHOLD_LIMIT, " (off)"),
+    "pin_root": _path,
 }

@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
-from procmond import __version__, handoff, kernel, privileges, signals
+from procmond import __version__, handoff, kernel, pins, privileges, signals
 from procmond.attribution import Attribution
 from procmond.cgroups import EMPTY_LABELS, CgroupNamer, CgroupResolver, read_layout
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
@@ -51,7 +51,14 @@ log = logging.getLogger(__name__)
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Settings that shape the kernel maps: a reload cannot change them without losing counts.
-KERNEL_SETTINGS = ("max_entries", "histograms", "histogram_max_entries", "labels", "syscall_probes")
+KERNEL_SETTINGS = (
+    "max_entries",
+    "histograms",
+    "histogram_max_entries",
+    "labels",
+    "syscall_probes",
+    "pin_root",
+)
 
 
 def accepts_text(accept: str) -> bool:
@@ -109,6 +116,7 @@ class Daemon:
         self._loaded = threading.Event()  # set once _serving is, or when stopping
         self.storms: StormMonitor | None = None
         self._last_status = ""
+        self.pinned: Path | None = None  # where the probe stays loaded after the daemon
 
     def start(self) -> None:
         started = time.monotonic()
@@ -120,9 +128,7 @@ class Daemon:
         self.server = MetricsServer(
             self._reporting(self._serve), self.config.listen_host, self.config.listen_port, self.web
         )
-        self.notifier.status("loading eBPF probe")
-        log.info("loading the eBPF probe (compiling takes a second or two)")
-        self.probe = handoff.load(self.config)
+        self.probe = self._adopt_or_load()
         self.reader = self.probe.reader()
         self.cgroups = self._cgroup_sources(self.reader)
         self.storms = StormMonitor(self.probe, self._cgroup_names)
@@ -146,6 +152,40 @@ class Daemon:
             time.monotonic() - started,
         )
         self.notifier.ready(self._status_line())
+
+    def _adopt_or_load(self) -> handoff.HandedOffProbe:
+        """The probe pinned by an earlier run with this identity, or a new one (pinned, and the
+        pins of other builds and configs removed once it counts). Before capabilities go."""
+        root = pins.pin_root(self.config)
+        name = pins.identity(self.config) if root else ""
+        if root:
+            try:
+                probe = pins.adopt(root / name)
+            except (OSError, ValueError, KeyError, ProcmondError) as exc:
+                log.warning("cannot adopt the probe pinned at %s (%s): removing it", root, exc)
+                pins.remove(root / name)
+                probe = None
+            if probe is not None:
+                log.info("adopted the probe pinned at %s: no compile, counts continue", root / name)
+                self.pinned = root / name
+                return probe
+        self.notifier.status("loading eBPF probe")
+        log.info("loading the eBPF probe (compiling takes a second or two)")
+        probe = handoff.load(self.config)
+        if root and probe.pinnable:
+            try:
+                self.pinned = pins.pin(probe, root, name)
+            except OSError as exc:
+                log.warning("cannot pin the probe in %s (%s): it goes with the daemon", root, exc)
+        elif root:
+            log.warning(
+                "the probe will not outlive the daemon: this kernel attaches tracepoints only "
+                "through perf events (BPF links for them came in 5.15)"
+            )
+        if root:
+            for old in pins.clean(root, keep=name):
+                log.info("removed the probe pinned at %s by another build or config", root / old)
+        return probe
 
     def _serve(self, accept: str) -> tuple[bytes, str]:
         """What the first listener serves. It opens before the probe is loaded: a scrape that
@@ -343,7 +383,9 @@ class Daemon:
             self.probe.close()
         if closing is not None:
             closing.join()
-        if self.probe is not None:
+        if self.pinned is not None:
+            log.info("stopped: the probe keeps counting, pinned at %s", self.pinned)
+        elif self.probe is not None:
             log.info("stopped: probes detached")
 
 

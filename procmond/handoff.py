@@ -61,6 +61,9 @@ class HandedOffProbe:
     cflags: list[str]
     layouts: dict[str, MapLayout]  # of every map, as compiled (procmond/layout.py)
     map_ids: tuple[str, ...]  # the overflow arrays' slots (enum map_id)
+    # What the loader reported, descriptors aside: kept with pinned objects (procmond/pins.py)
+    manifest: dict = dataclasses.field(default_factory=dict)
+    pinnable: bool = False  # every attachment a link (procmond/perf_links.py)
 
     def map(self, name: str) -> BPFMap:
         return self.maps[name]
@@ -113,7 +116,10 @@ def load(config: Config) -> HandedOffProbe:
             status = child.wait()
     if not data:
         raise memory_limits.loader_exit_error(status, oom)
-    return _take_over(json.loads(data), fds)
+    message = json.loads(data)
+    probe = take_over(message, fds)
+    probe.manifest = message
+    return probe
 
 
 def child_command(fd: int, config: Config) -> list[str]:
@@ -134,7 +140,8 @@ def child_command(fd: int, config: Config) -> list[str]:
     ]
 
 
-def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:
+def take_over(message: dict, fds: list[int]) -> HandedOffProbe:
+    """The probe the loader's ``message`` describes, from its descriptors in that order."""
     if "error" in message:
         for fd in fds:
             os.close(fd)
@@ -155,6 +162,7 @@ def _take_over(message: dict, fds: list[int]) -> HandedOffProbe:
         list(message["cflags"]),
         {name: MapLayout.from_json(layout) for name, layout in message["layouts"].items()},
         tuple(message["map_ids"]),
+        pinnable=bool(message.get("pinnable")),
     )
     # The loader already checked the maps' layouts (bpf_loader.load): same maps, same check.
     expected = links_end + len(programs)
@@ -198,6 +206,7 @@ def _child(sock: socket.socket, config: Config) -> int:
         "cflags": probe.cflags,
         "layouts": {name: layout.to_json() for name, layout in probe.layouts.items()},
         "map_ids": probe.map_ids,
+        "pinnable": probe.pinnable,
     }
     fds = [*maps.values(), *links, *programs.values()]
     try:

@@ -221,7 +221,10 @@ def start_daemon(
     port = port or free_port()
     config = tmp / "procmond.yaml"
     listen = f'listen: "127.0.0.1:{port}"\n' if listen_in_file else ""
-    config.write_text(listen + config_text)
+    # No pinning unless the test asks for it (tests/e2e/test_pins.py, in a bpffs of its own):
+    # a daemon must not adopt the probe another test, or another run on the host, left.
+    pins = "" if "pin_root:" in config_text else 'pin_root: ""\n'
+    config.write_text(listen + pins + config_text)
     log_path = tmp / "procmond.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(

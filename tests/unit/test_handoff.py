@@ -20,7 +20,7 @@ def test_a_loader_that_dies_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 def test_the_loaders_error_is_raised_as_itself() -> None:
     message = {"error": {"type": "PermissionDeniedError", "message": "no", "hint": "sudo"}}
     with pytest.raises(PermissionDeniedError) as raised:
-        handoff._take_over(message, [])
+        handoff.take_over(message, [])
     assert str(raised.value) == "no (sudo)"
     assert raised.value.exit_code == 77
 
@@ -29,4 +29,4 @@ def test_the_loaders_error_is_raised_as_itself() -> None:
 def test_any_other_error_type_is_a_load_error(name: str) -> None:
     message = {"error": {"type": name, "message": "odd", "hint": ""}}
     with pytest.raises(BPFLoadError, match="odd"):
-        handoff._take_over(message, [])
+        handoff.take_over(message, [])

@@ -1,0 +1,195 @@
+"""Keep the probe loaded between two runs of the daemon: pin it in bpffs, adopt it at start.
+
+A pinned map or link lives while its pin does, whether or not a process holds it. The daemon
+pins every map, link and program of the probe it loaded under ``<pin_root>/<identity>/``,
+with a manifest (what the loader reported: map names, layouts, probes attached), so that the
+next daemon with the same identity opens them (BPF_OBJ_GET) instead of compiling: no count
+is missed between the two, and every counter continues. ``identity`` is a digest of all the
+probe is built from (its C source, its header, and the -D flags of this host and config):
+another build or config gets another folder and loads its own probe. ``procmond detach``
+removes the pins; the kernel then detaches and frees what no process holds any more.
+
+bpffs names may not hold a dot; a folder is pinned under a temporary name and renamed into
+place, so that a daemon killed meanwhile leaves no half folder another would adopt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+
+from procmond.bpfmap import BPFMap, libbpf
+from procmond.config import Config
+from procmond.errors import ProcmondError
+from procmond.handoff import HandedOffProbe, take_over
+from procmond.header import bpf_source_dir
+
+log = logging.getLogger(__name__)
+
+BPF_FS_MAGIC = 0xCAFE4A11
+MANIFEST = "manifest"
+_MANIFEST_BYTES = 1 << 16
+_BPF_MAP_TYPE_ARRAY = 2
+_PENDING = "pinning_"  # a folder being filled: pinning_<identity>_<pid>
+
+
+def identity(config: Config) -> str:
+    """What the probe is built from, as 16 hex digits: equal only if the maps (and programs)
+    a loader would make now are those of a pinned probe with this identity."""
+    from procmond.bpf_loader import build_cflags  # no bcc import: only the flags
+
+    source_dir = bpf_source_dir()
+    cflags, _ = build_cflags(config, source_dir=source_dir)
+    digest = hashlib.sha256()
+    for name in ("procmond.h", "procmond.bpf.c"):
+        digest.update((source_dir / name).read_bytes())
+    digest.update(json.dumps(sorted(f for f in cflags if not f.startswith("-I"))).encode())
+    return digest.hexdigest()[:16]
+
+
+def on_bpffs(path: Path) -> bool:
+    """Whether ``path`` is on a bpf filesystem (statfs's f_type, its first field)."""
+    buf = ctypes.create_string_buffer(256)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF == BPF_FS_MAGIC
+
+
+def pin_root(config: Config) -> Path | None:
+    """The folder to pin in, made if needed; None (logged) when pinning is off or impossible."""
+    if not config.pin_root:
+        return None
+    root = Path(config.pin_root)
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning(
+            "the probe will not outlive the daemon: cannot make %s (%s); mount bpffs "
+            "(mount -t bpf bpf /sys/fs/bpf) or set pin_root",
+            root,
+            exc.strerror,
+        )
+        return None
+    if not on_bpffs(root):
+        log.warning(
+            "the probe will not outlive the daemon: %s is not on a bpf filesystem "
+            "(mount -t bpf bpf /sys/fs/bpf)",
+            root,
+        )
+        return None
+    return root
+
+
+def adopt(folder: Path) -> HandedOffProbe | None:
+    """The probe pinned in ``folder``, opened; None if there is none (or not a whole one)."""
+    try:
+        manifest_fd = libbpf("bpf_obj_get", os.fsencode(folder / MANIFEST))
+    except FileNotFoundError:
+        return None
+    manifest = BPFMap(manifest_fd)
+    try:
+        raw = manifest.lookup(bytes(4)) or b""
+    finally:
+        manifest.close()
+    (length,) = struct.unpack_from("=I", raw)
+    message = json.loads(raw[4 : 4 + length])
+    paths = [
+        *(f"map_{name}" for name in message["maps"]),
+        *(f"link_{i}" for i in range(message["links"])),
+        *(f"prog_{name}" for name in message["programs"]),
+    ]
+    fds: list[int] = []
+    try:
+        for name in paths:
+            fds.append(libbpf("bpf_obj_get", os.fsencode(folder / name)))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    probe = take_over(message, fds)
+    probe.manifest = message
+    return probe
+
+
+def pin(probe: HandedOffProbe, root: Path, name: str) -> Path:
+    """Pin ``probe`` as ``root/name``; returns the folder."""
+    pending = root / f"{_PENDING}{name}_{os.getpid()}"
+    pending.mkdir(mode=0o700)
+    try:
+        for map_name, bpf_map in probe.maps.items():
+            _pin(bpf_map.fd, pending / f"map_{map_name}")
+        for i, fd in enumerate(probe.links):
+            _pin(fd, pending / f"link_{i}")
+        for prog_name, fd in probe.programs.items():
+            _pin(fd, pending / f"prog_{prog_name}")
+        text = json.dumps(probe.manifest).encode()
+        if len(text) + 4 > _MANIFEST_BYTES:
+            raise ProcmondError(f"the probe's manifest is too long ({len(text)} bytes)")
+        fd = libbpf(
+            "bpf_map_create", _BPF_MAP_TYPE_ARRAY, b"procmond_pins", 4, _MANIFEST_BYTES, 1, None
+        )
+        manifest = BPFMap(fd)
+        try:
+            manifest.update(bytes(4), struct.pack("=I", len(text)) + text)
+            _pin(fd, pending / MANIFEST)
+        finally:
+            manifest.close()
+        folder = root / name
+        os.rename(pending, folder)
+    except BaseException:
+        remove(pending)
+        raise
+    return folder
+
+
+def _pin(fd: int, path: Path) -> None:
+    libbpf("bpf_obj_pin", fd, os.fsencode(path))
+
+
+def remove(folder: Path) -> None:
+    """Unpin everything in ``folder`` and the folder itself: what no process holds any more is
+    detached and freed by the kernel."""
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        entry.unlink(missing_ok=True)
+    folder.rmdir()
+
+
+def clean(root: Path, keep: str) -> list[str]:
+    """Remove every pinned probe under ``root`` but ``keep`` (another build's or config's, or
+    the half folder of a daemon that died while pinning); their names."""
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.name == keep or _pending_alive(entry.name):
+            continue
+        remove(entry)
+        removed.append(entry.name)
+    return removed
+
+
+def _pending_alive(name: str) -> bool:
+    """A folder another running daemon is filling right now."""
+    if not name.startswith(_PENDING):
+        return False
+    pid = name.rsplit("_", 1)[-1]
+    return pid.isdigit() and int(pid) != os.getpid() and Path(f"/proc/{pid}").exists()
+
+
+def detach(root: Path) -> list[str]:
+    """``procmond detach``: remove every probe pinned under ``root``, and ``root``."""
+    if not root.is_dir():
+        return []
+    removed = clean(root, keep="")
+    with contextlib.suppress(OSError):
+        root.rmdir()
+    return removed
