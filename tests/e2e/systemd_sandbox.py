@@ -254,6 +254,9 @@ def prelude(state: Path) -> None:
     _mount("-t", "cgroup2", "-o", "nosuid,nodev,noexec", "cgroup2", f"{root}/sys/fs/cgroup")
     # BPF programs need tracefs for tracepoint ids; sysfs mounted afresh does not carry it.
     _mount("-t", "tracefs", "-o", "nosuid,nodev,noexec", "tracefs", f"{root}/sys/kernel/tracing")
+    # systemd mounts bpffs here at boot, but not as PID 1 of a container: as a booted host has
+    # it (an instance of its own: the sandbox's pins are not the host's).
+    _mount("-t", "bpf", "-o", "mode=700,nosuid,nodev,noexec", "bpf", f"{root}/sys/fs/bpf")
     _mount("-t", "tmpfs", "-o", "mode=755,nosuid,size=64m", "sandbox-dev", f"{root}/dev")
     for dev in DEVICES:
         (root / "dev" / dev).touch()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.bpf_objects import left_behind, snapshot
 from tests.e2e.harness import Exposition, unique_name
 from tests.e2e.systemd_sandbox import SystemdSandbox
 from tests.packaging.shipped import build_deb
@@ -216,6 +217,43 @@ def test_hung_daemon_is_restarted_by_the_watchdog(box: SystemdSandbox) -> None:
     assert scrape(box).value("procmond_probe_attached", probe="task_newtask") == 1
     box.run("rm", "/etc/systemd/system/procmond.service.d/watchdog.conf")
     box.run("systemctl", "daemon-reload")
+
+
+def test_restart_mid_load_misses_nothing_and_stop_unpins(
+    box: SystemdSandbox, creator: Path
+) -> None:
+    """`systemctl restart` keeps the probe (pinned in the sandbox's own bpffs): a steady load
+    through it is counted whole; `systemctl stop` then leaves nothing pinned or loaded."""
+    box.run("systemctl", "stop", "procmond")
+    before_start = snapshot()
+    box.run("systemctl", "start", "procmond")
+    name = unique_name("rs")
+    load = subprocess.Popen(
+        [str(creator), "fork", "2400", "--rate", "800", name.hex()], stdout=subprocess.PIPE
+    )
+    try:
+        time.sleep(1)
+        before = forks_of(scrape(box), name)
+        box.run("systemctl", "restart", "procmond")
+        journal = box.run("journalctl", "-u", "procmond", "-o", "cat").stdout
+        assert forks_of(scrape(box), name) >= before > 0, journal
+        out, _ = load.communicate(timeout=60)
+    finally:
+        if load.poll() is None:
+            load.kill()
+    assert out.split()[-1] == b"2400", out
+    assert forks_of(scrape(box), name) == 2400
+    journal = box.run("journalctl", "-u", "procmond", "-o", "cat").stdout
+    assert "adopted the probe pinned at /sys/fs/bpf/procmond/" in journal
+    box.run("systemctl", "stop", "procmond")
+    assert not box.path("/sys/fs/bpf/procmond").exists()
+    assert left_behind(before_start) == set()
+    box.run("systemctl", "start", "procmond")
+
+
+def forks_of(m: Exposition, name: bytes) -> float:
+    series = m.series("procmond_forks_total")
+    return sum(v for labels, v in series.items() if dict(labels)["comm"] == name.decode())
 
 
 def test_stop_is_prompt_and_clean(box: SystemdSandbox) -> None:
