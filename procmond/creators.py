@@ -30,10 +30,35 @@ class Map(Protocol):
 
     def update(self, key: bytes, value: bytes) -> None: ...
 
+    def lookup(self, key: bytes) -> bytes | None: ...
+
 
 def switch(storm_watch: Map, generation: int) -> None:
     """Per-process counting on (as ``generation``), or off (0)."""
     storm_watch.update(_ZERO_KEY, _U32.pack(generation))
+
+
+class SharedSwitch:
+    """Per-process counting kept on by `procmond top` in the running daemon's probe
+    (procmond/pins.py), which the daemon's storm monitor switches too: top follows the
+    generation in force, sets its own while none is, and switches off at the end only if its
+    own is still in force."""
+
+    OWN = 0x70D00000  # far above the storm monitor's generations (1, 2, ...)
+
+    def __init__(self, storm_watch: Map) -> None:
+        self._map = storm_watch
+
+    def generation(self) -> int:
+        (current,) = _U32.unpack(self._map.lookup(_ZERO_KEY) or _ZERO_KEY)
+        if current == 0:
+            switch(self._map, self.OWN)
+            return self.OWN
+        return current
+
+    def release(self) -> None:
+        if self.generation() == self.OWN:
+            switch(self._map, 0)
 
 
 class CreatorsReader:

@@ -118,6 +118,28 @@ def adopt(folder: Path) -> HandedOffProbe | None:
     return probe
 
 
+def running(config: Config) -> HandedOffProbe | None:
+    """The probe a daemon pinned under the config's pin_root (whatever its identity: readers
+    such as `procmond top` take the layouts from its manifest), or None."""
+    if not config.pin_root:
+        return None
+    root = Path(config.pin_root)
+    try:
+        folders = sorted(
+            p for p in root.iterdir() if p.is_dir() and not p.name.startswith(_PENDING)
+        )
+    except OSError:
+        return None
+    for folder in folders:
+        try:
+            probe = adopt(folder)
+        except (OSError, ValueError, KeyError):
+            continue
+        if probe is not None:
+            return probe
+    return None
+
+
 def pin(probe: HandedOffProbe, root: Path, name: str) -> Path:
     """Pin ``probe`` as ``root/name``; returns the folder."""
     pending = root / f"{_PENDING}{name}_{os.getpid()}"

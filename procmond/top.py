@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from procmond import bpf_loader, creators
+from procmond import bpf_loader, creators, pins
 from procmond.config import Config
 from procmond.errors import ProcmondError
+from procmond.handoff import HandedOffProbe
 from procmond.maps import MapReader
 from procmond.metrics import COUNTERS
 from procmond.storms import CgroupNamer, Creator, CreatorRate, counter_deltas, creator_rates
@@ -138,12 +139,14 @@ class Sampler:
         failures: bool,
         clock: Callable[[], float] = time.monotonic,
         stat: Path = Path("/proc/stat"),
+        generation: Callable[[], int] = lambda: GENERATION,
     ) -> None:
         self._reader = reader
         self._creators = creators_reader
         self.labels = labels
         self.failures = failures
         self._clock = clock
+        self._generation = generation
         self._host = creators.HostCreations(stat)
         self._columns = tuple(c for c in RATE_COLUMNS if failures or c != "failures")
         self._fields = {spec.map_name: spec.key_fields for spec in COUNTERS}
@@ -160,7 +163,7 @@ class Sampler:
                 raw: (dict(zip(names, values, strict=True)), count)
                 for raw, values, count in self._reader.counter_entries(name, names)
             }
-        return now, host, counts, self._creators.read(GENERATION)
+        return now, host, counts, self._creators.read(self._generation())
 
     def sample(self) -> Frame:
         before, self._last = self._last, self._read()
@@ -529,17 +532,27 @@ def top(
     out: TextIO = sys.stdout,
     namer: CgroupNamer | None = None,
 ) -> int:
-    """``procmond top``: load the probe, count per process for the whole run, show."""
+    """``procmond top``: read the running daemon's probe (pinned: procmond/pins.py), else
+    load one; count per process for the whole run, show."""
     if not as_batch:
         require_terminal(sys.stdin, out)
-    probe = bpf_loader.load(config)
-    try:
+    running = pins.running(config)
+    probe: HandedOffProbe | bpf_loader.LoadedProbe
+    if running is not None:
+        probe = running
+        shared = creators.SharedSwitch(probe.map("storm_watch"))
+        generation, failures = shared.generation, probe.attached.get("sys_exit_clone", False)
+    else:
+        probe = bpf_loader.load(config)
         creators.switch(probe.map("storm_watch"), GENERATION)
+        generation, failures = (lambda: GENERATION), config.syscall_probes
+    try:
         sampler = Sampler(
             probe.reader(),
             creators.CreatorsReader(probe.map("creators"), probe.layouts["creators"]),
             lambda cgroup_id: creators.labels_of(namer, cgroup_id),
-            config.syscall_probes,
+            failures,
+            generation=generation,
         )
         _stop_on_signals()
         try:
@@ -550,5 +563,7 @@ def top(
         except (KeyboardInterrupt, StopError, BrokenPipeError):
             pass
     finally:
+        if running is not None:
+            shared.release()
         probe.close()
     return 0

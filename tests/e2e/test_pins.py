@@ -5,6 +5,7 @@ no daemon of another test or run on this host adopts its probe, nor it theirs.""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from procmond import pins
 from tests.e2e.bpf_objects import left_behind, snapshot
-from tests.e2e.harness import Daemon, procmond, start_daemon, unique_name
+from tests.e2e.harness import PROCMOND, Daemon, procmond, start_daemon, unique_name
 
 LOAD = 2400  # forks, at RATE a second: the restart falls in the middle
 RATE = 800
@@ -122,3 +123,44 @@ def test_another_config_replaces_the_pinned_probe(tmp_path: Path, pin_root: Path
         assert second.stop() == 0
     pins.detach(pin_root)
     assert left_behind(before) == set()
+
+
+def test_top_reads_the_running_daemons_probe_without_bcc(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    """`procmond top` against a running daemon opens its pins: no compile, no BCC at all (an
+    import of bcc fails here); without a daemon it would need BCC to load its own."""
+    poison = tmp_path / "poison"
+    poison.mkdir()
+    (poison / "bcc.py").write_text("raise ImportError('no BCC in this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(poison)}
+    daemon = start(tmp_path, pin_root, "daemon")
+    config = tmp_path / "daemon" / "procmond.yaml"
+    name = unique_name("tp")
+    load = steady_load(creator, name)
+    try:
+        started = time.monotonic()
+        top = subprocess.run(
+            [*PROCMOND, "top", "--once", "-d", "0.5", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        took = time.monotonic() - started
+    finally:
+        load.kill()
+        load.wait()
+        assert daemon.stop() == 0
+    assert top.returncode == 0, top.stderr
+    assert name.decode() in top.stdout, top.stdout
+    print(f"top --once -d 0.5 against a running daemon: {took:.2f} s")
+    pins.detach(pin_root)
+    alone = subprocess.run(
+        [*PROCMOND, "top", "--once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert alone.returncode != 0 and "bcc" in alone.stderr, alone.stderr
