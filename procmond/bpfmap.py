@@ -123,6 +123,7 @@ class BPFMap:
             ctypes.byref(ctypes.c_uint32(ctypes.sizeof(info))),
         )
         self.name = info.name.decode(errors="replace")
+        self.id = int(info.id)  # the kernel's, unique while the map lives
         self.key_size = int(info.key_size)
         self.value_size = int(info.value_size)
         self.max_entries = int(info.max_entries)

@@ -267,6 +267,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("procmond: pin_root is empty: nothing is pinned")
             return 0
         removed = detach(Path(config.pin_root))
+        if config.state_dir:  # the saved counts of the probes just unpinned
+            for saved in Path(config.state_dir).glob("state-*.json"):
+                saved.unlink(missing_ok=True)
         print(f"procmond: unpinned {len(removed)} probe(s) from {config.pin_root}")
         return 0
     if args.command == "check-config":

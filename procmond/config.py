@@ -58,6 +58,9 @@ class Config:
     # restart misses no count (procmond/pins.py); "" to load a fresh probe at every start and
     # detach it at every stop. `procmond detach` removes it.
     pin_root: str = "/sys/fs/bpf/procmond"
+    # Where the counts the daemon keeps in user space are saved for the next daemon that
+    # adopts the pinned probe (procmond/state.py).
+    state_dir: str = "/var/lib/procmond"
 
     @property
     def cgroup_labels(self) -> tuple[str, ...]:
@@ -324,4 +327,5 @@ _VALIDATORS = {
     "web_config_file": _path,
     "storm_threshold": _whole_number(0, STORM_THRESHOLD_LIMIT, " (off)"),
     "pin_root": _path,
+    "state_dir": _path,
 }

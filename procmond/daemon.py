@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
-from procmond import __version__, handoff, kernel, pins, privileges, signals
+from procmond import __version__, handoff, kernel, pins, privileges, signals, state
 from procmond.attribution import Attribution
 from procmond.cgroups import EMPTY_LABELS, CgroupNamer, CgroupResolver, read_layout
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
@@ -41,6 +41,7 @@ from procmond.metrics import (
     series_budget,
 )
 from procmond.server import MetricsServer, Render
+from procmond.state import StateFile
 from procmond.storm_monitor import StormMonitor
 from procmond.systemd import Notifier
 from procmond.tasklimits import TaskLimits, find_pids_hierarchy, gone_cgroups
@@ -58,6 +59,7 @@ KERNEL_SETTINGS = (
     "labels",
     "syscall_probes",
     "pin_root",
+    "state_dir",
 )
 
 
@@ -117,6 +119,8 @@ class Daemon:
         self.storms: StormMonitor | None = None
         self._last_status = ""
         self.pinned: Path | None = None  # where the probe stays loaded after the daemon
+        self.adopted = False
+        self.state: StateFile | None = None  # user-space counts, kept with a pinned probe
 
     def start(self) -> None:
         started = time.monotonic()
@@ -131,6 +135,7 @@ class Daemon:
         self.probe = self._adopt_or_load()
         self.reader = self.probe.reader()
         self.cgroups = self._cgroup_sources(self.reader)
+        self._keep_state()
         self.storms = StormMonitor(self.probe, self._cgroup_names)
         self._serving = self._render()
         self._loaded.set()
@@ -167,7 +172,7 @@ class Daemon:
                 probe = None
             if probe is not None:
                 log.info("adopted the probe pinned at %s: no compile, counts continue", root / name)
-                self.pinned = root / name
+                self.pinned, self.adopted = root / name, True
                 return probe
         self.notifier.status("loading eBPF probe")
         log.info("loading the eBPF probe (compiling takes a second or two)")
@@ -201,6 +206,7 @@ class Daemon:
 
         def serve(accept: str) -> tuple[bytes, str]:
             answer = render(accept)
+            self._save_state()
             if self.notifier.enabled:
                 self._report_status()
             return answer
@@ -243,6 +249,31 @@ class Daemon:
             namer, folded_capacity(self.config), OVERFLOW_LABEL_VALUE, max_cgroups=cgroups
         )
         return CgroupSources(layout, task_limits, attribution, resolver, namer)
+
+    def _keep_state(self) -> None:
+        """With a pinned probe: the state file, and the counts it holds if this daemon adopted
+        the probe they belong to."""
+        if self.pinned is None or self.probe is None or self.cgroups is None:
+            return
+        probe_id = self.probe.map("forks_total").id
+        self.state = StateFile(
+            Path(self.config.state_dir) / f"state-{self.pinned.name}.json", probe_id
+        )
+        data = self.state.load() if self.adopted else None
+        if data is None:
+            return
+        state.restore_task_limits(self.cgroups.task_limits, data["task_limits"])
+        if self.cgroups.attribution is not None and "attribution" in data:
+            state.restore_attribution(self.cgroups.attribution, data["attribution"])
+        log.info("restored the counts kept in user space from %s", self.state.path)
+
+    def _save_state(self) -> None:
+        if self.state is None or self.cgroups is None:
+            return
+        parts = {"task_limits": state.task_limits_state(self.cgroups.task_limits)}
+        if self.cgroups.attribution is not None:
+            parts["attribution"] = state.attribution_state(self.cgroups.attribution)
+        self.state.save(parts)
 
     def _cgroup_names(self, cgroup_id: int) -> tuple[str, ...]:
         """A cgroup's unit, namespace, pod and container, for storm reports (empty if not
@@ -379,6 +410,9 @@ class Daemon:
             closing.start()
         if self.storms is not None:
             self.storms.stop()
+        if self.server is not None:
+            with self.server.scrape_lock:  # a scrape in progress folds no more meanwhile
+                self._save_state()
         if self.probe is not None:
             self.probe.close()
         if closing is not None:

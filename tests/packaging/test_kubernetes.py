@@ -343,9 +343,11 @@ def test_least_privilege() -> None:
     host_paths = {v["name"] for v in spec["volumes"] if "hostPath" in v}
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert host_paths <= mounts.keys()
-    for name in host_paths - {"bpffs"}:  # the probe is pinned there (procmond/pins.py)
+    written = {"bpffs", "state"}  # the pinned probe and its saved counts (procmond/pins.py)
+    for name in host_paths - written:
         assert mounts[name]["readOnly"] is True, name
-    assert "readOnly" not in mounts["bpffs"]
+    for name in written:
+        assert "readOnly" not in mounts[name], name
     assert c["resources"]["limits"].keys() == {"cpu", "memory"}
 
 
@@ -361,6 +363,7 @@ def test_host_paths_cover_what_bcc_and_the_attribution_read() -> None:
         ("/var/log/pods", "/var/log/pods"),
         ("/var/log/containers", "/var/log/containers"),
         ("/sys/fs/bpf", "/sys/fs/bpf"),
+        ("/var/lib/procmond", "/var/lib/procmond"),
     }
 
 
