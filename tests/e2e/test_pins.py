@@ -19,9 +19,17 @@ from procmond import pins
 from tests.e2e.bpf_objects import held_by, snapshot
 from tests.e2e.cgroup_tree import CgroupTree
 from tests.e2e.harness import PROCMOND, Daemon, procmond, start_daemon, unique_name
+from tests.e2e.prom_harness import start_prometheus
 
 LOAD = 2400  # forks, at RATE a second: the restart falls in the middle
 RATE = 800
+COUNTERS = (
+    "procmond_forks_total",
+    "procmond_threads_created_total",
+    "procmond_execs_total",
+    "procmond_exits_total",
+    "procmond_cgroup_entries_reclaimed_total",
+)
 
 
 @pytest.fixture
@@ -217,3 +225,43 @@ def units_of(daemon: Daemon, name: bytes) -> dict[str, float]:
         if d["comm"] == name.decode():
             out[d["unit"]] = out.get(d["unit"], 0) + value
     return out
+
+
+def test_prometheus_sees_no_counter_reset_across_a_restart(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    """resets() of every procmond counter is 0 across a restart in the middle of a load:
+    dashboards and alerts need no special case for it."""
+    first = start(tmp_path, pin_root, "first")
+    prometheus = start_prometheus(tmp_path, [f"127.0.0.1:{first.port}"], [])
+    name = unique_name("pr")
+    series = f'procmond_forks_total{{comm="{name.decode()}"}}'
+    load: subprocess.Popen | None = None
+    try:
+        prometheus.wait_until("a scrape", lambda: prometheus.query('up{job="procmond"} == 1'), 30)
+        load = steady_load(creator, name)
+        prometheus.wait_until("a scrape of the load", lambda: prometheus.query(series), 10)
+        first.stop()
+        folder = tmp_path / "second"
+        folder.mkdir()
+        config = f"pin_root: {pin_root}\nstate_dir: {tmp_path / 'state'}\n"
+        second = start_daemon(folder, config, port=first.port)
+        try:
+            load.communicate(timeout=60)
+            done = time.time()
+            prometheus.wait_until(
+                "the whole load scraped by the second daemon",
+                lambda: prometheus.query(f"{series} == {LOAD} and timestamp({series}) > {done}"),
+                30,
+            )
+            resets = {
+                metric: prometheus.query(f"sum(resets({metric}[5m]))")[0]["value"][1]
+                for metric in COUNTERS
+            }
+        finally:
+            assert second.stop() == 0
+    finally:
+        if load is not None and load.poll() is None:
+            load.kill()
+        prometheus.stop()
+    assert resets == dict.fromkeys(COUNTERS, "0"), resets
