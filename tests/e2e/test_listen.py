@@ -36,7 +36,8 @@ def check_config(in_its_network: list[str], config: Path) -> subprocess.Complete
 
 def test_an_address_that_comes_up_after_start_is_served(tmp_path: Path) -> None:
     config = tmp_path / "procmond.yaml"
-    config.write_text(f'listen: "{ADDRESS}:10057"\n')
+    # No pinning (as tests/e2e/harness.py): without bpffs it would be a warning of its own.
+    config.write_text(f'listen: "{ADDRESS}:10057"\npin_root: ""\n')
     log = tmp_path / "procmond.log"
     # A network of its own, with loopback up (with no interface up, any address binds) but not
     # the address; the shell execs procmond, which keeps its pid.
