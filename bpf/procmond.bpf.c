@@ -58,6 +58,19 @@ BPF_HASH(gone_task_limit_hits, u64, struct gone_pids_cgroup, GONE_TASK_LIMITS_MA
 /* Per-process counting for storm reports and `procmond top` (see struct creator): on while
  * storm_watch[0] is non-zero. */
 BPF_ARRAY(storm_watch, u32, 1);
+/* Which probe counts (procmond/pins.py): handover[0] is the DUTY of the one probe on duty.
+ * A pinned probe shares this map with the probe of the build or config before it (one map,
+ * pinned beside them), so that an upgrade switches counting from one to the other with one
+ * write: each event reads it once, and is counted by exactly one of them. Unpinned probes
+ * (watch, top, doctor) have a map of their own, at 0, and a DUTY of 0: always on duty. */
+#ifdef HANDOVER_PATH
+BPF_TABLE_PINNED("array", u32, u32, handover, 1, HANDOVER_PATH);
+#else
+BPF_ARRAY(handover, u32, 1);
+#endif
+#ifndef DUTY
+#define DUTY 0
+#endif
 BPF_TABLE("lru_hash", u32, struct creator, creators, CREATORS_MAX_ENTRIES);
 /* The storm monitor's alarm (procmond/alarm.py): storm_alarm[0] is the number of creations
  * still to come before the probe wakes the monitor through storm_wake (a ring buffer of one
@@ -74,6 +87,13 @@ BPF_PERCPU_ARRAY(watch_lost, u64, 1);
 /* Non-zero: exec events too (`procmond watch --exec`). */
 BPF_ARRAY(watch_execs, u32, 1);
 #endif
+
+static __always_inline int on_duty(void)
+{
+    u32 zero = 0;
+    u32 *duty = handover.lookup(&zero);
+    return duty && *duty == DUTY;
+}
 
 /* Reads of a task that is not the current one (a raw tracepoint's arguments are untyped):
  * bpf_probe_read_kernel(), a helper call that costs ~60 ns on this project's test machines. */
@@ -414,6 +434,8 @@ int on_task_newtask(struct bpf_raw_tracepoint_args *ctx)
 {
     struct comm_pair_key key = {};
 
+    if (!on_duty())
+        return 0;
     u32 is_thread = (ctx->args[1] & CLONE_THREAD) != 0;
     char *creator = current_task();
 
@@ -436,6 +458,8 @@ int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 {
     struct comm_pair_key key = {};
 
+    if (!on_duty())
+        return 0;
     fill_pair_key(current_task(), &key); /* the exec'ing task is current */
     count_exec(&key);
 #ifdef PROCMOND_WATCH
@@ -454,6 +478,8 @@ int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
     if (!(ctx->args[1] & 0xff))
         return 0;
 #endif
+    if (!on_duty())
+        return 0;
     char *task = current_task(); /* the exiting task, ctx->args[0], is current */
 #ifndef EXIT_HAS_GROUP_DEAD
     if (cur_u32(cur_ptr(task, TASK_SIGNAL_OFF), SIGNAL_LIVE_OFF) != 0)
@@ -501,6 +527,8 @@ int on_cgroup_mkdir(struct tracepoint__cgroup__cgroup_mkdir *args)
  * struct pids_cgroup). */
 int on_cgroup_rmdir(struct bpf_raw_tracepoint_args *ctx)
 {
+    if (!on_duty())
+        return 0;
     char *cgrp = (char *)ctx->args[0];
     char *pids = read_ptr(cgrp, CGROUP_PIDS_CSS_OFF);
     if (!pids)
@@ -577,7 +605,7 @@ static __always_inline int exit_creation(void *ctx, u32 syscall)
 {
     long ret = *(long *)((char *)ctx + SYS_EXIT_RET_OFF);
 
-    if (ret == 0)
+    if (ret == 0 || !on_duty())
         return PASS_ON;
     struct inflight *call = inflight_of_current(0);
     if (syscall == SYSCALL_SYS_CLONE3 && ret == -ENOSYS) {

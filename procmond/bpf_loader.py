@@ -87,6 +87,7 @@ class LoadedProbe:
     cflags: list[str] = field(default_factory=list)
     layouts: dict[str, MapLayout] = field(default_factory=dict)
     map_ids: tuple[str, ...] = ()
+    duty: int = 0  # the handover value at which this probe counts (procmond/pins.py)
     # Tracepoints attached as BPF links (BPF_LINK_CREATE on a perf event, Linux 5.15+): a link
     # can be pinned, a perf event's attachment cannot. probe name → link descriptor.
     perf_links: dict[str, int] = field(default_factory=dict)
@@ -241,10 +242,12 @@ def load(
     force_no_group_dead: bool = False,
     source_dir: Path | None = None,
     force_probe_reads: bool = False,
+    handover: tuple[list[str], int] = ([], 0),
 ) -> LoadedProbe:
     """Compile, load and attach. Raises PermissionDeniedError or BPFLoadError with the fix.
 
-    ``source_dir`` holds procmond.bpf.c and procmond.h (default: the shipped ones)."""
+    ``source_dir`` holds procmond.bpf.c and procmond.h (default: the shipped ones).
+    ``handover``: the flags and DUTY of a probe to be pinned (procmond/pins.py)."""
     missing = kernel.missing_capabilities()
     if missing:
         raise PermissionDeniedError(
@@ -270,6 +273,7 @@ def load(
         config, watch, btf_path, force_no_group_dead, source_dir, force_probe_reads
     )
     source = source_dir / "procmond.bpf.c"
+    cflags += handover[0]
     try:
         bpf = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
     except Exception as exc:  # BCC raises bare Exception for every compile/load failure
@@ -282,6 +286,7 @@ def load(
         )
         raise BPFLoadError(f"cannot compile or load {source}: {exc}", hint) from None
     probe = LoadedProbe(bpf, {}, btf_offsets, getattr(bcc, "__version__", "unknown"), cflags)
+    probe.duty = handover[1]
     try:
         probe.layouts = {name: layout_of(bpf[name.encode()]) for name in daemon_maps()}
         probe.map_ids = map_ids(read_header(source_dir))

@@ -120,6 +120,7 @@ class Daemon:
         self._last_status = ""
         self.pinned: Path | None = None  # where the probe stays loaded after the daemon
         self.adopted = False
+        self.carried: pins.Carried = {}  # counts of retired probes, by key field
         self.state: StateFile | None = None  # user-space counts, kept with a pinned probe
 
     def start(self) -> None:
@@ -134,6 +135,7 @@ class Daemon:
         )
         self.probe = self._adopt_or_load()
         self.reader = self.probe.reader()
+        self._carry_on()
         self.cgroups = self._cgroup_sources(self.reader)
         self._keep_state()
         self.storms = StormMonitor(self.probe, self._cgroup_names)
@@ -159,38 +161,42 @@ class Daemon:
         self.notifier.ready(self._status_line())
 
     def _adopt_or_load(self) -> handoff.HandedOffProbe:
-        """The probe pinned by an earlier run with this identity, or a new one (pinned, and the
-        pins of other builds and configs removed once it counts). Before capabilities go."""
+        """The probe pinned by an earlier run with this identity, or a new one (pinned). Then
+        it is put on duty, and the probes of other builds and configs retired: their counts
+        carry on (self.carried). Before capabilities go."""
         root = pins.pin_root(self.config)
         name = pins.identity(self.config) if root else ""
-        if root:
-            try:
-                probe = pins.adopt(root / name)
-            except (OSError, ValueError, KeyError, ProcmondError) as exc:
-                log.warning("cannot adopt the probe pinned at %s (%s): removing it", root, exc)
-                pins.remove(root / name)
-                probe = None
-            if probe is not None:
-                log.info("adopted the probe pinned at %s: no compile, counts continue", root / name)
-                self.pinned, self.adopted = root / name, True
-                return probe
-        self.notifier.status("loading eBPF probe")
-        log.info("loading the eBPF probe (compiling takes a second or two)")
-        probe = handoff.load(self.config)
-        if root and probe.pinnable:
-            try:
-                self.pinned = pins.pin(probe, root, name)
-            except OSError as exc:
-                log.warning("cannot pin the probe in %s (%s): it goes with the daemon", root, exc)
-        elif root:
-            log.warning(
-                "the probe will not outlive the daemon: this kernel attaches tracepoints only "
-                "through perf events (BPF links for them came in 5.15)"
-            )
-        if root:
-            for old in pins.clean(root, keep=name):
-                log.info("removed the probe pinned at %s by another build or config", root / old)
+        probe = self._adopt(root / name) if root else None
+        if probe is not None:
+            log.info("adopted the probe pinned at %s: no compile, counts continue", root / name)
+            self.pinned, self.adopted = root / name, True
+        else:
+            self.notifier.status("loading eBPF probe")
+            log.info("loading the eBPF probe (compiling takes a second or two)")
+            probe = handoff.load(self.config)
+            if root and probe.pinnable:
+                try:
+                    self.pinned = pins.pin(probe, root, name)
+                except OSError as exc:
+                    log.warning(
+                        "cannot pin the probe in %s (%s): it goes with the daemon", root, exc
+                    )
+            elif root:
+                log.warning(
+                    "the probe will not outlive the daemon: this kernel attaches tracepoints "
+                    "only through perf events (BPF links for them came in 5.15)"
+                )
+        if root and self.pinned is not None:
+            self.carried = pins.hand_over(root, keep=name, duty=int(probe.manifest.get("duty", 0)))
         return probe
+
+    def _adopt(self, folder: Path) -> handoff.HandedOffProbe | None:
+        try:
+            return pins.adopt(folder)
+        except (OSError, ValueError, KeyError, ProcmondError) as exc:
+            log.warning("cannot adopt the probe pinned at %s (%s): removing it", folder, exc)
+            pins.remove(folder)
+            return None
 
     def _serve(self, accept: str) -> tuple[bytes, str]:
         """What the first listener serves. It opens before the probe is loaded: a scrape that
@@ -250,6 +256,18 @@ class Daemon:
         )
         return CgroupSources(layout, task_limits, attribution, resolver, namer)
 
+    def _carry_on(self) -> None:
+        """Counts of the retired probes, under this probe's keys (procmond/maps.py)."""
+        assert self.probe is not None and self.reader is not None
+        for map_name, rows in self.carried.items():
+            if map_name not in self.probe.layouts:
+                continue
+            key = self.probe.layouts[map_name].key
+            carried = self.reader.carried.setdefault(map_name, {})
+            for fields, count in rows:
+                raw = key.encode(fields)
+                carried[raw] = carried.get(raw, 0) + count
+
     def _keep_state(self) -> None:
         """With a pinned probe: the state file, and the counts it holds if this daemon adopted
         the probe they belong to."""
@@ -261,16 +279,21 @@ class Daemon:
         )
         data = self.state.load() if self.adopted else None
         if data is None:
+            self._save_state()  # counts carried from a retired probe are kept at once
             return
         state.restore_task_limits(self.cgroups.task_limits, data["task_limits"])
         if self.cgroups.attribution is not None and "attribution" in data:
             state.restore_attribution(self.cgroups.attribution, data["attribution"])
+        if self.reader is not None:
+            state.restore_carried(self.reader.carried, data.get("carried", {}))
         log.info("restored the counts kept in user space from %s", self.state.path)
 
     def _save_state(self) -> None:
         if self.state is None or self.cgroups is None:
             return
         parts = {"task_limits": state.task_limits_state(self.cgroups.task_limits)}
+        if self.reader is not None and self.reader.carried:
+            parts["carried"] = state.carried_state(self.reader.carried)
         if self.cgroups.attribution is not None:
             parts["attribution"] = state.attribution_state(self.cgroups.attribution)
         self.state.save(parts)

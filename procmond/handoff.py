@@ -177,10 +177,10 @@ def take_over(message: dict, fds: list[int]) -> HandedOffProbe:
 
 def _child(sock: socket.socket, config: Config) -> int:
     """In the loader child: load, send the descriptors, and leave without BCC's cleanup."""
-    from procmond import bpf_loader  # the only import of bcc, here in the child
+    from procmond import bpf_loader, pins  # the only import of bcc, here in the child
 
     try:
-        probe = bpf_loader.load(config)
+        probe = bpf_loader.load(config, handover=pins.handover_flags(config))
     except ProcmondError as exc:
         error = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
         sock.send(json.dumps({"error": error}).encode())
@@ -207,6 +207,7 @@ def _child(sock: socket.socket, config: Config) -> int:
         "layouts": {name: layout.to_json() for name, layout in probe.layouts.items()},
         "map_ids": probe.map_ids,
         "pinnable": probe.pinnable,
+        "duty": probe.duty,
     }
     fds = [*maps.values(), *links, *programs.values()]
     try:

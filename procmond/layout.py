@@ -52,6 +52,20 @@ class Layout:
                 return f
         raise KeyError(f"no field {name!r} in {[f.name for f in self.fields]}")
 
+    def encode(self, values: dict[str, bytes | int]) -> bytes:
+        """A key of this layout holding ``values`` by field name (bytes for names, ints for
+        integers), zero elsewhere, as the probe's zero-initialised keys are."""
+        raw = bytearray(self.size)
+        for f in self.fields:
+            value = values.get(f.name)
+            if value is None:
+                continue
+            if isinstance(value, bytes):
+                raw[f.offset : f.offset + f.size] = value[: f.size].ljust(f.size, b"\0")
+            else:
+                raw[f.offset : f.offset + f.size] = value.to_bytes(f.size, sys.byteorder)
+        return bytes(raw)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "size": self.size,

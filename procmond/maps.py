@@ -169,6 +169,10 @@ class MapReader:
         self._map_ids = map_ids
         self._keys: dict[tuple[str, tuple[str, ...]], Callable[[bytes], KeyValues]] = {}
         self._histograms: dict[str, Callable[[bytes], Histogram]] = {}
+        # Counts carried over from the probe of an earlier build (procmond/pins.py), by map and
+        # raw key in this probe's layout: added to that entry's count at each read, or shown
+        # as an entry of their own while the map has none with that key.
+        self.carried: dict[str, dict[bytes, int]] = {}
 
     def _key_decoder(self, name: str, key_fields: tuple[str, ...]) -> Callable[[bytes], KeyValues]:
         decoder = self._keys.get((name, key_fields))
@@ -194,9 +198,18 @@ class MapReader:
         return [(k, decode(k), _U64.unpack_from(v)[0]) for k, v in self._table(name).items()]
 
     def raw(self, name: str) -> RawRows:
-        """A counter map's entries, undecoded."""
+        """A counter map's entries, undecoded (with the counts carried over, if any)."""
         table = self._table(name)
-        return RawRows(table.batches(), table.key_size)
+        rows = RawRows(table.batches(), table.key_size)
+        carried = self.carried.get(name)
+        if not carried:
+            return rows
+        counts = dict(rows.entries())
+        for raw, count in carried.items():
+            counts[raw] = counts.get(raw, 0) + count
+        keys = b"".join(counts)
+        values = b"".join(_U64.pack(count) for count in counts.values())
+        return RawRows([(keys, values, len(counts))], table.key_size)
 
     def decoder(self, name: str, key_fields: tuple[str, ...]) -> Callable[[bytes], KeyValues]:
         """Raw key → the values of ``key_fields``, for keys of map ``name``."""
@@ -234,7 +247,10 @@ class MapReader:
     def take(self, name: str, raw_key: bytes) -> int | None:
         """Delete a counter entry and return its last count (None if it was not there)."""
         value = self._table(name).take(raw_key)
-        return None if value is None else int(_U64.unpack_from(value)[0])
+        carried = self.carried.get(name, {}).pop(raw_key, None)
+        if value is None:
+            return carried
+        return int(_U64.unpack_from(value)[0]) + (carried or 0)
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
         """The path the probe recorded when the cgroup was made (cgroup_paths), if it did and

@@ -29,6 +29,7 @@ from procmond.config import Config
 from procmond.errors import ProcmondError
 from procmond.handoff import HandedOffProbe, take_over
 from procmond.header import bpf_source_dir
+from procmond.metrics import COUNTERS
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,24 @@ def on_bpffs(path: Path) -> bool:
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF == BPF_FS_MAGIC
 
 
-def pin_root(config: Config) -> Path | None:
-    """The folder to pin in, made if needed; None (logged) when pinning is off or impossible."""
+def pin_root(config: Config, quiet: bool = False) -> Path | None:
+    """The folder to pin in, made if needed; None (logged unless ``quiet``) when pinning is
+    off or impossible."""
     if not config.pin_root:
         return None
+    warn = (lambda *_args: None) if quiet else log.warning
     root = Path(config.pin_root)
+    if any(c in config.pin_root for c in '"\\\n'):  # it goes into the C source as a string
+        warn(
+            "the probe will not outlive the daemon: pin_root %r holds a quote, a backslash "
+            "or a newline",
+            config.pin_root,
+        )
+        return None
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        log.warning(
+        warn(
             "the probe will not outlive the daemon: cannot make %s (%s); mount bpffs "
             "(mount -t bpf bpf /sys/fs/bpf) or set pin_root",
             root,
@@ -78,13 +88,51 @@ def pin_root(config: Config) -> Path | None:
         )
         return None
     if not on_bpffs(root):
-        log.warning(
+        warn(
             "the probe will not outlive the daemon: %s is not on a bpf filesystem "
             "(mount -t bpf bpf /sys/fs/bpf)",
             root,
         )
         return None
     return root
+
+
+HANDOVER = "handover"
+
+
+def handover_flags(config: Config) -> tuple[list[str], int]:
+    """For the daemon's loader child: the -D flags that make the new probe share the handover
+    map pinned in pin_root (made there by BCC if absent) and count only while it holds the
+    next DUTY, and that DUTY; ([], 0) without pinning (the probe then always counts)."""
+    root = pin_root(config, quiet=True)
+    if root is None:
+        return [], 0
+    path = root / HANDOVER
+    current = 0
+    try:
+        switch = BPFMap(libbpf("bpf_obj_get", os.fsencode(path)))
+    except FileNotFoundError:
+        pass
+    else:
+        try:
+            (current,) = struct.unpack_from("=I", switch.lookup(bytes(4)) or bytes(4))
+        finally:
+            switch.close()
+    duty = current % 0xFFFFFFFF + 1
+    return [f'-DHANDOVER_PATH="{path}"', f"-DDUTY={duty}"], duty
+
+
+def put_on_duty(root: Path, duty: int) -> None:
+    """From now on only the probe of ``duty`` counts: one write, seen by each event once.
+    No handover map: the probe has one of its own (not pinned with this root)."""
+    try:
+        switch = BPFMap(libbpf("bpf_obj_get", os.fsencode(root / HANDOVER)))
+    except FileNotFoundError:
+        return
+    try:
+        switch.update(bytes(4), struct.pack("=I", duty))
+    finally:
+        switch.close()
 
 
 def adopt(folder: Path) -> HandedOffProbe | None:
@@ -138,6 +186,44 @@ def running(config: Config) -> HandedOffProbe | None:
         if probe is not None:
             return probe
     return None
+
+
+Carried = dict[str, list[tuple[dict[str, bytes | int], int]]]
+
+
+def hand_over(root: Path, keep: str, duty: int) -> Carried:
+    """Put the probe pinned as ``keep`` on duty, then retire every other pinned probe (another
+    build's or config's): unpinned and detached (closing its links waits for its programs to
+    finish), then its counter maps read one last time. Their counts, by key field, for the new
+    probe to carry on: one switch, so no event is counted by both or by neither."""
+    olds = []
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or folder.name == keep or _pending_alive(folder.name):
+            continue
+        try:
+            old = adopt(folder)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cannot read the probe pinned at %s (%s): its counts are lost", folder, exc)
+            old = None
+        remove(folder)
+        if old is not None:
+            olds.append((folder, old))
+    put_on_duty(root, duty)
+    carried: Carried = {}
+    for folder, old in olds:
+        for fd in [*old.links, *old.programs.values()]:
+            os.close(fd)
+        old.links, old.programs = [], {}
+        reader = old.reader()
+        for spec in COUNTERS:
+            if spec.map_name not in old.maps:
+                continue
+            rows = carried.setdefault(spec.map_name, [])
+            for _raw, values, count in reader.counter_entries(spec.map_name, spec.key_fields):
+                rows.append((dict(zip(spec.key_fields, values, strict=True)), count))
+        old.close()
+        log.info("retired the probe pinned at %s: its counts carry on in the new one", folder)
+    return carried
 
 
 def pin(probe: HandedOffProbe, root: Path, name: str) -> Path:
@@ -212,6 +298,7 @@ def detach(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     removed = clean(root, keep="")
+    (root / HANDOVER).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         root.rmdir()
     return removed

@@ -95,6 +95,21 @@ def restore_task_limits(task_limits: TaskLimits, data: dict[str, Any]) -> None:
     task_limits._lost = int(data["lost"])
 
 
+def carried_state(carried: dict[str, dict[bytes, int]]) -> dict[str, Any]:
+    return {
+        name: [[raw.hex(), count] for raw, count in rows.items()] for name, rows in carried.items()
+    }
+
+
+def restore_carried(carried: dict[str, dict[bytes, int]], data: dict[str, Any]) -> None:
+    """Adds the saved counts to those carried at this start (a retired probe's)."""
+    for name, rows in data.items():
+        into = carried.setdefault(name, {})
+        for raw, count in rows:
+            key = bytes.fromhex(raw)
+            into[key] = into.get(key, 0) + int(count)
+
+
 class StateFile:
     """The state of the probe ``probe_id`` in ``path``; writes only what changed."""
 

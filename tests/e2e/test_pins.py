@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from procmond import pins
+from procmond.header import bpf_source_dir
 from tests.e2e.bpf_objects import held_by, snapshot
 from tests.e2e.cgroup_tree import CgroupTree
 from tests.e2e.harness import PROCMOND, Daemon, procmond, start_daemon, unique_name
@@ -133,13 +135,13 @@ def test_another_config_replaces_the_pinned_probe(tmp_path: Path, pin_root: Path
     first = start(tmp_path, pin_root, "first")
     old_objects = held_by(first.process.pid)
     assert first.stop() == 0
-    old = {p.name for p in pin_root.iterdir()}
+    old = {p.name for p in pin_root.iterdir() if p.is_dir()}
     folder = tmp_path / "second"
     folder.mkdir()
     second = start_daemon(folder, f"pin_root: {pin_root}\nmax_entries: 2048\n")
     try:
         assert "adopted" not in second.log()
-        new = {p.name for p in pin_root.iterdir()}
+        new = {p.name for p in pin_root.iterdir() if p.is_dir()}
         assert len(new) == 1 and new != old
         assert still_loaded(old_objects) == set()
         new_objects = held_by(second.process.pid)
@@ -265,3 +267,55 @@ def test_prometheus_sees_no_counter_reset_across_a_restart(
             load.kill()
         prometheus.stop()
     assert resets == dict.fromkeys(COUNTERS, "0"), resets
+
+
+def another_build(tmp: Path) -> Path:
+    """This tree's procmond with a header whose forks key lays comm and parent_comm out the
+    other way round: a build whose map layout differs (the import root for PYTHONPATH)."""
+    build = tmp / "build"
+    package = Path(pins.__file__).parent
+    shutil.copytree(package, build / "procmond", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(bpf_source_dir(), build / "procmond" / "bpf")
+    header = build / "procmond" / "bpf" / "procmond.h"
+    text = header.read_text()
+    swapped = "char parent_comm[COMM_LEN];\n    char comm[COMM_LEN];"
+    text = text.replace("char comm[COMM_LEN];\n    char parent_comm[COMM_LEN];", swapped)
+    assert swapped in text
+    header.write_text(text)
+    return build
+
+
+def test_an_upgrade_to_another_layout_carries_every_count(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    """The new build loads its own probe, takes the duty over from the old one in one write,
+    retires it and carries its counts on: mid-load, nothing is lost or counted twice."""
+    build = another_build(tmp_path)
+    name = unique_name("up")
+    first = start(tmp_path, pin_root, "first")
+    load = steady_load(creator, name)
+    try:
+        time.sleep(LOAD / RATE / 3)
+        before = forks_of(first, name)
+        assert 0 < before < LOAD
+        assert first.stop() == 0
+        folder = tmp_path / "second"
+        folder.mkdir()
+        second = start_daemon(
+            folder,
+            f"pin_root: {pin_root}\nstate_dir: {tmp_path / 'state'}\n",
+            env={"PYTHONPATH": str(build)},
+            cwd=build,
+        )
+        try:
+            assert forks_of(second, name) >= before, second.log()
+            out, _ = load.communicate(timeout=60)
+            assert out.split()[-1] == str(LOAD)
+            assert forks_of(second, name) == LOAD, second.log()
+            assert "retired the probe pinned at" in second.log()
+        finally:
+            assert second.stop() == 0
+    finally:
+        if load.poll() is None:
+            load.kill()
+    assert len([p for p in pin_root.iterdir() if p.is_dir()]) == 1  # the old one is gone
