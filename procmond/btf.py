@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from procmond.header import comm_len
+
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 
 BTF_MAGIC = 0xEB9F
@@ -266,15 +268,13 @@ TYPED_READ_OFFSETS: tuple[tuple[str, str, str], ...] = (
     ("KERNFS_NODE_ID_OFF", "kernfs_node", "id"),
 )
 
-TASK_COMM_LEN = 16
-
 
 def probe_offsets(btf: BTF) -> dict[str, int]:
     """The ``-D`` defines for the probe, read from ``btf``; raises BTFError if one is missing."""
     offsets = {define: btf.member_offset(s, m) for define, s, m in PROBE_OFFSETS}
-    comm_len = btf.array_length(btf.member_type("task_struct", "comm"))
-    if comm_len != TASK_COMM_LEN:
-        raise BTFError(f"task_struct.comm is {comm_len} bytes, procmond expects {TASK_COMM_LEN}")
+    length, expected = btf.array_length(btf.member_type("task_struct", "comm")), comm_len()
+    if length != expected:
+        raise BTFError(f"task_struct.comm is {length} bytes, procmond expects {expected}")
     return offsets
 
 

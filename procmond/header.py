@@ -99,3 +99,9 @@ def map_ids(header: Header) -> tuple[str, ...]:
 def syscall_names(header: Header) -> dict[int, str]:
     """enum creation_syscall value → what `procmond watch` prints (sys_clone, kernel_clone...)."""
     return header.names_by_value("creation_syscall", "SYSCALL_")
+
+
+def comm_len() -> int:
+    """TASK_COMM_LEN as the probe has it (its COMM_LEN): a command is at most one byte
+    shorter, the kernel's NUL."""
+    return read_header().define("COMM_LEN")

@@ -25,12 +25,11 @@ from procmond import bpf_loader
 from procmond.cgroups import unit_of
 from procmond.config import CGROUP_LABELS, Config
 from procmond.errors import ProcmondError
-from procmond.header import read_header, syscall_names
+from procmond.header import comm_len, read_header, syscall_names
 from procmond.maps import read_percpu_counts
 from procmond.storms import CgroupLabels, CgroupNamer
 from procmond.text import decoded, printable
 
-COMM_BYTES = 15  # TASK_COMM_LEN - 1: the kernel cuts longer names to this
 NO_LABELS: CgroupLabels = ("",) * len(CGROUP_LABELS)
 # systemd's unit types: a --unit name ending in none of them means NAME.service (systemctl's
 # rule); of these, only services and scopes are units procmond names a cgroup by.
@@ -91,7 +90,7 @@ def command_name(name: str) -> bytes:
     raw = os.fsencode(name)
     if not raw or b"\0" in raw:
         raise ProcmondError(f"--comm {name!r} is not a command name", "give a non-empty name")
-    return raw[:COMM_BYTES]
+    return raw[: comm_len() - 1]  # the kernel cuts longer names so
 
 
 def unit_pattern(name: str) -> str:
