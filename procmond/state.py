@@ -53,6 +53,9 @@ def attribution_state(a: Attribution) -> dict[str, Any]:
         "entries": [
             [name, raw.hex(), _value(e.labels), e.base] for (name, raw), e in a._entries.items()
         ],
+        "folding": {
+            name: [[_value(row), count] for row, count in rows] for name, rows in a._folding.items()
+        },
         "reclaimed": a.reclaimed,
     }
 
@@ -65,6 +68,10 @@ def restore_attribution(a: Attribution, data: dict[str, Any]) -> None:
     a._entries = {
         (name, bytes.fromhex(raw)): _Entry(_unvalue(labels), int(base))
         for name, raw, labels, base in data["entries"]
+    }
+    a._folding = {
+        name: [(_unvalue(row), int(count)) for row, count in rows]
+        for name, rows in data.get("folding", {}).items()
     }
     a.reclaimed = int(data["reclaimed"])
 
