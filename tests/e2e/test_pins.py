@@ -319,3 +319,19 @@ def test_an_upgrade_to_another_layout_carries_every_count(
         if load.poll() is None:
             load.kill()
     assert len([p for p in pin_root.iterdir() if p.is_dir()]) == 1  # the old one is gone
+
+
+def test_the_half_pinned_folder_of_a_dead_daemon_is_removed(tmp_path: Path, pin_root: Path) -> None:
+    """A daemon killed while pinning leaves a pinning_* folder: the next start removes it
+    (one of a running daemon's pid would be left alone)."""
+    pin_root.mkdir()
+    process = subprocess.Popen(["true"])
+    process.wait()
+    leftover = pin_root / f"pinning_0123456789abcdef_{process.pid}"
+    leftover.mkdir()
+    daemon = start(tmp_path, pin_root, "only")
+    try:
+        assert not leftover.exists()
+        assert len([p for p in pin_root.iterdir() if p.is_dir()]) == 1
+    finally:
+        assert daemon.stop() == 0
