@@ -33,7 +33,7 @@ from procmond.config import Config, load_config
 from procmond.errors import ProcmondError
 from procmond.kubelet import KubeletNames
 from procmond.logs import setup_logging
-from procmond.maps import MapReader
+from procmond.maps import Histogram, MapReader
 from procmond.metrics import (
     OVERFLOW_LABEL_VALUE,
     cgroups_capacity,
@@ -263,10 +263,15 @@ class Daemon:
             if map_name not in self.probe.layouts:
                 continue
             key = self.probe.layouts[map_name].key
-            carried = self.reader.carried.setdefault(map_name, {})
-            for fields, count in rows:
+            for fields, value in rows:
                 raw = key.encode(fields)
-                carried[raw] = carried.get(raw, 0) + count
+                if isinstance(value, Histogram):
+                    histograms = self.reader.carried_histograms.setdefault(map_name, {})
+                    known = histograms.get(raw)
+                    histograms[raw] = value if known is None else known + value
+                else:
+                    counts = self.reader.carried.setdefault(map_name, {})
+                    counts[raw] = counts.get(raw, 0) + value
 
     def _keep_state(self) -> None:
         """With a pinned probe: the state file, and the counts it holds if this daemon adopted
@@ -285,15 +290,15 @@ class Daemon:
         if self.cgroups.attribution is not None and "attribution" in data:
             state.restore_attribution(self.cgroups.attribution, data["attribution"])
         if self.reader is not None:
-            state.restore_carried(self.reader.carried, data.get("carried", {}))
+            state.restore_carried(self.reader, data.get("carried", {}))
         log.info("restored the counts kept in user space from %s", self.state.path)
 
     def _save_state(self) -> None:
         if self.state is None or self.cgroups is None:
             return
         parts = {"task_limits": state.task_limits_state(self.cgroups.task_limits)}
-        if self.reader is not None and self.reader.carried:
-            parts["carried"] = state.carried_state(self.reader.carried)
+        if self.reader is not None and (self.reader.carried or self.reader.carried_histograms):
+            parts["carried"] = state.carried_state(self.reader)
         if self.cgroups.attribution is not None:
             parts["attribution"] = state.attribution_state(self.cgroups.attribution)
         self.state.save(parts)

@@ -173,6 +173,7 @@ class MapReader:
         # raw key in this probe's layout: added to that entry's count at each read, or shown
         # as an entry of their own while the map has none with that key.
         self.carried: dict[str, dict[bytes, int]] = {}
+        self.carried_histograms: dict[str, dict[bytes, Histogram]] = {}
 
     def _key_decoder(self, name: str, key_fields: tuple[str, ...]) -> Callable[[bytes], KeyValues]:
         decoder = self._keys.get((name, key_fields))
@@ -300,7 +301,15 @@ class MapReader:
     def histogram_entries(self, name: str) -> list[tuple[bytes, Histogram]]:
         """Each entry as (raw key, histogram)."""
         decode = self._histogram_decoder(name)
-        return [(k, decode(v)) for k, v in self._table(name).items()]
+        entries = [(k, decode(v)) for k, v in self._table(name).items()]
+        carried = self.carried_histograms.get(name)
+        if not carried:
+            return entries
+        merged = dict(entries)
+        for raw, histogram in carried.items():
+            known = merged.get(raw)
+            merged[raw] = histogram if known is None else known + histogram
+        return list(merged.items())
 
     def overflow_events(self) -> dict[str, int]:
         counts = read_percpu_counts(self._table("overflow_events"), len(self._map_ids))

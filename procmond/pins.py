@@ -29,7 +29,8 @@ from procmond.config import Config
 from procmond.errors import ProcmondError
 from procmond.handoff import HandedOffProbe, take_over
 from procmond.header import bpf_source_dir
-from procmond.metrics import COUNTERS
+from procmond.maps import Histogram
+from procmond.metrics import COUNTERS, HISTOGRAMS
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def running(config: Config) -> HandedOffProbe | None:
     return None
 
 
-Carried = dict[str, list[tuple[dict[str, bytes | int], int]]]
+Carried = dict[str, list[tuple[dict[str, bytes | int], int | Histogram]]]
 
 
 def hand_over(root: Path, keep: str, duty: int) -> Carried:
@@ -221,6 +222,13 @@ def hand_over(root: Path, keep: str, duty: int) -> Carried:
             rows = carried.setdefault(spec.map_name, [])
             for _raw, values, count in reader.counter_entries(spec.map_name, spec.key_fields):
                 rows.append((dict(zip(spec.key_fields, values, strict=True)), count))
+        for histogram in HISTOGRAMS:
+            if histogram.map_name not in old.maps:
+                continue
+            rows = carried.setdefault(histogram.map_name, [])
+            decode = reader.decoder(histogram.map_name, histogram.key_fields)
+            for raw, value in reader.histogram_entries(histogram.map_name):
+                rows.append((dict(zip(histogram.key_fields, decode(raw), strict=True)), value))
         old.close()
         log.info("retired the probe pinned at %s: its counts carry on in the new one", folder)
     return carried

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from procmond.attribution import Attribution, _Entry
+from procmond.maps import Histogram, MapReader
 from procmond.tasklimits import TaskLimitLabels, TaskLimits, _Cgroup, _Total
 
 log = logging.getLogger(__name__)
@@ -102,19 +103,33 @@ def restore_task_limits(task_limits: TaskLimits, data: dict[str, Any]) -> None:
     task_limits._lost = int(data["lost"])
 
 
-def carried_state(carried: dict[str, dict[bytes, int]]) -> dict[str, Any]:
+def carried_state(reader: MapReader) -> dict[str, Any]:
     return {
-        name: [[raw.hex(), count] for raw, count in rows.items()] for name, rows in carried.items()
+        "counters": {
+            name: [[raw.hex(), count] for raw, count in rows.items()]
+            for name, rows in reader.carried.items()
+        },
+        "histograms": {
+            name: [[raw.hex(), list(h.slots), h.sum_ns] for raw, h in rows.items()]
+            for name, rows in reader.carried_histograms.items()
+        },
     }
 
 
-def restore_carried(carried: dict[str, dict[bytes, int]], data: dict[str, Any]) -> None:
+def restore_carried(reader: MapReader, data: dict[str, Any]) -> None:
     """Adds the saved counts to those carried at this start (a retired probe's)."""
-    for name, rows in data.items():
-        into = carried.setdefault(name, {})
+    for name, rows in data.get("counters", {}).items():
+        counts = reader.carried.setdefault(name, {})
         for raw, count in rows:
             key = bytes.fromhex(raw)
-            into[key] = into.get(key, 0) + int(count)
+            counts[key] = counts.get(key, 0) + int(count)
+    for name, rows in data.get("histograms", {}).items():
+        histograms = reader.carried_histograms.setdefault(name, {})
+        for raw, slots, sum_ns in rows:
+            key = bytes.fromhex(raw)
+            value = Histogram(tuple(int(s) for s in slots), int(sum_ns))
+            known = histograms.get(key)
+            histograms[key] = value if known is None else known + value
 
 
 class StateFile:

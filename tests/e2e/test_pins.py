@@ -313,6 +313,12 @@ def test_an_upgrade_to_another_layout_carries_every_count(
             assert out.split()[-1] == str(LOAD)
             assert forks_of(second, name) == LOAD, second.log()
             assert "retired the probe pinned at" in second.log()
+            # The children's exits and lifetimes, and the creator's own (it exited).
+            m = second.scrape()
+            comm = name.decode()
+            assert m.value("procmond_process_lifetime_seconds_count", comm=comm) == LOAD + 1
+            exits = m.series("procmond_exits_total")
+            assert sum(v for k, v in exits.items() if dict(k)["comm"] == comm) == LOAD + 1
         finally:
             assert second.stop() == 0
     finally:
