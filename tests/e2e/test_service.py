@@ -244,6 +244,15 @@ def test_restart_mid_load_misses_nothing_and_stop_unpins(
     assert forks_of(scrape(box), name) == 2400
     journal = box.run("journalctl", "-u", "procmond", "-o", "cat").stdout
     assert "adopted the probe pinned at /sys/fs/bpf/procmond/" in journal
+    assert "WARNING" not in journal, journal  # pinned, and its counts saved in StateDirectory
+    assert list(box.path("/var/lib/procmond").glob("state-*.json"))
+    # A crash keeps the probe counting; systemd's restart adopts it.
+    restarts = show(box, "NRestarts")["NRestarts"]
+    box.run("systemctl", "kill", "-s", "KILL", "procmond")
+    wait_for(lambda: show(box, "NRestarts")["NRestarts"] != restarts, 30, "a restart")
+    wait_for(lambda: show(box, "ActiveState")["ActiveState"] == "active", 30, "active again")
+    journal = box.run("journalctl", "-u", "procmond", "-o", "cat").stdout
+    assert journal.count("adopted the probe pinned at") == 2, journal
     mine = probe_objects(box)
     assert mine[0] and mine[1]
     box.run("systemctl", "stop", "procmond")
