@@ -225,6 +225,7 @@ def test_restart_mid_load_misses_nothing_and_stop_unpins(
     """`systemctl restart` keeps the probe (pinned in the sandbox's own bpffs): a steady load
     through it is counted whole; `systemctl stop` then leaves nothing pinned or loaded."""
     box.run("systemctl", "stop", "procmond")
+    since = box.run("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()  # this test's lines only
     box.run("systemctl", "start", "procmond")
     name = unique_name("rs")
     load = subprocess.Popen(
@@ -234,7 +235,7 @@ def test_restart_mid_load_misses_nothing_and_stop_unpins(
         time.sleep(1)
         before = forks_of(scrape(box), name)
         box.run("systemctl", "restart", "procmond")
-        journal = box.run("journalctl", "-u", "procmond", "-o", "cat").stdout
+        journal = box.run("journalctl", "-u", "procmond", "-o", "cat", "--since", since).stdout
         assert forks_of(scrape(box), name) >= before > 0, journal
         out, _ = load.communicate(timeout=60)
     finally:
@@ -242,7 +243,7 @@ def test_restart_mid_load_misses_nothing_and_stop_unpins(
             load.kill()
     assert out.split()[-1] == b"2400", out
     assert forks_of(scrape(box), name) == 2400
-    journal = box.run("journalctl", "-u", "procmond", "-o", "cat").stdout
+    journal = box.run("journalctl", "-u", "procmond", "-o", "cat", "--since", since).stdout
     assert "adopted the probe pinned at /sys/fs/bpf/procmond/" in journal
     assert "WARNING" not in journal, journal  # pinned, and its counts saved in StateDirectory
     assert list(box.path("/var/lib/procmond").glob("state-*.json"))
@@ -251,7 +252,7 @@ def test_restart_mid_load_misses_nothing_and_stop_unpins(
     box.run("systemctl", "kill", "-s", "KILL", "procmond")
     wait_for(lambda: show(box, "NRestarts")["NRestarts"] != restarts, 30, "a restart")
     wait_for(lambda: show(box, "ActiveState")["ActiveState"] == "active", 30, "active again")
-    journal = box.run("journalctl", "-u", "procmond", "-o", "cat").stdout
+    journal = box.run("journalctl", "-u", "procmond", "-o", "cat", "--since", since).stdout
     assert journal.count("adopted the probe pinned at") == 2, journal
     mine = probe_objects(box)
     assert mine[0] and mine[1]
