@@ -121,6 +121,7 @@ class Daemon:
         self.pinned: Path | None = None  # where the probe stays loaded after the daemon
         self.adopted = False
         self.carried: pins.Carried = {}  # counts of retired probes, by key field
+        self.retired_states: list[dict] = []  # what their daemons kept in user space
         self.state: StateFile | None = None  # user-space counts, kept with a pinned probe
 
     def start(self) -> None:
@@ -187,8 +188,16 @@ class Daemon:
                     "only through perf events (BPF links for them came in 5.15)"
                 )
         if root and self.pinned is not None:
-            self.carried = pins.hand_over(root, keep=name, duty=int(probe.manifest.get("duty", 0)))
+            duty = int(probe.manifest.get("duty", 0))
+            self.carried, self.retired_states = pins.hand_over(root, name, duty, self._saved)
         return probe
+
+    def _saved(self, name: str, probe_id: int) -> dict | None:
+        """What the daemon of a retired probe saved (procmond/state.py), taken: its file goes."""
+        saved = StateFile(Path(self.config.state_dir) / f"state-{name}.json", probe_id)
+        data = saved.load()
+        saved.path.unlink(missing_ok=True)
+        return data
 
     def _adopt(self, folder: Path) -> handoff.HandedOffProbe | None:
         try:
@@ -282,6 +291,8 @@ class Daemon:
         self.state = StateFile(
             Path(self.config.state_dir) / f"state-{self.pinned.name}.json", probe_id
         )
+        for retired in self.retired_states:
+            state.take_over_retired(self.cgroups, retired)
         data = self.state.load() if self.adopted else None
         if data is None:
             self._save_state()  # counts carried from a retired probe are kept at once

@@ -22,7 +22,9 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from procmond.bpfmap import BPFMap, libbpf
 from procmond.config import Config
@@ -192,11 +194,18 @@ def running(config: Config) -> HandedOffProbe | None:
 Carried = dict[str, list[tuple[dict[str, bytes | int], int | Histogram]]]
 
 
-def hand_over(root: Path, keep: str, duty: int) -> Carried:
+def hand_over(
+    root: Path,
+    keep: str,
+    duty: int,
+    saved: Callable[[str, int], dict[str, Any] | None] = lambda _name, _probe: None,
+) -> tuple[Carried, list[dict[str, Any]]]:
     """Put the probe pinned as ``keep`` on duty, then retire every other pinned probe (another
     build's or config's): unpinned and detached (closing its links waits for its programs to
     finish), then its counter maps read one last time. Their counts, by key field, for the new
-    probe to carry on: one switch, so no event is counted by both or by neither."""
+    probe to carry on: one switch, so no event is counted by both or by neither. With them,
+    what their daemon ``saved`` in user space (procmond/state.py), of which the parts of
+    entries already folded under earlier labels are not carried twice."""
     olds = []
     for folder in sorted(root.iterdir()):
         if not folder.is_dir() or folder.name == keep or _pending_alive(folder.name):
@@ -211,16 +220,25 @@ def hand_over(root: Path, keep: str, duty: int) -> Carried:
             olds.append((folder, old))
     put_on_duty(root, duty)
     carried: Carried = {}
+    states = []
     for folder, old in olds:
         for fd in [*old.links, *old.programs.values()]:
             os.close(fd)
         old.links, old.programs = [], {}
+        forks = old.maps.get("forks_total")
+        state = saved(folder.name, forks.id) if forks is not None else None
+        folded_part: dict[tuple[str, bytes], int] = {}
+        if state is not None:
+            states.append(state)
+            for name, raw, _labels, base in state.get("attribution", {}).get("entries", []):
+                folded_part[name, bytes.fromhex(raw)] = int(base)
         reader = old.reader()
         for spec in COUNTERS:
             if spec.map_name not in old.maps:
                 continue
             rows = carried.setdefault(spec.map_name, [])
-            for _raw, values, count in reader.counter_entries(spec.map_name, spec.key_fields):
+            for raw, values, count in reader.counter_entries(spec.map_name, spec.key_fields):
+                count -= folded_part.get((spec.map_name, raw), 0)
                 rows.append((dict(zip(spec.key_fields, values, strict=True)), count))
         for histogram in HISTOGRAMS:
             if histogram.map_name not in old.maps:
@@ -231,7 +249,7 @@ def hand_over(root: Path, keep: str, duty: int) -> Carried:
                 rows.append((dict(zip(histogram.key_fields, decode(raw), strict=True)), value))
         old.close()
         log.info("retired the probe pinned at %s: its counts carry on in the new one", folder)
-    return carried
+    return carried, states
 
 
 def pin(probe: HandedOffProbe, root: Path, name: str) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from procmond.attribution import Attribution, _Entry
+from procmond.collector import CgroupSources
 from procmond.maps import Histogram, MapReader
 from procmond.tasklimits import TaskLimitLabels, TaskLimits, _Cgroup, _Total
 
@@ -130,6 +131,26 @@ def restore_carried(reader: MapReader, data: dict[str, Any]) -> None:
             value = Histogram(tuple(int(s) for s in slots), int(sum_ns))
             known = histograms.get(key)
             histograms[key] = value if known is None else known + value
+
+
+def take_over_retired(sources: CgroupSources, data: dict[str, Any]) -> None:
+    """What the daemon of a retired probe kept, taken over by this one: its task-limit totals
+    (the pids controller's, whatever the probe; the lost-count baseline was that probe's), and
+    the counts it folded under labels. Its entries' records are not: their keys were the old
+    probe's, and the parts they had folded are already left out of the counts carried on."""
+    restore_task_limits(sources.task_limits, data["task_limits"])
+    sources.task_limits._lost = 0
+    a = sources.attribution
+    if a is None or "attribution" not in data:
+        return
+    for name, rows in data["attribution"]["folded"].items():
+        folded = a._folded.setdefault(name, {})
+        for row, count in rows:
+            labels = _unvalue(row)
+            folded[labels] = folded.get(labels, 0) + int(count)
+    for name, rows in data["attribution"].get("folding", {}).items():
+        a._folding.setdefault(name, []).extend((_unvalue(row), int(c)) for row, c in rows)
+    a.reclaimed += int(data["attribution"]["reclaimed"])
 
 
 class StateFile:

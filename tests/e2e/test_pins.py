@@ -192,11 +192,13 @@ def test_top_reads_the_running_daemons_probe_without_bcc(
     assert alone.returncode != 0 and "bcc" in alone.stderr, alone.stderr
 
 
+@pytest.mark.parametrize("upgrade", [False, True], ids=["restart", "upgrade"])
 def test_folded_counts_of_gone_cgroups_survive_a_restart(
-    tmp_path: Path, pin_root: Path, tree: CgroupTree, creator: Path
+    tmp_path: Path, pin_root: Path, tree: CgroupTree, creator: Path, upgrade: bool
 ) -> None:
     """A removed unit's entry is given back to the kernel map and its count kept in the
-    daemon (procmond/attribution.py): the next daemon shows it still (procmond/state.py)."""
+    daemon (procmond/attribution.py): the next daemon, of this build or of another layout,
+    shows it still (procmond/state.py)."""
     first = start(tmp_path, pin_root, "first")
     name = unique_name("gone")
     unit = f"pin-{secrets.token_hex(3)}.service"
@@ -212,7 +214,14 @@ def test_folded_counts_of_gone_cgroups_survive_a_restart(
     assert reclaimed >= 1
     assert units_of(first, name) == {unit: 5}
     assert first.stop() == 0
-    second = start(tmp_path, pin_root, "second")
+    if upgrade:
+        build = another_build(tmp_path)
+        folder = tmp_path / "second"
+        folder.mkdir()
+        config = f"pin_root: {pin_root}\nstate_dir: {tmp_path / 'state'}\n"
+        second = start_daemon(folder, config, env={"PYTHONPATH": str(build)}, cwd=build)
+    else:
+        second = start(tmp_path, pin_root, "second")
     try:
         assert units_of(second, name) == {unit: 5}, second.log()
         assert second.scrape().value("procmond_cgroup_entries_reclaimed_total") >= reclaimed
