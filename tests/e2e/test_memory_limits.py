@@ -24,7 +24,8 @@ def enough(tmp: Path) -> Path:
 
 def run_to_exit(tmp: Path, wrapper: list[str]) -> subprocess.CompletedProcess:
     config = tmp / "procmond.yaml"
-    config.write_text(f'listen: "127.0.0.1:{free_port()}"\n')
+    # No pinning (as tests/e2e/harness.py): without bpffs it would be a warning of its own.
+    config.write_text(f'listen: "127.0.0.1:{free_port()}"\npin_root: ""\n')
     return subprocess.run(
         [*wrapper, *PROCMOND, "run", "--config", str(config)],
         capture_output=True,
