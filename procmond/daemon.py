@@ -365,9 +365,9 @@ class Daemon:
             signal.signal(sig, lambda signum, _frame: self.signals.put(signum))
         signals.release()
 
-    def loop(self) -> None:
-        """Until SIGTERM or SIGINT: reload on SIGHUP; check the maps and ping the watchdog if
-        systemd set one, else wait for signals with no timeout."""
+    def loop(self) -> int:
+        """Until SIGTERM or SIGINT (which it returns): reload on SIGHUP; check the maps and
+        ping the watchdog if systemd set one, else wait for signals with no timeout."""
         tick = self.notifier.watchdog_interval
         with _signal_wakeup() as wakeup:
             while True:
@@ -383,7 +383,7 @@ class Daemon:
                     self.reload()
                 else:
                     log.info("received %s: stopping", signal.Signals(signum).name)
-                    return
+                    return signum
 
     def heartbeat(self) -> None:
         """Ping the watchdog only if a kernel map can still be read."""
@@ -439,9 +439,11 @@ class Daemon:
         self.server.close()
         self.server = server
 
-    def stop(self) -> None:
+    def stop(self, unpin: bool = False) -> None:
         """Close the listener and detach the probes side by side: both wait on the kernel or
-        on the HTTP loop's poll interval, and systemd expects a prompt exit."""
+        on the HTTP loop's poll interval, and systemd expects a prompt exit. A pinned probe
+        keeps counting for the next start (a restart or a crash: a stop for good runs
+        `procmond detach`), unless ``unpin``: a Ctrl-C at the terminal means stop, all of it."""
         self.notifier.stopping()
         self._loaded.set()  # scrapes waiting for a probe that never came give up
         closing = threading.Thread(target=self.server.close) if self.server else None
@@ -449,7 +451,12 @@ class Daemon:
             closing.start()
         if self.storms is not None:
             self.storms.stop()
-        if self.server is not None:
+        if unpin and self.pinned is not None:
+            pins.unpin(self.pinned)
+            if self.state is not None:
+                self.state.path.unlink(missing_ok=True)
+            self.pinned = None
+        elif self.server is not None:
             with self.server.scrape_lock:  # a scrape in progress folds no more meanwhile
                 self._save_state()
         if self.probe is not None:
@@ -491,9 +498,10 @@ def run(config_path: Path | None, overrides: Mapping[str, str] | None = None) ->
     setup_logging(config.log_level)
     daemon = Daemon(config, config_path, source, web, overrides)
     daemon.install_signal_handlers()
+    stopped_by = None
     try:
         daemon.start()
-        daemon.loop()
+        stopped_by = daemon.loop()
     finally:
-        daemon.stop()
+        daemon.stop(unpin=stopped_by == signal.SIGINT)
     return 0

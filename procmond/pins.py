@@ -319,6 +319,17 @@ def _pending_alive(name: str) -> bool:
     return pid.isdigit() and int(pid) != os.getpid() and Path(f"/proc/{pid}").exists()
 
 
+def unpin(folder: Path) -> None:
+    """Remove this probe's pins, and the root's handover map with the root once no other
+    probe is pinned there: what a daemon stopped at its terminal leaves is nothing."""
+    remove(folder)
+    root = folder.parent
+    with contextlib.suppress(OSError):
+        if all(entry.name == HANDOVER for entry in root.iterdir()):
+            (root / HANDOVER).unlink(missing_ok=True)
+            root.rmdir()
+
+
 def detach(root: Path) -> list[str]:
     """``procmond detach``: remove every probe pinned under ``root``, and ``root``."""
     if not root.is_dir():

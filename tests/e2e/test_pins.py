@@ -130,6 +130,22 @@ def test_stop_and_detach_leave_nothing_loaded(tmp_path: Path, pin_root: Path) ->
     assert still_loaded(mine) == set()
 
 
+def test_ctrl_c_at_the_terminal_leaves_nothing_pinned_or_loaded(
+    tmp_path: Path, pin_root: Path
+) -> None:
+    """A service is stopped with SIGTERM and keeps its probe for the next start; a daemon run
+    by hand and stopped with Ctrl-C (SIGINT) stops for good, as it always did."""
+    daemon = start(tmp_path, pin_root, "only")
+    mine = held_by(daemon.process.pid)
+    assert pin_root.is_dir()
+    assert daemon.stop(signal.SIGINT) == 0
+    assert not pin_root.exists(), sorted(p.name for p in pin_root.iterdir())
+    assert sorted(p.name for p in pin_root.parent.iterdir()) == ["maps.debug", "progs.debug"]
+    assert list((tmp_path / "state").glob("state-*.json")) == []
+    assert still_loaded(mine) == set()
+    assert "stopped: probes detached" in daemon.log()
+
+
 def test_another_config_replaces_the_pinned_probe(tmp_path: Path, pin_root: Path) -> None:
     """A probe of another identity is not adopted; once the new one counts, the old is gone."""
     first = start(tmp_path, pin_root, "first")
