@@ -39,11 +39,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from procmond.config import CGROUP_LABELS
+from procmond.naming.labels import EMPTY_LABELS, CgroupLabels
 
-CgroupLabels = tuple[str, ...]  # values for CGROUP_LABELS, in order
 Row = tuple[bytes | int | str, ...]
-UNKNOWN: CgroupLabels = ("",) * len(CGROUP_LABELS)
+UNKNOWN: CgroupLabels = EMPTY_LABELS
 RECLAIM_AFTER_SECONDS = 1.0  # a cgroup seen gone this long ago is reclaimed at the next scrape
 FORGET_AFTER_SECONDS = 300.0  # a cgroup no entry named for this long is forgotten
 

@@ -58,58 +58,20 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, NamedTuple, TypeVar
+from typing import NamedTuple
 
 from procmond.kubelet import KubeletNames
+from procmond.lru import BoundedLRU
+from procmond.naming.labels import EMPTY_LABELS, CgroupLabels
+from procmond.naming.runtime import ContainerRuntime, short_id
 from procmond.text import decoded
 
 log = logging.getLogger(__name__)
 
 MOUNTINFO = Path("/proc/self/mountinfo")
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class BoundedLRU(Generic[K, V]):
-    """A dict that keeps at most ``capacity`` entries, dropping the least recently used."""
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"cache capacity must be at least 1, not {capacity}")
-        self.capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def offer(self, key: K, value: V) -> None:
-        """Keep ``value`` only if that evicts nothing (a guess must not push out what is used)."""
-        if key not in self._items and len(self._items) < self.capacity:
-            self._items[key] = value
-
-    def pop(self, key: K) -> V | None:
-        return self._items.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
 
 # ---- where the hierarchies are mounted ----------------------------------------------------------
 
@@ -344,18 +306,6 @@ def parse_cgroup_path(path: str | bytes) -> CgroupPath:
 # ---- labels -------------------------------------------------------------------------------------
 
 
-class CgroupLabels(NamedTuple):
-    """The label values a cgroup gives its counts ("" where there is no name)."""
-
-    unit: str = ""
-    namespace: str = ""
-    pod: str = ""
-    container: str = ""
-
-
-EMPTY_LABELS = CgroupLabels()
-
-
 @dataclass(frozen=True)
 class ResolverStats:
     """Counts for self-metrics and tests."""
@@ -389,6 +339,7 @@ class CgroupResolver:
         *,
         kernel_path: Callable[[int], str | None] | None = None,
         kubelet: KubeletNames | None = None,
+        runtimes: Sequence[ContainerRuntime] = (),
         capacity: int = 16384,
         negative_capacity: int = 4096,
         pending_capacity: int = 4096,
@@ -399,6 +350,7 @@ class CgroupResolver:
         self._hierarchy = hierarchy
         self._kernel_path = kernel_path
         self._kubelet = kubelet
+        self._runtimes = tuple(runtimes)
         self._walk_interval = walk_interval
         self._link_grace = link_grace
         self._clock = clock
@@ -486,6 +438,10 @@ class CgroupResolver:
         """Final labels for an id, or None while they are not known (contract: module doc)."""
         return self.labels_many([cgroup_id])[cgroup_id]
 
+    def names(self, cgroup_id: int) -> CgroupLabels:
+        """Labels for a report (storm lines, ``top``, ``watch``): empty while not known."""
+        return self.labels(cgroup_id) or EMPTY_LABELS
+
     def labels_many(self, ids: Iterable[int]) -> dict[int, CgroupLabels | None]:
         """:meth:`labels` for many ids with at most one walk: what a scrape calls."""
         ids = list(ids)
@@ -512,6 +468,12 @@ class CgroupResolver:
     def _labels_for(self, cgroup_id: int, path: str, now: float) -> CgroupLabels | None:
         where = parse_cgroup_path(path)
         if not where.kubernetes:
+            if self._runtimes:
+                names = [n for n in decoded(path).split("/") if n]
+                for runtime in self._runtimes:
+                    container_id = runtime.container_id(names)
+                    if container_id is not None:
+                        return self._container_labels(cgroup_id, runtime, container_id, now)
             return CgroupLabels(unit=where.unit)
         if not where.pod_uid or self._kubelet is None:
             return EMPTY_LABELS
@@ -530,6 +492,21 @@ class CgroupResolver:
             return CgroupLabels("", pod.namespace, pod.pod, "") if pod else EMPTY_LABELS
         return None
 
+    def _container_labels(
+        self, cgroup_id: int, runtime: ContainerRuntime, container_id: str, now: float
+    ) -> CgroupLabels | None:
+        """A runtime's container: its names, or its short id once ``link_grace`` has passed
+        with no name on disk (never its scope as a unit: one per container, unbounded)."""
+        labels = runtime.labels(container_id)
+        if labels is not None:
+            return labels
+        first = self._pending.get(cgroup_id)
+        if first is None:
+            self._pending.put(cgroup_id, now)
+        elif now - first >= self._link_grace:
+            return CgroupLabels(container=short_id(container_id))
+        return None
+
     def sizes(self) -> dict[str, tuple[int, int]]:
         """Entries and capacity of each table, the kubelet's names included: what stays
         bounded under churn (procmond_table_entries)."""
@@ -543,6 +520,8 @@ class CgroupResolver:
             sizes = {name: (len(t), t.capacity) for name, t in tables.items()}
         if self._kubelet is not None:
             sizes.update(self._kubelet.sizes())
+        for runtime in self._runtimes:
+            sizes.update(runtime.sizes())
         return sizes
 
     def stats(self) -> ResolverStats:
@@ -620,10 +599,15 @@ class CgroupNamer:
         return f"{self._hierarchy.mount_point}{relative if relative != '/' else ''}"
 
 
-def host_namer() -> Callable[[int], tuple[str, ...]]:
-    """cgroup id → (unit, namespace, pod, container) for `watch` and `top`, which run without
-    the daemon: the tree is walked (at most every walk_interval) and the kubelet's files read
-    as the daemon does; ids not known (yet) get empty names."""
+def host_namer(
+    kernel_path: Callable[[int], str | None] | None = None,
+    runtimes: Sequence[ContainerRuntime] = (),
+) -> Callable[[int], CgroupLabels]:
+    """cgroup id → labels for `watch` and `top`, which run without the daemon: as the daemon
+    names them (the probe's mkdir records first, so a new cgroup is named at its first
+    creation; else a walk at most every walk_interval), ids not known (yet) get empty names."""
     layout = read_layout()
-    resolver = CgroupResolver(layout.v2, kubelet=KubeletNames())
-    return lambda cgroup_id: tuple(resolver.labels(cgroup_id) or EMPTY_LABELS)
+    resolver = CgroupResolver(
+        layout.v2, kernel_path=kernel_path, kubelet=KubeletNames(), runtimes=runtimes
+    )
+    return resolver.names

@@ -61,6 +61,12 @@ class Config:
     # Where the counts the daemon keeps in user space are saved for the next daemon that
     # adopts the pinned probe (procmond/state.py).
     state_dir: str = "/var/lib/procmond"
+    # Where container runtimes keep their state, read-only, to name containers outside
+    # Kubernetes (procmond/naming/); "" leaves that runtime's containers unnamed.
+    docker_root: str = "/var/lib/docker"
+    containers_storage_root: str = "/var/lib/containers/storage"  # Podman and CRI-O
+    containerd_state: str = "/run/containerd"
+    nerdctl_root: str = "/var/lib/nerdctl"
 
     @property
     def cgroup_labels(self) -> tuple[str, ...]:
@@ -316,6 +322,14 @@ def _path(value: Any) -> str:
     return value
 
 
+def _state_root(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ValueError(f"must be an absolute directory path (or empty), got {value!r}")
+    return value.rstrip("/") or "/"
+
+
 _VALIDATORS = {
     "listen": _listen,
     "max_entries": _positive_int(MAX_ENTRIES_LIMIT),
@@ -328,4 +342,8 @@ _VALIDATORS = {
     "storm_threshold": _whole_number(0, STORM_THRESHOLD_LIMIT, " (off)"),
     "pin_root": _path,
     "state_dir": _path,
+    "docker_root": _state_root,
+    "containers_storage_root": _state_root,
+    "containerd_state": _state_root,
+    "nerdctl_root": _state_root,
 }

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Protocol
 
 from procmond.layout import MapLayout
-from procmond.storms import CMDLINE_MAX_CHARS, CgroupLabels, CgroupNamer, Creator
+from procmond.storms import CMDLINE_MAX_CHARS, Creator
 from procmond.text import command_line
 
 _U32 = struct.Struct("=I")
 _ZERO_KEY = _U32.pack(0)
-NO_LABELS: CgroupLabels = ("", "", "", "")
 
 
 class Map(Protocol):
@@ -155,13 +154,3 @@ def cmdline(pid: int, comm: bytes, proc: Path = Path("/proc")) -> str | None:
     except OSError:
         return None
     return command_line(raw, CMDLINE_MAX_CHARS)
-
-
-def labels_of(namer: CgroupNamer | None, cgroup_id: int) -> CgroupLabels:
-    """The cgroup's unit, namespace, pod and container; empty without a namer or a name."""
-    if namer is None or not cgroup_id:
-        return NO_LABELS
-    try:
-        return namer(cgroup_id)
-    except OSError:
-        return NO_LABELS

@@ -27,7 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from procmond import __version__, handoff, kernel, pins, privileges, signals, state
 from procmond.attribution import Attribution
-from procmond.cgroups import EMPTY_LABELS, CgroupNamer, CgroupResolver, read_layout
+from procmond.cgroups import CgroupNamer, CgroupResolver, read_layout
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config, load_config
 from procmond.errors import ProcmondError
@@ -40,6 +40,7 @@ from procmond.metrics import (
     folded_capacity,
     series_budget,
 )
+from procmond.naming.runtimes import runtimes
 from procmond.server import MetricsServer, Render
 from procmond.state import StateFile
 from procmond.storm_monitor import StormMonitor
@@ -139,7 +140,7 @@ class Daemon:
         self._carry_on()
         self.cgroups = self._cgroup_sources(self.reader)
         self._keep_state()
-        self.storms = StormMonitor(self.probe, self._cgroup_names)
+        self.storms = StormMonitor(self.probe, self.cgroups.resolver.names)
         self._serving = self._render()
         self._loaded.set()
         privileges.drop_all(self.reader.overflow_events)  # bound and loaded; before any thread
@@ -253,6 +254,7 @@ class Daemon:
             layout.v2,
             kernel_path=recorded_path,
             kubelet=kubelet,
+            runtimes=runtimes(self.config, cgroups),
             capacity=cgroups,
             negative_capacity=cgroups,
             pending_capacity=cgroups,
@@ -313,12 +315,6 @@ class Daemon:
         if self.cgroups.attribution is not None:
             parts["attribution"] = state.attribution_state(self.cgroups.attribution)
         self.state.save(parts)
-
-    def _cgroup_names(self, cgroup_id: int) -> tuple[str, ...]:
-        """A cgroup's unit, namespace, pod and container, for storm reports (empty if not
-        known yet)."""
-        assert self.cgroups is not None
-        return tuple(self.cgroups.resolver.labels(cgroup_id) or EMPTY_LABELS)
 
     def _render(self) -> Render:
         """What /metrics serves: the text format, with procmond's map families rendered by

@@ -24,10 +24,10 @@ from procmond.config import Config
 from procmond.errors import ProcmondError
 from procmond.layout import MapLayout
 from procmond.metrics import OVERFLOW_LABEL_VALUE, label_value
+from procmond.naming.labels import Namer, names_of
 from procmond.storms import (
     TICK_SECONDS,
     Arm,
-    CgroupNamer,
     CreatorRate,
     CreatorView,
     Disarm,
@@ -107,7 +107,7 @@ class StormMonitor:
     def __init__(
         self,
         probe: Probe,
-        namer: CgroupNamer | None = None,
+        namer: Namer | None = None,
         clock: Callable[[], float] = time.monotonic,
         proc: Path = Path("/proc"),
         alarm: Callable[[], Alarm] | None = None,
@@ -287,12 +287,12 @@ class StormMonitor:
         )
 
 
-def creator_view(rate: CreatorRate, namer: CgroupNamer | None, proc: Path) -> CreatorView:
+def creator_view(rate: CreatorRate, namer: Namer | None, proc: Path) -> CreatorView:
     c = rate.creator
     return CreatorView(
         rate,
         printable(c.comm),
         printable(c.parent_comm),
         creators.cmdline(c.pid, c.comm, proc),
-        creators.labels_of(namer, c.cgroup_id),
+        names_of(namer, c.cgroup_id),
     )

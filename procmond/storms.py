@@ -32,13 +32,11 @@ bomb whose many processes push each other out of the LRU map.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from procmond.naming.labels import CgroupLabels
 from procmond.text import quoted
-
-CgroupLabels = tuple[str, ...]  # unit, namespace, pod, container (procmond.config.CGROUP_LABELS)
-CgroupNamer = Callable[[int], CgroupLabels]
 
 TICK_SECONDS = 1.0  # how often a busy host's counts are read
 CONFIRM_SECONDS = 0.5  # the tick after counting per process starts comes this much sooner

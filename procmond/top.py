@@ -27,7 +27,8 @@ from procmond.errors import ProcmondError
 from procmond.handoff import HandedOffProbe
 from procmond.maps import MapReader
 from procmond.metrics import COUNTERS
-from procmond.storms import CgroupNamer, Creator, CreatorRate, counter_deltas, creator_rates
+from procmond.naming.labels import Namer, names_of
+from procmond.storms import Creator, CreatorRate, counter_deltas, creator_rates
 from procmond.text import one_word
 
 RATE_COLUMNS = ("forks", "threads", "execs", "exits", "failures")
@@ -530,7 +531,7 @@ def top(
     as_batch: bool,
     sort: str,
     out: TextIO = sys.stdout,
-    namer: CgroupNamer | None = None,
+    namer: Namer | None = None,
 ) -> int:
     """``procmond top``: read the running daemon's probe (pinned: procmond/pins.py), else
     load one; count per process for the whole run, show."""
@@ -550,7 +551,7 @@ def top(
         sampler = Sampler(
             probe.reader(),
             creators.CreatorsReader(probe.map("creators"), probe.layouts["creators"]),
-            lambda cgroup_id: creators.labels_of(namer, cgroup_id),
+            lambda cgroup_id: names_of(namer, cgroup_id),
             failures,
             generation=generation,
         )

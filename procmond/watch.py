@@ -27,10 +27,9 @@ from procmond.config import CGROUP_LABELS, Config
 from procmond.errors import ProcmondError
 from procmond.header import comm_len, read_header, syscall_names
 from procmond.maps import read_percpu_counts
-from procmond.storms import CgroupLabels, CgroupNamer
+from procmond.naming.labels import EMPTY_LABELS, CgroupLabels, Namer
 from procmond.text import decoded, printable
 
-NO_LABELS: CgroupLabels = ("",) * len(CGROUP_LABELS)
 # systemd's unit types: a --unit name ending in none of them means NAME.service (systemctl's
 # rule); of these, only services and scopes are units procmond names a cgroup by.
 UNIT_TYPES = (".service", ".socket", ".device", ".mount", ".automount", ".swap", ".target")
@@ -68,7 +67,7 @@ def format_text(event: Any) -> str:
     )
 
 
-def event_fields(event: Any, labels: CgroupLabels = NO_LABELS) -> dict[str, Any]:
+def event_fields(event: Any, labels: CgroupLabels = EMPTY_LABELS) -> dict[str, Any]:
     """An event as --json shows it, with its cgroup's labels as the daemon names them."""
     return {
         "timestamp_ns": event.timestamp_ns,
@@ -152,7 +151,7 @@ class Selection:
 class CgroupLabelCache:
     """A namer's answers by cgroup id, so a storm of events asks it once per cgroup."""
 
-    def __init__(self, namer: CgroupNamer) -> None:
+    def __init__(self, namer: Namer) -> None:
         self._namer = namer
         self._labels: dict[int, CgroupLabels] = {}
 
@@ -184,7 +183,7 @@ def rfc3339(wall_ns: int) -> str:
     return f"{day_and_time}.{ns // 1000:06d}Z"
 
 
-def format_json(event: Any, monotonic_to_wall: int = 0, labels: CgroupLabels = NO_LABELS) -> str:
+def format_json(event: Any, monotonic_to_wall: int = 0, labels: CgroupLabels = EMPTY_LABELS) -> str:
     """One event as JSON. ``time`` is wall-clock; ``timestamp_ns`` keeps the probe's own clock
     (CLOCK_MONOTONIC, for ordering and intervals, and for scripts that already read it)."""
     return json.dumps(
@@ -194,7 +193,9 @@ def format_json(event: Any, monotonic_to_wall: int = 0, labels: CgroupLabels = N
 
 
 def formatter(
-    as_json: bool, timestamps: bool, labels: Callable[[int], CgroupLabels] = lambda _id: NO_LABELS
+    as_json: bool,
+    timestamps: bool,
+    labels: Callable[[int], CgroupLabels] = lambda _id: EMPTY_LABELS,
 ) -> Callable[[Any], str]:
     """One event → its line: the prototype's text (with its wall-clock time first when asked),
     or JSON, which always carries the time and the cgroup's ``labels``."""
@@ -221,14 +222,14 @@ def watch(
     err: TextIO = sys.stderr,
     selection: Selection = Selection(),
     timestamps: bool = False,
-    namer: CgroupNamer | None = None,
+    namer: Namer | None = None,
 ) -> int:
     if selection.by_cgroup and namer is None:
         raise ProcmondError(
             "--unit and --pod need cgroup names, which this procmond cannot resolve",
             "filter with --comm or --pid instead",
         )
-    labels = CgroupLabelCache(namer) if namer is not None else (lambda _id: NO_LABELS)
+    labels = CgroupLabelCache(namer) if namer is not None else (lambda _id: EMPTY_LABELS)
     probe = bpf_loader.load(config, watch=True)
     stop = False
 
