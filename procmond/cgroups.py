@@ -61,7 +61,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from procmond.kubelet import KubeletNames
 from procmond.lru import BoundedLRU
@@ -599,15 +599,35 @@ class CgroupNamer:
         return f"{self._hierarchy.mount_point}{relative if relative != '/' else ''}"
 
 
+class PathRecords(Protocol):
+    def cgroup_path(self, cgroup_id: int) -> str | None: ...
+
+
+def recorded_paths(records: PathRecords) -> Callable[[int], str | None]:
+    """The probe's cgroup_mkdir records (procmond.maps.MapReader.cgroup_path) as a
+    ``kernel_path`` look-up: a map that cannot be read is no record."""
+
+    def recorded_path(cgroup_id: int) -> str | None:
+        try:
+            return records.cgroup_path(cgroup_id)
+        except OSError:
+            return None
+
+    return recorded_path
+
+
 def host_namer(
-    kernel_path: Callable[[int], str | None] | None = None,
-    runtimes: Sequence[ContainerRuntime] = (),
+    records: PathRecords | None, runtimes: Sequence[ContainerRuntime] = ()
 ) -> Callable[[int], CgroupLabels]:
-    """cgroup id → labels for `watch` and `top`, which run without the daemon: as the daemon
-    names them (the probe's mkdir records first, so a new cgroup is named at its first
-    creation; else a walk at most every walk_interval), ids not known (yet) get empty names."""
+    """cgroup id → labels for `watch` and `top`, which run without the daemon, named as the
+    daemon names them: from the probe's mkdir records first, so that a cgroup made while
+    they run is named from its first creation; else by a walk (at most every walk_interval).
+    Ids not known (yet) get empty names."""
     layout = read_layout()
     resolver = CgroupResolver(
-        layout.v2, kernel_path=kernel_path, kubelet=KubeletNames(), runtimes=runtimes
+        layout.v2,
+        kernel_path=recorded_paths(records) if records is not None else None,
+        kubelet=KubeletNames(),
+        runtimes=runtimes,
     )
     return resolver.names

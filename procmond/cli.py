@@ -12,12 +12,14 @@ from pathlib import Path
 from procmond import __version__, signals
 from procmond.config import (
     DEFAULT_CONFIG_PATH,
+    Config,
     check_listen_resolves,
     listen_address_warnings,
     load_config,
 )
 from procmond.errors import ConfigError, ProcmondError
 from procmond.metrics import series_budget
+from procmond.naming.labels import Naming
 from procmond.webconfig import load_web_config
 
 WATCH_HELP = """\
@@ -110,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="[NAMESPACE/]POD",
         help="only events in this Kubernetes pod (repeat for several)",
+    )
+    watch.add_argument(
+        "--container",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only events in this container (its name, or short id where it has none; repeat "
+        "for several)",
     )
     watch.add_argument(
         "--exec", action="store_true", help="execs too: 'Process <new command> ... called exec'"
@@ -224,6 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def host_naming(config: Config) -> Naming:
+    """How `watch` and `top` name cgroups: as the daemon does, from the probe they load (its
+    mkdir records) on, with the container runtimes the config points at."""
+    from procmond.cgroups import host_namer
+    from procmond.metrics import cgroups_capacity
+    from procmond.naming.runtimes import runtimes
+
+    sources = runtimes(config, cgroups_capacity(config))
+    return lambda records: host_namer(records, sources)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from procmond.daemon import run
@@ -240,11 +261,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             frozenset(unit_pattern(u) for u in args.unit),
             frozenset(args.pod),
             args.exec,
+            frozenset(args.container),
         )
-        from procmond.cgroups import host_namer
-
-        namer = host_namer() if selection.by_cgroup or args.json else None
-        return watch(config, args.json, selection=selection, timestamps=args.timestamp, namer=namer)
+        naming = host_naming(config) if selection.by_cgroup or args.json else None
+        return watch(
+            config, args.json, selection=selection, timestamps=args.timestamp, naming=naming
+        )
     if args.command == "top":
         from procmond.top import SORT_NAMES, top
 
@@ -256,9 +278,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = replace(config, histograms=False, syscall_probes=args.syscall_probes)
         batch = args.batch or args.once
         count = 1 if args.once else args.iterations
-        from procmond.cgroups import host_namer
-
-        return top(config, args.delay, count, batch, args.sort, namer=host_namer())
+        return top(config, args.delay, count, batch, args.sort, naming=host_naming(config))
     if args.command == "detach":
         from procmond.pins import detach
 

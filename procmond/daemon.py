@@ -27,7 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from procmond import __version__, handoff, kernel, pins, privileges, signals, state
 from procmond.attribution import Attribution
-from procmond.cgroups import CgroupNamer, CgroupResolver, read_layout
+from procmond.cgroups import CgroupNamer, CgroupResolver, read_layout, recorded_paths
 from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config, load_config
 from procmond.errors import ProcmondError
@@ -244,15 +244,9 @@ class Daemon:
         kubelet = KubeletNames(capacity=cgroups)
         task_limits = TaskLimits(find_pids_hierarchy(layout), kubelet, gone=gone_cgroups(reader))
 
-        def recorded_path(cgroup_id: int) -> str | None:
-            try:
-                return reader.cgroup_path(cgroup_id)
-            except OSError:
-                return None
-
         resolver = CgroupResolver(
             layout.v2,
-            kernel_path=recorded_path,
+            kernel_path=recorded_paths(reader),
             kubelet=kubelet,
             runtimes=runtimes(self.config, cgroups),
             capacity=cgroups,

@@ -27,7 +27,7 @@ from procmond.errors import ProcmondError
 from procmond.handoff import HandedOffProbe
 from procmond.maps import MapReader
 from procmond.metrics import COUNTERS
-from procmond.naming.labels import Namer, names_of
+from procmond.naming.labels import Naming, names_of
 from procmond.storms import Creator, CreatorRate, counter_deltas, creator_rates
 from procmond.text import one_word
 
@@ -57,6 +57,7 @@ class RowKey:
     comm: bytes
     unit: str
     pod: str  # namespace/name, or ""
+    container: str = ""  # the container's name (a Kubernetes, Docker, Podman... container)
 
 
 @dataclass
@@ -89,8 +90,9 @@ Fields = dict[str, Any]  # a counter key's fields by name
 
 
 def row_key(fields: Fields, labels: Callable[[int], tuple[str, ...]]) -> RowKey:
-    unit, namespace, pod, _container = labels(int(fields.get("cgroup_id", 0)))
-    return RowKey(bytes(fields.get("comm", b"")), unit, f"{namespace}/{pod}" if pod else "")
+    unit, namespace, pod, container = labels(int(fields.get("cgroup_id", 0)))
+    pod = f"{namespace}/{pod}" if namespace else pod  # a Podman pod has no namespace
+    return RowKey(bytes(fields.get("comm", b"")), unit, pod, container)
 
 
 def build_rows(
@@ -208,6 +210,7 @@ def rate_width(column: str) -> int:
 class TextColumn:
     title: str
     ideal: int  # enough for most values; a header is never cut below its title's length
+    optional: bool = False  # shown only where COMMAND still gets its ideal width
 
 
 TEXT_COLUMNS = (
@@ -215,6 +218,7 @@ TEXT_COLUMNS = (
     TextColumn("PARENT", 15),
     TextColumn("UNIT", 28),
     TextColumn("POD", 28),
+    TextColumn("CONTAINER", 20, optional=True),
 )
 CUT_MARK = "+"  # a value cut to its column's width ends with it, as in procps top
 
@@ -236,7 +240,8 @@ class Layout:
         )
 
     def line(self, row: Row) -> str:
-        values = (one_word(row.key.comm), one_word(row.parent), row.key.unit, row.key.pod)
+        key = row.key
+        values = (one_word(key.comm), one_word(row.parent), key.unit, key.pod, key.container)
         return self._join(
             [f"{row.rates[c]:>{rate_width(c)}.1f}" for c in self.rates],
             [v or "-" for v in values[: len(self.widths)]],
@@ -255,7 +260,8 @@ def layout(width: int | None, failures_known: bool) -> Layout:
     """The table's columns for a screen ``width`` characters wide (None: no limit, ``-b``).
 
     FAILURES/s shows only when failures are counted (else it is a column of dashes). Each
-    text column gets at least its title's width; then COMMAND grows to a whole command, the
+    text column gets at least its title's width (CONTAINER only where COMMAND is whole too); then
+    COMMAND grows to a whole command, the
     others evenly to their ideal width, and the last one takes what is left. Columns that
     cannot get their title's width are left out, from the right: no header is cut mid-word.
     """
@@ -275,6 +281,12 @@ def layout(width: int | None, failures_known: bool) -> Layout:
     while len(rates) > 1 and needed() > room():  # the rates but forks,
         rates.pop()
     while columns and needed() > room():  # and COMMAND
+        columns.pop()
+    while (
+        columns
+        and columns[-1].optional
+        and needed() + columns[0].ideal - len(columns[0].title) > room()
+    ):  # an optional column never costs a whole command
         columns.pop()
     widths = [len(c.title) for c in columns]
     spare = room() - sum(widths) - (len(columns) - 1)
@@ -531,7 +543,7 @@ def top(
     as_batch: bool,
     sort: str,
     out: TextIO = sys.stdout,
-    namer: Namer | None = None,
+    naming: Naming | None = None,
 ) -> int:
     """``procmond top``: read the running daemon's probe (pinned: procmond/pins.py), else
     load one; count per process for the whole run, show."""
@@ -547,6 +559,7 @@ def top(
         probe = bpf_loader.load(config)
         creators.switch(probe.map("storm_watch"), GENERATION)
         generation, failures = (lambda: GENERATION), config.syscall_probes
+    namer = naming(probe.reader()) if naming is not None else None
     try:
         sampler = Sampler(
             probe.reader(),

@@ -27,7 +27,7 @@ from procmond.config import CGROUP_LABELS, Config
 from procmond.errors import ProcmondError
 from procmond.header import comm_len, read_header, syscall_names
 from procmond.maps import read_percpu_counts
-from procmond.naming.labels import EMPTY_LABELS, CgroupLabels, Namer
+from procmond.naming.labels import EMPTY_LABELS, CgroupLabels, Namer, Naming
 from procmond.text import decoded, printable
 
 # systemd's unit types: a --unit name ending in none of them means NAME.service (systemctl's
@@ -127,10 +127,11 @@ class Selection:
     units: frozenset[str] = frozenset()  # unit names and globs, as unit_pattern gives them
     pods: frozenset[str] = frozenset()  # a pod name, or namespace/name
     execs: bool = False
+    containers: frozenset[str] = frozenset()  # a container's name (or short id)
 
     @property
     def by_cgroup(self) -> bool:
-        return bool(self.units or self.pods)
+        return bool(self.units or self.pods or self.containers)
 
     def matches(self, event: Any, labels: Callable[[int], CgroupLabels]) -> bool:
         if is_exec(event) and not self.execs:
@@ -140,12 +141,18 @@ class Selection:
         if self.pids and event.pid not in self.pids:
             return False
         if self.by_cgroup:
-            unit, namespace, pod, _container = labels(event.cgroup_id)
+            unit, namespace, pod, container = labels(event.cgroup_id)
             if self.units and not unit_matches(unit, self.units):
                 return False
             if self.pods and pod not in self.pods and f"{namespace}/{pod}" not in self.pods:
                 return False
+            if self.containers and container not in self.containers:
+                return False
         return True
+
+
+def no_labels(_cgroup_id: int) -> CgroupLabels:
+    return EMPTY_LABELS
 
 
 class CgroupLabelCache:
@@ -222,15 +229,15 @@ def watch(
     err: TextIO = sys.stderr,
     selection: Selection = Selection(),
     timestamps: bool = False,
-    namer: Namer | None = None,
+    naming: Naming | None = None,
 ) -> int:
-    if selection.by_cgroup and namer is None:
+    if selection.by_cgroup and naming is None:
         raise ProcmondError(
-            "--unit and --pod need cgroup names, which this procmond cannot resolve",
+            "--unit, --pod and --container need cgroup names, which this procmond cannot resolve",
             "filter with --comm or --pid instead",
         )
-    labels = CgroupLabelCache(namer) if namer is not None else (lambda _id: EMPTY_LABELS)
     probe = bpf_loader.load(config, watch=True)
+    labels: Namer = CgroupLabelCache(naming(probe.reader())) if naming else no_labels
     stop = False
 
     def on_signal(_signum: int, _frame: object) -> None:

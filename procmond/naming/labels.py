@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class CgroupLabels(NamedTuple):
@@ -19,6 +19,9 @@ class CgroupLabels(NamedTuple):
 EMPTY_LABELS = CgroupLabels()
 
 Namer = Callable[[int], CgroupLabels]
+# A namer made once a probe is loaded, from its cgroup_mkdir records (procmond.maps.MapReader):
+# what `watch` and `top` take, so that a cgroup made while they run is named at once.
+Naming = Callable[[Any], Namer]
 
 
 def names_of(namer: Namer | None, cgroup_id: int) -> CgroupLabels:

@@ -50,7 +50,7 @@ def test_rows_are_by_command_unit_and_pod_with_the_main_parent() -> None:
     web = by_key[RowKey(b"sh", "web.service", "")]
     assert web.rates["forks"] == 20.0 and web.rates["exits"] == 10.0
     assert web.parent == b"cron"
-    pod = by_key[RowKey(b"sh", "", "shop/web-1")]
+    pod = by_key[RowKey(b"sh", "", "shop/web-1", "app")]
     assert pod.rates["forks"] == 2.0 and pod.parent == b"bash"
 
 
@@ -105,8 +105,9 @@ def test_rates_are_counts_over_the_measured_time(tmp_path: Path) -> None:
         "PARENT",
         "UNIT",
         "POD",
+        "CONTAINER",
     ]  # no FAILURES/s: not counted
-    assert text[2].split() == ["200.0", "0.0", "0.0", "200.0", "job", "bash", "-", "-"]
+    assert text[2].split() == ["200.0", "0.0", "0.0", "200.0", "job", "bash", "-", "-", "-"]
     assert text[4] == "TOP CREATORS of job"
     assert text[6].split()[:5] == ["70", "200.0", "0.0", "1", "bash"]
 
@@ -127,7 +128,7 @@ def frame_of(*comms: bytes) -> Frame:
 def test_the_screen_selects_rows_and_shows_their_creators() -> None:
     screen = Screen("forks", frame_of(b"a", b"b", b"c"))
     lines = screen.lines(40, 120)
-    assert lines[2].startswith(">") and lines[2].split()[-4] == "a"
+    assert lines[2].startswith(">") and lines[2].split()[-5] == "a"
     assert "TOP CREATORS of a" in lines
     screen.key(ord("j"))
     screen.key(ord("j"))
@@ -146,7 +147,7 @@ def test_a_short_screen_scrolls_to_the_selected_row() -> None:
         screen.key(ord("j"))
     lines = screen.lines(14, 120)
     marked = [ln for ln in lines if ln.startswith(">")]
-    assert len(marked) == 1 and marked[0].split()[-4] == "p"  # the 16th row
+    assert len(marked) == 1 and marked[0].split()[-5] == "p"  # the 16th row
     assert len(lines) <= 14
 
 
@@ -164,18 +165,22 @@ def test_the_table_fits_the_width_and_never_cuts_a_header() -> None:
                 assert list(table.rates) == rates and table.widths, width
             assert list(table.rates) == rates[: len(table.rates)] and table.rates, width
             titles = [f"{c.upper()}/s" for c in table.rates]
-            titles += ["COMMAND", "PARENT", "UNIT", "POD"][: len(table.widths)]
+            titles += ["COMMAND", "PARENT", "UNIT", "POD", "CONTAINER"][: len(table.widths)]
             assert table.head().split() == titles, (width, failures)
             assert len(table.head()) <= width and len(table.line(row)) <= width, width
             assert len(table.line(row).split()) == len(titles), (width, table.line(row))
     at_80 = layout(78, False)  # an 80-column terminal: the ">" mark and the last cell
     assert at_80.head().split()[-4:] == ["COMMAND", "PARENT", "UNIT", "POD"]
     assert at_80.line(row).split()[4:] == ["x" * 15, "yyyyy+", "uuuuu+", "ns/pp+"]
+    assert layout(120, False).head().split()[-5:] == [
+        *("COMMAND", "PARENT", "UNIT", "POD", "CONTAINER")
+    ]
     assert layout(None, True).line(row).split()[5:] == [
         "x" * 15,
         "y" * 15,
         "u" * 60 + ".service",
         "ns/" + "p" * 60,
+        "-",
     ]  # -b cuts nothing
 
 

@@ -29,6 +29,7 @@ LABELS = {
     1: ("", "", "", ""),
     2: ("cron.service", "", "", ""),
     3: ("", "shop", "web-1", "app"),
+    4: ("", "", "", "ci-job"),
 }
 
 
@@ -53,6 +54,16 @@ def test_each_filter_selects_and_filters_combine() -> None:
     assert shown(Selection(pods=frozenset({"shop/web-1"})), a, b, c) == [c]
     assert shown(Selection(pods=frozenset({"other/web-1"})), a, b, c) == []
     assert shown(Selection(comms=frozenset({b"sh"}), pids=frozenset({10, 11})), a, b, c) == [b]
+
+
+def test_container_selects_by_the_containers_name() -> None:
+    """``--container`` matches the container label: Docker's or Podman's name outside
+    Kubernetes, the kubelet's container name inside."""
+    a = event(b"make", pid=10, cgroup_id=4)
+    b = event(b"sh", pid=11, cgroup_id=3)
+    assert shown(Selection(containers=frozenset({"ci-job"})), a, b) == [a]
+    assert shown(Selection(containers=frozenset({"app"})), a, b) == [b]
+    assert shown(Selection(containers=frozenset({"web"})), a, b) == []
 
 
 def test_an_exec_line_says_exec() -> None:
@@ -83,7 +94,7 @@ def test_comm_is_cut_as_the_kernel_cuts_it() -> None:
 
 
 def test_unit_and_pod_need_a_namer() -> None:
-    with pytest.raises(ProcmondError, match="--unit and --pod"):
+    with pytest.raises(ProcmondError, match="--unit, --pod and --container"):
         watch(Config(), False, io.StringIO(), io.StringIO(), Selection(units=frozenset({"x"})))
 
 
