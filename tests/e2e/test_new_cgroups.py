@@ -1,0 +1,87 @@
+"""A cgroup made while ``watch`` or ``top`` runs is named from its first creation: they name
+cgroups from the probe's cgroup_mkdir records, as the daemon does, not from a walk of the tree
+that runs at most every 10 s (systemd makes a new cgroup at every start of a unit)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tests.e2e.cgroup_tree import CgroupTree
+from tests.e2e.harness import PROCMOND, Watch, unique_name, wait_until
+
+
+def test_watch_names_a_new_unit_from_its_first_creation(creator: Path, tree: CgroupTree) -> None:
+    """Two units made one after the other, both after watch started: the first makes watch
+    look names up (and walk the tree), the second is made right after; every creation of both
+    is shown, the second's within a second of its start."""
+    tag = unique_name("nu").hex()[:10]
+    watch = Watch("--unit", f"new-{tag}-*.service")
+    made = {}
+    for unit, count in (("a", 3), ("b", 14)):
+        cgroup = tree.make(f"/test.slice/new-{tag}-{unit}.service")
+        name = unique_name(f"nu{unit}")
+        started = time.monotonic()
+        inside = tree.start(cgroup, str(creator), "fork", str(count), name.hex())
+        assert inside.wait(timeout=30) == 0
+        mine = f"Process {name.decode()} "
+        watch.wait_for(
+            f"{count} lines of unit {unit}",
+            lambda lines, mine=mine, count=count: sum(ln.startswith(mine) for ln in lines) >= count,
+            timeout=15,
+        )
+        made[unit] = (mine, count, time.monotonic() - started)
+    lines, err, code = watch.finish(17)
+    assert code == 0, err
+    for mine, count, seconds in made.values():
+        assert sum(ln.startswith(mine) for ln in lines) == count
+        print(f"{mine}: {count} of {count} shown, all within {seconds:.2f} s of the start")
+    assert len(lines) == 17, lines
+
+
+def test_top_names_a_new_unit_from_its_first_creation(creator: Path, tree: CgroupTree) -> None:
+    """``top -b``: a first frame names the cgroups it saw (a walk of the tree), then a unit is
+    made: the next frame shows its creations under its unit, never as "-"."""
+    tag = unique_name("nt").hex()[:10]
+    unit = f"new-{tag}.service"
+    name = unique_name("ntop")
+    top = subprocess.Popen(
+        [*PROCMOND, "top", "-b", "-n", "3", "-d", "1", "-s", "command"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    frames: list[str] = []
+    reader = threading.Thread(target=lambda: frames.extend(top.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        warm = tree.make(f"/test.slice/warm-{tag}.service")
+        warm_name = unique_name("ntw")
+        warming = tree.start(warm, str(creator), "fork", "100", "--rate", "50", warm_name.hex())
+        wait_until(lambda: any(warm_name.decode() in ln for ln in frames), 30, "top's 1st frame")
+        cgroup = tree.make(f"/test.slice/{unit}")
+        started = time.monotonic()
+        inside = tree.start(cgroup, str(creator), "fork", "30", "--rate", "30", name.hex())
+        assert inside.wait(timeout=30) == 0 and warming.wait(timeout=30) == 0
+        top.wait(timeout=30)
+        reader.join(timeout=10)
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+    assert top.returncode == 0, top.stderr.read() if top.stderr else ""
+    rows = [ln.split() for ln in frames if name.decode() in ln.split()]
+    assert rows, "".join(frames)
+    assert all(unit in row for row in rows), rows
+    print(f"{unit}: named in every frame ({time.monotonic() - started:.1f} s of creations)")
+
+
+def _probe_loaded(pid: int) -> bool:
+    """Whether top holds BPF programs (its probe is attached): it then counts what follows."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any("bpf-prog" in str(p.readlink()) for p in fds.iterdir())
+    except OSError:
+        return False
