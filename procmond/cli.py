@@ -19,7 +19,7 @@ from procmond.config import (
 )
 from procmond.errors import ConfigError, ProcmondError
 from procmond.metrics import series_budget
-from procmond.naming.labels import Naming
+from procmond.naming.labels import Namer, Naming
 from procmond.webconfig import load_web_config
 
 WATCH_HELP = """\
@@ -239,10 +239,16 @@ def host_naming(config: Config) -> Naming:
     mkdir records) on, with the container runtimes the config points at."""
     from procmond.cgroups import host_namer
     from procmond.metrics import cgroups_capacity
-    from procmond.naming.runtimes import runtimes
+    from procmond.naming.runtimes import runtimes, state_watcher
 
-    sources = runtimes(config, cgroups_capacity(config))
-    return lambda records: host_namer(records, sources)
+    capacity = cgroups_capacity(config)
+    sources = runtimes(config, capacity)
+
+    def naming(records: object) -> Namer:
+        state_watcher(sources, capacity).start()  # a thread for the command's life
+        return host_namer(records, sources)  # type: ignore[arg-type]
+
+    return naming
 
 
 def _dispatch(args: argparse.Namespace) -> int:

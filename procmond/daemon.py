@@ -40,7 +40,8 @@ from procmond.metrics import (
     folded_capacity,
     series_budget,
 )
-from procmond.naming.runtimes import runtimes
+from procmond.naming.runtimes import runtimes, state_watcher
+from procmond.naming.watcher import StateWatcher
 from procmond.server import MetricsServer, Render
 from procmond.state import StateFile
 from procmond.storm_monitor import StormMonitor
@@ -118,6 +119,7 @@ class Daemon:
         self._serving: Render | None = None
         self._loaded = threading.Event()  # set once _serving is, or when stopping
         self.storms: StormMonitor | None = None
+        self.state_watcher: StateWatcher | None = None
         self._last_status = ""
         self.pinned: Path | None = None  # where the probe stays loaded after the daemon
         self.adopted = False
@@ -144,6 +146,8 @@ class Daemon:
         self._serving = self._render()
         self._loaded.set()
         privileges.drop_all(self.reader.overflow_events)  # bound and loaded; before any thread
+        if self.state_watcher is not None:
+            self.state_watcher.start()
         self.storms.configure(self.config)
         self.server.start()
         attached = sum(self.probe.attached.values())
@@ -244,11 +248,14 @@ class Daemon:
         kubelet = KubeletNames(capacity=cgroups)
         task_limits = TaskLimits(find_pids_hierarchy(layout), kubelet, gone=gone_cgroups(reader))
 
+        containers = runtimes(self.config, cgroups)
+        # reads names as runtimes write them; started once capabilities are dropped
+        self.state_watcher = state_watcher(containers, cgroups)
         resolver = CgroupResolver(
             layout.v2,
             kernel_path=recorded_paths(reader),
             kubelet=kubelet,
-            runtimes=runtimes(self.config, cgroups),
+            runtimes=containers,
             capacity=cgroups,
             negative_capacity=cgroups,
             pending_capacity=cgroups,
@@ -449,6 +456,8 @@ class Daemon:
         elif self.server is not None:
             with self.server.scrape_lock:  # a scrape in progress folds no more meanwhile
                 self._save_state()
+        if self.state_watcher is not None:
+            self.state_watcher.stop()
         if self.probe is not None:
             self.probe.close()
         if closing is not None:

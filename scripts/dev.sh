@@ -112,9 +112,11 @@ setup() {
         # man-db renders the manual page's test; tmux drives `procmond top` in a real terminal;
         # mmdebstrap makes the Debian 13 root that tests/e2e/test_debian13.py runs procmond in,
         # and the base of the container image that podman (with runc: crun refuses hybrid
-        # cgroups) builds and runs as the DaemonSet does (tests/packaging/test_kubernetes_image.py).
+        # cgroups) builds and runs as the DaemonSet does (tests/packaging/test_kubernetes_image.py);
+        # docker.io, containerd and busybox-static run the containers tests/e2e/test_containers.py
+        # names (images made from a local busybox root: no registry needed).
         apt_install gcc libc6-dev prometheus openssl python3-prometheus-client $perf man-db tmux \
-            mmdebstrap debian-archive-keyring podman runc \
+            mmdebstrap debian-archive-keyring podman runc containerd docker.io busybox-static \
             || { [ -z "$added" ] || rm -f $policy; exit 1; }
         [ -z "$added" ] || rm -f $policy
         # The Kubernetes tests render the manifests with kustomize (`kubectl kustomize`, from

@@ -31,6 +31,7 @@ _SCOPE = re.compile(r"^nerdctl-(?P<id>[0-9a-f]{64})\.scope$")
 
 class Containerd:
     name = "containerd"
+    watch_depth = 2  # <namespace>/<id>
 
     def __init__(
         self,
@@ -81,6 +82,14 @@ class Containerd:
 
     def state_dirs(self) -> list[str]:
         return [os.path.join(self.state, TASKS)] if self.state else []
+
+    def watched(self) -> list[Containerd]:
+        return [self]
+
+    def noticed(self, relative: Sequence[str]) -> None:
+        """A task's directory made (before its cgroup): its path is a container's."""
+        if len(relative) == 2 and not {relative[0], relative[1]} & {".", ".."}:
+            self._tasks.put(f"{relative[0]}/{relative[1]}", True)
 
     def sizes(self) -> dict[str, tuple[int, int]]:
         return {

@@ -12,14 +12,19 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections.abc import Sequence
 
 from procmond.lru import BoundedLRU
 from procmond.naming.runtime import HEX_ID, clean_name, read_json, stamp
 
 STORE_LIMIT = 16 << 20
+NEWEST = 64  # entries at a list's end taken as new when it changes
 
 
 class ContainerStore:
+    name = "containers-storage"
+    watch_depth = 1  # <driver>-containers/containers.json
+
     def __init__(self, root: str, capacity: int = 16384, refresh_interval: float = 1.0) -> None:
         self.root = root
         self._refresh_interval = refresh_interval
@@ -35,7 +40,7 @@ class ContainerStore:
             glob.glob(os.path.join(glob.escape(self.root), "*-containers", "containers.json"))
         )
 
-    def name(self, container_id: str) -> str | None:
+    def name_of(self, container_id: str) -> str | None:
         known = self._names.get(container_id)
         if known is None and (self._changed() or self._due()):
             self._last_read = time.monotonic()
@@ -59,15 +64,22 @@ class ContainerStore:
         last = self._last_read
         return last is None or time.monotonic() - last >= self._refresh_interval
 
-    def _read(self, wanted: str) -> str | None:
-        """Read every list: the wanted id's name is kept, the others only where there is room
-        (a store larger than the cache never pushes out names in use)."""
+    def noticed(self, relative: Sequence[str]) -> None:
+        """The list rewritten (it is replaced at each create): keep the new containers' names,
+        which are at its end (a CI job removed before the next scrape is still named)."""
+        if list(relative) == ["containers.json"] and self._changed():
+            self._read(None, newest=NEWEST)
+
+    def _read(self, wanted: str | None, newest: int = 0) -> str | None:
+        """Read every list: the wanted id's name (and the ``newest`` entries' names) are kept,
+        the others only where there is room (a store larger than the cache never pushes out
+        names in use)."""
         found = None
         for path in self.lists():
             entries = read_json(path, STORE_LIMIT)
             if not isinstance(entries, list):
                 continue
-            for entry in entries:
+            for number, entry in enumerate(entries):
                 if not isinstance(entry, dict):
                     continue
                 cid, names = entry.get("id"), entry.get("names")
@@ -76,8 +88,8 @@ class ContainerStore:
                 name = clean_name(names[0]) if names else ""
                 if not name:
                     continue
-                if cid == wanted:
-                    found = name
+                if cid == wanted or number >= len(entries) - newest:
+                    found = name if cid == wanted else found
                     self._names.put(cid, name)
                 else:
                     self._names.offer(cid, name)

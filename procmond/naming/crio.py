@@ -19,18 +19,23 @@ _SCOPE = re.compile(r"^crio-(?P<id>[0-9a-f]{64})\.scope$")
 class Crio:
     name = "crio"
 
-    def __init__(self, root: str = DEFAULT_ROOT, capacity: int = 16384) -> None:
-        self.store = ContainerStore(root, capacity)
+    def __init__(
+        self, root: str = DEFAULT_ROOT, capacity: int = 16384, store: ContainerStore | None = None
+    ) -> None:
+        self.store = store or ContainerStore(root, capacity)
 
     def container_id(self, names: Sequence[str]) -> str | None:
         return leaf_match(names, _SCOPE)
 
     def labels(self, container_id: str) -> CgroupLabels | None:
-        name = self.store.name(container_id)
+        name = self.store.name_of(container_id)
         return None if name is None else CgroupLabels(container=name)
 
     def state_dirs(self) -> list[str]:
         return self.store.state_dirs()
+
+    def watched(self) -> list[ContainerStore]:
+        return [self.store]
 
     def sizes(self) -> dict[str, tuple[int, int]]:
         return {"crio_names": self.store.size()}

@@ -34,9 +34,13 @@ class Podman:
     name = "podman"
 
     def __init__(
-        self, root: str = DEFAULT_ROOT, capacity: int = 16384, refresh_interval: float = 1.0
+        self,
+        root: str = DEFAULT_ROOT,
+        capacity: int = 16384,
+        refresh_interval: float = 1.0,
+        store: ContainerStore | None = None,
     ) -> None:
-        self.store = ContainerStore(root, capacity, refresh_interval)
+        self.store = store or ContainerStore(root, capacity, refresh_interval)
         self._pods: BoundedLRU[str, str] = BoundedLRU(capacity)  # container id → pod name
         self._pod_names: BoundedLRU[str, str] = BoundedLRU(capacity)  # pod id → name
         self._database_stamp: tuple[int, int, int] | None = None
@@ -45,7 +49,7 @@ class Podman:
         return leaf_match(names, _CGROUP)
 
     def labels(self, container_id: str) -> CgroupLabels | None:
-        name = self.store.name(container_id)
+        name = self.store.name_of(container_id)
         if name is None:
             return None
         return CgroupLabels(pod=self._pod(container_id), container=name)
@@ -79,6 +83,9 @@ class Podman:
 
     def state_dirs(self) -> list[str]:
         return self.store.state_dirs()
+
+    def watched(self) -> list[ContainerStore]:
+        return [self.store]
 
     def sizes(self) -> dict[str, tuple[int, int]]:
         return {

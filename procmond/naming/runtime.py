@@ -47,6 +47,10 @@ class ContainerRuntime(Protocol):
         """Entries and capacity of each cache (procmond_table_entries)."""
         ...
 
+    def watched(self) -> list[Any]:
+        """What procmond.naming.watcher watches for it (itself, or a store it shares)."""
+        ...
+
 
 def short_id(container_id: str) -> str:
     """The 12-hex short id of a 64-hex id; any other id (ctr's chosen ids) as it is, cut."""

@@ -1,0 +1,156 @@
+"""Names read the moment a runtime writes them: inotify on each runtime's state directories.
+
+A container that lives 2 s (a CI job's ``docker run --rm``) is often gone before the next
+scrape asks for its name, and its state goes with it. So the names are read as the runtime
+writes them: each runtime lists the directories to watch (``state_dirs``) and how deep below
+them new entries matter (``watch_depth``), and is told of every entry made there
+(``noticed``); it reads what it needs then (a size-limited file) into its bounded cache.
+
+One thread blocks in ``read`` on one inotify descriptor; watches on a container's own
+directory go when the directory does (IN_IGNORED), and at most ``max_watches`` are held.
+inotify is called through libc (ctypes): no dependency.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import struct
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_ISDIR = 0x40000000
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = 0x800
+IN_CLOEXEC = 0x80000
+_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+_EVENT = struct.Struct("iIII")
+
+
+class Watched(Protocol):
+    name: str
+
+    def state_dirs(self) -> list[str]: ...
+
+    watch_depth: int
+
+    def noticed(self, relative: Sequence[str]) -> None:
+        """An entry was made or written at ``relative`` (path components below a state dir)."""
+        ...
+
+
+class StateWatcher:
+    def __init__(self, watched: Sequence[Watched], max_watches: int = 16384) -> None:
+        self._runtimes = [r for r in watched if r.state_dirs()]
+        self._max_watches = max_watches
+        self._watches: dict[int, tuple[Watched, tuple[str, ...], str]] = {}
+        self._fd = -1
+        self._thread: threading.Thread | None = None
+        self._stop_r, self._stop_w = -1, -1
+        self.noticed = 0
+
+    def start(self) -> bool:
+        """Watch every state directory there is; False (and a line in the log) if inotify is
+        not available. Directories that do not exist yet are looked for again at no cost:
+        their parents are not watched (a runtime installed later needs a restart)."""
+        libc_name = ctypes.util.find_library("c")
+        if not self._runtimes or libc_name is None:
+            return False
+        self._libc = ctypes.CDLL(libc_name, use_errno=True)
+        self._fd = self._libc.inotify_init1(IN_CLOEXEC)
+        if self._fd < 0:
+            problem = os.strerror(ctypes.get_errno())
+            log.warning("cannot watch the container runtimes' state: %s", problem)
+            return False
+        for runtime in self._runtimes:
+            for directory in runtime.state_dirs():
+                self._add(runtime, (), directory, runtime.watch_depth)
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="container-names", daemon=True)
+        self._thread.start()
+        return True
+
+    def _add(self, runtime: Watched, relative: tuple[str, ...], directory: str, depth: int) -> None:
+        if len(self._watches) >= self._max_watches:
+            return
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _MASK)
+        if wd < 0:
+            return
+        self._watches[wd] = (runtime, relative, directory)
+        # what is there already (made before the watch, or between a mkdir and its watch)
+        try:
+            with os.scandir(directory) as entries:
+                children = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        except OSError:
+            return
+        for name, is_dir in children[: self._max_watches]:
+            path = (*relative, name)
+            if is_dir and depth > 1:
+                self._add(runtime, path, os.path.join(directory, name), depth - 1)
+            else:
+                self._notice(runtime, path)
+
+    def _notice(self, runtime: Watched, path: tuple[str, ...]) -> None:
+        self.noticed += 1
+        try:
+            runtime.noticed(path)
+        except Exception:  # a name read ahead is a bonus: never end the thread
+            log.exception("reading %s's state at %s", runtime.name, "/".join(path))
+
+    def _run(self) -> None:
+        import select
+
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self._stop_r in ready:
+                return
+            try:
+                data = os.read(self._fd, 64 * 1024)
+            except OSError:
+                continue
+            self._handle(data)
+
+    def _handle(self, data: bytes) -> None:
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            raw = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
+            offset += _EVENT.size + length
+            watched = self._watches.get(wd)
+            if watched is None:
+                continue
+            if mask & IN_IGNORED:
+                del self._watches[wd]
+                continue
+            runtime, relative, directory = watched
+            name = os.fsdecode(raw)
+            path = (*relative, name)
+            if mask & IN_ISDIR and len(path) < runtime.watch_depth:
+                depth = runtime.watch_depth - len(path)
+                self._add(runtime, path, os.path.join(directory, name), depth)
+            else:
+                self._notice(runtime, path)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join(timeout=5)
+            self._thread = None
+        for fd in (self._fd, self._stop_r, self._stop_w):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._stop_r = self._stop_w = -1
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        return {"container_state_watches": (len(self._watches), self._max_watches)}

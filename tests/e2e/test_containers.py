@@ -1,0 +1,141 @@
+"""Containers outside Kubernetes named for real: Docker, Podman (alone and in a pod) and
+containerd's ``ctr`` run the static creator, and the daemon counts its forks exactly under the
+container's name (its pod's for Podman), with ``unit`` and ``namespace`` empty; a
+``docker run --rm`` job is named after it is gone. The runtimes' state is the test's own
+(tests/e2e/runtimes.py); the daemon is pointed at it by its config, as a user points it at
+non-default data roots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Daemon, start_daemon, unique_name, wait_until
+from tests.e2e.runtimes import (
+    RUNC_ULIMITS,
+    Containerd,
+    Dockerd,
+    Podman,
+    import_image,
+    make_root,
+)
+
+IMAGE = "procmond-test-box:1"
+
+
+@dataclass
+class Runtimes:
+    root: Path
+    docker: Dockerd
+    containerd: Containerd
+    podman: Podman
+    daemon: Daemon
+
+
+@pytest.fixture(scope="module")
+def runtimes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtimes]:
+    base = tmp_path_factory.mktemp("runtimes")
+    root = make_root(base / "box")
+    stops = []
+    try:
+        docker = Dockerd((base / "docker").resolve())
+        stops.append(docker.stop)
+        containerd = Containerd(base / "containerd")
+        stops.append(containerd.stop)
+        podman = Podman(base / "podman")
+        stops.append(podman.stop)
+        import_image(root, "docker", f"--host=unix://{docker.socket}")
+        import_image(root, *podman.cli_args())
+        # a runtime used before procmond starts has its state directories (watched from then)
+        podman.cli("rm", podman.cli("create", IMAGE, "/bin/true").stdout.strip())
+        containerd.ctr("run", "--rm", "--rootfs", str(root), "warm-up", "/bin/true")
+        daemon = start_daemon(
+            base,
+            f"docker_root: {docker.data_root}\n"
+            f"containers_storage_root: {podman.root}\n"
+            f"containerd_state: {containerd.state}\n"
+            'nerdctl_root: ""\n',
+        )
+        stops.append(lambda: daemon.stop())
+        yield Runtimes(root, docker, containerd, podman, daemon)
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+def forks_by_labels(runtimes: Runtimes, comm: str) -> dict[tuple[str, str, str, str], float]:
+    """The command's forks by (unit, namespace, pod, container), from one scrape."""
+    found: dict[tuple[str, str, str, str], float] = {}
+    for labels, value in runtimes.daemon.scrape().series("procmond_forks_total").items():
+        ls = dict(labels)
+        if ls["comm"] == comm:
+            key = (ls["unit"], ls["namespace"], ls["pod"], ls["container"])
+            found[key] = found.get(key, 0.0) + value
+    return found
+
+
+def test_a_podman_container_alone_and_in_a_pod_is_counted_exactly_by_name(
+    runtimes: Runtimes,
+) -> None:
+    tag = unique_name("").hex()[:8]
+    podman = runtimes.podman
+    podman.cli("pod", "create", "--infra=false", f"--name=shop-{tag}")
+    runs = {
+        "alone": (f"web-{tag}", "", 1200, ()),
+        "in a pod": (f"api-{tag}", f"shop-{tag}", 700, (f"--pod=shop-{tag}",)),
+    }
+    for container, pod, count, options in runs.values():
+        name = unique_name("pdm")
+        podman.cli(
+            "run", f"--name={container}", *options, *RUNC_ULIMITS, IMAGE,
+            "/creator", "fork", str(count), name.hex(),
+        )  # fmt: skip
+        assert forks_by_labels(runtimes, name.decode()) == {("", "", pod, container): count}
+
+
+def test_a_docker_container_is_named_as_it_starts_and_counted_exactly(runtimes: Runtimes) -> None:
+    """Scraped while it runs: the first scrape that sees it names it, and nothing was ever
+    counted under empty labels (the name was read when dockerd wrote it)."""
+    name, container = unique_name("dck"), f"ci-{unique_name('').hex()[:8]}"
+    started = time.monotonic()
+    runtimes.docker.cli(
+        "run", "-d", f"--name={container}", "--network=none", IMAGE,
+        "/creator", "fork", "1500", "--rate", "750", name.hex(),
+    )  # fmt: skip
+    wait_until(lambda: forks_by_labels(runtimes, name.decode()), 30, "its first forks")
+    named = time.monotonic() - started
+    assert list(forks_by_labels(runtimes, name.decode())) == [("", "", "", container)]
+    runtimes.docker.cli("wait", container)
+    assert forks_by_labels(runtimes, name.decode()) == {("", "", "", container): 1500}
+    print(f"docker container {container}: named at its first scrape, {named:.2f} s after run")
+
+
+def test_a_short_lived_docker_run_rm_job_is_named_after_it_is_gone(
+    runtimes: Runtimes, tmp_path: Path
+) -> None:
+    """A CI job: lives 2 s, is removed (its state with it) before procmond is scraped."""
+    name, container = unique_name("job"), f"job-{unique_name('').hex()[:8]}"
+    cidfile = tmp_path / "cid"
+    started = time.monotonic()
+    runtimes.docker.cli(
+        "run", "--rm", f"--cidfile={cidfile}", f"--name={container}", "--network=none", IMAGE,
+        "/creator", "fork", "100", "--rate", "50", name.hex(),
+    )  # fmt: skip
+    state = runtimes.docker.data_root / "containers" / cidfile.read_text().strip()
+    wait_until(lambda: not state.exists(), 30, "the job's state to be removed")
+    lived = time.monotonic() - started
+    assert forks_by_labels(runtimes, name.decode()) == {("", "", "", container): 100}
+    print(f"docker run --rm {container}: lived and was removed in {lived:.2f} s; 100 of 100 named")
+
+
+def test_a_ctr_container_is_counted_exactly_by_its_id(runtimes: Runtimes) -> None:
+    name, container = unique_name("ctr"), f"build-{unique_name('').hex()[:8]}"
+    runtimes.containerd.ctr(
+        "--namespace", f"ci-{container[6:]}", "run", "--rm", "--rootfs", str(runtimes.root),
+        container, "/creator", "fork", "900", name.hex(),
+    )  # fmt: skip
+    assert forks_by_labels(runtimes, name.decode()) == {("", "", "", container): 900}
