@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from procmond.naming.labels import CgroupLabels
-from procmond.text import quoted
+from procmond.text import one_word, quoted
 
 TICK_SECONDS = 1.0  # how often a busy host's counts are read
 CONFIRM_SECONDS = 0.5  # the tick after counting per process starts comes this much sooner
@@ -364,9 +364,13 @@ def describe_creator(view: CreatorView) -> str:
     where = [f"parent {c.ppid} {quoted(view.parent_comm)}"]
     unit, namespace, pod, container = (*view.labels, "", "", "", "")[:4]
     if unit:
-        where.append(f"unit {unit}")
-    if pod:
-        where.append(f"pod {namespace}/{pod}" + (f" container {container}" if container else ""))
+        where.append(f"unit {one_word(unit.encode())}")
+    in_container = f"container {one_word(container.encode())}" if container else ""
+    if pod:  # a Kubernetes pod, or a Podman pod (no namespace)
+        pod_name = one_word((f"{namespace}/{pod}" if namespace else pod).encode())
+        where.append(f"pod {pod_name} {in_container}".rstrip())
+    elif in_container:  # Docker, Podman, containerd or CRI-O outside Kubernetes
+        where.append(in_container)
     return (
         f"pid {c.pid} at {per_second(view.rate.forks_per_second)}/s {quoted(command)} "
         f"({', '.join(where)})"

@@ -317,13 +317,17 @@ def test_the_start_line_names_pid_command_line_parent_unit_and_pod() -> None:
             rate, "sh", "bash", "sh -c 'while :; do :& done'", ("cron.service", "", "", "")
         ),
         CreatorView(rate, 'we"ird', "bash", None, ("", "default", "web-1", "app")),
+        CreatorView(rate, "sh", "bash", None, ("", "", "", "ci job\n")),
+        CreatorView(rate, "sh", "bash", None, ("", "", "shop", "api")),
     ]
     line = started_line("sh", StormStarted(b"sh", 3000.4, (rate, rate)), 2000, views)
     assert line == (
         'fork storm: "sh" is creating 3000 processes/s (threshold 2000/s); top creators: '
         'pid 4242 at 3000/s "sh -c \'while :; do :& done\'" (parent 4000 "bash", unit '
         'cron.service); pid 4242 at 3000/s "[we\\"ird]" (parent 4000 "bash", pod '
-        "default/web-1 container app)"
+        'default/web-1 container app); pid 4242 at 3000/s "[sh]" (parent 4000 "bash", '
+        'container ci\\x20job\\x0a); pid 4242 at 3000/s "[sh]" (parent 4000 "bash", pod shop '
+        "container api)"
     )
     assert ended_line("sh", StormEnded(b"sh", 3725, 123, 4.5)) == (
         'fork storm over: "sh" created 123 processes in 1 h 2 min (peak 4.5/s)'
