@@ -330,6 +330,14 @@ def every_dashboard_query_runs_and_returns_data(
         prometheus.wait_until(
             f"{pod_creations} recorded", lambda: prometheus.query(pod_creations), 30
         )
+        # the top-containers panel: the pod's container, by name
+        by_container = (
+            "instance_namespace_pod_container:procmond_creations:rate1m"
+            f'{{container="{pod.container}"}}'
+        )
+        prometheus.wait_until(
+            f"{by_container} recorded", lambda: prometheus.query(by_container), 30
+        )
     finally:
         pod.remove()
     names = [unique_name(p) for p in ("dthr", "dspawn", "dfail")]

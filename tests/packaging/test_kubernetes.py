@@ -27,7 +27,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions, latest_version
 
-from procmond.config import load_config
+from procmond.config import Config, load_config
 from tests.e2e.harness import Daemon, build_creator, free_port, run_creator, unique_name
 from tests.packaging import daemonset_podman, kustomize
 from tests.packaging.shipped import REPO, RULES
@@ -277,6 +277,35 @@ def test_the_seccomp_component_makes_a_valid_unconfined_daemonset(
     shipped["securityContext"].pop("seccompProfile")
     c["image"] = shipped["image"]
     assert c == shipped
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_container_runtimes_component_mounts_exactly_the_configs_state_read_only(
+    tmp_path: Path, version: str
+) -> None:
+    """Names of containers outside Kubernetes: the directories of the config's default data
+    roots that hold them, read-only, and no runtime's socket."""
+    overlay = kustomize.overlay(tmp_path / "deploy", ["container-runtimes"])
+    daemonset = kustomize.build(overlay)["DaemonSet"]
+    kubernetes_validate.validate(daemonset, version, strict=True)
+    spec = daemonset["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    shipped = container()
+    added = [m for m in c["volumeMounts"] if m not in shipped["volumeMounts"]]
+    config = Config()
+    assert sorted(m["mountPath"] for m in added) == sorted(
+        [
+            f"{config.docker_root}/containers",
+            f"{config.containers_storage_root}/overlay-containers",
+            f"{config.containers_storage_root}/libpod",
+            f"{config.containerd_state}/io.containerd.runtime.v2.task",
+        ]
+    )
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for mount in added:
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["hostPath"]["path"] == mount["mountPath"]
+        assert not mount["mountPath"].endswith(".sock")
 
 
 def test_kustomization_tags_the_image_with_the_version() -> None:
