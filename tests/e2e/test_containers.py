@@ -139,3 +139,25 @@ def test_a_ctr_container_is_counted_exactly_by_its_id(runtimes: Runtimes) -> Non
         container, "/creator", "fork", "900", name.hex(),
     )  # fmt: skip
     assert forks_by_labels(runtimes, name.decode()) == {("", "", "", container): 900}
+
+
+def test_churn_of_containers_keeps_the_names_bounded(runtimes: Runtimes, tmp_path: Path) -> None:
+    """24 short jobs through a daemon whose tables hold 16 cgroups (max_entries 4, 4
+    counters): Docker's names, read ahead as each job is created, stay at 16."""
+    daemon = start_daemon(
+        tmp_path,
+        f"max_entries: 4\nhistograms: false\ndocker_root: {runtimes.docker.data_root}\n"
+        'containers_storage_root: ""\ncontainerd_state: ""\nnerdctl_root: ""\n',
+    )
+    try:
+        for n in range(24):
+            runtimes.docker.cli(
+                "run", "--rm", "--network=none", f"--name=churn-{n}-{unique_name('').hex()[:6]}",
+                IMAGE, "/bin/true",
+            )  # fmt: skip
+        m = daemon.scrape()
+        entries = m.value("procmond_table_entries", table="docker_names")
+        capacity = m.value("procmond_table_max_entries", table="docker_names")
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    assert (entries, capacity) == (16, 16)
