@@ -7,6 +7,7 @@ non-default data roots."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Daemon, start_daemon, unique_name, wait_until
+from tests.e2e.harness import Daemon, Watch, start_daemon, unique_name, wait_until
 from tests.e2e.runtimes import (
     RUNC_ULIMITS,
     Containerd,
@@ -161,3 +162,30 @@ def test_churn_of_containers_keeps_the_names_bounded(runtimes: Runtimes, tmp_pat
     finally:
         assert daemon.stop() == 0, daemon.log()
     assert (entries, capacity) == (16, 16)
+
+
+def test_watch_container_shows_that_containers_creations_from_its_first(
+    runtimes: Runtimes, tmp_path: Path
+) -> None:
+    """``watch --container NAME`` started before the container: every creation in it shows
+    (the creator's, and runc's as it sets the container up), nothing from outside it."""
+    config = tmp_path / "procmond.yaml"
+    config.write_text(f"containers_storage_root: {runtimes.podman.root}\n")
+    container, name = f"watched-{unique_name('').hex()[:8]}", unique_name("wct")
+    watch = Watch("--config", str(config), "--container", container)
+    try:
+        outside = [str(runtimes.root / "creator"), "fork", "3", name.hex()]
+        assert subprocess.run(outside, capture_output=True, timeout=30).returncode == 0
+        runtimes.podman.cli(
+            "run", "--rm", f"--name={container}", *RUNC_ULIMITS, IMAGE,
+            "/creator", "fork", "7", name.hex(),
+        )  # fmt: skip
+        mine = f"Process {name.decode()} "
+        lines, err, code = watch.finish(7, lambda line: line.startswith(mine))
+    finally:
+        if watch.process.poll() is None:
+            watch.stop()
+    assert code == 0, err
+    assert sum(ln.startswith(mine) for ln in lines) == 7
+    # the rest is runc setting the container up inside its cgroup
+    assert all(ln.startswith((mine, "Process runc:[")) for ln in lines), lines
