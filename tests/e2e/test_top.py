@@ -92,6 +92,7 @@ def test_batch_mode_prints_rates_and_the_top_creators_as_text(creator: Path) -> 
                 "PARENT": own_comm(),
                 "UNIT": "-",
                 "POD": "-",
+                "CONTAINER": "-",
             }
             assert frame.creators_of == name.decode()  # the first row is the selected one
             [top] = frame.creators
