@@ -81,6 +81,16 @@ def test_it_ships_the_rules_dashboard_man_page_and_changelog(deb: Path, unpacked
         assert packed[3] & 0x08 == 0 and packed[4:8] == b"\0\0\0\0", inside
 
 
+def test_it_ships_every_module_of_the_package(unpacked: Path) -> None:
+    """Subpackages too (procmond/naming/): a module left out breaks the installed daemon."""
+    source = Path(__file__).resolve().parents[2] / "procmond"
+    installed = unpacked / "usr/lib/python3/dist-packages/procmond"
+    modules = sorted(p.relative_to(source) for p in source.rglob("*.py"))
+    assert modules and all((installed / m).is_file() for m in modules), [
+        str(m) for m in modules if not (installed / m).is_file()
+    ]
+
+
 def test_control_fields(deb: Path) -> None:
     assert field(deb, "Version") == changelog("Version")
     assert field(deb, "Architecture") == "all"
