@@ -19,6 +19,10 @@ cgroup2 filesystem (64-bit kernels). This module turns such an id into labels:
   ``pod``/``container``, which name it better and stay the same across restarts.
 * **Names** for pod uids and container ids come from the node's own files
   (procmond/kubelet.py), never from the API server.
+* **Containers outside kubepods** (Docker, Podman, containerd, CRI-O) are recognised and named
+  by the runtimes of procmond/naming/, asked in turn for every path outside a kubepods tree:
+  a runtime's container gets ``container`` (and a Podman pod's ``pod``), never its scope as a
+  unit; one whose name is not found within ``link_grace`` gets its 12-hex short id.
 * **Bytes until named:** a cgroup's name is any bytes but "/" and NUL, not always UTF-8.
   Paths travel as Python makes them of bytes (surrogates for undecodable bytes), so that the
   directory can be found again; they become text only in :func:`parse_cgroup_path`, through
