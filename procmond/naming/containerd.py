@@ -31,7 +31,7 @@ _SCOPE = re.compile(r"^nerdctl-(?P<id>[0-9a-f]{64})\.scope$")
 
 class Containerd:
     name = "containerd"
-    watch_depth = 2  # <namespace>/<id>
+    watch_depth = 3  # io.containerd.runtime.v2.task/<namespace>/<id>
 
     def __init__(
         self,
@@ -81,15 +81,18 @@ class Containerd:
         return None
 
     def state_dirs(self) -> list[str]:
-        return [os.path.join(self.state, TASKS)] if self.state else []
+        return [self.state] if self.state and os.path.isdir(self.state) else []
+
+    def descend(self, relative: Sequence[str]) -> bool:
+        return relative[0] == TASKS
 
     def watched(self) -> list[Containerd]:
         return [self]
 
     def noticed(self, relative: Sequence[str]) -> None:
         """A task's directory made (before its cgroup): its path is a container's."""
-        if len(relative) == 2 and not {relative[0], relative[1]} & {".", ".."}:
-            self._tasks.put(f"{relative[0]}/{relative[1]}", True)
+        if len(relative) == 3 and relative[0] == TASKS:
+            self._tasks.put(f"{relative[1]}/{relative[2]}", True)
 
     def sizes(self) -> dict[str, tuple[int, int]]:
         return {

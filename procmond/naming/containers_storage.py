@@ -23,7 +23,7 @@ NEWEST = 64  # entries at a list's end taken as new when it changes
 
 class ContainerStore:
     name = "containers-storage"
-    watch_depth = 1  # <driver>-containers/containers.json
+    watch_depth = 2  # <driver>-containers/containers.json
 
     def __init__(self, root: str, capacity: int = 16384, refresh_interval: float = 1.0) -> None:
         self.root = root
@@ -67,7 +67,7 @@ class ContainerStore:
     def noticed(self, relative: Sequence[str]) -> None:
         """The list rewritten (it is replaced at each create): keep the new containers' names,
         which are at its end (a CI job removed before the next scrape is still named)."""
-        if list(relative) == ["containers.json"] and self._changed():
+        if len(relative) == 2 and relative[1] == "containers.json" and self._changed():
             self._read(None, newest=NEWEST)
 
     def _read(self, wanted: str | None, newest: int = 0) -> str | None:
@@ -106,7 +106,10 @@ class ContainerStore:
         return None
 
     def state_dirs(self) -> list[str]:
-        return [os.path.dirname(p) for p in self.lists()]
+        return [self.root] if self.root and os.path.isdir(self.root) else []
+
+    def descend(self, relative: Sequence[str]) -> bool:
+        return len(relative) == 1 and relative[0].endswith("-containers")
 
     def size(self) -> tuple[int, int]:
         return (len(self._names), self._names.capacity)

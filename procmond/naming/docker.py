@@ -24,7 +24,7 @@ _SCOPE = re.compile(r"^docker-(?P<id>[0-9a-f]{64})\.scope$")
 
 class Docker:
     name = "docker"
-    watch_depth = 2  # containers/<id>/config.v2.json
+    watch_depth = 3  # containers/<id>/config.v2.json
 
     def __init__(self, root: str = DEFAULT_ROOT, capacity: int = 16384) -> None:
         self.root = root
@@ -57,15 +57,18 @@ class Docker:
 
     def state_dirs(self) -> list[str]:
         """Where a new container shows first (watched for names ahead of their look-up)."""
-        return [os.path.join(self.root, "containers")] if self.root else []
+        return [self.root] if self.root and os.path.isdir(self.root) else []
+
+    def descend(self, relative: Sequence[str]) -> bool:
+        return relative[0] == "containers"
 
     def watched(self) -> list[Docker]:
         return [self]
 
     def noticed(self, relative: Sequence[str]) -> None:
         """config.v2.json written (at create, before the cgroup exists): read its name."""
-        if len(relative) == 2 and relative[1] == "config.v2.json":
-            self.read_name(relative[0])
+        if len(relative) == 3 and relative[0] == "containers" and relative[2] == "config.v2.json":
+            self.read_name(relative[1])
 
     def sizes(self) -> dict[str, tuple[int, int]]:
         return {"docker_names": (len(self._names), self._names.capacity)}

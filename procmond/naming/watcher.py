@@ -2,9 +2,13 @@
 
 A container that lives 2 s (a CI job's ``docker run --rm``) is often gone before the next
 scrape asks for its name, and its state goes with it. So the names are read as the runtime
-writes them: each runtime lists the directories to watch (``state_dirs``) and how deep below
-them new entries matter (``watch_depth``), and is told of every entry made there
-(``noticed``); it reads what it needs then (a size-limited file) into its bounded cache.
+writes them: each runtime names its data root (``state_dirs``), how deep below it new entries
+matter (``watch_depth``) and which directories lead there (``descend``: a root's image layers
+are never watched), and is told of every entry made there (``noticed``); it reads what it
+needs then (a size-limited file) into its bounded cache. The directories between the root and
+the names are watched too, so that a runtime used for the first time after procmond started
+(its ``containers/`` made then) is followed all the same; a root that does not exist when
+procmond starts is not.
 
 One thread blocks in ``read`` on one inotify descriptor; watches on a container's own
 directory go when the directory does (IN_IGNORED), and at most ``max_watches`` are held.
@@ -41,6 +45,10 @@ class Watched(Protocol):
     def state_dirs(self) -> list[str]: ...
 
     watch_depth: int
+
+    def descend(self, relative: Sequence[str]) -> bool:
+        """Whether the directory at ``relative`` can lead to names (and is watched)."""
+        ...
 
     def noticed(self, relative: Sequence[str]) -> None:
         """An entry was made or written at ``relative`` (path components below a state dir)."""
@@ -93,10 +101,10 @@ class StateWatcher:
             return
         for name, is_dir in children[: self._max_watches]:
             path = (*relative, name)
-            if is_dir and depth > 1:
-                self._add(runtime, path, os.path.join(directory, name), depth - 1)
-            else:
+            if not is_dir or depth == 1:
                 self._notice(runtime, path)
+            elif runtime.descend(path):
+                self._add(runtime, path, os.path.join(directory, name), depth - 1)
 
     def _notice(self, runtime: Watched, path: tuple[str, ...]) -> None:
         self.noticed += 1
@@ -136,11 +144,11 @@ class StateWatcher:
             runtime, relative, directory = watched
             name = os.fsdecode(raw)
             path = (*relative, name)
-            if mask & IN_ISDIR and len(path) < runtime.watch_depth:
+            if not mask & IN_ISDIR or len(path) == runtime.watch_depth:
+                self._notice(runtime, path)
+            elif runtime.descend(path):
                 depth = runtime.watch_depth - len(path)
                 self._add(runtime, path, os.path.join(directory, name), depth)
-            else:
-                self._notice(runtime, path)
 
     def stop(self) -> None:
         if self._thread is not None:

@@ -51,9 +51,6 @@ def runtimes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtimes]:
         stops.append(podman.stop)
         import_image(root, "docker", f"--host=unix://{docker.socket}")
         import_image(root, *podman.cli_args())
-        # a runtime used before procmond starts has its state directories (watched from then)
-        podman.cli("rm", podman.cli("create", IMAGE, "/bin/true").stdout.strip())
-        containerd.ctr("run", "--rm", "--rootfs", str(root), "warm-up", "/bin/true")
         daemon = start_daemon(
             base,
             f"docker_root: {docker.data_root}\n"
@@ -189,3 +186,15 @@ def test_watch_container_shows_that_containers_creations_from_its_first(
     assert sum(ln.startswith(mine) for ln in lines) == 7
     # the rest is runc setting the container up inside its cgroup
     assert all(ln.startswith((mine, "Process runc:[")) for ln in lines), lines
+
+
+def test_a_short_lived_podman_run_rm_job_is_named_after_it_is_gone(runtimes: Runtimes) -> None:
+    """The same for Podman, whose container list appeared only after procmond started (the
+    store's ``vfs-containers/`` is made at its first container)."""
+    name, container = unique_name("pjb"), f"pjob-{unique_name('').hex()[:8]}"
+    runtimes.podman.cli(
+        "run", "--rm", f"--name={container}", *RUNC_ULIMITS, IMAGE,
+        "/creator", "fork", "60", "--rate", "30", name.hex(),
+    )  # fmt: skip
+    assert runtimes.podman.cli("ps", "-aq", f"--filter=name={container}").stdout == ""
+    assert forks_by_labels(runtimes, name.decode()) == {("", "", "", container): 60}
