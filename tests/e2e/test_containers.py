@@ -7,6 +7,7 @@ non-default data roots."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.cgroup_tree import Pod
 from tests.e2e.harness import Daemon, Watch, start_daemon, unique_name, wait_until
 from tests.e2e.runtimes import (
     RUNC_ULIMITS,
@@ -198,3 +200,40 @@ def test_a_short_lived_podman_run_rm_job_is_named_after_it_is_gone(runtimes: Run
     )  # fmt: skip
     assert runtimes.podman.cli("ps", "-aq", f"--filter=name={container}").stdout == ""
     assert forks_by_labels(runtimes, name.decode()) == {("", "", "", container): 60}
+
+
+def test_a_kubelet_cgroup_laid_out_by_ctr_is_named_by_the_kubelets_files(
+    runtimes: Runtimes,
+) -> None:
+    """A real runtime lays out a pod's container cgroup, as the kubelet has containerd do
+    (``ctr run --cgroup /kubepods/burstable/pod<uid>/<id>``); the kubelet's log files name it,
+    and the runtimes do not (under kubepods the kubelet's names win)."""
+    pod, name = Pod(), unique_name("kpd")
+    mounts = cgroup_mounts()
+    parents = ["/kubepods", "/kubepods/burstable", f"/kubepods/burstable/pod{pod.uid}"]
+    made = [m / p.lstrip("/") for m in mounts for p in parents if not (m / p.lstrip("/")).exists()]
+    try:
+        pod.write_pod_dir(Path("/var/log/pods"))
+        pod.write_link(Path("/var/log/pods"), Path("/var/log/containers"))
+        runtimes.containerd.ctr(
+            "--namespace", "k8s.io", "run", "--rm",
+            "--cgroup", f"{pod.cgroup('cgroupfs', 'burstable')}/{pod.container_id}",
+            "--rootfs", str(runtimes.root),
+            pod.container_id, "/creator", "fork", "800", name.hex(),
+        )  # fmt: skip
+        labels = ("", pod.namespace, pod.name, pod.container)
+        assert forks_by_labels(runtimes, name.decode()) == {labels: 800}
+    finally:
+        pod.remove()
+        for directory in sorted(made, key=lambda d: -len(d.parts)):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+def cgroup_mounts() -> list[Path]:
+    """Every mounted cgroup hierarchy (runc makes a container's cgroup in each)."""
+    return [
+        Path(line.split()[4])
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split(" - ")[1].split()[0] in ("cgroup", "cgroup2")
+    ]
