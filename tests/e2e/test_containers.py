@@ -134,11 +134,17 @@ def test_a_short_lived_docker_run_rm_job_is_named_after_it_is_gone(
 
 def test_a_ctr_container_is_counted_exactly_by_its_id(runtimes: Runtimes) -> None:
     name, container = unique_name("ctr"), f"build-{unique_name('').hex()[:8]}"
-    runtimes.containerd.ctr(
-        "--namespace", f"ci-{container[6:]}", "run", "--rm", "--rootfs", str(runtimes.root),
-        container, "/creator", "fork", "900", name.hex(),
-    )  # fmt: skip
-    assert forks_by_labels(runtimes, name.decode()) == {("", "", "", container): 900}
+    namespace = f"ci-{container[6:]}"
+    try:
+        runtimes.containerd.ctr(
+            "--namespace", namespace, "run", "--rm", "--rootfs", str(runtimes.root),
+            container, "/creator", "fork", "900", name.hex(),
+        )  # fmt: skip
+        assert forks_by_labels(runtimes, name.decode()) == {("", "", "", container): 900}
+    finally:  # runc removes the container's cgroups, not the namespace's parent
+        for mount in cgroup_mounts():
+            with contextlib.suppress(OSError):
+                (mount / namespace).rmdir()
 
 
 def test_churn_of_containers_keeps_the_names_bounded(runtimes: Runtimes, tmp_path: Path) -> None:
