@@ -245,7 +245,14 @@ def test_restart_mid_load_misses_nothing_and_stop_unpins(
     assert forks_of(scrape(box), name) == 2400
     journal = box.run("journalctl", "-u", "procmond", "-o", "cat", "--since", since).stdout
     assert "adopted the probe pinned at /sys/fs/bpf/procmond/" in journal
-    assert "WARNING" not in journal, journal  # pinned, and its counts saved in StateDirectory
+    # pinned, and its counts saved in StateDirectory, with no warning (the host's own fork
+    # storms, which the daemon reports as it should, are not this test's)
+    warnings = [
+        line
+        for line in journal.splitlines()
+        if line.startswith("WARNING") and not line.startswith("WARNING fork storm:")
+    ]
+    assert warnings == [], journal
     assert list(box.path("/var/lib/procmond").glob("state-*.json"))
     # A crash keeps the probe counting; systemd's restart adopts it.
     restarts = show(box, "NRestarts")["NRestarts"]
