@@ -23,7 +23,6 @@ import ctypes
 import datetime
 import os
 import platform
-import secrets
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from benchmarks import measures
 from benchmarks.configurations import Daemon, scratch_dir
 from procmond.cgroups import read_layout
 from tests.support.exposition import Exposition
+from tests.support.names import unique_name
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Watched], float]:
         codes.append((args.baseline, extract(args.baseline, workdir / "baseline")))
     watched: list[Watched] = []
     top = layout.v2.mount_point / f"procmond-churn-{os.getpid()}.slice"
-    churner = Churner(top, ("churn" + secrets.token_hex(4)).encode())
+    churner = Churner(top, unique_name("churn")[:13])
     try:
         for code, source in codes:
             for max_entries in (None, args.small_max_entries):
