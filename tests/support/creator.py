@@ -9,10 +9,13 @@ from pathlib import Path
 CREATOR_SOURCE = Path(__file__).resolve().parents[1] / "helpers" / "creator.c"
 
 
-def build_creator(out_dir: Path) -> Path:
+def build_creator(out_dir: Path, static: bool = False) -> Path:
+    """``out_dir``/creator; ``static``: linked statically, to run in a container's bare root."""
     binary = out_dir / "creator"
+    linking = ["-static"] if static else []
     subprocess.run(
-        ["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(CREATOR_SOURCE)], check=True
+        ["gcc", *linking, "-O2", "-Wall", "-pthread", "-o", str(binary), str(CREATOR_SOURCE)],
+        check=True,
     )
     return binary
 
