@@ -23,7 +23,6 @@ import ctypes
 import datetime
 import os
 import platform
-import secrets
 import shutil
 import subprocess
 import sys
@@ -32,11 +31,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from benchmarks import measures
 from benchmarks.configurations import Daemon, scratch_dir
 from procmond.cgroups import read_layout
+from tests.support.exposition import Exposition
+from tests.support.names import unique_name
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -216,19 +215,11 @@ class Watched:
         memory = measures.memory(self.daemon.pid or 0)
         self.rss_kib[checkpoint] = memory.rss_kib
         self.anon_kib[checkpoint] = memory.anon_kib
-        text = self.scrape()
-        series = 0
-        entries: dict[str, int] = {}
-        capacity: dict[str, int] = {}
-        for family in text_string_to_metric_families(text):
-            if family.name == "procmond_forks":
-                series = sum(1 for s in family.samples if s.name == "procmond_forks_total")
-            elif family.name == "procmond_table_entries":
-                entries = {s.labels["table"]: int(s.value) for s in family.samples}
-            elif family.name == "procmond_table_max_entries":
-                capacity = {s.labels["table"]: int(s.value) for s in family.samples}
-        self.series[checkpoint] = series
-        self.caches[checkpoint] = {k: (v, capacity.get(k, 0)) for k, v in entries.items()}
+        scraped = Exposition(self.scrape())
+        entries = scraped.by_label("procmond_table_entries", "table")
+        capacity = scraped.by_label("procmond_table_max_entries", "table")
+        self.series[checkpoint] = len(scraped.series("procmond_forks_total"))
+        self.caches[checkpoint] = {k: (int(v), int(capacity.get(k, 0))) for k, v in entries.items()}
 
 
 def _config(max_entries: int | None) -> str:
@@ -250,7 +241,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Watched], float]:
         codes.append((args.baseline, extract(args.baseline, workdir / "baseline")))
     watched: list[Watched] = []
     top = layout.v2.mount_point / f"procmond-churn-{os.getpid()}.slice"
-    churner = Churner(top, ("churn" + secrets.token_hex(4)).encode())
+    churner = Churner(top, unique_name("churn")[:13])
     try:
         for code, source in codes:
             for max_entries in (None, args.small_max_entries):

@@ -13,21 +13,19 @@ import os
 import re
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from benchmarks import measures
+from tests.support import launcher
+from tests.support.exposition import Exposition
+from tests.support.launcher import free_port, procmond_command
 
 HERE = Path(__file__).resolve().parent
 PROTOTYPE = HERE / "prototype.py"
@@ -40,19 +38,6 @@ DAEMON_METRIC = {
     "spawn": "procmond_forks_total",
     "thread": "procmond_threads_created_total",
 }
-
-
-def procmond_command() -> list[str]:
-    """The installed ``procmond`` script beside this interpreter (the venv's), as an operator
-    runs it; ``python -m procmond`` where there is none."""
-    script = Path(sys.executable).with_name("procmond")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "procmond"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _read_line(stream: object, deadline: float) -> str:
@@ -176,60 +161,45 @@ class Daemon(Configuration):
         self.config_text = config_text
         self.source = source  # a tree whose procmond to run (python -m, from there); None: ours
         self.log_path = workdir / f"procmond-{self.port}.log"
+        self.served: launcher.Daemon | None = None
         self._before: dict[str, tuple[float, float]] = {}
         self._counted: dict[str, int] = {}
         self._overflowed: dict[str, int] = {}
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
-
     def _launch(self) -> None:
-        config = self.workdir / f"procmond-{self.port}.yaml"
-        config.write_text(f'listen: "127.0.0.1:{self.port}"\n{self.config_text}')
-        with self.log_path.open("wb") as log:
-            command = [sys.executable, "-m", "procmond"] if self.source else procmond_command()
-            self.process = subprocess.Popen(
-                [*command, "run", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.source,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
-                    response.read()
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.01)
-        raise RuntimeError(f"procmond not serving after 60 s: {self.log()}")
+        daemon = launcher.launch(
+            self.workdir,
+            self.config_text,
+            self.port,
+            command=launcher.PROCMOND if self.source else procmond_command(),
+            cwd=self.source,
+            pinned=True,  # as an operator runs it: the default pin root
+            name=f"procmond-{self.port}",
+        )
+        self.process, self.served = daemon.process, daemon
+        launcher.wait_serving(daemon, timeout=60, poll=0.01)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def scrape_text(self) -> str:
-        with urllib.request.urlopen(self.url, timeout=30) as response:
-            return response.read().decode()
+        assert self.served is not None, "scraped before it started"
+        return self.served.scrape_text(timeout=30)
+
+    def scrape(self) -> Exposition:
+        return Exposition(self.scrape_text())
 
     def creations(self, comm: str, path: str) -> tuple[float, float]:
         """procmond's count for this command and path, summed over parent_comm, and its
         overflow count for that map. Fails if the scrape could not read every map."""
         metric = DAEMON_METRIC[path]
-        map_name = metric.removeprefix("procmond_")
-        total = overflow = 0.0
-        for family in text_string_to_metric_families(self.scrape_text()):
-            for sample in family.samples:
-                if sample.name == metric and sample.labels.get("comm") == comm:
-                    total += sample.value
-                elif (
-                    sample.name == "procmond_map_overflow_events_total"
-                    and sample.labels.get("map") == map_name
-                ):
-                    overflow = sample.value
-                elif sample.name == "procmond_scrape_success" and sample.value != 1:
-                    raise RuntimeError(f"procmond could not read its maps: {self.log()}")
+        scraped = self.scrape()
+        if scraped.get("procmond_scrape_success") not in (None, 1):
+            raise RuntimeError(f"procmond could not read its maps: {self.log()}")
+        total = scraped.by_label(metric, "comm").get(comm, 0.0)
+        overflow = scraped.value(
+            "procmond_map_overflow_events_total", map=metric.removeprefix("procmond_")
+        )
         return total, overflow
 
     def before_load(self, comm: str, path: str) -> None:
@@ -238,24 +208,15 @@ class Daemon(Configuration):
     def program_stats(self) -> dict[str, tuple[float, float]]:
         """{probe: (run time in ns, runs)} of each of its BPF programs, as it serves them
         (counted while BPF statistics are on)."""
-        stats: dict[str, list[float]] = {}
-        for family in text_string_to_metric_families(self.scrape_text()):
-            if family.name not in ("procmond_bpf_program_run_seconds", "procmond_bpf_program_runs"):
-                continue
-            for sample in family.samples:
-                both = stats.setdefault(sample.labels["probe"], [0.0, 0.0])
-                if family.name == "procmond_bpf_program_runs":
-                    both[1] = sample.value
-                else:
-                    both[0] = sample.value * 1e9
-        return {probe: (ns, runs) for probe, (ns, runs) in stats.items()}
+        scraped = self.scrape()
+        seconds = scraped.by_label("procmond_bpf_program_run_seconds_total", "probe")
+        runs = scraped.by_label("procmond_bpf_program_runs_total", "probe")
+        probes = {*seconds, *runs}
+        return {p: (seconds.get(p, 0.0) * 1e9, runs.get(p, 0.0)) for p in probes}
 
     def counting_per_process(self) -> bool:
         """Whether a storm is suspected or going on (the probe counts per process)."""
-        for family in text_string_to_metric_families(self.scrape_text()):
-            if family.name == "procmond_storm_process_counting":
-                return any(s.value == 1 for s in family.samples)
-        return False
+        return 1 in self.scrape().series("procmond_storm_process_counting").values()
 
     def wait_for_counting(self, on: bool, timeout: float, poke: bool = False) -> None:
         """Until per-process counting is ``on`` (or off); ``poke``: create a process at each

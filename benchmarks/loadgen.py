@@ -1,15 +1,17 @@
-"""The load: loadgen.c, compiled here, creating processes and threads under names nothing else
-on the host has, so that what each configuration counted can be checked against it."""
+"""The load: the tests' creator (tests/helpers/creator.c, its burst, syscalls, names and steady
+forms), compiled here, creating processes and threads under names nothing else on the host
+has, so that what each configuration counted can be checked against it."""
 
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parent / "loadgen.c"
+from tests.support.creator import build_creator
+from tests.support.names import unique_name
+
 PATHS = ("fork", "vfork", "clone3", "spawn", "thread")
 
 
@@ -30,23 +32,19 @@ class Load:
 
 def unique_comm(tag: str) -> str:
     """A command name (at most 15 bytes) that no other program on the host has."""
-    return f"bm{secrets.token_hex(5)}{tag}"[:15]
+    return unique_name("bm", tag).decode()
 
 
 class LoadGenerator:
     def __init__(self, build_dir: Path) -> None:
-        self.binary = build_dir / "loadgen"
-        subprocess.run(
-            ["gcc", "-O2", "-Wall", "-pthread", "-o", str(self.binary), str(SOURCE)],
-            check=True,
-        )
+        self.binary = build_creator(build_dir)
 
     def _run(self, *args: str, timeout: float) -> Load:
         result = subprocess.run(
             [str(self.binary), *args], capture_output=True, text=True, timeout=timeout
         )
         if result.returncode != 0:
-            raise RuntimeError(f"loadgen {' '.join(args)} failed: {result.stderr}")
+            raise RuntimeError(f"creator {' '.join(args)} failed: {result.stderr}")
         data = json.loads(result.stdout)
         return Load(
             data["mode"], data["workers"], data["created"], data["seconds"], data["per_mode"]
@@ -88,7 +86,7 @@ class LoadGenerator:
     def steady_result(process: subprocess.Popen[str], timeout: float) -> Load:
         out, err = process.communicate(timeout=timeout)
         if process.returncode != 0:
-            raise RuntimeError(f"loadgen steady failed: {err}")
+            raise RuntimeError(f"creator steady failed: {err}")
         data = json.loads(out)
         return Load(
             data["mode"], data["workers"], data["created"], data["seconds"], data["per_mode"]

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from benchmarks import measures
 from benchmarks.configurations import CONFIGURATIONS, Configuration, Daemon
 from benchmarks.loadgen import PATHS, LoadGenerator, unique_comm
 from procmond.programs import statistics_on
+from tests.support.names import unique_name
 
 Log = Callable[[str], None]
 
@@ -256,7 +256,7 @@ def scrape_latency(
     started = daemon.start(settle)
     assert daemon.pid is not None
     try:
-        prefix = f"s{secrets.token_hex(3)}"
+        prefix = unique_name("s").decode()[:7]
         made = gen.names(series, prefix, unique_comm("x"))
         # Making the series is a fork storm by the default threshold: the scrapes are timed
         # once the daemon has seen it end, as a host's scrapes mostly are.

@@ -1,146 +1,53 @@
 """Test harness for the real thing: the procmond daemon as a subprocess, scraped over HTTP,
-and the creator helper (tests/helpers/creator.c) making processes under unique names."""
+and the creator helper (tests/helpers/creator.c) making processes under unique names. The
+launcher, the parser, the names and the creator are shared with the benchmarks
+(tests/support); this adds what only tests need, and keeps every name tests import here."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
 import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from procmond.config import CGROUP_LABELS
 from procmond.metrics import COUNTERS, OVERFLOW_LABEL_VALUE
+from tests.support.creator import CREATOR_SOURCE, build_creator, run_creator
+from tests.support.exposition import Exposition
+from tests.support.launcher import (
+    PROCMOND,
+    PROCMOND_SCRIPT,
+    Daemon,
+    free_port,
+    launch,
+    start_daemon,
+    wait_serving,
+    wait_until,
+)
+from tests.support.names import unique_name
 
 REPO = Path(__file__).resolve().parents[2]
-CREATOR_SOURCE = REPO / "tests" / "helpers" / "creator.c"
-PROCMOND = [sys.executable, "-m", "procmond"]
-# The installed command, as a user runs it: unlike `python -m`, it does not import from the
-# working directory, so it can be started from anywhere.
-PROCMOND_SCRIPT = [str(Path(sys.executable).with_name("procmond"))]
 
-T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll ``predicate`` until it returns something true, and return that; fail after
-    ``timeout`` seconds naming ``what`` was awaited. For waiting on output, never a sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}, in vain")
-        time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def unique_name(prefix: str = "pm") -> bytes:
-    """A 15-byte-or-shorter comm no other program on the host has."""
-    return (prefix + secrets.token_hex(5))[:15].encode()
-
-
-def build_creator(out_dir: Path) -> Path:
-    binary = out_dir / "creator"
-    subprocess.run(
-        ["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(CREATOR_SOURCE)], check=True
-    )
-    return binary
-
-
-class Exposition:
-    """One scrape, parsed by prometheus_client's own parser."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                self.samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-
-    def get(self, name: str, **labels: str) -> float | None:
-        """The sample with exactly these labels; or, where the query names none of the cgroup
-        labels (unit, namespace, pod, container), the sum over them: what the series count
-        in whichever cgroup the test runs. None when no series matches."""
-        exact = self.samples.get((name, tuple(sorted(labels.items()))))
-        if exact is not None or set(labels) & set(CGROUP_LABELS):
-            return exact
-        found = [
-            v
-            for (n, series), v in self.samples.items()
-            if n == name
-            and {k for k, _ in series} == set(labels) | set(CGROUP_LABELS)
-            and all(dict(series)[k] == want for k, want in labels.items())
-        ]
-        return sum(found) if found else None
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sample's value; 0 when the series does not exist (a counter never incremented)."""
-        return self.get(name, **labels) or 0.0
-
-    def series(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-        return {labels: v for (n, labels), v in self.samples.items() if n == name}
-
-    def total(self, name: str) -> float:
-        return sum(self.series(name).values())
-
-
-@dataclass
-class Daemon:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-    config_path: Path
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, count: int = 1, timeout: float = 10) -> str:
-        """Wait until ``text`` appears ``count`` times in the log; return the log."""
-        wait_until(
-            lambda: self.log().count(text) >= count or self.process.poll() is not None,
-            timeout,
-            f"{text!r} x{count} in the daemon's log",
-        )
-        log = self.log()
-        assert log.count(text) >= count, f"daemon exited {self.process.returncode}:\n{log}"
-        return log
-
-    def scrape(self) -> Exposition:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
-            return Exposition(response.read().decode())
-
-    def stop(self, sig: int = 15, timeout: float = 10) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(f"daemon ignored signal {sig}; log:\n{self.log()}") from None
-        return self.process.returncode
+__all__ = [
+    "CREATOR_SOURCE",
+    "PROCMOND",
+    "PROCMOND_SCRIPT",
+    "REPO",
+    "Daemon",
+    "Exposition",
+    "SeriesFlow",
+    "Watch",
+    "build_creator",
+    "created_on_host",
+    "free_port",
+    "launch",
+    "own_comm",
+    "procmond",
+    "run_creator",
+    "start_daemon",
+    "unique_name",
+    "wait_serving",
+    "wait_until",
+]
 
 
 class SeriesFlow:
@@ -202,56 +109,6 @@ class SeriesFlow:
         assert counted <= made <= counted + overflowed, (counted, made, overflowed)
 
 
-def start_daemon(
-    tmp: Path,
-    config_text: str = "",
-    port: int | None = None,
-    env: dict[str, str] | None = None,
-    ready_timeout: float = 30,
-    tls: bool = False,
-    args: Sequence[str] = (),
-    command: Sequence[str] = PROCMOND,
-    cwd: Path | None = None,
-    listen_in_file: bool = True,
-) -> Daemon:
-    """Start ``procmond run`` and wait until it serves: a plain scrape answers or, with TLS,
-    the daemon has logged that it serves (the test then scrapes with its own certificates).
-    ``args`` follow ``run --config FILE``; the file says to listen on ``port``, unless
-    ``listen_in_file`` is false (then the test sets the address itself)."""
-    port = port or free_port()
-    config = tmp / "procmond.yaml"
-    listen = f'listen: "127.0.0.1:{port}"\n' if listen_in_file else ""
-    # No pinning unless the test asks for it (tests/e2e/test_pins.py, in a bpffs of its own):
-    # a daemon must not adopt the probe another test, or another run on the host, left.
-    pins = "" if "pin_root:" in config_text else 'pin_root: ""\n'
-    config.write_text(listen + pins + config_text)
-    log_path = tmp / "procmond.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [*command, "run", "--config", str(config), *args],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-        )
-    daemon = Daemon(process, port, log_path, config)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"daemon exited {process.returncode}:\n{daemon.log()}")
-        try:
-            if not tls:
-                daemon.scrape()
-                return daemon
-            if "serving https://" in daemon.log():
-                return daemon
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.05)
-    daemon.stop(9)
-    raise AssertionError(f"daemon not serving after {ready_timeout} s:\n{daemon.log()}")
-
-
 class Watch:
     """``procmond watch`` as a subprocess: started once its probe is attached, its output
     lines collected as they come, so a test waits for the lines it expects."""
@@ -299,16 +156,6 @@ class Watch:
         code = self.process.wait(timeout=10)
         self._reader.join(timeout=10)
         return self.process.stderr.read().decode("utf-8", "replace"), code
-
-
-def run_creator(
-    creator: Path, mode: str, count: int, names: list[bytes], *options: str
-) -> subprocess.CompletedProcess:
-    args = [str(creator), mode, str(count), *options, *(n.hex() for n in names)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-1] == str(count * len(names)), result.stdout
-    return result
 
 
 def procmond(

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.e2e.harness import CREATOR_SOURCE, wait_until
+from tests.e2e.harness import build_creator, wait_until
 
 BUSYBOX = Path("/bin/busybox")
 RUNC_ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
@@ -24,18 +24,7 @@ def make_root(directory: Path) -> Path:
     shutil.copy(BUSYBOX, directory / "bin" / "busybox")
     for tool in ("sh", "sleep", "true"):
         (directory / "bin" / tool).symlink_to("busybox")
-    subprocess.run(
-        [
-            "gcc",
-            "-static",
-            "-O2",
-            "-pthread",
-            "-o",
-            str(directory / "creator"),
-            str(CREATOR_SOURCE),
-        ],
-        check=True,
-    )
+    build_creator(directory, static=True)
     for empty in ("proc", "sys", "dev", "etc", "tmp"):
         (directory / empty).mkdir()
     return directory

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.e2e import bpf_objects
-from tests.e2e.harness import PROCMOND, Daemon, free_port, wait_until
+from tests.e2e.harness import Daemon, launch, wait_until
 
 HUP_INSTANTS = (0.0, 0.01, 0.05, 0.1, 0.3)  # seconds after procmond holds its signals
 REPEATS = 3
@@ -26,15 +25,7 @@ HELD = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
 def spawn(tmp: Path) -> Daemon:
     """``procmond run`` started, not waited for."""
     tmp.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = tmp / "procmond.yaml"
-    config.write_text(f'listen: "127.0.0.1:{port}"\n')
-    log_path = tmp / "procmond.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [*PROCMOND, "run", "--config", str(config)], stdout=log_file, stderr=subprocess.STDOUT
-        )
-    return Daemon(process, port, log_path, config)
+    return launch(tmp, pinned=True)
 
 
 def _mask(pid: int, field: str) -> int:

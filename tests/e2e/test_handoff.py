@@ -4,7 +4,6 @@ reads the maps by descriptor, and frees everything in the kernel when it stops."
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from procmond.bpfmap import BPFMap, possible_cpus
 from procmond.config import Config
 from procmond.metrics import daemon_maps
 from tests.e2e.bpf_objects import MAP_IDS, PROG_IDS, held_by, loaded
-from tests.e2e.harness import PROCMOND, free_port, run_creator, start_daemon, unique_name
+from tests.e2e.harness import launch, run_creator, start_daemon, unique_name
 
 
 def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -> None:
@@ -82,11 +81,7 @@ def test_batched_and_key_by_key_reads_agree(creator: Path) -> None:
 def test_a_daemon_killed_while_loading_leaves_nothingloaded(tmp_path: Path) -> None:
     """SIGKILL while the loader child compiles: whichever side is left frees the probe."""
     before = loaded(MAP_IDS)
-    config = tmp_path / "c.yaml"
-    config.write_text(f'listen: "127.0.0.1:{free_port()}"\n')
-    daemon = subprocess.Popen(
-        [*PROCMOND, "run", "--config", str(config)], stderr=subprocess.DEVNULL
-    )
+    daemon = launch(tmp_path, pinned=True).process
     children: list[str] = []
     deadline = time.monotonic() + 30
     while not children and time.monotonic() < deadline:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.e2e.harness import PROCMOND, Exposition
+from tests.e2e.harness import PROCMOND, Exposition, start_daemon
 
 ADDRESS = "10.123.45.67"
 NOT_ON_HOST = (
@@ -35,27 +34,21 @@ def check_config(in_its_network: list[str], config: Path) -> subprocess.Complete
 
 
 def test_an_address_that_comes_up_after_start_is_served(tmp_path: Path) -> None:
-    config = tmp_path / "procmond.yaml"
-    # No pinning (as tests/e2e/harness.py): without bpffs it would be a warning of its own.
-    config.write_text(f'listen: "{ADDRESS}:10057"\npin_root: ""\n')
-    log = tmp_path / "procmond.log"
     # A network of its own, with loopback up (with no interface up, any address binds) but not
     # the address; the shell execs procmond, which keeps its pid.
     start = 'ip link set lo up && exec "$@"'
-    command = ["unshare", "--net", "--", "sh", "-c", start, "sh", *PROCMOND, "run"]
-    with log.open("wb") as out:
-        daemon = subprocess.Popen(
-            [*command, "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
-        )
+    daemon = start_daemon(
+        tmp_path,
+        f'listen: "{ADDRESS}:10057"\n',
+        command=["unshare", "--net", "--", "sh", "-c", start, "sh", *PROCMOND],
+        listen_in_file=False,
+        logged=f"serving http://{ADDRESS}:10057/metrics",
+    )
+    config, log = daemon.config_path, daemon.log_path
     try:
-        deadline = time.monotonic() + 30
-        while f"serving http://{ADDRESS}:10057/metrics" not in log.read_text():
-            assert daemon.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         warnings = [line for line in log.read_text().splitlines() if "WARNING" in line]
         assert [line.split(" WARNING ", 1)[1] for line in warnings] == [NOT_ON_HOST]
-        in_its_network = ["nsenter", "--target", str(daemon.pid), "--net", "--"]
+        in_its_network = ["nsenter", "--target", str(daemon.process.pid), "--net", "--"]
         checked = check_config(in_its_network, config)
         assert checked.returncode == 0, checked.stderr  # a warning: the unit runs it at boot
         assert checked.stderr == f"procmond: config warning: {config}: {NOT_ON_HOST}\n"
@@ -74,5 +67,4 @@ def test_an_address_that_comes_up_after_start_is_served(tmp_path: Path) -> None:
         )
         assert Exposition(scraped.stdout).value("procmond_scrape_success") == 1
     finally:
-        daemon.terminate()
-        assert daemon.wait(10) == 0, log.read_text()
+        assert daemon.stop() == 0, log.read_text()

@@ -1,6 +1,7 @@
-/* creator: creates processes or threads by one chosen path, under chosen command names, so
- * tests can count them exactly (no other program on the host has these names) and benchmarks
- * can drive load.
+/* creator: creates processes or threads by one chosen path, under chosen command names that no
+ * other program on the host has, so tests can count them exactly and the benchmarks can compare
+ * every monitor's count with what was really created. One program for both: the tests use the
+ * first form, the benchmarks (benchmarks/loadgen.py) the other four.
  *
  *   creator MODE COUNT [options] NAME_HEX...
  *     MODE         fork | vfork | clone3 | spawn | thread, or badclone3 (a clone3 call that
@@ -31,9 +32,28 @@
  *     --clone3-enosys      before creating, install a seccomp filter that answers clone3 with
  *                          ENOSYS, as Docker 20.10's default profile does: glibc then falls
  *                          back to clone (for pthread_create, fork and posix_spawn alike)
+ *   Prints "done N" with N the creations made (with --tolerate-failures: "done N failed M").
+ *   Exits 1 on any failed creation otherwise (badclone3 must fail with EINVAL).
  *
- * Prints "done N" with N the creations made (with --tolerate-failures: "done N failed M").
- * Exits 1 on any failed creation otherwise (badclone3 must fail with EINVAL).
+ *   creator burst MODE SECONDS WORKERS NAME_HEX [MIB]
+ *       WORKERS processes (forked first, under the program's own name), each renamed to NAME
+ *       and released together, create by MODE (fork | vfork | clone3 | spawn | thread) back
+ *       to back for SECONDS. MIB: memory each worker writes before it starts (0), which a
+ *       fork copies the page tables of, as a server's fork does
+ *   creator names COUNT PREFIX_HEX EXIT_NAME_HEX
+ *       one process renames itself COUNT times (PREFIX + a decimal index) and forks once under
+ *       each name; the children rename to EXIT_NAME before exiting, so each name makes one
+ *       procmond_forks_total series and nothing else.
+ *   creator syscalls SECONDS WORKERS
+ *       WORKERS processes calling getppid() back to back for SECONDS: what any syscall costs
+ *       while a probe is attached to syscall tracepoints (those put every task on the
+ *       kernel's syscall-tracing path, not only the callers of the traced syscalls).
+ *   creator steady SECONDS RATE NAMES NAME_HEX
+ *       one process, RATE creations a second for SECONDS, cycling fork, vfork, clone3, spawn
+ *       and thread, and cycling through NAMES names (NAME + a decimal index).
+ *   These four print one JSON object: {"mode": ..., "created": N, "seconds": S,
+ *   "per_mode": {...}}, where S is the wall time from the release of the first worker to the
+ *   end of the last one. They exit 1 on any failed creation.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -59,7 +79,15 @@
 
 extern char **environ;
 
+/* The paths of creation; the first five are the ones a program takes to make a process or a
+ * thread (the benchmarks' paths, which `steady` cycles through). */
+enum mode { FORK, VFORK, CLONE3, SPAWN, THREAD, PATH_COUNT, BADCLONE3 = PATH_COUNT, IOURING,
+            MODE_COUNT, SYSCALLS = MODE_COUNT };
+static const char *const MODE_NAMES[MODE_COUNT + 1] = {
+    "fork", "vfork", "clone3", "spawn", "thread", "badclone3", "iouring", "syscalls"};
+
 static int child_sleep_ms;
+static const char *child_exit_name; /* fork/clone3 children rename to it before exiting */
 static const char *exec_path = "/bin/true";
 
 static void die(const char *what)
@@ -70,6 +98,8 @@ static void die(const char *what)
 
 static void child_body(void)
 {
+    if (child_exit_name)
+        prctl(PR_SET_NAME, child_exit_name, 0, 0, 0);
     if (child_sleep_ms) {
         struct timespec ts = {child_sleep_ms / 1000, (long)(child_sleep_ms % 1000) * 1000000};
         nanosleep(&ts, NULL);
@@ -183,40 +213,58 @@ static void *thread_body(void *arg)
     return arg;
 }
 
-static pid_t create_one(const char *mode)
+static int parse_mode(const char *name, int paths_only)
+{
+    for (int m = 0; m < (paths_only ? PATH_COUNT : MODE_COUNT); m++)
+        if (!strcmp(name, MODE_NAMES[m]))
+            return m;
+    return -1;
+}
+
+/* One creation by `mode`: the child's pid (to reap), 0 when nothing is left to reap (a thread
+ * joined, an io_uring closed, badclone3), -1 with errno on failure. */
+static pid_t create_one(enum mode mode)
 {
     pid_t pid;
-    if (!strcmp(mode, "fork")) {
+    switch (mode) {
+    case FORK:
         pid = fork();
         if (pid == 0)
             child_body();
-    } else if (!strcmp(mode, "vfork")) {
+        return pid;
+    case VFORK:
         pid = vfork();
         if (pid == 0)
             _exit(0); /* the only thing a vfork child may do, besides exec */
-    } else if (!strcmp(mode, "clone3")) {
+        return pid;
+    case CLONE3: {
         struct clone_args args;
         memset(&args, 0, sizeof(args));
         args.exit_signal = SIGCHLD;
         pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
         if (pid == 0)
             child_body();
-    } else if (!strcmp(mode, "badclone3")) {
+        return pid;
+    }
+    case BADCLONE3: {
         struct clone_args args;
         memset(&args, 0, sizeof(args));
         if (syscall(SYS_clone3, &args, 8) != -1 || errno != EINVAL)
             die("badclone3 did not fail with EINVAL");
         return 0;
-    } else if (!strcmp(mode, "spawn")) {
+    }
+    case SPAWN: {
         char *argv[] = {(char *)exec_path, NULL};
         int err = posix_spawn(&pid, exec_path, NULL, NULL, argv, environ);
         if (err) {
             errno = err;
             return -1;
         }
-    } else if (!strcmp(mode, "iouring")) {
+        return pid;
+    }
+    case IOURING:
         return iouring_nop();
-    } else if (!strcmp(mode, "thread")) {
+    case THREAD: {
         pthread_t thread;
         int err = pthread_create(&thread, NULL, thread_body, NULL);
         if (err) {
@@ -225,11 +273,11 @@ static pid_t create_one(const char *mode)
         }
         pthread_join(thread, NULL);
         return 0;
-    } else {
+    }
+    default:
         errno = EINVAL;
         return -1;
     }
-    return pid;
 }
 
 static void reap(pid_t pid)
@@ -237,6 +285,200 @@ static void reap(pid_t pid)
     int status;
     if (waitpid(pid, &status, 0) < 0)
         die("waitpid");
+}
+
+/* One creation, waited for, so the host never holds more than one child per worker and the
+ * rate is the creation path's own; any failure ends the program. */
+static void create_and_reap(enum mode mode)
+{
+    pid_t pid = create_one(mode);
+    if (pid < 0)
+        die(MODE_NAMES[mode]);
+    if (pid > 0)
+        reap(pid);
+}
+
+/* NAME_HEX → bytes (1-15, no NUL), for the benchmarks' forms, which need a name. */
+static void decode_name(const char *hex, char out[16])
+{
+    decode_hex(hex, out);
+    if (!out[0]) {
+        errno = EINVAL;
+        die("a name must be 1-15 bytes, hex-encoded");
+    }
+}
+
+struct worker_result {
+    long created;
+    double start;
+    double end;
+};
+
+static int burst(int argc, char **argv, int mode)
+{
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: creator burst MODE SECONDS WORKERS NAME_HEX [MIB]\n");
+        return 2;
+    }
+    if (mode < 0) {
+        fprintf(stderr, "creator: unknown mode %s\n", argv[2]);
+        return 2;
+    }
+    double seconds = atof(argv[3]);
+    int workers = atoi(argv[4]);
+    size_t memory = argc == 7 ? (size_t)atol(argv[6]) << 20 : 0;
+    char name[16];
+    decode_name(argv[5], name);
+    if (workers < 1 || seconds <= 0) {
+        fprintf(stderr, "creator: WORKERS >= 1 and SECONDS > 0\n");
+        return 2;
+    }
+    struct worker_result *results = mmap(NULL, sizeof(*results) * (size_t)workers,
+                                         PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (results == MAP_FAILED)
+        die("mmap");
+    int ready[2], go[2];
+    if (pipe(ready) || pipe(go))
+        die("pipe");
+    pid_t *pids = calloc((size_t)workers, sizeof(pid_t));
+    for (int w = 0; w < workers; w++) {
+        pids[w] = fork();
+        if (pids[w] < 0)
+            die("fork worker");
+        if (pids[w] == 0) {
+            char byte = 0;
+            if (memory) {
+                char *heap = malloc(memory);
+                if (!heap)
+                    die("malloc");
+                memset(heap, 1, memory); /* every page present, so a fork copies its tables */
+            }
+            set_name(name); /* from here on, every creation counts under NAME */
+            close(ready[0]);
+            close(go[1]);
+            if (write(ready[1], &byte, 1) != 1 || read(go[0], &byte, 1) != 0)
+                die("start barrier");
+            struct worker_result *r = &results[w];
+            r->start = monotonic_seconds();
+            double deadline = r->start + seconds;
+            long made = 0;
+            if (mode == SYSCALLS) {
+                do { /* 1,000 calls between clock reads: the clock would cost as much */
+                    for (int i = 0; i < 1000; i++)
+                        syscall(SYS_getppid);
+                    made += 1000;
+                } while (monotonic_seconds() < deadline);
+            } else {
+                do {
+                    create_and_reap((enum mode)mode);
+                    made++;
+                } while (monotonic_seconds() < deadline);
+            }
+            r->end = monotonic_seconds();
+            r->created = made;
+            _exit(0);
+        }
+    }
+    close(ready[1]);
+    close(go[0]);
+    for (int w = 0; w < workers; w++) {
+        char byte;
+        if (read(ready[0], &byte, 1) != 1)
+            die("worker did not start");
+    }
+    close(go[1]); /* every worker's read() returns 0: all start together */
+    long created = 0;
+    double first = 0, last = 0;
+    int failed = 0;
+    for (int w = 0; w < workers; w++) {
+        int status;
+        if (waitpid(pids[w], &status, 0) < 0)
+            die("waitpid worker");
+        failed |= !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+        created += results[w].created;
+        if (w == 0 || results[w].start < first)
+            first = results[w].start;
+        if (results[w].end > last)
+            last = results[w].end;
+    }
+    if (failed)
+        return 1;
+    printf("{\"mode\": \"%s\", \"workers\": %d, \"created\": %ld, \"seconds\": %.6f, "
+           "\"per_mode\": {\"%s\": %ld}}\n",
+           MODE_NAMES[mode], workers, created, last - first, MODE_NAMES[mode], created);
+    return 0;
+}
+
+static int names(int argc, char **argv)
+{
+    if (argc != 5) {
+        fprintf(stderr, "usage: creator names COUNT PREFIX_HEX EXIT_NAME_HEX\n");
+        return 2;
+    }
+    long count = atol(argv[2]);
+    char prefix[16], exit_name[16], name[48];
+    decode_name(argv[3], prefix);
+    decode_name(argv[4], exit_name);
+    child_exit_name = exit_name;
+    double start = monotonic_seconds();
+    for (long i = 0; i < count; i++) {
+        snprintf(name, sizeof(name), "%s%ld", prefix, i);
+        if (strlen(name) > 15) {
+            fprintf(stderr, "creator: prefix too long for %ld names\n", count);
+            return 2;
+        }
+        set_name(name);
+        create_and_reap(FORK);
+    }
+    set_name(exit_name);
+    printf("{\"mode\": \"names\", \"workers\": 1, \"created\": %ld, \"seconds\": %.6f, "
+           "\"per_mode\": {\"fork\": %ld}}\n",
+           count, monotonic_seconds() - start, count);
+    return 0;
+}
+
+static int steady(int argc, char **argv)
+{
+    if (argc != 6) {
+        fprintf(stderr, "usage: creator steady SECONDS RATE NAMES NAME_HEX\n");
+        return 2;
+    }
+    double seconds = atof(argv[2]);
+    double rate = atof(argv[3]);
+    long name_count = atol(argv[4]);
+    char base[16], name[48];
+    decode_name(argv[5], base);
+    if (rate <= 0 || name_count < 1) {
+        fprintf(stderr, "creator: RATE > 0 and NAMES >= 1\n");
+        return 2;
+    }
+    long per_mode[PATH_COUNT] = {0};
+    double start = monotonic_seconds(), deadline = start + seconds;
+    long made = 0;
+    for (;;) {
+        double due = start + (double)made / rate; /* paced from the start: no drift */
+        double t = monotonic_seconds();
+        if (t >= deadline)
+            break;
+        if (due > t) {
+            struct timespec ts = {(time_t)(due - t), (long)((due - t - (time_t)(due - t)) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
+        snprintf(name, sizeof(name), "%s%ld", base, made % name_count);
+        name[15] = 0;
+        set_name(name);
+        enum mode mode = (enum mode)(made % PATH_COUNT);
+        create_and_reap(mode);
+        per_mode[mode]++;
+        made++;
+    }
+    printf("{\"mode\": \"steady\", \"workers\": 1, \"created\": %ld, \"seconds\": %.6f, "
+           "\"per_mode\": {",
+           made, monotonic_seconds() - start);
+    for (int m = 0; m < PATH_COUNT; m++)
+        printf("%s\"%s\": %ld", m ? ", " : "", MODE_NAMES[m], per_mode[m]);
+    printf("}}\n");
+    return 0;
 }
 
 /* The kernel's own mechanism, as a container runtime installs it: a classic-BPF seccomp filter
@@ -261,11 +503,21 @@ static void deny_clone3_with_enosys(void)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 3 && !strcmp(argv[1], "burst"))
+        return burst(argc, argv, parse_mode(argv[2], 1));
+    if (argc == 4 && !strcmp(argv[1], "syscalls")) {
+        char *args[] = {argv[0], argv[1], "syscalls", argv[2], argv[3], "73797363616c6c73"};
+        return burst(6, args, SYSCALLS); /* named "syscalls" */
+    }
+    if (argc >= 2 && !strcmp(argv[1], "names"))
+        return names(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "steady"))
+        return steady(argc, argv);
     if (argc < 4) {
         fprintf(stderr, "usage: creator MODE COUNT [options] NAME_HEX...\n");
         return 2;
     }
-    const char *mode = argv[1];
+    int mode = parse_mode(argv[1], 0);
     long count = strtol(argv[2], NULL, 10);
     const char *exit_name = NULL;
     int together = 0, wait_go = 0, tolerate = 0, first_name = 3;
@@ -331,14 +583,14 @@ int main(int argc, char **argv)
                 break;
             }
             attempts++;
-            pid_t pid = create_one(mode);
+            pid_t pid = create_one((enum mode)mode);
             pids[i] = pid;
             if (pid < 0 && tolerate) {
                 failed++;
                 continue;
             }
             if (pid < 0)
-                die(mode);
+                die(argv[1]);
             made++;
             if (pid > 0 && !together)
                 reap(pid);

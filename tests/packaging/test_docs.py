@@ -186,3 +186,19 @@ def test_dev_sh_run_says_what_it_runs_without_an_empty_argument_list() -> None:
             check=True,
         )
         assert shown.stdout == expected + "\n"
+
+
+def test_the_architecture_names_every_module_in_a_line_of_its_own() -> None:
+    """Each module under procmond/ as it is at test time starts a line of the list in
+    docs/architecture.md (a subpackage's ``__init__.py`` may be listed by its folder, ``x/``),
+    so that the next module cannot be forgotten."""
+    lines = (REPO / "docs" / "architecture.md").read_text().splitlines()
+    listed = {m.group(1) for line in lines if (m := re.match(r" *- `([^`]+)`:", line))}
+    package = REPO / "procmond"
+    modules = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py"))
+    missing = [
+        module
+        for module in modules
+        if module not in listed and module.removesuffix("__init__.py") not in listed - {""}
+    ]
+    assert missing == [], f"not in docs/architecture.md's list of modules: {missing}"
