@@ -173,7 +173,9 @@ class Daemon(Configuration):
             self.port,
             command=launcher.PROCMOND if self.source else procmond_command(),
             cwd=self.source,
-            pinned=True,  # as an operator runs it: the default pin root
+            # each configuration loads its own probe and none is left behind; a tree from
+            # before pinning knows no pin_root (and pins nothing)
+            pinned=not _pins(self.source),
             name=f"procmond-{self.port}",
         )
         self.process, self.served = daemon.process, daemon
@@ -391,3 +393,8 @@ def scratch_dir() -> Path:
     """Where the benchmark's files go while it runs: tmpfs when there is one."""
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path("/tmp")
+
+
+def _pins(source: Path | None) -> bool:
+    """Whether the procmond of ``source`` (None: this tree) pins its probe (has pin_root)."""
+    return source is None or "pin_root" in (source / "procmond" / "config.py").read_text()

@@ -25,7 +25,7 @@ HELD = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
 def spawn(tmp: Path) -> Daemon:
     """``procmond run`` started, not waited for."""
     tmp.mkdir(parents=True, exist_ok=True)
-    return launch(tmp, pinned=True)
+    return launch(tmp)
 
 
 def _mask(pid: int, field: str) -> int:

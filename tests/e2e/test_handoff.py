@@ -81,7 +81,7 @@ def test_batched_and_key_by_key_reads_agree(creator: Path) -> None:
 def test_a_daemon_killed_while_loading_leaves_nothingloaded(tmp_path: Path) -> None:
     """SIGKILL while the loader child compiles: whichever side is left frees the probe."""
     before = loaded(MAP_IDS)
-    daemon = launch(tmp_path, pinned=True).process
+    daemon = launch(tmp_path).process
     children: list[str] = []
     deadline = time.monotonic() + 30
     while not children and time.monotonic() < deadline:
