@@ -179,7 +179,7 @@ class Daemon:
         else:
             self.notifier.status("loading eBPF probe")
             log.info("loading the eBPF probe (compiling takes a second or two)")
-            probe = handoff.load(self.config)
+            probe = handoff.load(self.config, pins.handover_flags(self.config))
             if root and probe.pinnable:
                 try:
                     self.pinned = pins.pin(probe, root, name)

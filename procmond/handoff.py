@@ -89,9 +89,13 @@ class HandedOffProbe:
         self.maps = {}
 
 
-def load(config: Config) -> HandedOffProbe:
+Handover = tuple[list[str], int]  # the -D flags and the DUTY a pinned probe counts under
+
+
+def load(config: Config, handover: Handover = ([], 0)) -> HandedOffProbe:
     """Run the loader child and take over what it loaded. Raises what the loader raised, or
-    says why it died (procmond/memory_limits.py: for memory, most often)."""
+    says why it died (procmond/memory_limits.py: for memory, most often). ``handover``:
+    procmond/pins.py's handover_flags, worked out by the daemon (no pinning: none)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     oom = memory_limits.OomWatch.start()
     with ours:
@@ -99,7 +103,7 @@ def load(config: Config) -> HandedOffProbe:
         # to the whole service must not kill it halfway (procmond/signals.py).
         with theirs, signals.held():
             child = subprocess.Popen(
-                child_command(theirs.fileno(), config),
+                child_command(theirs.fileno(), config, handover),
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -122,7 +126,7 @@ def load(config: Config) -> HandedOffProbe:
     return probe
 
 
-def child_command(fd: int, config: Config) -> list[str]:
+def child_command(fd: int, config: Config, handover: Handover = ([], 0)) -> list[str]:
     """The loader child's command line. It imports procmond from the daemon's own sys.path,
     never from the working directory: ``python -m`` would put that first, and in the folder
     that holds a clone named ``procmond`` (git's default name) it found the clone's folder
@@ -137,6 +141,7 @@ def child_command(fd: int, config: Config) -> list[str]:
         json.dumps(path),
         str(fd),
         json.dumps(dataclasses.asdict(config)),
+        json.dumps(handover),
     ]
 
 
@@ -175,12 +180,12 @@ def take_over(message: dict, fds: list[int]) -> HandedOffProbe:
     return probe
 
 
-def _child(sock: socket.socket, config: Config) -> int:
+def _child(sock: socket.socket, config: Config, handover: Handover) -> int:
     """In the loader child: load, send the descriptors, and leave without BCC's cleanup."""
-    from procmond import bpf_loader, pins  # the only import of bcc, here in the child
+    from procmond import bpf_loader  # the only import of bcc, here in the child
 
     try:
-        probe = bpf_loader.load(config, handover=pins.handover_flags(config))
+        probe = bpf_loader.load(config, handover=handover)
     except ProcmondError as exc:
         error = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
         sock.send(json.dumps({"error": error}).encode())
@@ -225,11 +230,12 @@ def main() -> int:
     from procmond.logs import setup_logging
 
     fd, config_json = int(sys.argv[1]), json.loads(sys.argv[2])
+    flags, duty = json.loads(sys.argv[3])
     config_json["labels"] = tuple(config_json["labels"])
     config = Config(**config_json)
     setup_logging(config.log_level)
     with socket.socket(fileno=fd) as sock:
-        return _child(sock, config)
+        return _child(sock, config, (flags, duty))
 
 
 if __name__ == "__main__":
