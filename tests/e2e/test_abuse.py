@@ -195,7 +195,17 @@ def test_scrapes_make_no_thread_in_the_daemon(tmp_path: Path) -> None:
     (tmp_path / "sitecustomize.py").write_text(RENAME)
     comm = unique_name("thr").decode()
     env = {"PYTHONPATH": str(tmp_path), "PROCMOND_TEST_COMM": comm}
-    daemon = start_daemon(tmp_path, env=env)
+    # One container runtime's state to watch, the others absent: one watcher thread, on any
+    # host, whatever runtimes it has
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    runtimes = (
+        f"docker_root: {docker}\n"
+        f"containers_storage_root: {tmp_path / 'none'}\n"
+        f"containerd_state: {tmp_path / 'none'}\n"
+        f"nerdctl_root: {tmp_path / 'none'}\n"
+    )
+    daemon = start_daemon(tmp_path, runtimes, env=env)
     try:
         assert Path(f"/proc/{daemon.process.pid}/comm").read_text().strip() == comm
 
@@ -204,8 +214,9 @@ def test_scrapes_make_no_thread_in_the_daemon(tmp_path: Path) -> None:
             return sum(v for labels, v in created.items() if dict(labels)["comm"] == comm)
 
         at_start = made()
-        # the connection loop, its workers, and the storm monitor (storm_threshold is on)
-        assert at_start == 1 + WORKERS + 1
+        # the connection loop, its workers, the storm monitor (storm_threshold is on) and the
+        # container runtimes' state watcher
+        assert at_start == 1 + WORKERS + 1 + 1
         for _ in range(50):
             daemon.scrape()  # a new connection each
         assert made() == at_start
