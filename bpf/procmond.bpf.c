@@ -1,7 +1,7 @@
 /* procmond kernel side: counts process and thread creation, exec and exit in BPF maps.
  *
- * Every probe only updates maps (and, for `procmond watch`, a ring buffer); Python reads the
- * maps when Prometheus scrapes. Struct offsets come in as -D flags read from the running
+ * Every probe only updates maps (and, while `procmond watch` reads, its ring buffers); Python
+ * reads the maps when Prometheus scrapes. Struct offsets come in as -D flags read from the running
  * kernel's BTF, because the installed headers may describe another kernel. Without them
  * (PROCMOND_BTF_OFFSETS undefined) the headers' layout is used.
  *
@@ -81,12 +81,16 @@ BPF_RINGBUF_OUTPUT(storm_wake, 1);
  * (fewer than ALARM_BATCH): the shared slot is written once per batch, not at every creation. */
 BPF_PERCPU_ARRAY(alarm_pending, u32, 1);
 
-#ifdef PROCMOND_WATCH
-BPF_RINGBUF_OUTPUT(events, WATCH_RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(watch_lost, u64, 1);
-/* Non-zero: exec events too (`procmond watch --exec`). */
-BPF_ARRAY(watch_execs, u32, 1);
-#endif
+/* The event stream of `procmond watch` (procmond/watch_stream.py), in every probe, so that a
+ * watch reads the running daemon's: the leases that switch it on (enum watch_slot), one ring
+ * per reader, and per reader the events its full ring refused. */
+BPF_ARRAY(watch_leases, u64, WATCH_SLOT_READER + WATCH_READERS);
+BPF_RINGBUF_OUTPUT(watch_events_0, WATCH_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(watch_events_1, WATCH_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(watch_events_2, WATCH_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(watch_events_3, WATCH_RINGBUF_PAGES);
+_Static_assert(WATCH_READERS == 4, "one watch_events_<i> ring per reader, declared above");
+BPF_PERCPU_ARRAY(watch_lost, u64, WATCH_READERS);
 
 static __always_inline int on_duty(void)
 {
@@ -366,50 +370,94 @@ static __always_inline void count_down_alarm(void)
         *left = 1;
 }
 
-#ifdef PROCMOND_WATCH
-static __always_inline void emit(struct creation_event *event)
+/* The time now if the watch stream is on, else 0. Off, a creation pays this one lookup. The
+ * first creation after the last lease ran out (its reader killed, not closed) switches it
+ * off; compare-and-swap, so that a lease a reader has just renewed is kept. */
+static __always_inline u64 watching(void)
 {
-    if (events.ringbuf_output(event, sizeof(*event), 0) != 0) {
-        u32 zero = 0;
-        u64 *lost = watch_lost.lookup(&zero);
-        if (lost)
-            (*lost)++;
-    }
+    u32 slot = WATCH_SLOT_ANY;
+    u64 *until = watch_leases.lookup(&slot);
+    if (!until || !*until)
+        return 0;
+    u64 seen = *until;
+    u64 now = bpf_ktime_get_ns();
+    if (now < seen)
+        return now;
+    __sync_val_compare_and_swap(until, seen, 0);
+    return 0;
+}
+
+static __always_inline int leased(u32 slot, u64 now)
+{
+    u64 *until = watch_leases.lookup(&slot);
+    return until && now < *until;
+}
+
+static __always_inline void count_lost(u32 reader)
+{
+    u64 *lost = watch_lost.lookup(&reader);
+    if (lost)
+        (*lost)++; /* per-CPU slot: no other CPU writes it */
+}
+
+/* The event to the ring of every reader whose lease runs (BCC: one line per map). */
+static __always_inline void emit(struct creation_event *event, u64 now)
+{
+    if (leased(WATCH_SLOT_READER + 0, now) &&
+        watch_events_0.ringbuf_output(event, sizeof(*event), 0) != 0)
+        count_lost(0);
+    if (leased(WATCH_SLOT_READER + 1, now) &&
+        watch_events_1.ringbuf_output(event, sizeof(*event), 0) != 0)
+        count_lost(1);
+    if (leased(WATCH_SLOT_READER + 2, now) &&
+        watch_events_2.ringbuf_output(event, sizeof(*event), 0) != 0)
+        count_lost(2);
+    if (leased(WATCH_SLOT_READER + 3, now) &&
+        watch_events_3.ringbuf_output(event, sizeof(*event), 0) != 0)
+        count_lost(3);
+}
+
+/* Which creation syscall the current task is in, where the syscall probes tell. */
+static __always_inline u32 creation_syscall(void)
+{
+#if SYSCALL_PROBES || defined(PROCMOND_WATCH)
+    struct inflight *call =
+        inflight.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
+    return call && call->start_ns ? call->syscall : SYSCALL_KERNEL_CLONE;
+#else
+    return SYSCALL_UNKNOWN;
+#endif
 }
 
 /* A creation by `creator`, the current task; `child` is the new task. */
-static __always_inline void emit_creation(char *creator, void *child, u32 is_thread)
+static __always_inline void emit_creation(char *creator, void *child, u32 is_thread, u64 now)
 {
     struct creation_event event = {};
     void *leader = leader_of(creator);
-    struct inflight *call =
-        inflight.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
 
-    event.timestamp_ns = bpf_ktime_get_ns();
+    event.timestamp_ns = now;
     event.cgroup_id = cgroup_of_current(creator); /* as the counters read it */
     event.kind = EVENT_CREATION;
     event.pid = read_u32(creator, TASK_TGID_OFF);
     event.ppid = read_u32(read_ptr(leader, TASK_REAL_PARENT_OFF), TASK_TGID_OFF);
     event.child_pid = read_u32(child, TASK_TGID_OFF);
     event.child_tid = read_u32(child, TASK_PID_OFF);
-    event.syscall = call && call->start_ns ? call->syscall : SYSCALL_KERNEL_CLONE;
+    event.syscall = creation_syscall();
     event.is_thread = is_thread;
     read_comm(leader, event.comm);
     read_comm(parent_leader_of(creator), event.parent_comm);
-    emit(&event);
+    emit(&event, now);
 }
 
-/* An exec by `task` (the current task, already the new program), if watch asked for them. */
-static __always_inline void emit_exec(void *task)
+/* An exec by `task` (the current task, already the new program), if a reader asked for them. */
+static __always_inline void emit_exec(void *task, u64 now)
 {
-    u32 zero = 0;
-    u32 *wanted = watch_execs.lookup(&zero);
-    if (!wanted || !*wanted)
+    if (!leased(WATCH_SLOT_EXECS, now))
         return;
     struct creation_event event = {};
     void *parent = read_ptr(task, TASK_REAL_PARENT_OFF);
 
-    event.timestamp_ns = bpf_ktime_get_ns();
+    event.timestamp_ns = now;
     event.cgroup_id = cgroup_of_current(current_task()); /* the exec'ing task is current */
     event.kind = EVENT_EXEC;
     event.pid = read_u32(task, TASK_TGID_OFF);
@@ -418,9 +466,8 @@ static __always_inline void emit_exec(void *task)
     event.child_tid = event.pid;
     read_comm(task, event.comm);
     read_comm(leader_of(parent), event.parent_comm);
-    emit(&event);
+    emit(&event, now);
 }
-#endif
 
 #ifndef CLONE_THREAD
 #define CLONE_THREAD 0x00010000
@@ -446,9 +493,9 @@ int on_task_newtask(struct bpf_raw_tracepoint_args *ctx)
         count_fork(&key);
     count_creator(creator, is_thread);
     count_down_alarm();
-#ifdef PROCMOND_WATCH
-    emit_creation(creator, (void *)ctx->args[0], is_thread);
-#endif
+    u64 now = watching();
+    if (now)
+        emit_creation(creator, (void *)ctx->args[0], is_thread, now);
     return 0;
 }
 
@@ -462,9 +509,9 @@ int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     fill_pair_key(current_task(), &key); /* the exec'ing task is current */
     count_exec(&key);
-#ifdef PROCMOND_WATCH
-    emit_exec((void *)ctx->args[0]);
-#endif
+    u64 now = watching();
+    if (now)
+        emit_exec((void *)ctx->args[0], now);
     return 0;
 }
 

@@ -80,9 +80,15 @@
  * ALARM_BATCH - 1 creations per CPU early or late. */
 #define ALARM_BATCH 16
 
-/* Pages (of 4 KiB) of the ring buffer that `procmond watch` reads; a power of two. */
+/* `procmond watch` readers at once: each has a ring buffer of its own (watch_events_<i>),
+ * because a BPF ring buffer has one consumer position; two readers of one ring would each see
+ * only part of the events. The probe writes to a reader's ring only while that reader's lease
+ * (watch_leases) runs, and to none while WATCH_SLOT_ANY is 0: a creation then pays one array
+ * lookup. procmond.bpf.c declares the rings one by one: change both together. */
+#define WATCH_READERS 4
+/* Pages (of 4 KiB) of each reader's ring buffer; a power of two. */
 #ifndef WATCH_RINGBUF_PAGES
-#define WATCH_RINGBUF_PAGES 256
+#define WATCH_RINGBUF_PAGES 64
 #endif
 
 /* A histogram keeps one count per power of two of nanoseconds: slot k counts values v with
@@ -154,6 +160,7 @@ enum creation_syscall {
     SYSCALL_SYS_CLONE3 = 2,
     SYSCALL_SYS_FORK = 3,
     SYSCALL_SYS_VFORK = 4,
+    SYSCALL_UNKNOWN = 5, /* the probe has no syscall probes to tell (a daemon's, by default) */
 };
 
 /* The creation syscall a thread is in: per-task storage, freed with the task. */
@@ -184,7 +191,17 @@ enum map_id {
  * EVENT_ prefix, in lower case. */
 enum event_kind {
     EVENT_CREATION = 0, /* a process or thread created */
-    EVENT_EXEC = 1,     /* a successful exec (only while watch_execs[0] is set) */
+    EVENT_EXEC = 1,     /* a successful exec (only while watch_leases[WATCH_SLOT_EXECS] runs) */
+};
+
+/* Slots of watch_leases, each a CLOCK_MONOTONIC time in ns (bpf_ktime_get_ns) until which it
+ * is on; 0 is off. A reader refreshes its lease while it reads, so one killed with SIGKILL
+ * turns nothing on for longer than a lease: the first creation after the last lease ran out
+ * switches WATCH_SLOT_ANY back to 0. Reader i's slot is WATCH_SLOT_READER + i. */
+enum watch_slot {
+    WATCH_SLOT_ANY = 0,    /* the latest lease of any reader: the stream's one switch */
+    WATCH_SLOT_EXECS = 1,  /* the latest lease of a reader that wants exec events */
+    WATCH_SLOT_READER = 2, /* the first reader's own lease */
 };
 
 /* One creation (or exec), as streamed to `procmond watch`. For an exec, pid is the process

@@ -22,11 +22,12 @@ from procmond.cgroups import MOUNTINFO, parse_mountinfo
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError
 from procmond.header import bpf_source_dir, map_ids, read_header
-from procmond.layout import MapLayout, describe
+from procmond.layout import Layout, MapLayout, describe
 from procmond.maps import MapReader, check_layouts
 from procmond.metrics import daemon_maps
 from procmond.perf_links import perf_link_supported, tracepoint_link
 from procmond.tasklimits import shown_pids_event
+from procmond.watch_stream import LEASES_MAP, LOST_MAP, ring_maps
 
 log = logging.getLogger(__name__)
 
@@ -288,9 +289,11 @@ def load(
     probe = LoadedProbe(bpf, {}, btf_offsets, getattr(bcc, "__version__", "unknown"), cflags)
     probe.duty = handover[1]
     try:
-        probe.layouts = {name: layout_of(bpf[name.encode()]) for name in daemon_maps()}
+        with_layouts = (*daemon_maps(), LEASES_MAP, LOST_MAP)
+        probe.layouts = {name: layout_of(bpf[name.encode()]) for name in with_layouts}
         probe.map_ids = map_ids(read_header(source_dir))
         check_layouts(probe.map, probe.layouts)
+        probe.layouts.update(record_layouts(bpf))
         task_limits = any(f.startswith(TASK_LIMIT_FLAG + "=") for f in cflags)
         probe.attached = attach(bpf, config, watch, task_limits, probe.perf_links)
     except Exception:
@@ -305,6 +308,17 @@ def layout_of(table: Any) -> MapLayout:
     """A BCC table's key and value layout; for a per-CPU map, one CPU's value (BCC's Leaf there
     is the array over CPUs, sLeaf one element of it)."""
     return MapLayout(describe(table.Key), describe(getattr(table, "sLeaf", table.Leaf)))
+
+
+def record_layouts(bpf: Any) -> dict[str, MapLayout]:
+    """The `watch` rings' records (struct creation_event), as BCC typed what the probe writes
+    to them; a ring has no key. After check_layouts: a ring's map has no value size."""
+    from bcc.table import _get_event_class
+
+    return {
+        name: MapLayout(Layout(0, ()), describe(_get_event_class(bpf[name.encode()])))
+        for name in ring_maps()
+    }
 
 
 def wanted_probes(config: Config, watch: bool) -> list[Probe]:

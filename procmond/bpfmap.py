@@ -82,6 +82,11 @@ def _libbpf() -> ctypes.CDLL:
     )
 
 
+def library() -> ctypes.CDLL:
+    """libbpf itself, for what is not a plain int-returning call (its ring buffer API)."""
+    return _libbpf()
+
+
 def libbpf(function: str, *args: object) -> int:
     """One libbpf call, and what it returns; raises OSError with the kernel's errno. The GIL is
     released meanwhile.

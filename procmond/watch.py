@@ -1,9 +1,13 @@
 """``procmond watch``: one line per process or thread creation, live, from a BPF ring buffer.
 
-It loads its own copy of the probe (compiled with PROCMOND_WATCH), so a running daemon pays
-nothing for it. Lines keep the prototype's format; ``--json`` gives one JSON object a line.
-Filters (command, creating PID, unit, pod) select in user space; exec events come only on
-request (``--exec``: the probe sends them only then), timestamps too (``--timestamp``).
+It reads the running daemon's probe (pinned: procmond/pins.py), which writes events only while
+a watch reads them (procmond/watch_stream.py): no compile, no second probe for every creation
+to pay. Without a daemon it loads its own copy (compiled with PROCMOND_WATCH, whose syscall
+probes name each creation's call; the daemon's name it only with syscall_probes, else the
+call shows as ``unknown``). Lines keep the prototype's format; ``--json`` gives one JSON
+object a line. Filters (command, creating PID, unit, pod) select in user space; exec events
+come only on request (``--exec``: the probe sends them only then), timestamps too
+(``--timestamp``).
 """
 
 from __future__ import annotations
@@ -13,22 +17,23 @@ import functools
 import json
 import os
 import signal
-import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TextIO
 
-from procmond import bpf_loader
+from procmond import bpf_loader, pins
 from procmond.cgroups import unit_of
 from procmond.config import CGROUP_LABELS, Config
 from procmond.errors import ProcmondError
+from procmond.handoff import HandedOffProbe
 from procmond.header import comm_len, read_header, syscall_names
-from procmond.maps import read_percpu_counts
 from procmond.naming.labels import EMPTY_LABELS, CgroupLabels, Namer, Naming
 from procmond.text import decoded, printable
+from procmond.watch_stream import EventStream, stream_maps
 
 # systemd's unit types: a --unit name ending in none of them means NAME.service (systemctl's
 # rule); of these, only services and scopes are units procmond names a cgroup by.
@@ -222,6 +227,17 @@ def _reader_gone(out: TextIO) -> bool:
     return False
 
 
+def event_source(config: Config) -> tuple[HandedOffProbe | bpf_loader.LoadedProbe, Path | None]:
+    """The running daemon's probe (pinned: procmond/pins.py), whose stream readers share under
+    a lock of the pin root; else a probe of this watch's own (its only reader)."""
+    running = pins.running(config)
+    if running is not None:
+        if all(name in running.maps for name in stream_maps()):
+            return running, Path(config.pin_root)
+        running.close()  # a daemon of a version whose probe has no stream
+    return bpf_loader.load(config, watch=True), None
+
+
 def watch(
     config: Config,
     as_json: bool,
@@ -236,7 +252,7 @@ def watch(
             "--unit, --pod and --container need cgroup names, which this procmond cannot resolve",
             "filter with --comm or --pid instead",
         )
-    probe = bpf_loader.load(config, watch=True)
+    probe, lock_dir = event_source(config)
     labels: Namer = CgroupLabelCache(naming(probe.reader())) if naming else no_labels
     stop = False
 
@@ -247,34 +263,31 @@ def watch(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     fmt = formatter(as_json, timestamps, labels)
-    events = probe.table("events")
-    if selection.execs:
-        probe.map("watch_execs").update(struct.pack("=I", 0), struct.pack("=I", 1))
 
-    def on_event(_ctx: object, data: object, _size: int) -> None:
-        # An exception must not escape into BCC's C callback (it would only be printed, for
-        # every event): a reader that went away (| head) ends the watch instead.
+    def on_event(event: Any) -> None:
+        # A reader that went away (| head) ends the watch.
         nonlocal stop
-        if stop:
-            return
-        event = events.event(data)
-        if not selection.matches(event, labels):
+        if stop or not selection.matches(event, labels):
             return
         try:
             out.write(fmt(event) + "\n")
         except BrokenPipeError:
             stop = True
 
-    events.open_ring_buffer(on_event)
+    try:
+        stream = EventStream(probe.map, probe.layouts, on_event, selection.execs, lock_dir)
+    except BaseException:
+        probe.close()
+        raise
     what = "process and thread creation" + (" and execs" if selection.execs else "")
     err.write(f"procmond: watching {what} (Ctrl-C to stop)\n")
     err.flush()
     reported_lost = 0
     try:
         while not stop:
-            probe.bpf.ring_buffer_poll(200)
+            stream.poll(200)
             out.flush()
-            lost = read_percpu_counts(probe.map("watch_lost"), 1)[0]
+            lost = stream.lost()
             if lost > reported_lost:
                 err.write(
                     f"procmond: lost {lost - reported_lost} events (ring buffer full; "
@@ -284,6 +297,7 @@ def watch(
     except BrokenPipeError:
         stop = True
     finally:
+        stream.close()
         probe.close()
     if stop and _reader_gone(out):
         # Python flushes stdout once more at exit; point it at /dev/null so that the closed
