@@ -1,0 +1,132 @@
+"""`procmond watch` against a running daemon reads the daemon's pinned probe
+(procmond/watch_stream.py): it compiles and loads nothing, prints each creation once, several
+watches at once each see all of them, and the stream is off again once no watch reads it,
+also when the watch was killed. Each test pins in a bpffs of its own (tests/e2e/test_pins.py)."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from procmond import watch_stream
+from procmond.bpfmap import BPFMap, libbpf
+from tests.e2e import test_pins
+from tests.e2e.bpf_objects import held_by
+from tests.e2e.harness import Daemon, Watch, run_creator, unique_name, wait_until
+
+pin_root = test_pins.pin_root  # the fixture: a private bpffs
+CREATIONS = 40
+
+
+def start(tmp: Path, root: Path) -> tuple[Daemon, Path]:
+    """A daemon pinning under ``root``, and its config file."""
+    return test_pins.start(tmp, root, "daemon"), tmp / "daemon" / "procmond.yaml"
+
+
+@contextmanager
+def pinned_map(root: Path, name: str) -> Iterator[BPFMap]:
+    [folder] = [p for p in root.iterdir() if p.is_dir()]
+    bpf_map = BPFMap(libbpf("bpf_obj_get", os.fsencode(folder / f"map_{name}")))
+    try:
+        yield bpf_map
+    finally:
+        bpf_map.close()
+
+
+def stream_switch(root: Path) -> int:
+    """watch_leases[WATCH_SLOT_ANY]: when the stream goes off (CLOCK_MONOTONIC ns), 0 if off."""
+    with pinned_map(root, watch_stream.LEASES_MAP) as leases:
+        raw = leases.lookup((0).to_bytes(4, "little")) or bytes(8)
+    return int.from_bytes(raw, "little")
+
+
+def written(root: Path) -> list[int]:
+    """Each reader ring's producer position (its second page): bytes the probe wrote to it."""
+    positions = []
+    for ring in watch_stream.ring_maps():
+        with pinned_map(root, ring) as bpf_map:
+            page = mmap.mmap(bpf_map.fd, mmap.PAGESIZE, prot=mmap.PROT_READ, offset=mmap.PAGESIZE)
+            positions.append(int.from_bytes(page[:8], "little"))
+            page.close()
+    return positions
+
+
+def no_bcc(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, an import of bcc in a child fails: nothing may compile."""
+    poison = tmp / "poison"
+    poison.mkdir()
+    (poison / "bcc.py").write_text("raise ImportError('no BCC in this test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(poison))
+
+
+def test_watches_read_the_running_daemons_probe_and_load_nothing(
+    tmp_path: Path, pin_root: Path, creator: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, config = start(tmp_path, pin_root)
+    try:
+        no_bcc(tmp_path, monkeypatch)
+        name = unique_name("wpin")
+        started = time.monotonic()
+        text = Watch("--comm", name.decode(), "--config", str(config))
+        took = time.monotonic() - started
+        as_json = Watch("--json", "--comm", name.decode(), "--config", str(config))
+        theirs = held_by(daemon.process.pid)
+        for watch in (text, as_json):
+            maps, programs = held_by(watch.process.pid)
+            assert programs <= theirs[1] and maps <= theirs[0], "watch loaded a probe of its own"
+        load = subprocess.Popen(
+            [str(creator), "fork", str(CREATIONS), name.hex()], stdout=subprocess.PIPE
+        )
+        assert load.wait(timeout=30) == 0
+        lines, err, code = text.finish(CREATIONS)
+        events, json_err, json_code = as_json.finish(CREATIONS)
+    finally:
+        assert daemon.stop() == 0
+    assert code == 0 and json_code == 0, err + json_err
+    line = f"Process {name.decode()} (PID:{load.pid}, PPID: {os.getpid()}) called unknown"
+    assert lines == [line] * CREATIONS, lines
+    decoded = [json.loads(e) for e in events]
+    assert [(e["kind"], e["pid"], e["syscall"]) for e in decoded] == [
+        ("process", load.pid, "unknown")
+    ] * CREATIONS
+    assert len({e["child_pid"] for e in decoded}) == CREATIONS
+    print(f"watch against a running daemon: {took:.2f} s to watching")
+
+
+def test_the_stream_is_off_once_no_watch_reads_it_even_after_sigkill(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    daemon, config = start(tmp_path, pin_root)
+    try:
+        before = written(pin_root)
+        run_creator(creator, "fork", CREATIONS, [unique_name("woff")])
+        assert stream_switch(pin_root) == 0 and written(pin_root) == before, "on unwatched"
+
+        watch = Watch("--config", str(config))
+        assert stream_switch(pin_root) > time.monotonic_ns()
+        err, code = watch.stop()
+        assert code == 0, err
+        assert stream_switch(pin_root) == 0, "a watch that stopped left the stream on"
+
+        killed = Watch("--config", str(config))
+        killed.process.send_signal(signal.SIGKILL)
+        killed.process.wait(timeout=10)
+        lease_end = stream_switch(pin_root)
+        assert lease_end > time.monotonic_ns(), "the killed watch's lease should still run"
+        wait_until(lambda: time.monotonic_ns() > lease_end, 5, "the lease to run out")
+        run_creator(creator, "fork", 1, [unique_name("wexp")])  # the probe switches it off
+        assert stream_switch(pin_root) == 0, "a killed watch left the stream on"
+        before = written(pin_root)
+        run_creator(creator, "fork", CREATIONS, [unique_name("woff")])
+        assert written(pin_root) == before, "the probe still writes events no one reads"
+    finally:
+        assert daemon.stop() == 0
