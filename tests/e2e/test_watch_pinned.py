@@ -111,11 +111,19 @@ def test_the_stream_is_off_once_no_watch_reads_it_even_after_sigkill(
         run_creator(creator, "fork", CREATIONS, [unique_name("woff")])
         assert stream_switch(pin_root) == 0 and written(pin_root) == before, "on unwatched"
 
-        watch = Watch("--config", str(config))
+        first, second = Watch("--config", str(config)), Watch("--config", str(config))
         assert stream_switch(pin_root) > time.monotonic_ns()
-        err, code = watch.stop()
+        err, code = first.stop()
         assert code == 0, err
-        assert stream_switch(pin_root) == 0, "a watch that stopped left the stream on"
+        assert stream_switch(pin_root) > time.monotonic_ns(), "off while a watch still reads"
+        name = unique_name("wsec")
+        run_creator(creator, "fork", 3, [name])
+        second.wait_for(
+            "the second watch's lines", lambda ls: sum(name.decode() in ln for ln in ls) == 3
+        )
+        err, code = second.stop()
+        assert code == 0, err
+        assert stream_switch(pin_root) == 0, "the last watch to stop left the stream on"
 
         killed = Watch("--config", str(config))
         killed.process.send_signal(signal.SIGKILL)

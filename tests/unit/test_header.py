@@ -42,6 +42,7 @@ def test_syscall_names() -> None:
         2: "sys_clone3",
         3: "sys_fork",
         4: "sys_vfork",
+        5: "unknown",
     }
 
 
