@@ -282,7 +282,7 @@ def watch(
     what = "process and thread creation" + (" and execs" if selection.execs else "")
     err.write(f"procmond: watching {what} (Ctrl-C to stop)\n")
     err.flush()
-    reported_lost = 0
+    reported_lost = reported_gaps = 0
     try:
         while not stop:
             stream.poll(200)
@@ -294,6 +294,9 @@ def watch(
                     "the daemon's counts are unaffected)\n"
                 )
                 reported_lost = lost
+            if stream.gaps > reported_gaps:
+                err.write("procmond: not read for over a second: creations meanwhile not shown\n")
+                reported_gaps = stream.gaps
     except BrokenPipeError:
         stop = True
     finally:

@@ -120,6 +120,8 @@ class EventStream:
         self._discarding = False
         self._callback = _SAMPLE(self._on_sample)  # kept: libbpf calls it until freed
         self._ring: int | None = None
+        self._until = 0  # this reader's lease as it last set it
+        self.gaps = 0  # times it did not poll for a whole lease: events were missed
         with _locked(lock_dir):
             now = clock()
             free = [i for i in range(readers()) if self._lease(self._first + i) <= now]
@@ -159,8 +161,20 @@ class EventStream:
         self._leases.update(_U32.pack(slot), _U64.pack(until))
 
     def _renew(self, now: int) -> None:
-        """This reader's lease, and the stream's switch, on for another LEASE_NS."""
+        """This reader's lease, and the stream's switch, on for another LEASE_NS. A reader that
+        did not poll for a whole lease (its output blocked, or stopped) has missed events; if
+        meanwhile another reader took its slot, it cannot go on."""
+        if self._until:
+            if self._lease(self._first + self.reader) != self._until:
+                raise ProcmondError(
+                    "this watch stopped reading for longer than its lease, and another watch "
+                    "took its place",
+                    "start it again (and keep its output flowing)",
+                )
+            if now >= self._until:
+                self.gaps += 1
         until = now + LEASE_NS
+        self._until = until
         self._set(self._first + self.reader, until)
         if self._execs:
             self._set(_slot("WATCH_SLOT_EXECS"), max(until, self._lease(_slot("WATCH_SLOT_EXECS"))))
@@ -208,9 +222,10 @@ class EventStream:
             return
         with _locked(self._lock_dir), contextlib.suppress(OSError):
             now = self._clock()
-            self._set(self._first + self.reader, 0)
-            others = [self._lease(self._first + i) for i in range(readers()) if i != self.reader]
-            alive = max((until for until in others if until > now), default=0)
+            if self._lease(self._first + self.reader) == self._until:  # not taken meanwhile
+                self._set(self._first + self.reader, 0)
+            leases = [self._lease(self._first + i) for i in range(readers())]
+            alive = max((until for until in leases if until > now), default=0)
             self._set(_slot("WATCH_SLOT_ANY"), alive)
         self._lib.ring_buffer__free(self._ring)
         self._ring = None

@@ -138,3 +138,45 @@ def test_the_stream_is_off_once_no_watch_reads_it_even_after_sigkill(
         assert written(pin_root) == before, "the probe still writes events no one reads"
     finally:
         assert daemon.stop() == 0
+
+
+def reader_lease(root: Path, reader: int) -> int:
+    with pinned_map(root, watch_stream.LEASES_MAP) as leases:
+        slot = 2 + reader  # WATCH_SLOT_READER + reader
+        return int.from_bytes(leases.lookup(slot.to_bytes(4, "little")) or bytes(8), "little")
+
+
+def test_a_stalled_watch_says_it_missed_events_and_gives_way(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    """A watch that does not read for a whole lease (stopped here; a blocked pipe alike) says
+    so when it reads again; if another watch took its slot meanwhile, it stops with an error
+    rather than read that watch's events."""
+    daemon, config = start(tmp_path, pin_root)
+    try:
+        stalled = Watch("--config", str(config))
+
+        def stall() -> int:
+            lease_end = reader_lease(pin_root, 0)
+            stalled.process.send_signal(signal.SIGSTOP)
+            wait_until(lambda: time.monotonic_ns() > lease_end, 5, "the lease to run out")
+            return lease_end
+
+        lease_end = stall()
+        stalled.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: reader_lease(pin_root, 0) > lease_end, 5, "a renewed lease")
+        stall()
+        other = Watch("--config", str(config))  # takes the stalled watch's slot
+        assert reader_lease(pin_root, 0) > time.monotonic_ns()
+        stalled.process.send_signal(signal.SIGCONT)
+        assert stalled.process.wait(timeout=10) != 0
+        _, err = stalled.process.communicate()
+        assert b"not read for over a second" in err, err
+        assert b"another watch took its place" in err, err
+        name = unique_name("wtk")
+        run_creator(creator, "fork", 2, [name])
+        _lines, err_text, code = other.finish(2, lambda line: name.decode() in line)
+        assert code == 0, err_text
+        assert stream_switch(pin_root) == 0
+    finally:
+        assert daemon.stop() == 0
