@@ -21,7 +21,7 @@ from procmond import watch_stream
 from procmond.bpfmap import BPFMap, libbpf
 from tests.e2e import test_pins
 from tests.e2e.bpf_objects import held_by
-from tests.e2e.harness import Daemon, Watch, run_creator, unique_name, wait_until
+from tests.e2e.harness import PROCMOND, Daemon, Watch, run_creator, unique_name, wait_until
 
 pin_root = test_pins.pin_root  # the fixture: a private bpffs
 CREATIONS = 40
@@ -180,3 +180,26 @@ def test_a_stalled_watch_says_it_missed_events_and_gives_way(
         assert stream_switch(pin_root) == 0
     finally:
         assert daemon.stop() == 0
+
+
+def test_one_watch_more_than_the_probe_has_rings_for_is_told_so(
+    tmp_path: Path, pin_root: Path
+) -> None:
+    daemon, config = start(tmp_path, pin_root)
+    watches = []
+    try:
+        watches = [Watch("--config", str(config)) for _ in range(watch_stream.readers())]
+        extra = subprocess.run(
+            [*PROCMOND, "watch", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert extra.returncode != 0
+        assert f"{watch_stream.readers()} watches already read this probe" in extra.stderr
+        assert "Traceback" not in extra.stderr, extra.stderr
+    finally:
+        for watch in watches:
+            watch.stop()
+        assert daemon.stop() == 0
+    assert stream_switch(pin_root) == 0
