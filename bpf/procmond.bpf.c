@@ -373,8 +373,8 @@ static __always_inline void count_down_alarm(void)
 /* The time now if the watch stream is on, else 0. Off, a creation pays this one lookup. The
  * first creation after the last lease ran out (its reader killed, not closed) switches it
  * off; compare-and-swap, so that a lease a reader has just renewed is kept. Kernels before
- * 5.12 have no BPF compare-and-swap (no BPF_CMPXCHG): there the switch stays set, and costs
- * a clock read per creation, until the next watch that stops cleanly clears it. */
+ * 5.12 have no BPF compare-and-swap (HAVE_BPF_ATOMICS unset): there the switch stays set, and
+ * costs a clock read per creation, until the next watch that stops cleanly clears it. */
 static __always_inline u64 watching(void)
 {
     u32 slot = WATCH_SLOT_ANY;
@@ -385,7 +385,7 @@ static __always_inline u64 watching(void)
     u64 now = bpf_ktime_get_ns();
     if (now < seen)
         return now;
-#ifdef BPF_CMPXCHG
+#ifdef HAVE_BPF_ATOMICS
     __sync_val_compare_and_swap(until, seen, 0);
 #endif
     return 0;

@@ -56,7 +56,7 @@ class Probe:
         return self.target.startswith("syscalls:")
 
 
-BPF_CMPXCHG_SINCE = (5, 12)  # BPF atomics: the probe switches a lapsed watch stream off
+BPF_ATOMICS_SINCE = (5, 12)  # BPF atomics: the probe switches a lapsed watch stream off
 
 CREATION_SYSCALLS = ("clone", "clone3", "fork", "vfork")
 
@@ -174,8 +174,8 @@ def build_cflags(
     ]
     if watch:
         flags.append("-DPROCMOND_WATCH")
-    if kernel.kernel_version() >= BPF_CMPXCHG_SINCE:
-        flags.append("-DBPF_CMPXCHG")
+    if kernel.kernel_version() >= BPF_ATOMICS_SINCE:
+        flags.append("-DHAVE_BPF_ATOMICS")
     ret = kernel.tracepoint_field_offset("syscalls", "sys_exit_clone", "ret")
     if ret is not None:
         flags.append(f"-DSYS_EXIT_RET_OFF={ret}")
