@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from subprocess import DEVNULL
 
-from procmond.cgroups import CgroupResolver, Hierarchy, read_layout, walk
-from procmond.tasklimits import PidsHierarchy, TaskLimits, find_pids_hierarchy, read_pids
+from procmond.naming.cgroups import CgroupResolver, Hierarchy, read_layout, walk
+from procmond.scrape.tasklimits import PidsHierarchy, TaskLimits, find_pids_hierarchy, read_pids
 
 SERVICES_PER_SLICE = 100
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from benchmarks import measures
 from benchmarks.configurations import Daemon, scratch_dir
-from procmond.cgroups import read_layout
+from procmond.naming.cgroups import read_layout
 from tests.support.exposition import Exposition
 from tests.support.names import unique_name
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from procmond.programs import RunStats, parse_fdinfo
+from procmond.kernel.programs import RunStats, parse_fdinfo
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -73,7 +73,7 @@ def memory(pid: int) -> Memory:
 
 
 _MAPPING_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
-# BCC and its compiler: the daemon leaves them to its loader child (procmond/handoff.py), so
+# BCC and its compiler: the daemon leaves them to its loader child (procmond/kernel/handoff.py), so
 # any of their pages in the daemon is a regression.
 LOADER_LIBRARIES = re.compile(r"/lib(LLVM|clang|clang-cpp|bcc)[-.][^/]*$")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks import measures
 from benchmarks.configurations import CONFIGURATIONS, Configuration, Daemon
 from benchmarks.loadgen import PATHS, LoadGenerator, unique_comm
-from procmond.programs import statistics_on
+from procmond.kernel.programs import statistics_on
 from tests.support.names import unique_name
 
 Log = Callable[[str], None]

@@ -635,7 +635,7 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
         out += [
             "",
             f"**The daemon held {daemon['loader_file_mib']:.0f} MiB of BCC's and the "
-            "compiler's pages after start**: it should never load them (procmond/handoff.py "
+            "compiler's pages after start**: it should never load them (procmond/kernel/handoff.py "
             "leaves them to the loader child).",
         ]
     return out

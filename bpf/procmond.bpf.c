@@ -5,7 +5,7 @@
  * kernel's BTF, because the installed headers may describe another kernel. Without them
  * (PROCMOND_BTF_OFFSETS undefined) the headers' layout is used.
  *
- * Probes, each attached by name from procmond/bpf_loader.py:
+ * Probes, each attached by name from procmond/kernel/bpf_loader.py:
  *   on_task_newtask        raw tracepoint: one count per task copy_process() creates, on every
  *                          path (fork, vfork, clone, clone3, and the io_uring and vhost workers
  *                          the kernel makes without kernel_clone(), which sched_process_fork
@@ -58,7 +58,7 @@ BPF_HASH(gone_task_limit_hits, u64, struct gone_pids_cgroup, GONE_TASK_LIMITS_MA
 /* Per-process counting for storm reports and `procmond top` (see struct creator): on while
  * storm_watch[0] is non-zero. */
 BPF_ARRAY(storm_watch, u32, 1);
-/* Which probe counts (procmond/pins.py): handover[0] is the DUTY of the one probe on duty.
+/* Which probe counts (procmond/kernel/pins.py): handover[0] is the DUTY of the one probe on duty.
  * A pinned probe shares this map with the probe of the build or config before it (one map,
  * pinned beside them), so that an upgrade switches counting from one to the other with one
  * write: each event reads it once, and is counted by exactly one of them. Unpinned probes
@@ -72,7 +72,7 @@ BPF_ARRAY(handover, u32, 1);
 #define DUTY 0
 #endif
 BPF_TABLE("lru_hash", u32, struct creator, creators, CREATORS_MAX_ENTRIES);
-/* The storm monitor's alarm (procmond/alarm.py): storm_alarm[0] is the number of creations
+/* The storm monitor's alarm (procmond/kernel/alarm.py): storm_alarm[0] is the number of creations
  * still to come before the probe wakes the monitor through storm_wake (a ring buffer of one
  * page, drained at each wake-up); 0 while no alarm is set. */
 BPF_ARRAY(storm_alarm, u64, 1);
@@ -81,7 +81,7 @@ BPF_RINGBUF_OUTPUT(storm_wake, 1);
  * (fewer than ALARM_BATCH): the shared slot is written once per batch, not at every creation. */
 BPF_PERCPU_ARRAY(alarm_pending, u32, 1);
 
-/* The event stream of `procmond watch` (procmond/watch_stream.py), in every probe, so that a
+/* The event stream of `procmond watch` (procmond/kernel/watch_stream.py), in every probe, so that a
  * watch reads the running daemon's: the leases that switch it on (enum watch_slot), one ring
  * per reader, and per reader the events its full ring refused. */
 BPF_ARRAY(watch_leases, u64, WATCH_SLOT_READER + WATCH_READERS);
@@ -573,7 +573,7 @@ int on_cgroup_mkdir(struct tracepoint__cgroup__cgroup_mkdir *args)
  * go offline meanwhile), and with no task left in it to be refused a fork. A cgroup with a
  * pids state (the pids hierarchy's, v1 or v2) that refused any fork leaves its count here for
  * the daemon; the rest, most cgroups, leave nothing. Rare: two probe reads per rmdir. The
- * offsets come from BTF (procmond/btf.py): CGROUP_PIDS_CSS_OFF is &cgrp->subsys[pids_cgrp_id],
+ * offsets come from BTF (procmond/kernel/btf.py): CGROUP_PIDS_CSS_OFF is &cgrp->subsys[pids_cgrp_id],
  * PIDS_EVENTS_OFF the count its pids.events file shows, from the css (the first member of
  * struct pids_cgroup). */
 int on_cgroup_rmdir(struct bpf_raw_tracepoint_args *ctx)

@@ -4,7 +4,7 @@
  * This file is the one source of truth between C and Python. Python never restates it:
  *   - struct layouts (keys, values, events) come from the compiled program: the loader child
  *     reads BCC's types of every map and hands their field offsets to the daemon;
- *   - the enums are read from this file by procmond/header.py, by the naming rules stated at
+ *   - the enums are read from this file by procmond/kernel/header.py, by the naming rules stated at
  *     each enum;
  *   - the #ifndef defaults only let this file compile alone: the loader always passes the
  *     config's values, and a test keeps these defaults equal to procmond/config.py's. */

@@ -18,9 +18,9 @@ from procmond.config import (
     load_config,
 )
 from procmond.errors import ConfigError, ProcmondError
-from procmond.metrics import series_budget
 from procmond.naming.labels import Namer, Naming
-from procmond.webconfig import load_web_config
+from procmond.scrape.metrics import series_budget
+from procmond.web.webconfig import load_web_config
 
 WATCH_HELP = """\
 One line per process or thread creation, live, as
@@ -237,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
 def host_naming(config: Config) -> Naming:
     """How `watch` and `top` name cgroups: as the daemon does, from the probe they load (its
     mkdir records) on, with the container runtimes the config points at."""
-    from procmond.cgroups import host_namer
-    from procmond.metrics import cgroups_capacity
+    from procmond.naming.cgroups import host_namer
     from procmond.naming.runtimes import runtimes, state_watcher
+    from procmond.scrape.metrics import cgroups_capacity
 
     capacity = cgroups_capacity(config)
     sources = runtimes(config, capacity)
@@ -253,12 +253,12 @@ def host_naming(config: Config) -> Naming:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from procmond.daemon import run
+        from procmond.lifecycle.daemon import run
 
         flags = {"listen": args.listen, "log_level": args.log_level}
         return run(args.config, {key: value for key, value in flags.items() if value is not None})
     if args.command == "watch":
-        from procmond.watch import Selection, command_name, unit_pattern, watch
+        from procmond.tools.watch import Selection, command_name, unit_pattern, watch
 
         config, _ = load_config(args.config)
         selection = Selection(
@@ -274,7 +274,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             config, args.json, selection=selection, timestamps=args.timestamp, naming=naming
         )
     if args.command == "top":
-        from procmond.top import SORT_NAMES, top
+        from procmond.tools.top import SORT_NAMES, top
 
         if args.sort not in SORT_NAMES:
             raise ProcmondError(
@@ -286,7 +286,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         count = 1 if args.once else args.iterations
         return top(config, args.delay, count, batch, args.sort, naming=host_naming(config))
     if args.command == "detach":
-        from procmond.pins import detach
+        from procmond.kernel.pins import detach
 
         config, _ = load_config(args.config)
         if not config.pin_root:
@@ -307,7 +307,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{source}: OK; at most {series_budget(config)} series from the kernel maps")
         return 0
     if args.command == "doctor":
-        from procmond.doctor import doctor
+        from procmond.tools.doctor import doctor
 
         return doctor(sys.stdout)
     raise AssertionError(args.command)

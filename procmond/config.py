@@ -52,14 +52,14 @@ class Config:
     log_level: str = "info"
     web_config_file: str = ""
     # Processes created per second by one command that make a fork storm, logged with the
-    # creating PIDs (procmond/storms.py); the ForkStorm alert's default threshold. 0: off.
+    # creating PIDs (procmond/storms/detector.py); the ForkStorm alert's default threshold. 0: off.
     storm_threshold: int = 2000
     # A bpffs folder where the probe stays loaded between two runs of the daemon, so that a
-    # restart misses no count (procmond/pins.py); "" to load a fresh probe at every start and
+    # restart misses no count (procmond/kernel/pins.py); "" to load a fresh probe at every start and
     # detach it at every stop. `procmond detach` removes it.
     pin_root: str = "/sys/fs/bpf/procmond"
     # Where the counts the daemon keeps in user space are saved for the next daemon that
-    # adopts the pinned probe (procmond/state.py).
+    # adopts the pinned probe (procmond/lifecycle/state.py).
     state_dir: str = "/var/lib/procmond"
     # Where container runtimes keep their state, read-only, to name containers outside
     # Kubernetes (procmond/naming/); "" leaves that runtime's containers unnamed.

@@ -8,7 +8,7 @@ until the daemon has its handlers and unblocks them, and every other command unb
 soon as it knows it is not the daemon. What no Python program can hold is a signal during the
 interpreter's own start, before it runs procmond's first line (~20 ms here).
 
-The loader child is started with them blocked and keeps them so (procmond/handoff.py): a stop
+The loader child is started with them blocked and keeps them so (procmond/kernel/handoff.py): a stop
 signal sent to the whole service (systemd's KillMode=control-group) or to the terminal's
 process group reaches the daemon, which stops once the child has handed the probe over, instead
 of killing the compiler halfway and failing.

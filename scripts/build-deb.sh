@@ -25,11 +25,17 @@ PY=$PKG/usr/lib/python3/dist-packages/procmond
 DOC=$PKG/usr/share/doc/procmond
 SHARE=$PKG/usr/share/procmond
 
-install -d "$PKG/DEBIAN" "$PKG/usr/bin" "$PY/bpf" "$PY/naming" "$PKG/lib/systemd/system" \
+install -d "$PKG/DEBIAN" "$PKG/usr/bin" "$PY/bpf" "$PKG/lib/systemd/system" \
     "$PKG/etc/procmond" "$PKG/usr/lib/procmond" "$DOC" "$PKG/usr/share/man/man8" \
     "$SHARE/prometheus" "$SHARE/grafana"
 install -m 0644 procmond/*.py "$PY/"
-install -m 0644 procmond/naming/*.py "$PY/naming/"
+# every subpackage, one folder a stage (procmond/kernel/, procmond/naming/, ...)
+for folder in procmond/*/; do
+    sub=$(basename "$folder")
+    [ -f "$folder/__init__.py" ] || continue
+    install -d "$PY/$sub"
+    install -m 0644 "$folder"*.py "$PY/$sub/"
+done
 install -m 0644 bpf/__init__.py bpf/*.c bpf/*.h "$PY/bpf/"
 install -m 0644 packaging/systemd/procmond.service "$PKG/lib/systemd/system/"
 install -m 0644 config/procmond.yaml "$PKG/etc/procmond/config.yaml"

@@ -7,6 +7,6 @@
 * One module per runtime: docker, podman, containerd (ctr and nerdctl), crio. The next runtime
   is one new module listed in :func:`procmond.naming.runtimes.runtimes`.
 
-The kubelet's names (Kubernetes pods) stay in procmond/kubelet.py and the path rules for the
-kubepods tree in procmond/cgroups.py, which asks these sources for everything outside it.
+The kubelet's names (Kubernetes pods) stay in procmond/naming/kubelet.py and the path rules for the
+kubepods tree in procmond/naming/cgroups.py, which asks these sources for everything outside it.
 """

@@ -18,8 +18,8 @@ import os
 import re
 from collections.abc import Sequence
 
-from procmond.lru import BoundedLRU
 from procmond.naming.labels import CgroupLabels
+from procmond.naming.lru import BoundedLRU
 from procmond.naming.runtime import HEX_ID, clean_name, leaf_match, read_limited, short_id
 
 DEFAULT_STATE = "/run/containerd"

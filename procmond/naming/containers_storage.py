@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from procmond.lru import BoundedLRU
+from procmond.naming.lru import BoundedLRU
 from procmond.naming.runtime import HEX_ID, clean_name, read_json, stamp
 
 STORE_LIMIT = 16 << 20

@@ -1,6 +1,6 @@
 """CRI-O's containers outside Kubernetes: ``crio-<id>.scope`` (``crio-conmon-<id>.scope`` is
 its monitor, not the container). Under a kubepods tree the kubelet's names win
-(procmond/cgroups.py looks there first). CRI-O keeps its containers in containers/storage,
+(procmond/naming/cgroups.py looks there first). CRI-O keeps its containers in containers/storage,
 as Podman does: names from the store's container list."""
 
 from __future__ import annotations

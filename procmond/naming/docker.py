@@ -14,8 +14,8 @@ import os
 import re
 from collections.abc import Sequence
 
-from procmond.lru import BoundedLRU
 from procmond.naming.labels import CgroupLabels
+from procmond.naming.lru import BoundedLRU
 from procmond.naming.runtime import HEX_ID, clean_name, read_json
 
 DEFAULT_ROOT = "/var/lib/docker"

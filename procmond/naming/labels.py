@@ -19,8 +19,9 @@ class CgroupLabels(NamedTuple):
 EMPTY_LABELS = CgroupLabels()
 
 Namer = Callable[[int], CgroupLabels]
-# A namer made once a probe is loaded, from its cgroup_mkdir records (procmond.maps.MapReader):
-# what `watch` and `top` take, so that a cgroup made while they run is named at once.
+# A namer made once a probe is loaded, from its cgroup_mkdir records
+# (procmond.kernel.maps.MapReader): what `watch` and `top` take, so that a cgroup made while
+# they run is named at once.
 Naming = Callable[[Any], Namer]
 
 

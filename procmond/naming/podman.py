@@ -18,9 +18,9 @@ import os
 import re
 from collections.abc import Sequence
 
-from procmond.lru import BoundedLRU
 from procmond.naming.containers_storage import ContainerStore
 from procmond.naming.labels import CgroupLabels
+from procmond.naming.lru import BoundedLRU
 from procmond.naming.runtime import HEX_ID, clean_name, leaf_match, read_limited
 
 DEFAULT_ROOT = "/var/lib/containers/storage"

@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from procmond.bpfmap import libbpf
+from procmond.kernel.bpfmap import libbpf
 
 MAP_IDS, PROG_IDS = "bpf_map_get_next_id", "bpf_prog_get_next_id"
 

@@ -154,8 +154,8 @@ class TaskLimitedUnit:
     fork bomb in it; ``remove`` takes the v1 side away (``tree`` removes the v2 side)."""
 
     def __init__(self, tree: CgroupTree, unit: str, limit: int) -> None:
-        from procmond.cgroups import read_layout
-        from procmond.tasklimits import find_pids_hierarchy
+        from procmond.naming.cgroups import read_layout
+        from procmond.scrape.tasklimits import find_pids_hierarchy
 
         pids = find_pids_hierarchy(read_layout())
         assert pids is not None, "no pids controller on this host"

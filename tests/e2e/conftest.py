@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from procmond.cgroups import read_layout
+from procmond.naming.cgroups import read_layout
 from tests.e2e.cgroup_tree import CgroupTree
 from tests.e2e.harness import Daemon, build_creator, start_daemon
 

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from procmond.metrics import COUNTERS, OVERFLOW_LABEL_VALUE
+from procmond.scrape.metrics import COUNTERS, OVERFLOW_LABEL_VALUE
 from tests.support.creator import CREATOR_SOURCE, build_creator, run_creator
 from tests.support.exposition import Exposition
 from tests.support.launcher import (

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from procmond.cgroups import MOUNTINFO, parse_mountinfo
+from procmond.naming.cgroups import MOUNTINFO, parse_mountinfo
 
 
 class MemoryCgroup:

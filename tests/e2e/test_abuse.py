@@ -11,7 +11,7 @@ import time
 import urllib.error
 from pathlib import Path
 
-from procmond.connections import HEAD_DEADLINE_SECONDS, WORKERS
+from procmond.web.connections import HEAD_DEADLINE_SECONDS, WORKERS
 from tests.e2e.drip import Drip, raise_open_files_limit
 from tests.e2e.harness import PROCMOND, Daemon, start_daemon, unique_name
 from tests.e2e.prom_harness import JOB, start_prometheus

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from procmond.cgroups import CgroupLabels, CgroupResolver, Hierarchy, read_layout, walk
-from procmond.kubelet import KubeletNames
+from procmond.naming.cgroups import CgroupLabels, CgroupResolver, Hierarchy, read_layout, walk
+from procmond.naming.kubelet import KubeletNames
 from tests.e2e.cgroup_tree import CgroupTree, Pod, proc_cgroup_v2
 from tests.e2e.harness import REPO
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from procmond.cgroups import read_layout
-from procmond.tasklimits import (
+from procmond.naming.cgroups import read_layout
+from procmond.scrape.tasklimits import (
     PidsHierarchy,
     TaskLimitLabels,
     TaskLimits,

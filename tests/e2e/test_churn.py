@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.churn import Churner, remove_churn_slice
-from procmond.cgroups import read_layout
+from procmond.naming.cgroups import read_layout
 from tests.e2e.harness import REPO, Daemon, Exposition, SeriesFlow, start_daemon
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from procmond.config import Config
-from procmond.metrics import HISTOGRAMS, series_budget
+from procmond.scrape.metrics import HISTOGRAMS, series_budget
 from tests.e2e.harness import Daemon, created_on_host, start_daemon
 
 NAMES = 1_000_000

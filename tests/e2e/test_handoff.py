@@ -7,12 +7,12 @@ import re
 import time
 from pathlib import Path
 
-from procmond import bpf_loader
-from procmond.alarm import ALARM_MAPS
-from procmond.bpfmap import BPFMap, possible_cpus
 from procmond.config import Config
-from procmond.metrics import daemon_maps
-from procmond.watch_stream import stream_maps
+from procmond.kernel import bpf_loader
+from procmond.kernel.alarm import ALARM_MAPS
+from procmond.kernel.bpfmap import BPFMap, possible_cpus
+from procmond.kernel.watch_stream import stream_maps
+from procmond.scrape.metrics import daemon_maps
 from tests.e2e.bpf_objects import MAP_IDS, PROG_IDS, held_by, loaded
 from tests.e2e.harness import launch, run_creator, start_daemon, unique_name
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from procmond.watch import printable
+from procmond.tools.watch import printable
 from tests.e2e.harness import (
     Daemon,
     Watch,

@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 
-from procmond.cgroups import CgroupResolver, read_layout
+from procmond.naming.cgroups import CgroupResolver, read_layout
 from tests.e2e.cgroup_tree import CgroupTree, TaskLimitedUnit
 from tests.e2e.harness import Daemon, start_daemon, unique_name
 

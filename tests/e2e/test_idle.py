@@ -10,11 +10,11 @@ import struct
 import time
 from pathlib import Path
 
-from procmond import bpf_loader
-from procmond.alarm import ALARM_MAP, RING_MAP, CreationAlarm
-from procmond.bpfmap import possible_cpus
 from procmond.config import Config
-from procmond.header import read_header
+from procmond.kernel import bpf_loader
+from procmond.kernel.alarm import ALARM_MAP, RING_MAP, CreationAlarm
+from procmond.kernel.bpfmap import possible_cpus
+from procmond.kernel.header import read_header
 from tests.e2e.harness import (
     Daemon,
     created_on_host,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from procmond import bpf_loader, creators
 from procmond.config import Config
+from procmond.kernel import bpf_loader
+from procmond.storms import creators
 from tests.e2e.cgroup_tree import CgroupTree
 from tests.e2e.harness import own_comm, run_creator, unique_name
 
@@ -115,7 +116,7 @@ def test_c_is_the_one_source_of_the_layouts_and_map_ids(tmp_path: Path, creator:
 def test_doctor_finds_every_tracepoint_the_probe_attaches() -> None:
     """doctor looks each probe up under its tracefs category (task_newtask is task:, not
     sched:): on this kernel every one is present."""
-    from procmond.doctor import check_tracepoints
+    from procmond.tools.doctor import check_tracepoints
 
     checks = check_tracepoints()
     assert len(checks) == len(bpf_loader.PROBES)

@@ -1,7 +1,7 @@
 """Loading under a memory limit: when the limit is too tight, procmond says in one line what
 happened and what to do; under the figures that line gives, it loads and serves.
 
-Compiling the probe is the only moment procmond needs much memory (procmond/memory_limits.py:
+Compiling the probe is the only moment procmond needs much memory (procmond/kernel/memory_limits.py:
 the loader child peaks at ~145 MiB resident, ~294 MiB of address space)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from procmond.memory_limits import ADDRESS_SPACE_NEEDED_MIB, MEMORY_NEEDED_MIB
+from procmond.kernel.memory_limits import ADDRESS_SPACE_NEEDED_MIB, MEMORY_NEEDED_MIB
 from tests.e2e.harness import PROCMOND, free_port, start_daemon
 from tests.e2e.memory_cgroup import MemoryCgroup
 

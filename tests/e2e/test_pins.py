@@ -1,4 +1,4 @@
-"""The probe outlives the daemon (procmond/pins.py): pinned in bpffs, adopted by the next
+"""The probe outlives the daemon (procmond/kernel/pins.py): pinned in bpffs, adopted by the next
 daemon, so a restart or a crash misses no creation and no counter starts over; `procmond
 detach` leaves nothing loaded. Each test pins in a bpffs of its own (mounted in its tmp_path):
 no daemon of another test or run on this host adopts its probe, nor it theirs."""
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from procmond import pins
-from procmond.header import bpf_source_dir
+from procmond.kernel import pins
+from procmond.kernel.header import bpf_source_dir
 from tests.e2e.bpf_objects import held_by, snapshot
 from tests.e2e.cgroup_tree import CgroupTree
 from tests.e2e.harness import PROCMOND, Daemon, procmond, start_daemon, unique_name
@@ -213,8 +213,8 @@ def test_folded_counts_of_gone_cgroups_survive_a_restart(
     tmp_path: Path, pin_root: Path, tree: CgroupTree, creator: Path, upgrade: bool
 ) -> None:
     """A removed unit's entry is given back to the kernel map and its count kept in the
-    daemon (procmond/attribution.py): the next daemon, of this build or of another layout,
-    shows it still (procmond/state.py)."""
+    daemon (procmond/scrape/attribution.py): the next daemon, of this build or of another layout,
+    shows it still (procmond/lifecycle/state.py)."""
     first = start(tmp_path, pin_root, "first")
     name = unique_name("gone")
     unit = f"pin-{secrets.token_hex(3)}.service"
@@ -298,7 +298,7 @@ def another_build(tmp: Path) -> Path:
     """This tree's procmond with a header whose forks key lays comm and parent_comm out the
     other way round: a build whose map layout differs (the import root for PYTHONPATH)."""
     build = tmp / "build"
-    package = Path(pins.__file__).parent
+    package = Path(pins.__file__).parents[1]  # procmond/kernel/pins.py
     shutil.copytree(package, build / "procmond", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(bpf_source_dir(), build / "procmond" / "bpf")
     header = build / "procmond" / "bpf" / "procmond.h"

@@ -133,8 +133,8 @@ def test_reloads_work_without_capabilities_but_a_privileged_port_needs_a_restart
 FALLBACK = """
 import ctypes, errno, json
 from pathlib import Path
-from procmond import privileges
-from procmond.bpfmap import BPFMap
+from procmond.kernel import privileges
+from procmond.kernel.bpfmap import BPFMap
 
 libbpf = ctypes.CDLL("libbpf.so.1")
 fd = libbpf.bpf_map_create(1, b"fallback", 4, 8, 4, None)  # a hash map, one entry

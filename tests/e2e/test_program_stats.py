@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from procmond.programs import statistics_on
+from procmond.kernel.programs import statistics_on
 from tests.e2e.harness import Daemon, created_on_host, run_creator, unique_name
 
 RUNS = "procmond_bpf_program_runs_total"

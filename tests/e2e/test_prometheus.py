@@ -33,7 +33,7 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
-from procmond.programs import statistics_on
+from procmond.kernel.programs import statistics_on
 from tests.e2e.cgroup_tree import CgroupTree, Pod, TaskLimitedUnit
 from tests.e2e.harness import (
     Daemon,

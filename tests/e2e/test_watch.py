@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from procmond.cgroups import CgroupResolver, read_layout
+from procmond.naming.cgroups import CgroupResolver, read_layout
 from tests.e2e.cgroup_tree import CgroupTree, Pod, proc_cgroup_v2
 from tests.e2e.harness import PROCMOND, Watch, run_creator, unique_name
 

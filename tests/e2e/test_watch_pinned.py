@@ -1,5 +1,5 @@
 """`procmond watch` against a running daemon reads the daemon's pinned probe
-(procmond/watch_stream.py): it compiles and loads nothing, prints each creation once, several
+(procmond/kernel/watch_stream.py): it compiles and loads nothing, prints each creation once, several
 watches at once each see all of them, and the stream is off again once no watch reads it,
 also when the watch was killed. Each test pins in a bpffs of its own (tests/e2e/test_pins.py)."""
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from procmond import watch_stream
-from procmond.bpfmap import BPFMap, libbpf
+from procmond.kernel import watch_stream
+from procmond.kernel.bpfmap import BPFMap, libbpf
 from tests.e2e import test_pins
 from tests.e2e.bpf_objects import held_by
 from tests.e2e.harness import PROCMOND, Daemon, Watch, run_creator, unique_name, wait_until

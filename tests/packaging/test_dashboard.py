@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from procmond.metrics import COUNTERS, HISTOGRAMS
+from procmond.scrape.metrics import COUNTERS, HISTOGRAMS
 from tests.packaging import shipped as db
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from procmond.config import load_config
-from procmond.metrics import COUNTERS, HISTOGRAMS, series_budget
+from procmond.scrape.metrics import COUNTERS, HISTOGRAMS, series_budget
 from tests.packaging.shipped import REPO, github_anchor
 
 README = REPO / "README.md"
@@ -119,7 +119,7 @@ def alert(name: str) -> dict:
 
 
 def test_map_nearly_full_says_which_maps_free_their_entries() -> None:
-    """Counter maps free the entries of removed cgroups (procmond/attribution.py reclaims by
+    """Counter maps free the entries of removed cgroups (procmond/scrape/attribution.py reclaims by
     the cgroup id their keys carry, when a cgroup label is kept); histogram maps are keyed by
     command alone and never free theirs. The alert and its runbook name those maps."""
     assert all("cgroup_id" in c.key_fields for c in COUNTERS)

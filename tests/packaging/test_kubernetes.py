@@ -372,7 +372,7 @@ def test_least_privilege() -> None:
     host_paths = {v["name"] for v in spec["volumes"] if "hostPath" in v}
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert host_paths <= mounts.keys()
-    written = {"bpffs", "state"}  # the pinned probe and its saved counts (procmond/pins.py)
+    written = {"bpffs", "state"}  # the pinned probe and its saved counts (procmond/kernel/pins.py)
     for name in host_paths - written:
         assert mounts[name]["readOnly"] is True, name
     for name in written:

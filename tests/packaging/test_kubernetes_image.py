@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from procmond.cgroups import read_layout
+from procmond.naming.cgroups import read_layout
 from tests.e2e.cgroup_tree import CgroupTree, Pod
 from tests.e2e.harness import Exposition, build_creator, unique_name
 from tests.packaging import daemonset_podman, kustomize

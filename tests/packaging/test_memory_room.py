@@ -1,5 +1,5 @@
 """The shipped service settings leave procmond the memory it needs to load its probe: the
-figures procmond/memory_limits.py measured (and its e2e test loads under)."""
+figures procmond/kernel/memory_limits.py measured (and its e2e test loads under)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import yaml
 
-from procmond.memory_limits import ADDRESS_SPACE_NEEDED_MIB, MEMORY_NEEDED_MIB
+from procmond.kernel.memory_limits import ADDRESS_SPACE_NEEDED_MIB, MEMORY_NEEDED_MIB
 from tests.packaging.shipped import REPO
 
 UNIT = REPO / "packaging" / "systemd" / "procmond.service"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 import threading
 
-from procmond.layout import CHARS, UINT, Field, Layout, MapLayout
+from procmond.kernel.layout import CHARS, UINT, Field, Layout, MapLayout
 
 CREATOR_LAYOUT = MapLayout(
     Layout(4, (Field("", 0, 4, UINT),)),
@@ -54,7 +54,7 @@ class FakeCreators:
 
 
 class FakeAlarm:
-    """The probe's creation alarm (procmond/alarm.py): records each alarm set; ``wait``
+    """The probe's creation alarm (procmond/kernel/alarm.py): records each alarm set; ``wait``
     blocks until poked (or its timeout), as if the host created nothing."""
 
     def __init__(self) -> None:

@@ -1,13 +1,13 @@
-"""Stand-ins for procmond.bpfmap.BPFMap: raw keys and values, laid out as bpf/procmond.h does,
-with the layouts the loader would hand over, for tests without root (tests/e2e reads the real
+"""Stand-ins for procmond.kernel.bpfmap.BPFMap: raw keys and values, laid out as bpf/procmond.h
+does, with the layouts the loader would hand over, for tests without root (tests/e2e reads the real
 maps, with the layouts of the real compiled program)."""
 
 from __future__ import annotations
 
 import struct
 
-from procmond.header import map_ids, read_header
-from procmond.layout import CHARS, UINT, UINTS, Field, Layout, MapLayout
+from procmond.kernel.header import map_ids, read_header
+from procmond.kernel.layout import CHARS, UINT, UINTS, Field, Layout, MapLayout
 
 COMM_LEN = 16
 HIST_SLOTS = 64

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from procmond.attribution import UNKNOWN, Attribution, CgroupLabels
+from procmond.scrape.attribution import UNKNOWN, Attribution, CgroupLabels
 
 UNIT_A: CgroupLabels = ("a.service", "", "", "")
 POD: CgroupLabels = ("", "ns", "web-1", "nginx")

@@ -1,11 +1,11 @@
-"""procmond/bpfmap.py without a kernel map: what it says when libbpf is missing."""
+"""procmond/kernel/bpfmap.py without a kernel map: what it says when libbpf is missing."""
 
 from __future__ import annotations
 
 import pytest
 
-from procmond import bpfmap
 from procmond.errors import BPFLoadError
+from procmond.kernel import bpfmap
 
 
 def test_missing_libbpf_is_a_load_error_naming_the_package(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from procmond.btf import (
+from procmond.kernel.btf import (
     BTF,
     KIND_ARRAY,
     KIND_CONST,

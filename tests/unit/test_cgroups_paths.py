@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from procmond.cgroups import BoundedLRU, CgroupPath, Hierarchy, detect_layout, parse_cgroup_path
+from procmond.naming.cgroups import (
+    BoundedLRU,
+    CgroupPath,
+    Hierarchy,
+    detect_layout,
+    parse_cgroup_path,
+)
 
 UID = "0a1b2c3d-0000-4111-8222-333344445555"
 UID_ = UID.replace("-", "_")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from procmond.cgroups import (
+from procmond.naming.cgroups import (
     EMPTY_LABELS,
     CgroupLabels,
     CgroupNamer,
@@ -20,7 +20,7 @@ from procmond.cgroups import (
     Hierarchy,
     walk,
 )
-from procmond.kubelet import (
+from procmond.naming.kubelet import (
     ContainerName,
     KubeletNames,
     PodName,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from procmond.btf import PIDS_FORKFAIL, PIDS_MAX
-from procmond.cgroups import Hierarchy, Mount
-from procmond.kubelet import KubeletNames
-from procmond.maps import GonePidsCgroup
-from procmond.tasklimits import (
+from procmond.kernel.btf import PIDS_FORKFAIL, PIDS_MAX
+from procmond.kernel.maps import GonePidsCgroup
+from procmond.naming.cgroups import Hierarchy, Mount
+from procmond.naming.kubelet import KubeletNames
+from procmond.scrape.tasklimits import (
     EMPTY,
     OVERFLOW,
     PidsHierarchy,

@@ -8,11 +8,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from procmond import privileges
-from procmond.collector import ProbeStatus, ProcmondCollector
 from procmond.config import Config
-from procmond.maps import Histogram, MapReader
-from procmond.metrics import COUNTERS, HISTOGRAMS, cumulative_buckets, series_budget
+from procmond.kernel import privileges
+from procmond.kernel.maps import Histogram, MapReader
+from procmond.scrape.collector import ProbeStatus, ProcmondCollector
+from procmond.scrape.metrics import COUNTERS, HISTOGRAMS, cumulative_buckets, series_budget
 from tests.unit.fakes import (
     LAYOUTS,
     MAP_IDS,

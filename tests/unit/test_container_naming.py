@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from procmond.cgroups import CgroupResolver, Hierarchy
 from procmond.config import Config, parse_config
 from procmond.errors import ConfigError
+from procmond.naming.cgroups import CgroupResolver, Hierarchy
 from procmond.naming.containerd import TASKS, Containerd
 from procmond.naming.crio import Crio
 from procmond.naming.docker import Docker

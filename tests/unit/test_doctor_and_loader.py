@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from procmond import bpf_loader, kernel
 from procmond.config import Config
-from procmond.doctor import Check, doctor
 from procmond.errors import BPFLoadError, PermissionDeniedError
+from procmond.kernel import bpf_loader
+from procmond.kernel import features as kernel
+from procmond.tools.doctor import Check, doctor
 
 
 def test_doctor_reports_fixes_and_fails_on_fatal_checks() -> None:
@@ -98,7 +99,7 @@ def test_no_syscall_probes_means_no_syscall_tracepoints() -> None:
 
 
 def test_text_is_served_to_whoever_accepts_it() -> None:
-    from procmond.daemon import accepts_text
+    from procmond.lifecycle.daemon import accepts_text
 
     prometheus = (
         "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
@@ -125,8 +126,8 @@ def test_a_check_that_cannot_read_fails_in_a_sentence(monkeypatch: pytest.Monkey
 
 
 def test_doctor_says_why_there_are_no_unit_or_pod_labels_on_a_v1_only_host() -> None:
-    from procmond.cgroups import detect_layout
-    from procmond.doctor import check_cgroups
+    from procmond.naming.cgroups import detect_layout
+    from procmond.tools.doctor import check_cgroups
 
     v1_only = detect_layout("30 25 0:26 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids\n")
     check = check_cgroups(v1_only)
@@ -166,7 +167,7 @@ def test_typed_reads_only_from_5_11(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_doctor_says_when_32_bit_programs_can_run(tmp_path: Path) -> None:
     """Their fork failures are invisible to the syscall probes: a warning, not a failure."""
-    from procmond.doctor import check_32bit_programs
+    from procmond.tools.doctor import check_32bit_programs
 
     sysctl, cmdline = tmp_path / "vsyscall32", tmp_path / "cmdline"
     cmdline.write_text("console=ttyS0 quiet\n")

@@ -17,12 +17,12 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from procmond.attribution import Attribution
-from procmond.cgroups import CgroupLayout, CgroupResolver
-from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config
-from procmond.maps import MapReader
-from procmond.tasklimits import TaskLimits
+from procmond.kernel.maps import MapReader
+from procmond.naming.cgroups import CgroupLayout, CgroupResolver
+from procmond.scrape.attribution import Attribution
+from procmond.scrape.collector import CgroupSources, ProbeStatus, ProcmondCollector
+from procmond.scrape.tasklimits import TaskLimits
 from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, exited, hist, pair
 from tests.unit.test_attribution import Cgroups
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from procmond import handoff
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError
+from procmond.kernel import handoff
 
 
 def test_a_loader_that_dies_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from procmond.config import Config
-from procmond.header import HeaderError, map_ids, parse_header, read_header, syscall_names
-from procmond.metrics import daemon_maps
+from procmond.kernel.header import HeaderError, map_ids, parse_header, read_header, syscall_names
+from procmond.scrape.metrics import daemon_maps
 
 
 def test_the_headers_defaults_are_the_configs() -> None:

@@ -32,8 +32,12 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from procmond.attribution import Attribution
-from procmond.cgroups import (
+from procmond.config import Config
+from procmond.kernel.header import read_header
+from procmond.kernel.layout import CHARS, UINT, Field, Layout, MapLayout
+from procmond.kernel.maps import MapReader
+from procmond.logs import _OneLineFormatter
+from procmond.naming.cgroups import (
     CgroupLabels,
     CgroupLayout,
     CgroupNamer,
@@ -41,14 +45,10 @@ from procmond.cgroups import (
     Hierarchy,
     unit_of,
 )
-from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
-from procmond.config import Config
-from procmond.header import read_header
-from procmond.kubelet import KubeletNames
-from procmond.layout import CHARS, UINT, Field, Layout, MapLayout
-from procmond.logs import _OneLineFormatter
-from procmond.maps import MapReader
-from procmond.tasklimits import PidsHierarchy, TaskLimits
+from procmond.naming.kubelet import KubeletNames
+from procmond.scrape.attribution import Attribution
+from procmond.scrape.collector import CgroupSources, ProbeStatus, ProcmondCollector
+from procmond.scrape.tasklimits import PidsHierarchy, TaskLimits
 from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, exited, hist, pair
 
 STATUS = ProbeStatus({"task_newtask": True}, True, "9.9", "0.26.0", "6.18.0")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from procmond import memory_limits
-from procmond.memory_limits import MemoryCgroup, OomWatch, loader_exit_error, memory_cgroups
+from procmond.kernel import memory_limits
+from procmond.kernel.memory_limits import MemoryCgroup, OomWatch, loader_exit_error, memory_cgroups
 
 V2 = "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
 HYBRID = (

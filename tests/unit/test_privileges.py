@@ -1,4 +1,4 @@
-"""The decision procmond/privileges.py makes, on a fake with the kernel's capability rules.
+"""The decision procmond/kernel/privileges.py makes, on a fake with the kernel's capability rules.
 tests/e2e/test_privileges.py does it for real: the daemon by hand, and the CAP_BPF fallback
 with real capset() calls in a child process."""
 
@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from procmond import privileges
 from procmond.errors import PermissionDeniedError
-from procmond.privileges import CAP_SETPCAP, CAPABILITY_NAMES, CapabilitySets, drop_all
+from procmond.kernel import privileges
+from procmond.kernel.privileges import CAP_SETPCAP, CAPABILITY_NAMES, CapabilitySets, drop_all
 
 ALL = (1 << len(CAPABILITY_NAMES)) - 1
 CAP_BPF = 1 << CAPABILITY_NAMES.index("CAP_BPF")

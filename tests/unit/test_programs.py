@@ -1,6 +1,6 @@
 """Run statistics of a BPF program, as its fdinfo gives them."""
 
-from procmond.programs import RunStats, parse_fdinfo
+from procmond.kernel.programs import RunStats, parse_fdinfo
 
 # /proc/PID/fdinfo of a BPF program descriptor on Linux 6.18.
 FDINFO = """pos:\t0

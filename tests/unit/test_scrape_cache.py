@@ -12,14 +12,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from procmond.attribution import Attribution, CgroupLabels
-from procmond.cgroups import CgroupLayout, CgroupResolver
-from procmond.collector import CgroupSources, ProbeStatus, ProcmondCollector
 from procmond.config import Config
-from procmond.exposition import LabelTexts
-from procmond.maps import MapReader, RawRows
-from procmond.metrics import label_sets_budget
-from procmond.tasklimits import TaskLimits
+from procmond.kernel.maps import MapReader, RawRows
+from procmond.naming.cgroups import CgroupLayout, CgroupResolver
+from procmond.scrape.attribution import Attribution, CgroupLabels
+from procmond.scrape.collector import CgroupSources, ProbeStatus, ProcmondCollector
+from procmond.scrape.exposition import LabelTexts
+from procmond.scrape.metrics import label_sets_budget
+from procmond.scrape.tasklimits import TaskLimits
 from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, exited, hist, one, pair
 from tests.unit.test_attribution import POD, UNIT_A, Cgroups, Clock
 

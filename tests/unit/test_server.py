@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from procmond import connections
 from procmond.config import address_on_host
-from procmond.connections import WORKERS
 from procmond.errors import ListenError
-from procmond.server import RESERVED_DESCRIPTORS, MetricsServer, connection_cap, registry_render
+from procmond.web import connections
+from procmond.web.connections import WORKERS
+from procmond.web.server import RESERVED_DESCRIPTORS, MetricsServer, connection_cap, registry_render
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Fork-storm detection (procmond/storms.py) with a fake clock, and the daemon's edge
-(procmond/storm_monitor.py) on fake maps and a fake /proc: lines, switch, metrics."""
+"""Fork-storm detection (procmond/storms/detector.py) with a fake clock, and the daemon's edge
+(procmond/storms/monitor.py) on fake maps and a fake /proc: lines, switch, metrics."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from procmond.config import Config, parse_config
-from procmond.creators import CreatorsReader, cmdline
 from procmond.errors import ConfigError
-from procmond.storm_monitor import CommandForks, StormMonitor
-from procmond.storms import (
+from procmond.storms.creators import CreatorsReader, cmdline
+from procmond.storms.detector import (
     Arm,
     Creator,
     CreatorRate,
@@ -33,6 +32,7 @@ from procmond.storms import (
     ended_line,
     started_line,
 )
+from procmond.storms.monitor import CommandForks, StormMonitor
 from tests.unit.creator_fakes import (
     CREATOR_LAYOUT,
     FakeAlarm,
@@ -74,7 +74,7 @@ class Host:
             self.creators[pid] = creator(pid, (old.forks if old else 0) + n, comm)
         plan = self.detector.tick(self.now, self.created)
         self.plans.append(plan)
-        made = None  # as procmond.storm_monitor.CommandForks reads forks_total
+        made = None  # as procmond.storms.monitor.CommandForks reads forks_total
         if plan.commands:
             if self.read is not None:
                 made = {c: n - self.read.get(c, 0) for c, n in self.forks.items()}
@@ -126,7 +126,7 @@ def test_half_the_threshold_host_wide_is_enough_to_start_counting_per_process() 
 
 
 class AlarmedHost:
-    """The monitor's schedule (procmond/storm_monitor.py) on a host whose commands create at
+    """The monitor's schedule (procmond/storms/monitor.py) on a host whose commands create at
     constant rates from given times: the detector ticks when ``next_tick`` says, or, when it
     is None, at the moment the host has created ``alarm_after`` more (the probe's ring)."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from procmond.systemd import Notifier
+from procmond.lifecycle.systemd import Notifier
 
 
 @pytest.fixture

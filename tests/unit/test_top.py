@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from procmond.creators import CreatorsReader
-from procmond.maps import MapReader
-from procmond.storms import Creator, CreatorRate
-from procmond.top import (
+from procmond.kernel.maps import MapReader
+from procmond.storms.creators import CreatorsReader
+from procmond.storms.detector import Creator, CreatorRate
+from procmond.tools.top import (
     FAILURES_NOT_COUNTED,
     RATE_COLUMNS,
     Frame,

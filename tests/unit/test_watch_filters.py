@@ -12,7 +12,7 @@ import pytest
 
 from procmond.config import Config
 from procmond.errors import ProcmondError
-from procmond.watch import (
+from procmond.tools.watch import (
     CgroupLabelCache,
     Selection,
     command_name,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import time
 
-from procmond.watch import format_json, format_text, monotonic_to_wall_ns, printable, rfc3339
+from procmond.tools.watch import format_json, format_text, monotonic_to_wall_ns, printable, rfc3339
 from tests.unit.watch_events import event
 
 

@@ -9,7 +9,7 @@ import bcrypt
 import pytest
 
 from procmond.errors import ConfigError
-from procmond.webconfig import SECURITY_HEADERS, BasicAuth, load_web_config
+from procmond.web.webconfig import SECURITY_HEADERS, BasicAuth, load_web_config
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))
 

@@ -1,0 +1,194 @@
+"""What the daemon counts in user space, kept across a restart that adopts the pinned probe.
+
+Most counts live in the kernel maps and survive with the probe (procmond/kernel/pins.py). A few live
+in the daemon: counts of reclaimed entries of gone cgroups folded under their labels, and
+where each entry of late-named cgroups shows (procmond/scrape/attribution.py); the task-limit totals
+and the probe's lost-count baseline (procmond/scrape/tasklimits.py). Without them a restart would
+drop folded series, or show a count under two label sets at once. They are written to
+``<state_dir>/state-<identity>.json`` after each scrape that changed them (atomically: a
+temporary file renamed), and read back only by a daemon that adopted the very probe they
+belong to (its forks_total map's kernel id), never by one that loaded a fresh probe.
+
+JSON, not pickle: the file is data, never code. Bytes are tagged (``{"b": hex}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from procmond.kernel.maps import Histogram, MapReader
+from procmond.scrape.attribution import Attribution, _Entry
+from procmond.scrape.collector import CgroupSources
+from procmond.scrape.tasklimits import TaskLimitLabels, TaskLimits, _Cgroup, _Total
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return {"b": v.hex()}
+    if isinstance(v, tuple | list):
+        return [_value(x) for x in v]
+    return v
+
+
+def _unvalue(v: Any) -> Any:
+    if isinstance(v, dict):
+        return bytes.fromhex(v["b"])
+    if isinstance(v, list):
+        return tuple(_unvalue(x) for x in v)
+    return v
+
+
+def attribution_state(a: Attribution) -> dict[str, Any]:
+    return {
+        "folded": {
+            name: [[_value(row), count] for row, count in rows.items()]
+            for name, rows in a._folded.items()
+        },
+        "entries": [
+            [name, raw.hex(), _value(e.labels), e.base] for (name, raw), e in a._entries.items()
+        ],
+        "folding": {
+            name: [[_value(row), count] for row, count in rows] for name, rows in a._folding.items()
+        },
+        "reclaimed": a.reclaimed,
+    }
+
+
+def restore_attribution(a: Attribution, data: dict[str, Any]) -> None:
+    a._folded = {
+        name: {_unvalue(row): int(count) for row, count in rows}
+        for name, rows in data["folded"].items()
+    }
+    a._entries = {
+        (name, bytes.fromhex(raw)): _Entry(_unvalue(labels), int(base))
+        for name, raw, labels, base in data["entries"]
+    }
+    a._folding = {
+        name: [(_unvalue(row), int(count)) for row, count in rows]
+        for name, rows in data.get("folding", {}).items()
+    }
+    a.reclaimed = int(data["reclaimed"])
+
+
+def task_limits_state(task_limits: TaskLimits) -> dict[str, Any]:
+    counter = task_limits.counter
+    return {
+        "cgroups": [
+            [path, c.inode, c.last, list(c.labels), c.final] for path, c in counter._cgroups.items()
+        ],
+        "totals": [[list(k), t.value, t.live, t.last_live] for k, t in counter._totals.items()],
+        "updates": counter._updates,
+        "lost": task_limits._lost,
+    }
+
+
+def restore_task_limits(task_limits: TaskLimits, data: dict[str, Any]) -> None:
+    counter = task_limits.counter
+    counter._cgroups = {
+        path: _Cgroup(int(inode), int(last), TaskLimitLabels(*labels), bool(final))
+        for path, inode, last, labels, final in data["cgroups"]
+    }
+    counter._totals = {
+        TaskLimitLabels(*k): _Total(int(v), bool(live), int(last_live))
+        for k, v, live, last_live in data["totals"]
+    }
+    counter._updates = int(data["updates"])
+    task_limits._lost = int(data["lost"])
+
+
+def carried_state(reader: MapReader) -> dict[str, Any]:
+    return {
+        "counters": {
+            name: [[raw.hex(), count] for raw, count in rows.items()]
+            for name, rows in reader.carried.items()
+        },
+        "histograms": {
+            name: [[raw.hex(), list(h.slots), h.sum_ns] for raw, h in rows.items()]
+            for name, rows in reader.carried_histograms.items()
+        },
+    }
+
+
+def restore_carried(reader: MapReader, data: dict[str, Any]) -> None:
+    """Adds the saved counts to those carried at this start (a retired probe's)."""
+    for name, rows in data.get("counters", {}).items():
+        counts = reader.carried.setdefault(name, {})
+        for raw, count in rows:
+            key = bytes.fromhex(raw)
+            counts[key] = counts.get(key, 0) + int(count)
+    for name, rows in data.get("histograms", {}).items():
+        histograms = reader.carried_histograms.setdefault(name, {})
+        for raw, slots, sum_ns in rows:
+            key = bytes.fromhex(raw)
+            value = Histogram(tuple(int(s) for s in slots), int(sum_ns))
+            known = histograms.get(key)
+            histograms[key] = value if known is None else known + value
+
+
+def take_over_retired(sources: CgroupSources, data: dict[str, Any]) -> None:
+    """What the daemon of a retired probe kept, taken over by this one: its task-limit totals
+    (the pids controller's, whatever the probe; the lost-count baseline was that probe's), and
+    the counts it folded under labels. Its entries' records are not: their keys were the old
+    probe's, and the parts they had folded are already left out of the counts carried on."""
+    restore_task_limits(sources.task_limits, data["task_limits"])
+    sources.task_limits._lost = 0
+    a = sources.attribution
+    if a is None or "attribution" not in data:
+        return
+    for name, rows in data["attribution"]["folded"].items():
+        folded = a._folded.setdefault(name, {})
+        for row, count in rows:
+            labels = _unvalue(row)
+            folded[labels] = folded.get(labels, 0) + int(count)
+    for name, rows in data["attribution"].get("folding", {}).items():
+        a._folding.setdefault(name, []).extend((_unvalue(row), int(c)) for row, c in rows)
+    a.reclaimed += int(data["attribution"]["reclaimed"])
+
+
+class StateFile:
+    """The state of the probe ``probe_id`` in ``path``; writes only what changed."""
+
+    def __init__(self, path: Path, probe_id: int) -> None:
+        self.path = path
+        self.probe_id = probe_id
+        self._written = b""
+        self._failing = False  # logged once, until a write succeeds again
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, if it is this probe's and readable; else None (logged)."""
+        try:
+            data = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the saved counts in %s: %s", self.path, exc)
+            return None
+        if data.get("version") != VERSION or data.get("probe") != self.probe_id:
+            log.info("the saved counts in %s are of another probe: not used", self.path)
+            return None
+        return data
+
+    def save(self, parts: dict[str, Any]) -> None:
+        text = json.dumps({"version": VERSION, "probe": self.probe_id, **parts}).encode()
+        if text == self._written:
+            return
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(temporary, "wb") as f:
+                f.write(text)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            if not self._failing:
+                log.warning("cannot save the counts kept in user space to %s: %s", self.path, exc)
+            self._failing = True
+            return
+        self._written, self._failing = text, False
