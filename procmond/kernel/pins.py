@@ -28,11 +28,12 @@ from typing import Any
 
 from procmond.config import Config
 from procmond.errors import ProcmondError
+from procmond.kernel import inventory
 from procmond.kernel.bpfmap import BPFMap, libbpf
 from procmond.kernel.handoff import HandedOffProbe, take_over
 from procmond.kernel.header import bpf_source_dir
+from procmond.kernel.inventory import FIRST, HANDOVER, SLOT
 from procmond.kernel.maps import Histogram
-from procmond.scrape.metrics import COUNTERS, HISTOGRAMS
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,6 @@ def pin_root(config: Config, quiet: bool = False) -> Path | None:
     return root
 
 
-HANDOVER = "handover"
-
-
 def handover_flags(config: Config) -> tuple[list[str], int]:
     """For the daemon's loader child: the -D flags that make the new probe share the handover
     map pinned in pin_root (made there by BCC if absent) and count only while it holds the
@@ -118,7 +116,7 @@ def handover_flags(config: Config) -> tuple[list[str], int]:
         pass
     else:
         try:
-            (current,) = struct.unpack_from("=I", switch.lookup(bytes(4)) or bytes(4))
+            (current,) = SLOT.unpack(switch.lookup(FIRST) or FIRST)
         finally:
             switch.close()
     duty = current % 0xFFFFFFFF + 1
@@ -133,7 +131,7 @@ def put_on_duty(root: Path, duty: int) -> None:
     except FileNotFoundError:
         return
     try:
-        switch.update(bytes(4), struct.pack("=I", duty))
+        switch.update(FIRST, SLOT.pack(duty))
     finally:
         switch.close()
 
@@ -225,7 +223,7 @@ def hand_over(
         for fd in [*old.links, *old.programs.values()]:
             os.close(fd)
         old.links, old.programs = [], {}
-        forks = old.maps.get("forks_total")
+        forks = old.maps.get(inventory.FORKS_TOTAL)
         state = saved(folder.name, forks.id) if forks is not None else None
         folded_part: dict[tuple[str, bytes], int] = {}
         if state is not None:
@@ -233,23 +231,30 @@ def hand_over(
             for name, raw, _labels, base in state.get("attribution", {}).get("entries", []):
                 folded_part[name, bytes.fromhex(raw)] = int(base)
         reader = old.reader()
-        for spec in COUNTERS:
-            if spec.map_name not in old.maps:
+        for name in inventory.counter_maps():
+            if name not in old.maps:
                 continue
-            rows = carried.setdefault(spec.map_name, [])
-            for raw, values, count in reader.counter_entries(spec.map_name, spec.key_fields):
-                count -= folded_part.get((spec.map_name, raw), 0)
-                rows.append((dict(zip(spec.key_fields, values, strict=True)), count))
-        for histogram in HISTOGRAMS:
-            if histogram.map_name not in old.maps:
+            rows = carried.setdefault(name, [])
+            fields = key_fields(old, name)
+            for raw, values, count in reader.counter_entries(name, fields):
+                count -= folded_part.get((name, raw), 0)
+                rows.append((dict(zip(fields, values, strict=True)), count))
+        for name in inventory.histogram_maps():
+            if name not in old.maps:
                 continue
-            rows = carried.setdefault(histogram.map_name, [])
-            decode = reader.decoder(histogram.map_name, histogram.key_fields)
-            for raw, value in reader.histogram_entries(histogram.map_name):
-                rows.append((dict(zip(histogram.key_fields, decode(raw), strict=True)), value))
+            rows = carried.setdefault(name, [])
+            fields = key_fields(old, name)
+            decode = reader.decoder(name, fields)
+            for raw, value in reader.histogram_entries(name):
+                rows.append((dict(zip(fields, decode(raw), strict=True)), value))
         old.close()
         log.info("retired the probe pinned at %s: its counts carry on in the new one", folder)
     return carried, states
+
+
+def key_fields(probe: HandedOffProbe, name: str) -> tuple[str, ...]:
+    """Every field of map ``name``'s key, as the probe's manifest lays it out."""
+    return tuple(f.name for f in probe.layouts[name].key.fields)
 
 
 def pin(probe: HandedOffProbe, root: Path, name: str) -> Path:
