@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,19 +107,21 @@ def handover_flags(config: Config) -> tuple[list[str], int]:
     root = pin_root(config, quiet=True)
     if root is None:
         return [], 0
-    path = root / HANDOVER
-    current = 0
+    duty = (duty_in_force(root) or 0) % 0xFFFFFFFF + 1
+    return [f'-DHANDOVER_PATH="{root / HANDOVER}"', f"-DDUTY={duty}"], duty
+
+
+def duty_in_force(root: Path) -> int | None:
+    """The DUTY of the probe that counts now (handover[0]); None without a handover map."""
     try:
-        switch = BPFMap(libbpf("bpf_obj_get", os.fsencode(path)))
+        switch = BPFMap(libbpf("bpf_obj_get", os.fsencode(root / HANDOVER)))
     except FileNotFoundError:
-        pass
-    else:
-        try:
-            (current,) = SLOT.unpack(switch.lookup(FIRST) or FIRST)
-        finally:
-            switch.close()
-    duty = current % 0xFFFFFFFF + 1
-    return [f'-DHANDOVER_PATH="{path}"', f"-DDUTY={duty}"], duty
+        return None
+    try:
+        (current,) = SLOT.unpack(switch.lookup(FIRST) or FIRST)
+    finally:
+        switch.close()
+    return int(current)
 
 
 def put_on_duty(root: Path, duty: int) -> None:
@@ -136,19 +137,27 @@ def put_on_duty(root: Path, duty: int) -> None:
         switch.close()
 
 
-def adopt(folder: Path) -> HandedOffProbe | None:
-    """The probe pinned in ``folder``, opened; None if there is none (or not a whole one)."""
+def manifest(folder: Path) -> dict[str, Any] | None:
+    """What the loader reported of the probe pinned in ``folder``; None if none is."""
     try:
         manifest_fd = libbpf("bpf_obj_get", os.fsencode(folder / MANIFEST))
     except FileNotFoundError:
         return None
-    manifest = BPFMap(manifest_fd)
+    pinned = BPFMap(manifest_fd)
     try:
-        raw = manifest.lookup(bytes(4)) or b""
+        raw = pinned.lookup(FIRST) or b""
     finally:
-        manifest.close()
-    (length,) = struct.unpack_from("=I", raw)
-    message = json.loads(raw[4 : 4 + length])
+        pinned.close()
+    (length,) = SLOT.unpack_from(raw)
+    message: dict[str, Any] = json.loads(raw[4 : 4 + length])
+    return message
+
+
+def adopt(folder: Path) -> HandedOffProbe | None:
+    """The probe pinned in ``folder``, opened; None if there is none (or not a whole one)."""
+    message = manifest(folder)
+    if message is None:
+        return None
     paths = [
         *(f"map_{name}" for name in message["maps"]),
         *(f"link_{i}" for i in range(message["links"])),
@@ -168,8 +177,9 @@ def adopt(folder: Path) -> HandedOffProbe | None:
 
 
 def running(config: Config) -> HandedOffProbe | None:
-    """The probe a daemon pinned under the config's pin_root (whatever its identity: readers
-    such as `procmond top` take the layouts from its manifest), or None."""
+    """The probe that counts under the config's pin_root (whatever its identity: readers such
+    as `procmond top` take the layouts from its manifest), or None. During an upgrade two are
+    pinned: the one whose DUTY is handover's value counts, the other counts nothing."""
     if not config.pin_root:
         return None
     root = Path(config.pin_root)
@@ -179,7 +189,7 @@ def running(config: Config) -> HandedOffProbe | None:
         )
     except OSError:
         return None
-    for folder in folders:
+    for folder in on_duty_first(root, folders):
         try:
             probe = adopt(folder)
         except (OSError, ValueError, KeyError):
@@ -187,6 +197,23 @@ def running(config: Config) -> HandedOffProbe | None:
         if probe is not None:
             return probe
     return None
+
+
+def on_duty_first(root: Path, folders: list[Path]) -> list[Path]:
+    """``folders`` with the one of the probe on duty first (the rest as they were)."""
+    try:
+        duty = duty_in_force(root)
+    except OSError:
+        return folders
+
+    def counting(folder: Path) -> bool:
+        try:
+            message = manifest(folder)
+        except (OSError, ValueError):
+            return False
+        return message is not None and int(message.get("duty", 0)) == duty
+
+    return sorted(folders, key=lambda folder: not counting(folder))
 
 
 Carried = dict[str, list[tuple[dict[str, bytes | int], int | Histogram]]]
@@ -274,12 +301,12 @@ def pin(probe: HandedOffProbe, root: Path, name: str) -> Path:
         fd = libbpf(
             "bpf_map_create", _BPF_MAP_TYPE_ARRAY, b"procmond_pins", 4, _MANIFEST_BYTES, 1, None
         )
-        manifest = BPFMap(fd)
+        table = BPFMap(fd)
         try:
-            manifest.update(bytes(4), struct.pack("=I", len(text)) + text)
+            table.update(FIRST, SLOT.pack(len(text)) + text)
             _pin(fd, pending / MANIFEST)
         finally:
-            manifest.close()
+            table.close()
         folder = root / name
         os.rename(pending, folder)
     except BaseException:
