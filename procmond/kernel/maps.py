@@ -318,7 +318,11 @@ class MapReader:
         return list(merged.items())
 
     def overflow_events(self) -> dict[str, int]:
+        """Per map, the events that found it full: this probe's, and those carried over from
+        the probe of an earlier build (keyed by this probe's slot)."""
         counts = read_percpu_counts(self._table(OVERFLOW_EVENTS), len(self._map_ids))
+        for raw, count in self.carried.get(OVERFLOW_EVENTS, {}).items():
+            counts[_U32.unpack(raw)[0]] += count
         return dict(zip(self._map_ids, counts, strict=True))
 
     def overflow_histogram(self, name: str) -> Histogram:
@@ -326,6 +330,11 @@ class MapReader:
         decode = self._histogram_decoder(OVERFLOW_HIST)
         per_cpu = self._table(OVERFLOW_HIST).per_cpu_values(_index(self._map_ids.index(name)))
         histograms = [decode(raw) for raw in per_cpu]
+        carried = self.carried_histograms.get(OVERFLOW_HIST, {}).get(
+            _index(self._map_ids.index(name))
+        )
+        if carried is not None:
+            histograms.append(carried)
         total = histograms[0]
         for h in histograms[1:]:
             total = total + h
