@@ -262,44 +262,66 @@ def units_of(daemon: Daemon, name: bytes) -> dict[str, float]:
     return out
 
 
-def test_prometheus_sees_no_counter_reset_across_a_restart(
+def test_prometheus_sees_no_counter_reset_across_a_restart_and_an_upgrade(
     tmp_path: Path, pin_root: Path, creator: Path
 ) -> None:
-    """resets() of every procmond counter is 0 across a restart in the middle of a load:
-    dashboards and alerts need no special case for it."""
+    """A real Prometheus scrapes through a steady load while the daemon is restarted (SIGTERM,
+    start, adopt) and then upgraded to a build of another layout: resets() of every series of
+    every procmond counter is 0, and the load's forks are all there, once."""
+    forks, rate = 8000, 800  # 10 s: the restart and the upgrade fall within it
     first = start(tmp_path, pin_root, "first")
     prometheus = start_prometheus(tmp_path, [f"127.0.0.1:{first.port}"], [])
     name = unique_name("pr")
     series = f'procmond_forks_total{{comm="{name.decode()}"}}'
+    build = another_build(tmp_path)
     load: subprocess.Popen | None = None
     try:
         prometheus.wait_until("a scrape", lambda: prometheus.query('up{job="procmond"} == 1'), 30)
-        load = steady_load(creator, name)
-        prometheus.wait_until("a scrape of the load", lambda: prometheus.query(series), 10)
-        first.stop()
+        load = subprocess.Popen(
+            [str(creator), "fork", str(forks), "--rate", str(rate), name.hex()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        prometheus.wait_until("a scrape of the load", lambda: prometheus.query(series), 30)
+        assert first.stop() == 0
         folder = tmp_path / "second"
         folder.mkdir()
         config = f"pin_root: {pin_root}\nstate_dir: {tmp_path / 'state'}\n"
         second = start_daemon(folder, config, port=first.port)
+        assert "adopted the probe pinned at" in second.log()
+        restarted = time.time()
+        prometheus.wait_until(
+            "a scrape of the restarted daemon",
+            lambda: prometheus.query(f"timestamp({series}) > {restarted}"),
+            30,
+        )
+        assert second.stop() == 0
+        assert load.poll() is None, "the load ended before the upgrade"
+        third = start_build(tmp_path, pin_root, "third", build, port=first.port)
         try:
-            load.communicate(timeout=60)
+            assert "retired the probe pinned at" in third.log()
+            out, _ = load.communicate(timeout=60)
+            assert out.split()[-1] == str(forks)
             done = time.time()
             prometheus.wait_until(
-                "the whole load scraped by the second daemon",
-                lambda: prometheus.query(f"{series} == {LOAD} and timestamp({series}) > {done}"),
+                "the whole load scraped by the upgraded daemon",
+                lambda: prometheus.query(f"{series} == {forks} and timestamp({series}) > {done}"),
                 30,
             )
             resets = {
-                metric: prometheus.query(f"sum(resets({metric}[5m]))")[0]["value"][1]
-                for metric in COUNTERS
+                metric: prometheus.query(f"resets({metric}[1h])")
+                for metric in (*COUNTERS, "procmond_map_overflow_events_total")
             }
         finally:
-            assert second.stop() == 0
+            assert third.stop() == 0
     finally:
         if load is not None and load.poll() is None:
             load.kill()
         prometheus.stop()
-    assert resets == dict.fromkeys(COUNTERS, "0"), resets
+    for metric, results in resets.items():
+        assert results, f"no series of {metric}"
+        nonzero = [r for r in results if r["value"][1] != "0"]
+        assert nonzero == [], (metric, nonzero)
 
 
 def a_build(tmp: Path, name: str, file: str, old: str, new: str) -> Path:
@@ -339,11 +361,14 @@ def spare_field_build(tmp: Path) -> Path:
     return a_build(tmp, "spare", "procmond.h", pair, spare)
 
 
-def start_build(tmp: Path, root: Path, run: str, build: Path, extra: str = "") -> Daemon:
+def start_build(
+    tmp: Path, root: Path, run: str, build: Path, extra: str = "", port: int | None = None
+) -> Daemon:
+    """A daemon of ``build`` (an import root) pinning under ``root``."""
     folder = tmp / run
     folder.mkdir()
     config = f"pin_root: {root}\nstate_dir: {tmp / 'state'}\n{extra}"
-    return start_daemon(folder, config, env={"PYTHONPATH": str(build)}, cwd=build)
+    return start_daemon(folder, config, port=port, env={"PYTHONPATH": str(build)}, cwd=build)
 
 
 def upgrade_mid_load(tmp: Path, root: Path, creator: Path, build: Path, name: bytes) -> Daemon:
@@ -559,3 +584,30 @@ def test_an_upgrade_carries_task_limit_hits_no_scrape_took(
         assert hits_of(second, unit) == refused, second.log()
     finally:
         assert second.stop() == 0
+
+
+def test_two_upgrades_in_a_row_keep_every_count(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    """What the second build carried from the first is carried again to the third (its daemon
+    saved it): no count of any build before is lost."""
+    name = unique_name("two")
+    first = start(tmp_path, pin_root, "first")
+    try:
+        run_creator(creator, "fork", 30, [name])
+        assert forks_of(first, name) == 30
+    finally:
+        assert first.stop() == 0
+    second = start_build(tmp_path, pin_root, "second", another_build(tmp_path))
+    try:
+        run_creator(creator, "fork", 20, [name])
+        assert forks_of(second, name) == 50
+    finally:
+        assert second.stop() == 0
+    third = start_build(tmp_path, pin_root, "third", program_only_build(tmp_path))
+    try:
+        assert forks_of(third, name) == 50, third.log()
+        run_creator(creator, "fork", 10, [name])
+        assert forks_of(third, name) == 60
+    finally:
+        assert third.stop() == 0
