@@ -592,22 +592,15 @@ def test_two_upgrades_in_a_row_keep_every_count(
     """What the second build carried from the first is carried again to the third (its daemon
     saved it): no count of any build before is lost."""
     name = unique_name("two")
-    first = start(tmp_path, pin_root, "first")
-    try:
-        run_creator(creator, "fork", 30, [name])
-        assert forks_of(first, name) == 30
-    finally:
-        assert first.stop() == 0
-    second = start_build(tmp_path, pin_root, "second", another_build(tmp_path))
-    try:
-        run_creator(creator, "fork", 20, [name])
-        assert forks_of(second, name) == 50
-    finally:
-        assert second.stop() == 0
-    third = start_build(tmp_path, pin_root, "third", program_only_build(tmp_path))
-    try:
-        assert forks_of(third, name) == 50, third.log()
-        run_creator(creator, "fork", 10, [name])
-        assert forks_of(third, name) == 60
-    finally:
-        assert third.stop() == 0
+    here = Path(pins.__file__).parents[2]  # this tree's import root
+    runs = [(here, 30), (another_build(tmp_path), 20), (program_only_build(tmp_path), 10)]
+    counted = 0
+    for i, (build, forks) in enumerate(runs):
+        daemon = start_build(tmp_path, pin_root, f"run{i}", build)
+        try:
+            assert forks_of(daemon, name) == counted, daemon.log()
+            run_creator(creator, "fork", forks, [name])
+            counted += forks
+            assert forks_of(daemon, name) == counted
+        finally:
+            assert daemon.stop() == 0
