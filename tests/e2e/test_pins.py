@@ -505,20 +505,22 @@ def overflow_series(daemon: Daemon) -> float:
     return daemon.scrape().value("procmond_forks_total", **dict.fromkeys(labels, "__overflow__"))
 
 
-def shown_and_own_overflow(daemon: Daemon, root: Path) -> tuple[float, int]:
-    """The forks' overflow count the daemon shows, and its own probe's part of it (read from
-    its pinned map just before and after the scrape, until the host overflowed it in neither)."""
+def shown_and_own_overflow(daemon: Daemon, root: Path) -> tuple[float, int, int]:
+    """The forks' overflow count the daemon shows, and its own probe's part of it, read from
+    its pinned map just before and just after the scrape: equal unless the host's creations
+    overflowed the map meanwhile (tried again a few times for a quiet moment)."""
     [folder] = [p for p in root.iterdir() if p.is_dir()]
     pinned = BPFMap(libbpf("bpf_obj_get", os.fsencode(folder / "map_overflow_events")))
     try:
-        for _ in range(50):
-            own = forks_overflow(pinned)
+        for _ in range(20):
+            before = forks_overflow(pinned)
             shown = daemon.scrape().value("procmond_map_overflow_events_total", map="forks_total")
-            if forks_overflow(pinned) == own:
-                return shown, own
+            after = forks_overflow(pinned)
+            if before == after:
+                break
     finally:
         pinned.close()
-    pytest.fail("the host overflowed the map at every scrape")
+    return shown, before, after
 
 
 def test_an_upgrade_carries_the_overflow_counts(
@@ -532,8 +534,8 @@ def test_an_upgrade_carries_the_overflow_counts(
     prefix = b"ov" + secrets.token_hex(3).encode()
     try:
         fork_under_names(creator, 200, prefix)
-        shown, own = shown_and_own_overflow(first, pin_root)
-        assert shown == own >= 200 - 64
+        shown, low, high = shown_and_own_overflow(first, pin_root)
+        assert low <= shown <= high and shown >= 200 - 64
         series = overflow_series(first)
         assert series >= shown
         [folder] = [p for p in pin_root.iterdir() if p.is_dir()]
@@ -548,8 +550,8 @@ def test_an_upgrade_carries_the_overflow_counts(
         try:
             old = forks_overflow(held)  # the retired probe counts no more
             assert old >= shown + 100
-            upgraded, own = shown_and_own_overflow(second, pin_root)
-            assert upgraded == old + own, second.log()
+            upgraded, low, high = shown_and_own_overflow(second, pin_root)
+            assert old + low <= upgraded <= old + high, second.log()
             assert overflow_series(second) >= max(series, old)
         finally:
             assert second.stop() == 0
@@ -558,8 +560,8 @@ def test_an_upgrade_carries_the_overflow_counts(
     third = start_build(tmp_path, pin_root, "third", build, small)
     try:
         assert "adopted" in third.log()
-        restarted, own = shown_and_own_overflow(third, pin_root)
-        assert restarted == old + own >= upgraded
+        restarted, low, high = shown_and_own_overflow(third, pin_root)
+        assert old + low <= restarted <= old + high and restarted >= upgraded
     finally:
         assert third.stop() == 0
 
