@@ -5,7 +5,8 @@
  *   - struct layouts (keys, values, events) come from the compiled program: the loader child
  *     reads BCC's types of every map and hands their field offsets to the daemon;
  *   - the enums are read from this file by procmond/kernel/header.py, by the naming rules stated at
- *     each enum;
+ *     each enum; enum probe_map is the one list of the maps and their roles
+ *     (procmond/kernel/inventory.py);
  *   - the #ifndef defaults only let this file compile alone: the loader always passes the
  *     config's values, and a test keeps these defaults equal to procmond/config.py's. */
 #ifndef PROCMOND_H
