@@ -270,6 +270,7 @@ def test_prometheus_sees_no_counter_reset_across_a_restart_and_an_upgrade(
     every procmond counter is 0, and the load's forks are all there, once."""
     forks, rate = 8000, 800  # 10 s: the restart and the upgrade fall within it
     first = start(tmp_path, pin_root, "first")
+    daemons = [first]  # each stopped at the end, whatever happened
     prometheus = start_prometheus(tmp_path, [f"127.0.0.1:{first.port}"], [])
     name = unique_name("pr")
     series = f'procmond_forks_total{{comm="{name.decode()}"}}'
@@ -288,6 +289,7 @@ def test_prometheus_sees_no_counter_reset_across_a_restart_and_an_upgrade(
         folder.mkdir()
         config = f"pin_root: {pin_root}\nstate_dir: {tmp_path / 'state'}\n"
         second = start_daemon(folder, config, port=first.port)
+        daemons.append(second)
         assert "adopted the probe pinned at" in second.log()
         restarted = time.time()
         prometheus.wait_until(
@@ -298,26 +300,26 @@ def test_prometheus_sees_no_counter_reset_across_a_restart_and_an_upgrade(
         assert second.stop() == 0
         assert load.poll() is None, "the load ended before the upgrade"
         third = start_build(tmp_path, pin_root, "third", build, port=first.port)
-        try:
-            assert "retired the probe pinned at" in third.log()
-            out, _ = load.communicate(timeout=60)
-            assert out.split()[-1] == str(forks)
-            done = time.time()
-            prometheus.wait_until(
-                "the whole load scraped by the upgraded daemon",
-                lambda: prometheus.query(f"{series} == {forks} and timestamp({series}) > {done}"),
-                30,
-            )
-            resets = {
-                metric: prometheus.query(f"resets({metric}[1h])")
-                for metric in (*COUNTERS, "procmond_map_overflow_events_total")
-            }
-        finally:
-            assert third.stop() == 0
+        daemons.append(third)
+        assert "retired the probe pinned at" in third.log()
+        out, _ = load.communicate(timeout=60)
+        assert out.split()[-1] == str(forks)
+        done = time.time()
+        prometheus.wait_until(
+            "the whole load scraped by the upgraded daemon",
+            lambda: prometheus.query(f"{series} == {forks} and timestamp({series}) > {done}"),
+            30,
+        )
+        resets = {
+            metric: prometheus.query(f"resets({metric}[1h])")
+            for metric in (*COUNTERS, "procmond_map_overflow_events_total")
+        }
     finally:
         if load is not None and load.poll() is None:
             load.kill()
         prometheus.stop()
+        codes = [daemon.stop() for daemon in daemons]
+    assert codes == [0] * len(daemons)
     for metric, results in resets.items():
         assert results, f"no series of {metric}"
         nonzero = [r for r in results if r["value"][1] != "0"]
