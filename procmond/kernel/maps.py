@@ -22,6 +22,7 @@ from procmond.kernel.inventory import (
     GONE_TASK_LIMIT_HITS,
     OVERFLOW_EVENTS,
     OVERFLOW_HIST,
+    counter_maps,
 )
 from procmond.kernel.inventory import COUNT as _U64  # the value of every counter map and slot
 from procmond.kernel.inventory import SLOT as _U32
@@ -128,7 +129,8 @@ class GonePidsCgroup(NamedTuple):
 
 def check_layouts(table: Callable[[str], Table], layouts: dict[str, MapLayout]) -> None:
     """Raise BPFLoadError if a loaded map's key or value size is not its layout's: the types
-    BCC built and the map the kernel made must be the same thing."""
+    BCC built and the map the kernel made must be the same thing; and if a counter map's value
+    is not the one u64 count this module reads (the inventory's role for it)."""
     for name, layout in layouts.items():
         t = table(name)
         if (t.key_size, t.value_size) != (layout.key.size, layout.value.size):
@@ -136,6 +138,11 @@ def check_layouts(table: Callable[[str], Table], layouts: dict[str, MapLayout]) 
                 f"map {name} has {t.key_size}-byte keys and {t.value_size}-byte values, "
                 f"its compiled types {layout.key.size} and {layout.value.size}",
                 "report this as a bug: BCC's types and the kernel's map disagree",
+            )
+        if name in counter_maps() and layout.value.size != _U64.size:
+            raise BPFLoadError(
+                f"counter map {name} has {layout.value.size}-byte values, not one u64 count",
+                "report this as a bug: procmond.h's roles and its maps disagree",
             )
 
 

@@ -25,6 +25,7 @@ from procmond.config import Config
 from procmond.errors import ProcmondError
 from procmond.kernel import bpf_loader, inventory, pins
 from procmond.kernel.handoff import HandedOffProbe
+from procmond.kernel.header import comm_len
 from procmond.kernel.maps import MapReader
 from procmond.naming.labels import Naming, names_of
 from procmond.scrape.metrics import COUNTERS
@@ -215,7 +216,7 @@ class TextColumn:
 
 
 TEXT_COLUMNS = (
-    TextColumn("COMMAND", 15),  # a whole command: TASK_COMM_LEN - 1 bytes
+    TextColumn("COMMAND", comm_len() - 1),  # a whole command: TASK_COMM_LEN - 1 bytes
     TextColumn("PARENT", 15),
     TextColumn("UNIT", 28),
     TextColumn("POD", 28),

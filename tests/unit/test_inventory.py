@@ -4,11 +4,15 @@ one list of map names and roles, kept equal to what procmond.bpf.c declares."""
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
+from procmond.errors import BPFLoadError
 from procmond.kernel import inventory
 from procmond.kernel.header import HeaderError, bpf_source_dir, parse_header, read_header
+from procmond.kernel.layout import UINT, Field, Layout, MapLayout
+from procmond.kernel.maps import check_layouts
 from procmond.scrape.metrics import COUNTERS, HISTOGRAMS
 
 # BPF_HASH(name, ...), BPF_ARRAY(name, ...), BPF_RINGBUF_OUTPUT(name, ...), BPF_TASK_STORAGE...
@@ -54,3 +58,20 @@ def test_role_bits_combine_members_read_before() -> None:
     assert header.enum("m") == {"M_X": 5, "M_Y": 3}
     with pytest.raises(HeaderError):
         parse_header("enum m { M_X = R_LATER };\nenum r { R_LATER = 1 };")
+
+
+def test_a_counter_map_whose_value_is_not_one_count_is_refused() -> None:
+    class Table:
+        key_size, value_size = 8, 16
+
+    u64 = Layout(8, (Field("", 0, 8, UINT),))
+    wide = Layout(16, (Field("a", 0, 8, UINT), Field("b", 8, 8, UINT)))
+    check_layouts(lambda _name: Table(), {"storm_alarm": MapLayout(u64, wide)})  # no counter
+    with pytest.raises(BPFLoadError, match="not one u64 count"):
+        check_layouts(lambda _name: Table(), {inventory.FORKS_TOTAL: MapLayout(u64, wide)})
+
+
+def test_a_key_laid_out_already_is_taken_as_it_is() -> None:
+    key = Layout(8, (Field("cgroup_id", 0, 8, UINT),))
+    assert key.encode(b"\x01" * 8) == b"\x01" * 8
+    assert key.encode({"cgroup_id": 1}) == (1).to_bytes(8, sys.byteorder)
