@@ -5,7 +5,8 @@
  *   - struct layouts (keys, values, events) come from the compiled program: the loader child
  *     reads BCC's types of every map and hands their field offsets to the daemon;
  *   - the enums are read from this file by procmond/kernel/header.py, by the naming rules stated at
- *     each enum;
+ *     each enum; enum probe_map is the one list of the maps and their roles
+ *     (procmond/kernel/inventory.py);
  *   - the #ifndef defaults only let this file compile alone: the loader always passes the
  *     config's values, and a test keeps these defaults equal to procmond/config.py's. */
 #ifndef PROCMOND_H
@@ -185,6 +186,51 @@ enum map_id {
     MAP_ID_INFLIGHT,
     MAP_ID_GONE_TASK_LIMIT_HITS,
     MAP_ID_COUNT, /* not a map: the number of slots */
+};
+
+/* What procmond's Python side does with a map: the bits of each enum probe_map value. */
+enum map_role {
+    MAP_ROLE_KERNEL = 0,     /* the probe's own scratch: no process opens it */
+    MAP_ROLE_COUNTER = 1,    /* a counter metric's map: a u64 count by key */
+    MAP_ROLE_HISTOGRAM = 2,  /* a histogram metric's map: a struct hist_value by key */
+    MAP_ROLE_HANDED = 4,     /* handed to the daemon and pinned with the probe */
+    MAP_ROLE_LAYOUT = 8,     /* handed with its key and value layouts (a ring: its record's) */
+    MAP_ROLE_ALARM = 16,     /* the storm monitor's alarm (procmond/kernel/alarm.py) */
+    MAP_ROLE_STREAM = 32,    /* `procmond watch`'s event stream (procmond/kernel/watch_stream.py) */
+    MAP_ROLE_RING = 64,      /* a ring buffer, one per `procmond watch` reader */
+    MAP_ROLE_STORMS = 128,   /* per-process counting for storm reports and `procmond top` */
+    MAP_ROLE_SHARED = 256,   /* pinned beside the probes' folders, shared by them (handover) */
+};
+
+/* Every map procmond.bpf.c declares, by name: Python names each by its member without the
+ * PROBE_MAP_ prefix, in lower case (procmond/kernel/inventory.py), and reads what it does with
+ * it from the value's MAP_ROLE_ bits. A test keeps this list and the declarations the same. */
+enum probe_map {
+    PROBE_MAP_FORKS_TOTAL = MAP_ROLE_COUNTER | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_THREADS_CREATED_TOTAL = MAP_ROLE_COUNTER | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_EXECS_TOTAL = MAP_ROLE_COUNTER | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_EXITS_TOTAL = MAP_ROLE_COUNTER | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_FORK_FAILURES_TOTAL = MAP_ROLE_COUNTER | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_PROCESS_LIFETIME_SECONDS = MAP_ROLE_HISTOGRAM | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_FORK_DURATION_SECONDS = MAP_ROLE_HISTOGRAM | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_INFLIGHT = MAP_ROLE_KERNEL,
+    PROBE_MAP_OVERFLOW_EVENTS = MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_OVERFLOW_HIST = MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_HIST_ZERO = MAP_ROLE_KERNEL,
+    PROBE_MAP_CGROUP_PATHS = MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_GONE_TASK_LIMIT_HITS = MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_STORM_WATCH = MAP_ROLE_STORMS | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_HANDOVER = MAP_ROLE_SHARED,
+    PROBE_MAP_CREATORS = MAP_ROLE_STORMS | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_STORM_ALARM = MAP_ROLE_ALARM | MAP_ROLE_HANDED,
+    PROBE_MAP_STORM_WAKE = MAP_ROLE_ALARM | MAP_ROLE_HANDED,
+    PROBE_MAP_ALARM_PENDING = MAP_ROLE_KERNEL,
+    PROBE_MAP_WATCH_LEASES = MAP_ROLE_STREAM | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_WATCH_EVENTS_0 = MAP_ROLE_STREAM | MAP_ROLE_RING | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_WATCH_EVENTS_1 = MAP_ROLE_STREAM | MAP_ROLE_RING | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_WATCH_EVENTS_2 = MAP_ROLE_STREAM | MAP_ROLE_RING | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_WATCH_EVENTS_3 = MAP_ROLE_STREAM | MAP_ROLE_RING | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
+    PROBE_MAP_WATCH_LOST = MAP_ROLE_STREAM | MAP_ROLE_HANDED | MAP_ROLE_LAYOUT,
 };
 
 /* What a `procmond watch` event reports. Python names each value by its member without the

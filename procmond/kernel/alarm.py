@@ -19,20 +19,14 @@ import functools
 import mmap
 import os
 import select
-import struct
 from typing import Protocol
 
 from procmond.errors import BPFLoadError
+from procmond.kernel.inventory import COUNT as _COUNT
+from procmond.kernel.inventory import FIRST as _SLOT
+from procmond.kernel.inventory import STORM_ALARM as ALARM_MAP
+from procmond.kernel.inventory import STORM_WAKE as RING_MAP
 
-ALARM_MAP = "storm_alarm"
-RING_MAP = "storm_wake"
-ALARM_MAPS = (
-    ALARM_MAP,
-    RING_MAP,
-)  # handed to the daemon beside procmond.scrape.metrics.daemon_maps
-
-_SLOT = struct.pack("=I", 0)
-_COUNT = struct.Struct("=Q")
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 

@@ -17,17 +17,14 @@ from typing import Any
 from procmond.config import Config
 from procmond.errors import BPFLoadError, PermissionDeniedError
 from procmond.kernel import features as kernel
-from procmond.kernel.alarm import ALARM_MAPS
+from procmond.kernel import inventory
 from procmond.kernel.bpfmap import BPFMap
 from procmond.kernel.btf import BTF, BTFError, pids_offsets, probe_offsets, typed_read_offsets
 from procmond.kernel.header import bpf_source_dir, map_ids, read_header
 from procmond.kernel.layout import Layout, MapLayout, describe
 from procmond.kernel.maps import MapReader, check_layouts
+from procmond.kernel.mounts import MOUNTINFO, parse_mountinfo, shown_pids_event
 from procmond.kernel.perf_links import perf_link_supported, tracepoint_link
-from procmond.kernel.watch_stream import LEASES_MAP, LOST_MAP, ring_maps
-from procmond.naming.cgroups import MOUNTINFO, parse_mountinfo
-from procmond.scrape.metrics import daemon_maps
-from procmond.scrape.tasklimits import shown_pids_event
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +126,7 @@ class LoadedProbe:
             probe_of.get(name.decode(), name.decode()): function.fd
             for name, function in self.bpf.funcs.items()
         }
-        names = (*self.layouts, *ALARM_MAPS)  # the alarm's have a fixed size, no layout
+        names = inventory.handed_maps()
         return {name: self.table(name).map_fd for name in names}, links, programs
 
     def close(self) -> None:
@@ -293,8 +290,7 @@ def load(
     probe = LoadedProbe(bpf, {}, btf_offsets, getattr(bcc, "__version__", "unknown"), cflags)
     probe.duty = handover[1]
     try:
-        with_layouts = (*daemon_maps(), LEASES_MAP, LOST_MAP)
-        probe.layouts = {name: layout_of(bpf[name.encode()]) for name in with_layouts}
+        probe.layouts = {name: layout_of(bpf[name.encode()]) for name in inventory.layout_maps()}
         probe.map_ids = map_ids(read_header(source_dir))
         check_layouts(probe.map, probe.layouts)
         probe.layouts.update(record_layouts(bpf))
@@ -321,7 +317,7 @@ def record_layouts(bpf: Any) -> dict[str, MapLayout]:
 
     return {
         name: MapLayout(Layout(0, ()), describe(_get_event_class(bpf[name.encode()])))
-        for name in ring_maps()
+        for name in inventory.ring_maps()
     }
 
 

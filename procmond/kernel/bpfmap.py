@@ -132,7 +132,8 @@ class BPFMap:
         self.key_size = int(info.key_size)
         self.value_size = int(info.value_size)
         self.max_entries = int(info.max_entries)
-        self.per_cpu = int(info.type) in _PERCPU_TYPES
+        self.type = int(info.type)  # BPF_MAP_TYPE_*
+        self.per_cpu = self.type in _PERCPU_TYPES
         self._batch = True  # until the kernel says otherwise (batch ops are 5.6+)
         self._last_count: int | None = None  # entries at the last batched read
 

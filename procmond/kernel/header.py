@@ -4,7 +4,8 @@ C and Python share one source: Python never restates a value the probe defines. 
 layouts come from the compiled program (see procmond/kernel/layout.py); the enums and the
 ``#ifndef`` defaults are read here from the shipped header, by the naming rules the header states.
 The parser understands only what that header uses: ``#define NAME <integer>`` and
-``enum name { MEMBER [= <integer>], ... };``.
+``enum name { MEMBER [= <value>], ... };``, a value being an integer or members read before it
+joined by ``|`` (the role bits of ``enum probe_map``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _DEFINE = re.compile(r"^\s*#\s*define\s+(\w+)\s+(\d+)\s*$", re.M)
 _ENUM = re.compile(r"\benum\s+(\w+)\s*\{(.*?)\}\s*;", re.S)
-_MEMBER = re.compile(r"^(\w+)\s*(?:=\s*(\d+))?$")
+_MEMBER = re.compile(r"^(\w+)\s*(?:=\s*(\w+(?:\s*\|\s*\w+)*))?$")
 
 
 class HeaderError(ValueError):
@@ -58,6 +59,7 @@ def parse_header(text: str) -> Header:
     text = _COMMENT.sub(" ", text)
     defines = {name: int(value) for name, value in _DEFINE.findall(text)}
     enums: dict[str, dict[str, int]] = {}
+    known: dict[str, int] = {}  # every member read so far, of any enum
     for name, body in _ENUM.findall(text):
         members: dict[str, int] = {}
         following = 0
@@ -67,11 +69,24 @@ def parse_header(text: str) -> Header:
             match = _MEMBER.match(item)
             if match is None:
                 raise HeaderError(f"enum {name}: cannot read member {item!r}")
-            value = int(match[2]) if match[2] is not None else following
-            members[match[1]] = value
+            value = _value(match[2], known, name) if match[2] is not None else following
+            members[match[1]] = known[match[1]] = value
             following = value + 1
         enums[name] = members
     return Header(defines, enums)
+
+
+def _value(text: str, known: dict[str, int], enum: str) -> int:
+    """An enum member's value: an integer, or earlier members joined by ``|``."""
+    value = 0
+    for term in (part.strip() for part in text.split("|")):
+        if term.isdigit():
+            value |= int(term)
+        elif term in known:
+            value |= known[term]
+        else:
+            raise HeaderError(f"enum {enum}: {term} is no integer nor a member read before it")
+    return value
 
 
 def bpf_source_dir() -> Path:

@@ -52,9 +52,12 @@ class Layout:
                 return f
         raise KeyError(f"no field {name!r} in {[f.name for f in self.fields]}")
 
-    def encode(self, values: dict[str, bytes | int]) -> bytes:
+    def encode(self, values: dict[str, bytes | int] | bytes) -> bytes:
         """A key of this layout holding ``values`` by field name (bytes for names, ints for
-        integers), zero elsewhere, as the probe's zero-initialised keys are."""
+        integers), zero elsewhere, as the probe's zero-initialised keys are. Bytes are a key
+        already laid out so (from a map of the same layout), taken as they are."""
+        if isinstance(values, bytes):
+            return values
         raw = bytearray(self.size)
         for f in self.fields:
             value = values.get(f.name)

@@ -17,10 +17,17 @@ from itertools import chain
 from typing import NamedTuple, Protocol
 
 from procmond.errors import BPFLoadError
+from procmond.kernel.inventory import (
+    CGROUP_PATHS,
+    GONE_TASK_LIMIT_HITS,
+    OVERFLOW_EVENTS,
+    OVERFLOW_HIST,
+    counter_maps,
+)
+from procmond.kernel.inventory import COUNT as _U64  # the value of every counter map and slot
+from procmond.kernel.inventory import SLOT as _U32
 from procmond.kernel.layout import MapLayout
 
-_U32 = struct.Struct("=I")
-_U64 = struct.Struct("=Q")  # a counter: the value of every counter map and per-CPU slot
 KeyValues = tuple[bytes | int, ...]
 
 
@@ -122,7 +129,8 @@ class GonePidsCgroup(NamedTuple):
 
 def check_layouts(table: Callable[[str], Table], layouts: dict[str, MapLayout]) -> None:
     """Raise BPFLoadError if a loaded map's key or value size is not its layout's: the types
-    BCC built and the map the kernel made must be the same thing."""
+    BCC built and the map the kernel made must be the same thing; and if a counter map's value
+    is not the one u64 count this module reads (the inventory's role for it)."""
     for name, layout in layouts.items():
         t = table(name)
         if (t.key_size, t.value_size) != (layout.key.size, layout.value.size):
@@ -130,6 +138,11 @@ def check_layouts(table: Callable[[str], Table], layouts: dict[str, MapLayout]) 
                 f"map {name} has {t.key_size}-byte keys and {t.value_size}-byte values, "
                 f"its compiled types {layout.key.size} and {layout.value.size}",
                 "report this as a bug: BCC's types and the kernel's map disagree",
+            )
+        if name in counter_maps() and layout.value.size != _U64.size:
+            raise BPFLoadError(
+                f"counter map {name} has {layout.value.size}-byte values, not one u64 count",
+                "report this as a bug: procmond.h's roles and its maps disagree",
             )
 
 
@@ -262,11 +275,11 @@ class MapReader:
         counts as no record, and the cgroup is found by id in the tree instead. The path is
         for finding the directory again: os.fsdecode keeps every byte (procmond/naming/cgroups.py
         decodes names for labels)."""
-        table = self._table("cgroup_paths")
+        table = self._table(CGROUP_PATHS)
         raw = table.lookup(cgroup_id.to_bytes(table.key_size, sys.byteorder))
         if raw is None:
             return None
-        field = self._layouts["cgroup_paths"].value.field("path")
+        field = self._layouts[CGROUP_PATHS].value.field("path")
         path: bytes = field.decoder()(raw)  # type: ignore[assignment]
         if len(path) >= field.size - 1:
             return None
@@ -276,7 +289,7 @@ class MapReader:
         """The removed cgroups' refused forks the probe kept (gone_task_limit_hits), each
         taken out of the map; and the refused forks of removed cgroups it had no room for
         (cumulative, from its overflow_events slot)."""
-        name = "gone_task_limit_hits"
+        name = GONE_TASK_LIMIT_HITS
         table, value = self._table(name), self._layouts[name].value
         fields = ("hits", "path_len", "path")
         hits, length, path = (value.field(f).decoder() for f in fields)
@@ -312,14 +325,23 @@ class MapReader:
         return list(merged.items())
 
     def overflow_events(self) -> dict[str, int]:
-        counts = read_percpu_counts(self._table("overflow_events"), len(self._map_ids))
+        """Per map, the events that found it full: this probe's, and those carried over from
+        the probe of an earlier build (keyed by this probe's slot)."""
+        counts = read_percpu_counts(self._table(OVERFLOW_EVENTS), len(self._map_ids))
+        for raw, count in self.carried.get(OVERFLOW_EVENTS, {}).items():
+            counts[_U32.unpack(raw)[0]] += count
         return dict(zip(self._map_ids, counts, strict=True))
 
     def overflow_histogram(self, name: str) -> Histogram:
         """The observations of histogram map ``name`` that found it full, summed over CPUs."""
-        decode = self._histogram_decoder("overflow_hist")
-        per_cpu = self._table("overflow_hist").per_cpu_values(_index(self._map_ids.index(name)))
+        decode = self._histogram_decoder(OVERFLOW_HIST)
+        per_cpu = self._table(OVERFLOW_HIST).per_cpu_values(_index(self._map_ids.index(name)))
         histograms = [decode(raw) for raw in per_cpu]
+        carried = self.carried_histograms.get(OVERFLOW_HIST, {}).get(
+            _index(self._map_ids.index(name))
+        )
+        if carried is not None:
+            histograms.append(carried)
         total = histograms[0]
         for h in histograms[1:]:
             total = total + h

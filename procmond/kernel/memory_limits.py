@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from procmond.errors import BPFLoadError
-from procmond.naming.cgroups import MOUNTINFO, parse_mountinfo
+from procmond.kernel.mounts import MOUNTINFO, parse_mountinfo
 
 PROC_CGROUP = Path("/proc/self/cgroup")
 LOADER_PEAK_MIB = 150  # the loader child's resident peak (VmHWM, 145 MiB measured)

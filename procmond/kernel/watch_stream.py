@@ -26,13 +26,13 @@ from types import SimpleNamespace
 from typing import Protocol
 
 from procmond.errors import ProcmondError
+from procmond.kernel import inventory
 from procmond.kernel.bpfmap import library
 from procmond.kernel.header import read_header
+from procmond.kernel.inventory import WATCH_LEASES as LEASES_MAP
+from procmond.kernel.inventory import WATCH_LOST as LOST_MAP
 from procmond.kernel.layout import Layout
 
-LEASES_MAP = "watch_leases"
-LOST_MAP = "watch_lost"
-RING_PREFIX = "watch_events_"
 LEASE_NS = 1_000_000_000  # how long a killed reader can keep the stream on
 RENEW_NS = LEASE_NS // 5
 
@@ -60,16 +60,17 @@ def readers() -> int:
 
 
 def ring_name(reader: int) -> str:
-    return f"{RING_PREFIX}{reader}"
+    """Reader ``reader``'s ring (the inventory lists one per reader, WATCH_READERS in all)."""
+    return ring_maps()[reader]
 
 
 def ring_maps() -> tuple[str, ...]:
-    return tuple(ring_name(i) for i in range(readers()))
+    return inventory.ring_maps()
 
 
 def stream_maps() -> tuple[str, ...]:
     """Every map of the stream: what a probe hands over and pins beside its counters."""
-    return (LEASES_MAP, LOST_MAP, *ring_maps())
+    return inventory.stream_maps()
 
 
 def _slot(name: str) -> int:

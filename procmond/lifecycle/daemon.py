@@ -30,6 +30,7 @@ from procmond.config import Config, load_config
 from procmond.errors import ProcmondError
 from procmond.kernel import features as kernel
 from procmond.kernel import handoff, pins, privileges
+from procmond.kernel.inventory import FORKS_TOTAL
 from procmond.kernel.maps import Histogram, MapReader
 from procmond.lifecycle import state
 from procmond.lifecycle.state import StateFile
@@ -294,7 +295,7 @@ class Daemon:
         the probe they belong to."""
         if self.pinned is None or self.probe is None or self.cgroups is None:
             return
-        probe_id = self.probe.map("forks_total").id
+        probe_id = self.probe.map(FORKS_TOTAL).id
         self.state = StateFile(
             Path(self.config.state_dir) / f"state-{self.pinned.name}.json", probe_id
         )

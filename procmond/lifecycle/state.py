@@ -135,11 +135,11 @@ def restore_carried(reader: MapReader, data: dict[str, Any]) -> None:
 
 def take_over_retired(sources: CgroupSources, data: dict[str, Any]) -> None:
     """What the daemon of a retired probe kept, taken over by this one: its task-limit totals
-    (the pids controller's, whatever the probe; the lost-count baseline was that probe's), and
-    the counts it folded under labels. Its entries' records are not: their keys were the old
-    probe's, and the parts they had folded are already left out of the counts carried on."""
+    (the pids controller's, whatever the probe; the lost-count baseline too, since the retired
+    probe's overflow counts are carried into this one's), and the counts it folded under
+    labels. Its entries' records are not: their keys were the old probe's, and the parts they
+    had folded are already left out of the counts carried on."""
     restore_task_limits(sources.task_limits, data["task_limits"])
-    sources.task_limits._lost = 0
     a = sources.attribution
     if a is None or "attribution" not in data:
         return

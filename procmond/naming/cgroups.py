@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from procmond.kernel.mounts import MOUNTINFO, Mount, parse_mountinfo
 from procmond.naming.kubelet import KubeletNames
 from procmond.naming.labels import EMPTY_LABELS, CgroupLabels
 from procmond.naming.lru import BoundedLRU
@@ -74,45 +75,6 @@ from procmond.naming.runtime import ContainerRuntime, short_id
 from procmond.text import decoded
 
 log = logging.getLogger(__name__)
-
-MOUNTINFO = Path("/proc/self/mountinfo")
-
-# ---- where the hierarchies are mounted ----------------------------------------------------------
-
-
-class Mount(NamedTuple):
-    """One line of /proc/self/mountinfo, the fields this module needs."""
-
-    mount_point: str
-    root: str  # the mounted directory's path inside its filesystem
-    fstype: str
-    super_options: frozenset[str]
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040...)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """The mounts listed in a mountinfo text; malformed lines are skipped."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split()
-        if "-" not in fields[6:]:
-            continue
-        sep = fields.index("-", 6)
-        if len(fields) < sep + 4:
-            continue
-        mounts.append(
-            Mount(
-                mount_point=_unescape(fields[4]),
-                root=_unescape(fields[3]),
-                fstype=fields[sep + 1],
-                super_options=frozenset(fields[sep + 3].split(",")),
-            )
-        )
-    return mounts
 
 
 @dataclass(frozen=True)

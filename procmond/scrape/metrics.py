@@ -1,6 +1,7 @@
 """The metric contract: one table of every metric procmond derives from its kernel maps.
 
-Each BPF map is named after its metric's stem (``forks_total`` → ``procmond_forks_total``).
+Each BPF map is named after its metric's stem (``forks_total`` → ``procmond_forks_total``); the
+maps' names and roles are procmond/kernel/inventory.py's (from bpf/procmond.h).
 The dashboard and alert rules rely on these names; change them only with a note to users.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from prometheus_client.utils import floatToGoString
 
 from procmond.config import CGROUP_LABELS, KNOWN_LABELS, Config
+from procmond.kernel import inventory
 from procmond.kernel.maps import Histogram
 from procmond.text import decoded
 
@@ -51,26 +53,26 @@ COUNTERS: tuple[CounterMetric, ...] = (
         "procmond_forks_total",
         "Processes created (fork, vfork, clone and clone3 without CLONE_THREAD), by the "
         "creating process's command and its parent's command.",
-        "forks_total",
+        inventory.FORKS_TOTAL,
         ("cgroup_id", "comm", "parent_comm"),
     ),
     CounterMetric(
         "procmond_threads_created_total",
         "Threads created (clone or clone3 with CLONE_THREAD), by the process's command and its "
         "parent's command.",
-        "threads_created_total",
+        inventory.THREADS_CREATED_TOTAL,
         ("cgroup_id", "comm", "parent_comm"),
     ),
     CounterMetric(
         "procmond_execs_total",
         "Successful execs, by the new command and the command of the exec'ing process's parent.",
-        "execs_total",
+        inventory.EXECS_TOTAL,
         ("cgroup_id", "comm", "parent_comm"),
     ),
     CounterMetric(
         "procmond_exits_total",
         "Processes exited (once per process, when its last thread exits), by command.",
-        "exits_total",
+        inventory.EXITS_TOTAL,
         (
             "cgroup_id",
             "comm",
@@ -80,7 +82,7 @@ COUNTERS: tuple[CounterMetric, ...] = (
         "procmond_fork_failures_total",
         "Failed clone, clone3, fork and vfork calls, by the caller's command and the error "
         "(EAGAIN: a task limit such as a cgroup's pids.max or RLIMIT_NPROC was hit).",
-        "fork_failures_total",
+        inventory.FORK_FAILURES_TOTAL,
         ("cgroup_id", "comm", "error"),
         needs_syscall_probes=True,
     ),
@@ -90,33 +92,18 @@ HISTOGRAMS: tuple[HistogramMetric, ...] = (
     HistogramMetric(
         "procmond_process_lifetime_seconds",
         "Lifetime of exited processes (exit time minus start time), by command.",
-        "process_lifetime_seconds",
+        inventory.PROCESS_LIFETIME_SECONDS,
         tuple(range(16, 47, 2)),
     ),  # 65.5 us .. 19.5 h
     HistogramMetric(
         "procmond_fork_duration_seconds",
         "Time a thread spends in clone, clone3, fork or vfork, by command (for vfork this "
         "includes waiting until the child has exec'd or exited).",
-        "fork_duration_seconds",
+        inventory.FORK_DURATION_SECONDS,
         tuple(range(10, 31, 2)),  # 1 us .. 1.07 s
         needs_syscall_probes=True,
     ),
 )
-
-
-def daemon_maps() -> tuple[str, ...]:
-    """Every map the daemon reads: one per metric, the per-map overflow arrays, and the
-    per-process counting that storm reports switch on (procmond/storms/detector.py)."""
-    return (
-        *(c.map_name for c in COUNTERS),
-        *(h.map_name for h in HISTOGRAMS),
-        "overflow_events",
-        "overflow_hist",
-        "cgroup_paths",
-        "gone_task_limit_hits",
-        "storm_watch",
-        "creators",
-    )
 
 
 def counters(config: Config) -> tuple[CounterMetric, ...]:

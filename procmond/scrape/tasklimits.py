@@ -20,8 +20,8 @@ new one) it remembers the last value and adds what changed to its labels' total.
 What a cgroup counted after the last scrape and before its removal (a restarted unit, a
 finished container) is no longer in any file: the probe reads it from the kernel's pids state
 as the cgroup is removed (``on_cgroup_rmdir``, the count pids.events showed, chosen by
-:func:`shown_pids_event`) into ``gone_task_limit_hits``, and the next scrape takes those
-entries and folds them as the cgroups' last readings. Removed cgroups the probe could not keep
+procmond.kernel.mounts.shown_pids_event) into ``gone_task_limit_hits``, and the next scrape takes
+those entries and folds them as the cgroups' last readings. Removed cgroups the probe could not keep
 (that map full) count under ``unit="__overflow__"``. Suggested metric::
 
     # HELP procmond_task_limit_hits_total Forks refused because a cgroup reached its task limit
@@ -39,9 +39,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from procmond.kernel.btf import PIDS_FORKFAIL, PIDS_MAX
 from procmond.kernel.maps import GonePidsCgroup
-from procmond.naming.cgroups import CgroupLayout, Hierarchy, Mount, parse_cgroup_path, walk
+from procmond.naming.cgroups import CgroupLayout, Hierarchy, parse_cgroup_path, walk
 from procmond.naming.kubelet import KubeletNames
 from procmond.scrape.metrics import OVERFLOW_LABEL_VALUE
 
@@ -73,19 +72,6 @@ def find_pids_hierarchy(layout: CgroupLayout) -> PidsHierarchy | None:
         if "pids" in controllers:
             return PidsHierarchy(layout.v2, 2)
     return None
-
-
-def shown_pids_event(mounts: Iterable[Mount]) -> str:
-    """Which of a cgroup's pids counts (``enum pidcg_event``, Linux 6.13+) the file this
-    module reads shows: forks refused to the cgroup's own tasks on v1 and on v2 mounted with
-    ``pids_localevents``; else (v2) forks refused because the cgroup's own limit was hit."""
-    mounts = list(mounts)
-    if any(m.fstype == "cgroup" and "pids" in m.super_options for m in mounts):
-        return PIDS_FORKFAIL
-    v2 = [m for m in mounts if m.fstype == "cgroup2"]
-    if v2 and "pids_localevents" not in v2[0].super_options:
-        return PIDS_MAX
-    return PIDS_FORKFAIL
 
 
 def parse_pids_events(text: str) -> int:

@@ -9,17 +9,14 @@ generations are stale and skipped here.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from procmond.kernel.inventory import FIRST, SLOT
 from procmond.kernel.layout import MapLayout
 from procmond.storms.detector import CMDLINE_MAX_CHARS, Creator
 from procmond.text import command_line
-
-_U32 = struct.Struct("=I")
-_ZERO_KEY = _U32.pack(0)
 
 
 class Map(Protocol):
@@ -34,7 +31,7 @@ class Map(Protocol):
 
 def switch(storm_watch: Map, generation: int) -> None:
     """Per-process counting on (as ``generation``), or off (0)."""
-    storm_watch.update(_ZERO_KEY, _U32.pack(generation))
+    storm_watch.update(FIRST, SLOT.pack(generation))
 
 
 class SharedSwitch:
@@ -49,7 +46,7 @@ class SharedSwitch:
         self._map = storm_watch
 
     def generation(self) -> int:
-        (current,) = _U32.unpack(self._map.lookup(_ZERO_KEY) or _ZERO_KEY)
+        (current,) = SLOT.unpack(self._map.lookup(FIRST) or FIRST)
         if current == 0:
             switch(self._map, self.OWN)
             return self.OWN

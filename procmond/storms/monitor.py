@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from procmond.config import Config
 from procmond.errors import ProcmondError
 from procmond.kernel.alarm import ALARM_MAP, RING_MAP, CreationAlarm
+from procmond.kernel.inventory import CREATORS, FORKS_TOTAL, STORM_WATCH
 from procmond.kernel.layout import MapLayout
 from procmond.naming.labels import Namer, names_of
 from procmond.scrape.metrics import OVERFLOW_LABEL_VALUE, label_value
@@ -112,9 +113,9 @@ class StormMonitor:
         proc: Path = Path("/proc"),
         alarm: Callable[[], Alarm] | None = None,
     ) -> None:
-        self._switch = probe.map("storm_watch")
-        self._creators = creators.CreatorsReader(probe.map("creators"), probe.layouts["creators"])
-        self._forks = CommandForks(probe.map("forks_total"), probe.layouts["forks_total"])
+        self._switch = probe.map(STORM_WATCH)
+        self._creators = creators.CreatorsReader(probe.map(CREATORS), probe.layouts[CREATORS])
+        self._forks = CommandForks(probe.map(FORKS_TOTAL), probe.layouts[FORKS_TOTAL])
 
         def open_alarm() -> Alarm:
             return CreationAlarm(probe.map(ALARM_MAP), probe.map(RING_MAP))

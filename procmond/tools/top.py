@@ -23,8 +23,9 @@ from typing import Any, TextIO
 
 from procmond.config import Config
 from procmond.errors import ProcmondError
-from procmond.kernel import bpf_loader, pins
+from procmond.kernel import bpf_loader, inventory, pins
 from procmond.kernel.handoff import HandedOffProbe
+from procmond.kernel.header import comm_len
 from procmond.kernel.maps import MapReader
 from procmond.naming.labels import Naming, names_of
 from procmond.scrape.metrics import COUNTERS
@@ -34,11 +35,11 @@ from procmond.text import one_word
 
 RATE_COLUMNS = ("forks", "threads", "execs", "exits", "failures")
 MAP_OF = {
-    "forks": "forks_total",
-    "threads": "threads_created_total",
-    "execs": "execs_total",
-    "exits": "exits_total",
-    "failures": "fork_failures_total",
+    "forks": inventory.FORKS_TOTAL,
+    "threads": inventory.THREADS_CREATED_TOTAL,
+    "execs": inventory.EXECS_TOTAL,
+    "exits": inventory.EXITS_TOTAL,
+    "failures": inventory.FORK_FAILURES_TOTAL,
 }
 SORT_KEYS = {
     "f": "forks",
@@ -215,7 +216,7 @@ class TextColumn:
 
 
 TEXT_COLUMNS = (
-    TextColumn("COMMAND", 15),  # a whole command: TASK_COMM_LEN - 1 bytes
+    TextColumn("COMMAND", comm_len() - 1),  # a whole command: TASK_COMM_LEN - 1 bytes
     TextColumn("PARENT", 15),
     TextColumn("UNIT", 28),
     TextColumn("POD", 28),
@@ -554,17 +555,19 @@ def top(
     probe: HandedOffProbe | bpf_loader.LoadedProbe
     if running is not None:
         probe = running
-        shared = creators.SharedSwitch(probe.map("storm_watch"))
+        shared = creators.SharedSwitch(probe.map(inventory.STORM_WATCH))
         generation, failures = shared.generation, probe.attached.get("sys_exit_clone", False)
     else:
         probe = bpf_loader.load(config)
-        creators.switch(probe.map("storm_watch"), GENERATION)
+        creators.switch(probe.map(inventory.STORM_WATCH), GENERATION)
         generation, failures = (lambda: GENERATION), config.syscall_probes
     namer = naming(probe.reader()) if naming is not None else None
     try:
         sampler = Sampler(
             probe.reader(),
-            creators.CreatorsReader(probe.map("creators"), probe.layouts["creators"]),
+            creators.CreatorsReader(
+                probe.map(inventory.CREATORS), probe.layouts[inventory.CREATORS]
+            ),
             lambda cgroup_id: names_of(namer, cgroup_id),
             failures,
             generation=generation,

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from procmond.naming.cgroups import MOUNTINFO, parse_mountinfo
+from procmond.kernel.mounts import MOUNTINFO, parse_mountinfo
 
 
 class MemoryCgroup:

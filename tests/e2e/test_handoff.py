@@ -8,11 +8,8 @@ import time
 from pathlib import Path
 
 from procmond.config import Config
-from procmond.kernel import bpf_loader
-from procmond.kernel.alarm import ALARM_MAPS
+from procmond.kernel import bpf_loader, inventory
 from procmond.kernel.bpfmap import BPFMap, possible_cpus
-from procmond.kernel.watch_stream import stream_maps
-from procmond.scrape.metrics import daemon_maps
 from tests.e2e.bpf_objects import MAP_IDS, PROG_IDS, held_by, loaded
 from tests.e2e.harness import launch, run_creator, start_daemon, unique_name
 
@@ -26,7 +23,7 @@ def test_the_daemon_holds_the_probe_without_bcc(tmp_path: Path, creator: Path) -
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         assert children == [], "the loader child is still there"
         maps, progs = held_by(pid)
-        assert len(maps) == len(daemon_maps()) + len(ALARM_MAPS) + len(stream_maps())
+        assert len(maps) == len(inventory.handed_maps())
         assert maps <= loaded(MAP_IDS)
         attached = sum(ok for ok in (daemon.scrape().series("procmond_probe_attached").values()))
         assert attached == 5 and len(progs) == attached  # it holds every program it runs

@@ -17,11 +17,19 @@ from pathlib import Path
 import pytest
 
 from procmond.kernel import pins
-from procmond.kernel.header import bpf_source_dir
+from procmond.kernel.bpfmap import BPFMap, libbpf
+from procmond.kernel.header import bpf_source_dir, map_ids, read_header
+from procmond.kernel.maps import read_percpu_counts
+from procmond.scrape.tasklimits import PidsHierarchy
+from tests.e2e import test_cgroups_tasklimits as task_limit_tests
 from tests.e2e.bpf_objects import held_by, snapshot
 from tests.e2e.cgroup_tree import CgroupTree
-from tests.e2e.harness import PROCMOND, Daemon, procmond, start_daemon, unique_name
+from tests.e2e.harness import PROCMOND, Daemon, procmond, run_creator, start_daemon, unique_name
 from tests.e2e.prom_harness import start_prometheus
+
+pids = task_limit_tests.pids  # the fixture: the host's pids hierarchy
+limited, fork_past_limit = task_limit_tests.limited, task_limit_tests.fork_past_limit
+kernel_count, hits_of = task_limit_tests.kernel_count, task_limit_tests.hits_of
 
 LOAD = 2400  # forks, at RATE a second: the restart falls in the middle
 RATE = 800
@@ -254,60 +262,148 @@ def units_of(daemon: Daemon, name: bytes) -> dict[str, float]:
     return out
 
 
-def test_prometheus_sees_no_counter_reset_across_a_restart(
+def test_prometheus_sees_no_counter_reset_across_a_restart_and_an_upgrade(
     tmp_path: Path, pin_root: Path, creator: Path
 ) -> None:
-    """resets() of every procmond counter is 0 across a restart in the middle of a load:
-    dashboards and alerts need no special case for it."""
+    """A real Prometheus scrapes through a steady load while the daemon is restarted (SIGTERM,
+    start, adopt) and then upgraded to a build of another layout: resets() of every series of
+    every procmond counter is 0, and the load's forks are all there, once."""
+    forks, rate = 8000, 800  # 10 s: the restart and the upgrade fall within it
     first = start(tmp_path, pin_root, "first")
+    daemons = [first]  # each stopped at the end, whatever happened
     prometheus = start_prometheus(tmp_path, [f"127.0.0.1:{first.port}"], [])
     name = unique_name("pr")
     series = f'procmond_forks_total{{comm="{name.decode()}"}}'
+    build = another_build(tmp_path)
     load: subprocess.Popen | None = None
     try:
         prometheus.wait_until("a scrape", lambda: prometheus.query('up{job="procmond"} == 1'), 30)
-        load = steady_load(creator, name)
-        prometheus.wait_until("a scrape of the load", lambda: prometheus.query(series), 10)
-        first.stop()
+        load = subprocess.Popen(
+            [str(creator), "fork", str(forks), "--rate", str(rate), name.hex()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        prometheus.wait_until("a scrape of the load", lambda: prometheus.query(series), 30)
+        assert first.stop() == 0
         folder = tmp_path / "second"
         folder.mkdir()
         config = f"pin_root: {pin_root}\nstate_dir: {tmp_path / 'state'}\n"
         second = start_daemon(folder, config, port=first.port)
-        try:
-            load.communicate(timeout=60)
-            done = time.time()
-            prometheus.wait_until(
-                "the whole load scraped by the second daemon",
-                lambda: prometheus.query(f"{series} == {LOAD} and timestamp({series}) > {done}"),
-                30,
-            )
-            resets = {
-                metric: prometheus.query(f"sum(resets({metric}[5m]))")[0]["value"][1]
-                for metric in COUNTERS
-            }
-        finally:
-            assert second.stop() == 0
+        daemons.append(second)
+        assert "adopted the probe pinned at" in second.log()
+        restarted = time.time()
+        prometheus.wait_until(
+            "a scrape of the restarted daemon",
+            lambda: prometheus.query(f"timestamp({series}) > {restarted}"),
+            30,
+        )
+        assert second.stop() == 0
+        assert load.poll() is None, "the load ended before the upgrade"
+        third = start_build(tmp_path, pin_root, "third", build, port=first.port)
+        daemons.append(third)
+        assert "retired the probe pinned at" in third.log()
+        out, _ = load.communicate(timeout=60)
+        assert out.split()[-1] == str(forks)
+        done = time.time()
+        prometheus.wait_until(
+            "the whole load scraped by the upgraded daemon",
+            lambda: prometheus.query(f"{series} == {forks} and timestamp({series}) > {done}"),
+            30,
+        )
+        resets = {
+            metric: prometheus.query(f"resets({metric}[1h])")
+            for metric in (*COUNTERS, "procmond_map_overflow_events_total")
+        }
     finally:
         if load is not None and load.poll() is None:
             load.kill()
         prometheus.stop()
-    assert resets == dict.fromkeys(COUNTERS, "0"), resets
+        codes = [daemon.stop() for daemon in daemons]
+    assert codes == [0] * len(daemons)
+    for metric, results in resets.items():
+        assert results, f"no series of {metric}"
+        nonzero = [r for r in results if r["value"][1] != "0"]
+        assert nonzero == [], (metric, nonzero)
 
 
-def another_build(tmp: Path) -> Path:
-    """This tree's procmond with a header whose forks key lays comm and parent_comm out the
-    other way round: a build whose map layout differs (the import root for PYTHONPATH)."""
-    build = tmp / "build"
+def a_build(tmp: Path, name: str, file: str, old: str, new: str) -> Path:
+    """This tree's procmond with ``old`` replaced by ``new`` in bpf/``file`` (the import root
+    for PYTHONPATH)."""
+    build = tmp / name
     package = Path(pins.__file__).parents[1]  # procmond/kernel/pins.py
     shutil.copytree(package, build / "procmond", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(bpf_source_dir(), build / "procmond" / "bpf")
-    header = build / "procmond" / "bpf" / "procmond.h"
-    text = header.read_text()
-    swapped = "char parent_comm[COMM_LEN];\n    char comm[COMM_LEN];"
-    text = text.replace("char comm[COMM_LEN];\n    char parent_comm[COMM_LEN];", swapped)
-    assert swapped in text
-    header.write_text(text)
+    path = build / "procmond" / "bpf" / file
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
     return build
+
+
+def another_build(tmp: Path) -> Path:
+    """A header whose forks key lays comm and parent_comm out the other way round: a build
+    whose map layout differs."""
+    pair = "char comm[COMM_LEN];\n    char parent_comm[COMM_LEN];"
+    swapped = "char parent_comm[COMM_LEN];\n    char comm[COMM_LEN];"
+    return a_build(tmp, "build", "procmond.h", pair, swapped)
+
+
+def program_only_build(tmp: Path) -> Path:
+    """Another source of the program (another build identity: its programs are replaced)
+    whose maps are laid out as this tree's."""
+    forks = "BPF_HASH(forks_total"
+    return a_build(tmp, "program", "procmond.bpf.c", forks, f"/* another build */\n{forks}")
+
+
+def spare_field_build(tmp: Path) -> Path:
+    """A build whose counter keys by command pair carry one more field, which this tree's keys
+    have no place for."""
+    pair = "char comm[COMM_LEN];\n    char parent_comm[COMM_LEN];\n};"
+    spare = "char comm[COMM_LEN];\n    char parent_comm[COMM_LEN];\n    u64 spare;\n};"
+    return a_build(tmp, "spare", "procmond.h", pair, spare)
+
+
+def start_build(
+    tmp: Path, root: Path, run: str, build: Path, extra: str = "", port: int | None = None
+) -> Daemon:
+    """A daemon of ``build`` (an import root) pinning under ``root``."""
+    folder = tmp / run
+    folder.mkdir()
+    config = f"pin_root: {root}\nstate_dir: {tmp / 'state'}\n{extra}"
+    return start_daemon(folder, config, port=port, env={"PYTHONPATH": str(build)}, cwd=build)
+
+
+def upgrade_mid_load(tmp: Path, root: Path, creator: Path, build: Path, name: bytes) -> Daemon:
+    """A daemon of this tree stopped in the middle of a steady load and ``build`` started:
+    every fork of the load counted, once. The new daemon, running."""
+    first = start(tmp, root, "first")
+    load = steady_load(creator, name)
+    try:
+        time.sleep(LOAD / RATE / 3)
+        before = forks_of(first, name)
+        assert 0 < before < LOAD
+        assert first.stop() == 0
+        second = start_build(tmp, root, "second", build)
+        try:
+            assert forks_of(second, name) >= before, second.log()
+            out, _ = load.communicate(timeout=60)
+            assert out.split()[-1] == str(LOAD)
+            assert forks_of(second, name) == LOAD, second.log()
+            assert "adopted" not in second.log()
+        except BaseException:
+            second.stop()
+            raise
+    finally:
+        if load.poll() is None:
+            load.kill()
+    return second
+
+
+def same_layout_maps(daemon: Daemon) -> list[str]:
+    """The metric maps the daemon carried by raw key at its upgrade, from its log line."""
+    [retired] = [line for line in daemon.log().splitlines() if "retired the probe" in line]
+    same = retired.rsplit("maps of the same layout: ", 1)[1].rstrip(")")
+    return [] if same == "none" else same.split(", ")
 
 
 def test_an_upgrade_to_another_layout_carries_every_count(
@@ -315,40 +411,20 @@ def test_an_upgrade_to_another_layout_carries_every_count(
 ) -> None:
     """The new build loads its own probe, takes the duty over from the old one in one write,
     retires it and carries its counts on: mid-load, nothing is lost or counted twice."""
-    build = another_build(tmp_path)
     name = unique_name("up")
-    first = start(tmp_path, pin_root, "first")
-    load = steady_load(creator, name)
+    second = upgrade_mid_load(tmp_path, pin_root, creator, another_build(tmp_path), name)
     try:
-        time.sleep(LOAD / RATE / 3)
-        before = forks_of(first, name)
-        assert 0 < before < LOAD
-        assert first.stop() == 0
-        folder = tmp_path / "second"
-        folder.mkdir()
-        second = start_daemon(
-            folder,
-            f"pin_root: {pin_root}\nstate_dir: {tmp_path / 'state'}\n",
-            env={"PYTHONPATH": str(build)},
-            cwd=build,
-        )
-        try:
-            assert forks_of(second, name) >= before, second.log()
-            out, _ = load.communicate(timeout=60)
-            assert out.split()[-1] == str(LOAD)
-            assert forks_of(second, name) == LOAD, second.log()
-            assert "retired the probe pinned at" in second.log()
-            # The children's exits and lifetimes, and the creator's own (it exited).
-            m = second.scrape()
-            comm = name.decode()
-            assert m.value("procmond_process_lifetime_seconds_count", comm=comm) == LOAD + 1
-            exits = m.series("procmond_exits_total")
-            assert sum(v for k, v in exits.items() if dict(k)["comm"] == comm) == LOAD + 1
-        finally:
-            assert second.stop() == 0
+        # The forks key's layout differs: carried by field name; the exits' is the same.
+        same = same_layout_maps(second)
+        assert "forks_total" not in same and "exits_total" in same, same
+        # The children's exits and lifetimes, and the creator's own (it exited).
+        m = second.scrape()
+        comm = name.decode()
+        assert m.value("procmond_process_lifetime_seconds_count", comm=comm) == LOAD + 1
+        exits = m.series("procmond_exits_total")
+        assert sum(v for k, v in exits.items() if dict(k)["comm"] == comm) == LOAD + 1
     finally:
-        if load.poll() is None:
-            load.kill()
+        assert second.stop() == 0
     assert len([p for p in pin_root.iterdir() if p.is_dir()]) == 1  # the old one is gone
 
 
@@ -366,3 +442,169 @@ def test_the_half_pinned_folder_of_a_dead_daemon_is_removed(tmp_path: Path, pin_
         assert len([p for p in pin_root.iterdir() if p.is_dir()]) == 1
     finally:
         assert daemon.stop() == 0
+
+
+def test_an_upgrade_of_the_program_alone_carries_raw_keys(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    """Same maps, other programs: the new build replaces the probe (its programs must run) and
+    carries every map's entries by raw key, since their layouts' fingerprints are equal."""
+    name = unique_name("raw")
+    second = upgrade_mid_load(tmp_path, pin_root, creator, program_only_build(tmp_path), name)
+    try:
+        assert same_layout_maps(second) == [
+            "forks_total",
+            "threads_created_total",
+            "execs_total",
+            "exits_total",
+            "fork_failures_total",
+            "process_lifetime_seconds",
+            "fork_duration_seconds",
+        ]
+    finally:
+        assert second.stop() == 0
+
+
+def test_a_key_field_the_new_probe_has_no_place_for_leaves_that_map_uncarried(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    """The running build's command-pair keys have a field this tree's lack: those three maps
+    are not carried (one line each); the exits, keyed otherwise, carry on exactly."""
+    build = spare_field_build(tmp_path)
+    name = unique_name("spare")
+    first = start_build(tmp_path, pin_root, "first", build)
+    try:
+        run_creator(creator, "fork", 30, [name])
+        assert forks_of(first, name) == 30, first.log()
+    finally:
+        assert first.stop() == 0
+    second = start(tmp_path, pin_root, "second")
+    try:
+        lines = [line for line in second.log().splitlines() if "are not carried" in line]
+        assert len(lines) == 3 and all("'spare'" in line for line in lines), second.log()
+        assert forks_of(second, name) == 0
+        exits = second.scrape().series("procmond_exits_total")
+        assert sum(v for k, v in exits.items() if dict(k)["comm"] == name.decode()) == 31
+    finally:
+        assert second.stop() == 0
+
+
+def fork_under_names(creator: Path, names: int, prefix: bytes) -> None:
+    """One fork under each of ``names`` names (prefix + a counter)."""
+    args = [str(creator), "fork", "1", "--generate", str(names), prefix.hex()]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split()[-1] == str(names), done.stdout
+
+
+def forks_overflow(pinned: BPFMap) -> int:
+    """forks_total's overflow slot of an overflow_events map, summed over CPUs."""
+    ids = map_ids(read_header())
+    return read_percpu_counts(pinned, len(ids))[ids.index("forks_total")]
+
+
+def overflow_series(daemon: Daemon) -> float:
+    labels = ("unit", "namespace", "pod", "container", "comm", "parent_comm")
+    return daemon.scrape().value("procmond_forks_total", **dict.fromkeys(labels, "__overflow__"))
+
+
+def shown_and_own_overflow(daemon: Daemon, root: Path) -> tuple[float, int, int]:
+    """The forks' overflow count the daemon shows, and its own probe's part of it, read from
+    its pinned map just before and just after the scrape: equal unless the host's creations
+    overflowed the map meanwhile (tried again a few times for a quiet moment)."""
+    [folder] = [p for p in root.iterdir() if p.is_dir()]
+    pinned = BPFMap(libbpf("bpf_obj_get", os.fsencode(folder / "map_overflow_events")))
+    try:
+        for _ in range(20):
+            before = forks_overflow(pinned)
+            shown = daemon.scrape().value("procmond_map_overflow_events_total", map="forks_total")
+            after = forks_overflow(pinned)
+            if before == after:
+                break
+    finally:
+        pinned.close()
+    return shown, before, after
+
+
+def test_an_upgrade_carries_the_overflow_counts(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    """A full map's overflow count goes on across an upgrade and the restart after it: the
+    daemon shows the old probe's last count (read through a descriptor the test holds) plus
+    its own probe's."""
+    small = "max_entries: 64\n"
+    first = start_build(tmp_path, pin_root, "first", Path(pins.__file__).parents[2], small)
+    prefix = b"ov" + secrets.token_hex(3).encode()
+    try:
+        fork_under_names(creator, 200, prefix)
+        shown, low, high = shown_and_own_overflow(first, pin_root)
+        assert low <= shown <= high and shown >= 200 - 64
+        series = overflow_series(first)
+        assert series >= shown
+        [folder] = [p for p in pin_root.iterdir() if p.is_dir()]
+        held = BPFMap(libbpf("bpf_obj_get", os.fsencode(folder / "map_overflow_events")))
+    finally:
+        assert first.stop() == 0
+    build = another_build(tmp_path)
+    try:
+        # Counted by the old probe while no daemon runs: the map is full, each name overflows.
+        fork_under_names(creator, 100, prefix + b"b")
+        second = start_build(tmp_path, pin_root, "second", build, small)
+        try:
+            old = forks_overflow(held)  # the retired probe counts no more
+            assert old >= shown + 100
+            upgraded, low, high = shown_and_own_overflow(second, pin_root)
+            assert old + low <= upgraded <= old + high, second.log()
+            assert overflow_series(second) >= max(series, old)
+        finally:
+            assert second.stop() == 0
+    finally:
+        held.close()
+    third = start_build(tmp_path, pin_root, "third", build, small)
+    try:
+        assert "adopted" in third.log()
+        restarted, low, high = shown_and_own_overflow(third, pin_root)
+        assert old + low <= restarted <= old + high and restarted >= upgraded
+    finally:
+        assert third.stop() == 0
+
+
+def test_an_upgrade_carries_task_limit_hits_no_scrape_took(
+    tmp_path: Path, pin_root: Path, pids: PidsHierarchy, creator: Path
+) -> None:
+    """A unit refused forks and was removed while no daemon ran: the old probe kept its count,
+    and the upgrade hands it to the new probe, whose first scrape shows every refused fork."""
+    first = start(tmp_path, pin_root, "first")
+    assert first.stop() == 0
+    unit = f"pin-{secrets.token_hex(4)}.service"
+    tree = CgroupTree(pids.hierarchy.mount_point)
+    try:
+        cgroup = limited(tree, pids, f"/test.slice/{unit}", 20)
+        refused = fork_past_limit(tree, cgroup, creator, 300)
+        assert refused == kernel_count(pids, cgroup) > 0
+    finally:
+        tree.remove()
+    second = start_build(tmp_path, pin_root, "second", another_build(tmp_path))
+    try:
+        assert hits_of(second, unit) == refused, second.log()
+    finally:
+        assert second.stop() == 0
+
+
+def test_two_upgrades_in_a_row_keep_every_count(
+    tmp_path: Path, pin_root: Path, creator: Path
+) -> None:
+    """What the second build carried from the first is carried again to the third (its daemon
+    saved it): no count of any build before is lost."""
+    name = unique_name("two")
+    here = Path(pins.__file__).parents[2]  # this tree's import root
+    runs = [(here, 30), (another_build(tmp_path), 20), (program_only_build(tmp_path), 10)]
+    counted = 0
+    for i, (build, forks) in enumerate(runs):
+        daemon = start_build(tmp_path, pin_root, f"run{i}", build)
+        try:
+            assert forks_of(daemon, name) == counted, daemon.log()
+            run_creator(creator, "fork", forks, [name])
+            counted += forks
+            assert forks_of(daemon, name) == counted
+        finally:
+            assert daemon.stop() == 0

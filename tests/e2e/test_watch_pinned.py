@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from procmond.kernel import watch_stream
+from procmond.config import parse_config
+from procmond.kernel import handoff, pins, watch_stream
 from procmond.kernel.bpfmap import BPFMap, libbpf
 from tests.e2e import test_pins
 from tests.e2e.bpf_objects import held_by
@@ -203,3 +204,53 @@ def test_one_watch_more_than_the_probe_has_rings_for_is_told_so(
             watch.stop()
         assert daemon.stop() == 0
     assert stream_switch(pin_root) == 0
+
+
+def test_mid_upgrade_top_and_watch_read_the_probe_on_duty(
+    tmp_path: Path, pin_root: Path, creator: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade pins its probe before it takes the duty over: meanwhile two probes are
+    pinned and one counts. Here the one waiting sorts first; top and watch read the other."""
+    daemon, config_path = start(tmp_path, pin_root)
+    config = parse_config(config_path.read_text())
+    try:
+        waiting = handoff.load(config, pins.handover_flags(config))
+        try:
+            folder = pins.pin(waiting, pin_root, "0" * 16)
+        finally:
+            waiting.close()
+        folders = sorted(p for p in pin_root.iterdir() if p.is_dir())
+        assert len(folders) == 2 and folders[0] == folder
+        duty = pins.duty_in_force(pin_root)
+        assert pins.manifest(folder)["duty"] == duty + 1  # type: ignore[index]
+        running = pins.running(config)
+        assert running is not None
+        try:
+            assert running.manifest["duty"] == duty
+        finally:
+            running.close()
+        no_bcc(tmp_path, monkeypatch)
+        name = unique_name("duty")
+        watch = Watch("--comm", name.decode(), "--config", str(config_path))
+        run_creator(creator, "fork", CREATIONS, [name])
+        lines, err, code = watch.finish(CREATIONS)
+        load = subprocess.Popen(
+            [str(creator), "fork", "100000", "--rate", "500", name.hex()],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            top = subprocess.run(
+                [*PROCMOND, "top", "--once", "-d", "0.5", "--config", str(config_path)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        finally:
+            load.kill()
+            load.wait()
+    finally:
+        assert daemon.stop() == 0
+    assert code == 0, err
+    assert len(lines) == CREATIONS and all(name.decode() in line for line in lines), lines
+    assert top.returncode == 0, top.stderr
+    assert name.decode() in top.stdout, top.stdout

@@ -10,7 +10,8 @@ import pytest
 
 from procmond.kernel.btf import PIDS_FORKFAIL, PIDS_MAX
 from procmond.kernel.maps import GonePidsCgroup
-from procmond.naming.cgroups import Hierarchy, Mount
+from procmond.kernel.mounts import Mount, shown_pids_event
+from procmond.naming.cgroups import Hierarchy
 from procmond.naming.kubelet import KubeletNames
 from procmond.scrape.tasklimits import (
     EMPTY,
@@ -26,7 +27,6 @@ from procmond.scrape.tasklimits import (
     parse_pids_events,
     parse_pids_value,
     read_pids,
-    shown_pids_event,
 )
 
 UID = "0a1b2c3d-0000-4111-8222-333344445555"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from procmond.config import Config
+from procmond.kernel import inventory
 from procmond.kernel.header import HeaderError, map_ids, parse_header, read_header, syscall_names
-from procmond.scrape.metrics import daemon_maps
 
 
 def test_the_headers_defaults_are_the_configs() -> None:
@@ -24,7 +24,8 @@ def test_the_headers_defaults_are_the_configs() -> None:
 
 def test_every_overflow_slot_names_a_map_the_daemon_reads() -> None:
     ids = map_ids(read_header())
-    assert set(ids) - {"inflight"} <= set(daemon_maps())
+    assert set(ids) - {"inflight"} <= set(inventory.handed_maps())
+    assert set(ids) <= set(inventory.roles())
     assert ids[0] == "forks_total"
 
 
