@@ -23,8 +23,6 @@ import ctypes
 import datetime
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,13 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import measures
-from benchmarks.configurations import Daemon, scratch_dir
+from benchmarks.configurations import Daemon, extract, scratch_dir
 from procmond.naming.cgroups import read_layout
 from tests.support.exposition import Exposition
 from tests.support.names import unique_name
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 PR_SET_NAME = 15
 
 
@@ -177,20 +174,6 @@ def _evacuate(cgroup: Path, to: Path) -> None:
 
 
 # ---- the daemons ------------------------------------------------------------------------------
-
-
-def extract(ref: str, into: Path) -> Path:
-    """The tree of git ref ``ref``, extracted to ``into``, runnable with ``python -m
-    procmond`` from there (its probe's C sources placed where the package looks for them)."""
-    into.mkdir(parents=True)
-    archive = subprocess.Popen(
-        ["git", "-C", str(REPO), "archive", "--format=tar", ref], stdout=subprocess.PIPE
-    )
-    subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
-    if archive.wait() != 0:
-        raise SystemExit(f"git archive {ref} failed")
-    shutil.copytree(into / "bpf", into / "procmond" / "bpf")
-    return into
 
 
 @dataclass

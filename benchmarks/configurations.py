@@ -12,6 +12,7 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from tests.support.exposition import Exposition
 from tests.support.launcher import free_port, procmond_command
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 PROTOTYPE = HERE / "prototype.py"
 
 # Which counter of the daemon counts each load path.
@@ -387,6 +389,58 @@ CONFIGURATIONS: dict[str, type[Configuration]] = {
         Watch,
     )
 }
+
+
+def baseline_name(ref: str) -> str:
+    """``procmond@<short commit>`` of a git ref of this repository (an unknown ref fails here,
+    before anything runs): the commit, not the ref, so that a saved run names what it ran."""
+    short = _git("rev-parse", "--short", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+    return f"procmond@{short.strip()}"
+
+
+def baseline_configuration(name: str, tree: Path) -> type[Daemon]:
+    """The ``procmond`` configuration (same config, same port rules, pins off) run from
+    ``tree``, another build's checkout (see ``extract``), under the configuration ``name``."""
+
+    class Baseline(Daemon):
+        __doc__ = f"``procmond run`` of {name}, as ``procmond``'s config."
+
+        def __init__(self, workdir: Path, config_text: str = OUTSIDE_STORMS) -> None:
+            super().__init__(workdir, config_text, source=tree)
+
+    Baseline.name = name
+    return Baseline
+
+
+def extract(ref: str, into: Path) -> Path:
+    """The tree of git ref ``ref``, extracted to ``into`` (``git archive``: the user's tree,
+    index and worktree list stay untouched), runnable with ``python -m procmond`` from there
+    (its probe's C sources placed where the package looks for them). Fails unless Python,
+    started there, imports that tree's procmond rather than the installed one."""
+    into.mkdir(parents=True)
+    archive = subprocess.Popen(
+        ["git", "-C", str(REPO), "archive", "--format=tar", ref], stdout=subprocess.PIPE
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise SystemExit(f"git archive {ref} failed")
+    shutil.copytree(into / "bpf", into / "procmond" / "bpf")
+    imported = subprocess.run(
+        [sys.executable, "-c", "import procmond.bpf, procmond; print(procmond.__file__)"],
+        cwd=into,
+        capture_output=True,
+        text=True,
+    )
+    if Path(imported.stdout.strip()).parent != into / "procmond":
+        raise RuntimeError(f"{ref} extracted to {into} imports {imported.stdout}{imported.stderr}")
+    return into
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def scratch_dir() -> Path:
