@@ -597,7 +597,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     if "soak" in summary:
         out += _soak_section(results["soak"], summary["soak"])
     if summary.get("builds"):
-        out += _builds_section(params["baseline"], summary["builds"])
+        out += _builds_section(params["baseline"], summary["builds"], results)
     mappings = results.get("throughput", {}).get("memory_by_mapping", {}).get("procmond")
     if mappings:
         out += ["", "## Where the daemon's memory is after start (largest mappings)", ""]
@@ -608,17 +608,28 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _builds_section(baseline: dict[str, str], rows: list[dict[str, Any]]) -> list[str]:
+def _builds_section(
+    baseline: dict[str, str], rows: list[dict[str, Any]], results: dict[str, Any]
+) -> list[str]:
     name = baseline["name"]
+    how = []
+    if "throughput" in results:
+        how.append(
+            f"{name} ran right after this tree's daemon in every round; start → serving is "
+            "the median of the rounds, its ratio the median of the per-round ratios"
+        )
+    if "scrape" in results:
+        how.append(
+            "in the scrape phase both ran at once with the same series and were scraped in "
+            "turn (percentiles over each build's scrapes)"
+        )
     out = [
         "",
         f"## This tree against {baseline['ref']} ({name})",
         "",
-        f"The same daemon config, interleaved: {name} ran right after this tree's daemon in "
-        "every round, and both at once in the scrape phase, with the same series, scraped in "
-        "turn. Start → serving: median of the rounds, and the median of the per-round ratios; "
-        "scrape: percentiles over each build's scrapes. Ratio: this tree / "
-        f"{name} (below 1: this tree takes less; for a ratio to no probe, above 1 is better).",
+        f"The same daemon config; {'; '.join(how) or 'no phase compared them'}. "
+        f"Ratio: this tree / {name} (below 1: this tree takes less; for a ratio to no probe, "
+        "above 1 is better).",
         "",
     ]
     out += _table(
