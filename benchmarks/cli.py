@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                 settle,
                 log,
                 available,
+                # a smoke run need not wait as long for each configuration to be idle again
+                0.1 if args.quick else 0.3,
             )
         if "cost" not in skip:
             log("probe cost: BPF run time per creation")

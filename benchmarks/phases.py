@@ -57,7 +57,10 @@ def throughput(
     settle: float,
     log: Log,
     available: Available = CONFIGURATIONS,
+    idle_window: float = 0.3,
 ) -> dict[str, object]:
+    """``idle_window``: how often a configuration is looked at after a load, until it used
+    under 1 % of a core in that time (idle again: its CPU for the load is then read)."""
     runs: list[Run] = []
     syscall_runs: list[dict[str, object]] = []
     starts: list[dict[str, object]] = []
@@ -85,7 +88,9 @@ def throughput(
         this_round: list[Run] = []
         try:
             for path in PATHS:
-                this_round.append(_one_load(gen, config, round_, path, seconds, workers))
+                this_round.append(
+                    _one_load(gen, config, round_, path, seconds, workers, idle_window)
+                )
             # Syscall tracepoints put every task on the kernel's syscall-tracing path: the
             # cost lands on all syscalls of the host, not only on the creations. One worker:
             # a per-call cost of a few percent drowns when the host's own work (and the
@@ -125,6 +130,7 @@ def _one_load(
     path: str,
     seconds: float,
     workers: int,
+    idle_window: float = 0.3,
 ) -> Run:
     """The configuration's CPU is read before the load and once it is idle after it, so the
     events it queued and handles late are its cost too."""
@@ -134,7 +140,8 @@ def _one_load(
     cpu_before = measures.cpu_seconds(pid) if pid else 0.0
     ns_before = measures.cpu_ns(pid) if pid else 0
     load = gen.burst(path, seconds, workers, comm)
-    drained = measures.wait_idle(pid) if pid else 0.0
+    busy_ns = round(idle_window * 1e7)  # 1 % of a core: 3 ms in the default 0.3 s
+    drained = measures.wait_idle(pid, idle_window, busy_ns) if pid else 0.0
     cpu = measures.cpu_seconds(pid) - cpu_before if pid else None
     ns = measures.cpu_ns(pid) - ns_before if pid else None
     config.after_load(comm, path)
