@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         available: dict[str, Any] = dict(CONFIGURATIONS)
         baselines = {}
         if args.baseline_name:
-            tree = extract(args.baseline, workdir / "baseline")
+            # the commit resolved at the start (not the ref, which could move meanwhile)
+            commit = args.baseline_name.removeprefix("procmond@")
+            tree = extract(commit, workdir / "baseline")
             log(f"baseline: {args.baseline} extracted to {tree}, run as {args.baseline_name}")
             baselines[args.baseline_name] = baseline_configuration(args.baseline_name, tree)
             available.update(baselines)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,10 +236,6 @@ class Daemon(Configuration):
                 subprocess.run(["/bin/true"], check=True)
             time.sleep(0.1 if poke else 0.5)
 
-    def wait_for_storm_end(self, timeout: float = 120.0) -> None:
-        """Until the daemon has logged the end of any storm the benchmark's own load made."""
-        self.wait_for_counting(False, timeout)
-
     def after_load(self, comm: str, path: str) -> None:
         count, overflow = self.creations(comm, path)
         count_before, overflow_before = self._before.pop(comm)
@@ -251,6 +247,19 @@ class Daemon(Configuration):
 
     def overflowed(self, comm: str) -> int | None:
         return self._overflowed.get(comm)
+
+
+def wait_for_storms_end(daemons: Iterable[Daemon], timeout: float = 120.0) -> None:
+    """Until every daemon has seen the end of any storm the benchmark's own load made. Each is
+    asked (scraped) at every look until all are done, so that daemons compared afterwards have
+    been scraped about as often: a daemon's first scrapes after a storm are its slowest."""
+    daemons = list(daemons)
+    deadline = time.monotonic() + timeout
+    while counting := [d for d in daemons if d.counting_per_process()]:
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"{d.name}: {d.log()}" for d in counting)
+            raise RuntimeError(f"counting per process did not end in {timeout:.0f} s: {logs}")
+        time.sleep(0.5)
 
 
 class DaemonWithSyscallProbes(Daemon):

@@ -15,7 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import measures
-from benchmarks.configurations import CONFIGURATIONS, Configuration, Daemon, Started
+from benchmarks.configurations import (
+    CONFIGURATIONS,
+    Configuration,
+    Daemon,
+    Started,
+    wait_for_storms_end,
+)
 from benchmarks.loadgen import PATHS, LoadGenerator, unique_comm
 from procmond.kernel.programs import statistics_on
 from tests.support.names import unique_name
@@ -280,11 +286,11 @@ def scrape_latency(
             started[name] = daemon.start(settle)
         prefix = unique_name("s").decode()[:7]
         made = gen.names(series, prefix, unique_comm("x"))
+        # Making the series is a fork storm by the default threshold: the scrapes are timed
+        # once the daemon has seen it end, as a host's scrapes mostly are.
+        wait_for_storms_end(daemons.values())
         counted: dict[str, tuple[int, int]] = {}
         for name, daemon in daemons.items():
-            # Making the series is a fork storm by the default threshold: the scrapes are
-            # timed once the daemon has seen it end, as a host's scrapes mostly are.
-            daemon.wait_for_storm_end()
             counted[name] = forks_series, samples = _series(daemon.scrape_text(), prefix)
             log(
                 f"scrape: {forks_series} series made, {samples} samples in the exposition"
