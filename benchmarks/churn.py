@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,63 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import measures
-from benchmarks.configurations import Daemon, scratch_dir
+from benchmarks.churner import write_file
+from benchmarks.configurations import Daemon, extract, scratch_dir
 from procmond.naming.cgroups import read_layout
 from tests.support.exposition import Exposition
 from tests.support.names import unique_name
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-PR_SET_NAME = 15
+CHURNER = HERE / "churner.py"
 
 
 # ---- the churn --------------------------------------------------------------------------------
 
 
-def _write(path: str, text: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text)
-    finally:
-        os.close(fd)
-
-
-def _churn(
-    top: Path, first: int, count: int, fork_every: int, forks_each: int, rate: float, progress: int
-) -> None:
-    """In the churner process: ``count`` cgroups ``top/churn-<i>.service`` made and removed,
-    one after another; every ``fork_every``-th one gets ``forks_each`` forks (each child
-    exits at once). Writes the cgroups done so far to fd ``progress`` every 1,000, then
-    "done FORKS"."""
-    pid = b"%d" % os.getpid()
-    procs = str(top / "cgroup.procs")
-    started = time.monotonic()
-    forks = 0
-    for n in range(count):
-        if rate > 0:
-            delay = started + n / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        cgroup = f"{top}/churn-{first + n}.service"
-        os.mkdir(cgroup)
-        if n % fork_every == 0:
-            _write(cgroup + "/cgroup.procs", pid)
-            for _ in range(forks_each):
-                child = os.fork()
-                if child == 0:
-                    os._exit(0)
-                os.waitpid(child, 0)
-                forks += 1
-            _write(procs, pid)
-        os.rmdir(cgroup)
-        if (n + 1) % 1000 == 0:
-            os.write(progress, b"%d\n" % (n + 1))
-    os.write(progress, b"done %d\n" % forks)
-
-
 @dataclass
 class Churner:
-    """A process named ``name`` churning cgroups under ``top`` (see ``_churn``)."""
+    """A process named ``name`` churning cgroups under ``top`` (benchmarks/churner.py)."""
 
     top: Path
     name: bytes
@@ -106,18 +62,16 @@ class Churner:
         first = self._first
         self._first += count
         self.done, self.forks, self._buffer = 0, None, b""
-        pid = os.fork()
-        if pid == 0:  # the churner: its comm names its forks
-            status = 1
-            try:
-                os.close(read)
-                libc = ctypes.CDLL(None, use_errno=True)
-                libc.prctl(PR_SET_NAME, ctypes.c_char_p(self.name), 0, 0, 0)
-                _churn(self.top, first, count, fork_every, self.forks_each, rate, write)
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write)
+        os.set_inheritable(write, True)
+        try:
+            args = (self.top, first, count, fork_every, self.forks_each, rate, write)
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", str(CHURNER), *map(str, args), self.name.hex()],
+                os.environ,
+            )
+        finally:
+            os.close(write)
         os.set_blocking(read, False)
         self.pid, self._pipe = pid, read
 
@@ -173,24 +127,10 @@ def remove_churn_slice(top: Path) -> None:
 def _evacuate(cgroup: Path, to: Path) -> None:
     for pid in (cgroup / "cgroup.procs").read_text().split():
         with contextlib.suppress(ProcessLookupError):
-            _write(str(to / "cgroup.procs"), pid.encode())
+            write_file(str(to / "cgroup.procs"), pid.encode())
 
 
 # ---- the daemons ------------------------------------------------------------------------------
-
-
-def extract(ref: str, into: Path) -> Path:
-    """The tree of git ref ``ref``, extracted to ``into``, runnable with ``python -m
-    procmond`` from there (its probe's C sources placed where the package looks for them)."""
-    into.mkdir(parents=True)
-    archive = subprocess.Popen(
-        ["git", "-C", str(REPO), "archive", "--format=tar", ref], stdout=subprocess.PIPE
-    )
-    subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
-    if archive.wait() != 0:
-        raise SystemExit(f"git archive {ref} failed")
-    shutil.copytree(into / "bpf", into / "procmond" / "bpf")
-    return into
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """``python -m benchmarks``: run every phase, print the markdown report, write the JSON.
 
 Needs root (BPF). ``--quick`` is a smoke run of a few seconds that proves the benchmark still
-works; its figures mean nothing.
+works; its figures mean nothing. ``--baseline GIT_REF`` runs that commit's daemon beside this
+tree's, from a temporary extract of it that is removed at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import phases, report
-from benchmarks.configurations import CONFIGURATIONS, scratch_dir
+from benchmarks.configurations import (
+    CONFIGURATIONS,
+    baseline_configuration,
+    baseline_name,
+    extract,
+    scratch_dir,
+)
 from benchmarks.loadgen import LoadGenerator
 
 HERE = Path(__file__).resolve().parent
@@ -55,6 +62,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(CONFIGURATIONS)}",
     )
     parser.add_argument("--skip", default="", help="phases to skip: throughput,cost,scrape,soak")
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also run the daemon of this commit (extracted to a temporary folder) as the "
+        "configuration procmond@<commit>, beside this tree's, in the throughput, cost and "
+        "scrape phases, and compare the two",
+    )
     parser.add_argument(
         "--from-json",
         type=Path,
@@ -90,11 +104,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown configurations: {', '.join(sorted(unknown))}")
     # RESULTS.md is the record of one whole run: a run of some phases or configurations (a
     # look at one figure) must not replace it with a report of not-measured rows.
+    # A comparison with another build is not that record either.
     whole = not args.skip.strip(",") and set(configs) | {"none"} == set(CONFIGURATIONS)
+    whole = whole and not args.baseline
     if args.results is None and whole and not quick and not args.from_json:
         args.results = HERE / "RESULTS.md"
     if "none" not in configs:
         configs.insert(0, "none")  # every ratio is to it
+    args.baseline_name = None
+    if args.baseline and not args.from_json:
+        args.baseline_name = baseline_name(args.baseline)
+        # right after this tree's daemon, so that the two run as close in time as can be
+        at = configs.index("procmond") + 1 if "procmond" in configs else len(configs)
+        configs.insert(at, args.baseline_name)
     args.config_list = configs
     return args
 
@@ -180,9 +202,20 @@ def main(argv: list[str] | None = None) -> int:
             "soak_rate": args.soak_rate,
         },
     }
+    if args.baseline_name:
+        results["parameters"]["baseline"] = {"ref": args.baseline, "name": args.baseline_name}
     workdir = Path(tempfile.mkdtemp(prefix="procmond-bench-", dir=scratch_dir()))
     try:
         gen = LoadGenerator(workdir)
+        available: dict[str, Any] = dict(CONFIGURATIONS)
+        baselines = {}
+        if args.baseline_name:
+            # the commit resolved at the start (not the ref, which could move meanwhile)
+            commit = args.baseline_name.removeprefix("procmond@")
+            tree = extract(commit, workdir / "baseline")
+            log(f"baseline: {args.baseline} extracted to {tree}, run as {args.baseline_name}")
+            baselines[args.baseline_name] = baseline_configuration(args.baseline_name, tree)
+            available.update(baselines)
         if "throughput" not in skip:
             log(f"throughput: {args.rounds} rounds of {', '.join(args.config_list)}")
             results["throughput"] = phases.throughput(
@@ -195,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.workers,
                 settle,
                 log,
+                available,
+                # a smoke run need not wait as long for each configuration to be idle again
+                0.1 if args.quick else 0.3,
             )
         if "cost" not in skip:
             log("probe cost: BPF run time per creation")
@@ -206,11 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.workers,
                 log,
                 (0, 16) if args.quick else phases.FORK_SIZES_MIB,
+                available,
             )
         if "scrape" not in skip:
             log(f"scrape: {args.series:,} series, {args.scrapes} scrapes")
             results["scrape"] = phases.scrape_latency(
-                gen, workdir, args.series, args.scrapes, settle, log, args.idle
+                gen, workdir, args.series, args.scrapes, settle, log, args.idle, baselines
             )
         if "soak" not in skip:
             log(f"soak: {args.soak:g} s at {args.soak_rate:g} creations/s")

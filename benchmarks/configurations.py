@@ -12,12 +12,13 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tests.support.exposition import Exposition
 from tests.support.launcher import free_port, procmond_command
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 PROTOTYPE = HERE / "prototype.py"
 
 # Which counter of the daemon counts each load path.
@@ -234,10 +236,6 @@ class Daemon(Configuration):
                 subprocess.run(["/bin/true"], check=True)
             time.sleep(0.1 if poke else 0.5)
 
-    def wait_for_storm_end(self, timeout: float = 120.0) -> None:
-        """Until the daemon has logged the end of any storm the benchmark's own load made."""
-        self.wait_for_counting(False, timeout)
-
     def after_load(self, comm: str, path: str) -> None:
         count, overflow = self.creations(comm, path)
         count_before, overflow_before = self._before.pop(comm)
@@ -249,6 +247,19 @@ class Daemon(Configuration):
 
     def overflowed(self, comm: str) -> int | None:
         return self._overflowed.get(comm)
+
+
+def wait_for_storms_end(daemons: Iterable[Daemon], timeout: float = 120.0) -> None:
+    """Until every daemon has seen the end of any storm the benchmark's own load made. Each is
+    asked (scraped) at every look until all are done, so that daemons compared afterwards have
+    been scraped about as often: a daemon's first scrapes after a storm are its slowest."""
+    daemons = list(daemons)
+    deadline = time.monotonic() + timeout
+    while counting := [d for d in daemons if d.counting_per_process()]:
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"{d.name}: {d.log()}" for d in counting)
+            raise RuntimeError(f"counting per process did not end in {timeout:.0f} s: {logs}")
+        time.sleep(0.5)
 
 
 class DaemonWithSyscallProbes(Daemon):
@@ -387,6 +398,58 @@ CONFIGURATIONS: dict[str, type[Configuration]] = {
         Watch,
     )
 }
+
+
+def baseline_name(ref: str) -> str:
+    """``procmond@<short commit>`` of a git ref of this repository (an unknown ref fails here,
+    before anything runs): the commit, not the ref, so that a saved run names what it ran."""
+    short = _git("rev-parse", "--short", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+    return f"procmond@{short.strip()}"
+
+
+def baseline_configuration(name: str, tree: Path) -> type[Daemon]:
+    """The ``procmond`` configuration (same config, same port rules, pins off) run from
+    ``tree``, another build's checkout (see ``extract``), under the configuration ``name``."""
+
+    class Baseline(Daemon):
+        __doc__ = f"``procmond run`` of {name}, as ``procmond``'s config."
+
+        def __init__(self, workdir: Path, config_text: str = OUTSIDE_STORMS) -> None:
+            super().__init__(workdir, config_text, source=tree)
+
+    Baseline.name = name
+    return Baseline
+
+
+def extract(ref: str, into: Path) -> Path:
+    """The tree of git ref ``ref``, extracted to ``into`` (``git archive``: the user's tree,
+    index and worktree list stay untouched), runnable with ``python -m procmond`` from there
+    (its probe's C sources placed where the package looks for them). Fails unless Python,
+    started there, imports that tree's procmond rather than the installed one."""
+    into.mkdir(parents=True)
+    archive = subprocess.Popen(
+        ["git", "-C", str(REPO), "archive", "--format=tar", ref], stdout=subprocess.PIPE
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise SystemExit(f"git archive {ref} failed")
+    shutil.copytree(into / "bpf", into / "procmond" / "bpf")
+    imported = subprocess.run(
+        [sys.executable, "-c", "import procmond.bpf, procmond; print(procmond.__file__)"],
+        cwd=into,
+        capture_output=True,
+        text=True,
+    )
+    if Path(imported.stdout.strip()).parent != into / "procmond":
+        raise RuntimeError(f"{ref} extracted to {into} imports {imported.stdout}{imported.stderr}")
+    return into
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def scratch_dir() -> Path:

@@ -10,17 +10,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import measures
-from benchmarks.configurations import CONFIGURATIONS, Configuration, Daemon
+from benchmarks.configurations import (
+    CONFIGURATIONS,
+    Configuration,
+    Daemon,
+    Started,
+    wait_for_storms_end,
+)
 from benchmarks.loadgen import PATHS, LoadGenerator, unique_comm
 from procmond.kernel.programs import statistics_on
 from tests.support.names import unique_name
 
 Log = Callable[[str], None]
+# Configuration name → what makes one in a work folder: CONFIGURATIONS, plus a baseline build's
+# daemon when the run compares builds.
+Available = Mapping[str, Callable[[Path], Configuration]]
 
 
 @dataclass
@@ -53,7 +62,11 @@ def throughput(
     workers: int,
     settle: float,
     log: Log,
+    available: Available = CONFIGURATIONS,
+    idle_window: float = 0.3,
 ) -> dict[str, object]:
+    """``idle_window``: how often a configuration is looked at after a load, until it used
+    under 1 % of a core in that time (idle again: its CPU for the load is then read)."""
     runs: list[Run] = []
     syscall_runs: list[dict[str, object]] = []
     starts: list[dict[str, object]] = []
@@ -65,7 +78,7 @@ def throughput(
     if "none" in configs and len(configs) > 1:
         schedule.append((rounds, "none"))
     for round_, name in schedule:
-        config = CONFIGURATIONS[name](workdir)
+        config = available[name](workdir)
         started = config.start(settle)
         if started.memory is not None:
             starts.append(
@@ -81,7 +94,9 @@ def throughput(
         this_round: list[Run] = []
         try:
             for path in PATHS:
-                this_round.append(_one_load(gen, config, round_, path, seconds, workers))
+                this_round.append(
+                    _one_load(gen, config, round_, path, seconds, workers, idle_window)
+                )
             # Syscall tracepoints put every task on the kernel's syscall-tracing path: the
             # cost lands on all syscalls of the host, not only on the creations. One worker:
             # a per-call cost of a few percent drowns when the host's own work (and the
@@ -121,6 +136,7 @@ def _one_load(
     path: str,
     seconds: float,
     workers: int,
+    idle_window: float = 0.3,
 ) -> Run:
     """The configuration's CPU is read before the load and once it is idle after it, so the
     events it queued and handles late are its cost too."""
@@ -130,7 +146,8 @@ def _one_load(
     cpu_before = measures.cpu_seconds(pid) if pid else 0.0
     ns_before = measures.cpu_ns(pid) if pid else 0
     load = gen.burst(path, seconds, workers, comm)
-    drained = measures.wait_idle(pid) if pid else 0.0
+    busy_ns = round(idle_window * 1e7)  # 1 % of a core: 3 ms in the default 0.3 s
+    drained = measures.wait_idle(pid, idle_window, busy_ns) if pid else 0.0
     cpu = measures.cpu_seconds(pid) - cpu_before if pid else None
     ns = measures.cpu_ns(pid) - ns_before if pid else None
     config.after_load(comm, path)
@@ -164,6 +181,7 @@ def probe_cost(
     workers: int,
     log: Log,
     sizes_mib: tuple[int, ...] = FORK_SIZES_MIB,
+    available: Available = CONFIGURATIONS,
 ) -> tuple[dict[str, object], dict[str, object]]:
     """The CPU time each configuration's BPF programs add to every creation, as the kernel
     times them: a figure the machine's noise cannot blur, unlike a throughput ratio. Run
@@ -175,7 +193,7 @@ def probe_cost(
         for name in configs:
             if name == "none":
                 continue
-            config = CONFIGURATIONS[name](workdir)
+            config = available[name](workdir)
             config.start(0.0)
             assert config.pid is not None
             try:
@@ -244,71 +262,126 @@ def scrape_latency(
     settle: float,
     log: Log,
     idle_seconds: float = 0.0,
+    baselines: Mapping[str, Callable[[Path, str], Daemon]] | None = None,
 ) -> dict[str, object]:
     """Scrape times with ``series`` live procmond_forks_total series, made by one process
     renaming itself ``series`` times with one fork each. Plain text and Prometheus' own
     request (it prefers OpenMetrics, accepts text; gzip) are timed alternately, over
     kept-alive connections. Then, with every connection closed, the daemon's CPU while
     nothing asks it anything for ``idle_seconds``: what its own timers cost (schedstat, ns:
-    utime and stime tick every 10 ms, too coarse for a fraction of a millisecond a second)."""
+    utime and stime tick every 10 ms, too coarse for a fraction of a millisecond a second).
+
+    ``baselines``: other builds' daemons (name → maker), run at the same time with the same
+    config and the same series, each scrape made of every build in turn (the order swapped
+    every other pair), so that whatever else the machine does hits them alike; their figures
+    go under ``"baselines"``."""
     capacity = max(4096, 2 * series)  # room for the names and for the host's own commands
-    daemon = Daemon(workdir, f"max_entries: {capacity}\n")
-    started = daemon.start(settle)
-    assert daemon.pid is not None
+    config_text = f"max_entries: {capacity}\n"
+    daemons = {"procmond": Daemon(workdir, config_text)}
+    for name, make in (baselines or {}).items():
+        daemons[name] = make(workdir, config_text)
+    started: dict[str, Started] = {}
     try:
+        for name, daemon in daemons.items():
+            started[name] = daemon.start(settle)
         prefix = unique_name("s").decode()[:7]
         made = gen.names(series, prefix, unique_comm("x"))
         # Making the series is a fork storm by the default threshold: the scrapes are timed
         # once the daemon has seen it end, as a host's scrapes mostly are.
-        daemon.wait_for_storm_end()
-        text = daemon.scrape_text()
-        forks_series = sum(
-            1
-            for line in text.splitlines()
-            if line.startswith("procmond_forks_total{") and f'comm="{prefix}' in line
-        )
-        samples = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
-        log(f"scrape: {forks_series} series made, {samples} samples in the exposition")
-        kinds = {
-            "plain": measures.Scraper(daemon.port, measures.PLAIN_HEADERS),
-            "prometheus": measures.Scraper(daemon.port, measures.PROMETHEUS_HEADERS),
+        wait_for_storms_end(daemons.values())
+        counted: dict[str, tuple[int, int]] = {}
+        for name, daemon in daemons.items():
+            counted[name] = forks_series, samples = _series(daemon.scrape_text(), prefix)
+            log(
+                f"scrape: {forks_series} series made, {samples} samples in the exposition"
+                + (f" ({name})" if baselines else "")
+            )
+        kinds = {"plain": measures.PLAIN_HEADERS, "prometheus": measures.PROMETHEUS_HEADERS}
+        scrapers = {
+            (name, kind): measures.Scraper(daemon.port, headers)
+            for name, daemon in daemons.items()
+            for kind, headers in kinds.items()
         }
-        sizes = {kind: len(scraper.scrape()[1]) for kind, scraper in kinds.items()}  # warm-up
-        times: dict[str, list[float]] = {kind: [] for kind in kinds}
-        cpu_before = measures.cpu_seconds(daemon.pid)
+        sizes = {key: len(scraper.scrape()[1]) for key, scraper in scrapers.items()}  # warm-up
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in scrapers}
+        pids = {name: _pid(daemon) for name, daemon in daemons.items()}
+        cpu_before = {name: measures.cpu_seconds(pid) for name, pid in pids.items()}
+        order = list(daemons)
         for i in range(scrapes):
             kind = ("plain", "prometheus")[i % 2]
-            times[kind].append(kinds[kind].scrape()[0])
-        cpu = measures.cpu_seconds(daemon.pid) - cpu_before
-        for scraper in kinds.values():
+            for name in order if i % 4 < 2 else order[::-1]:
+                times[(name, kind)].append(scrapers[(name, kind)].scrape()[0])
+        cpu = {name: measures.cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        for scraper in scrapers.values():
             scraper.close()
-        memory = measures.memory(daemon.pid)
-        idle_cpu = _idle_cpu_ms_per_second(daemon.pid, idle_seconds) if idle_seconds else None
+        memory = {name: measures.memory(pid) for name, pid in pids.items()}
+        idle_cpu = _idle_cpu_ms_per_second(pids, idle_seconds) if idle_seconds else {}
     finally:
-        daemon.stop()
-    return {
-        "series_made": made.created,
-        "forks_series": forks_series,
-        "exposition_samples": samples,
-        "exposition_bytes": sizes,
-        "scrape_seconds": times,
-        "p50_seconds": {k: measures.percentile(v, 50) for k, v in times.items()},
-        "p99_seconds": {k: measures.percentile(v, 99) for k, v in times.items()},
-        "daemon_cpu_seconds_per_scrape": cpu / max(1, scrapes),
-        "memory_at_start": asdict(started.memory) if started.memory else None,
-        "memory_after_scrapes": asdict(memory),
-        "idle_seconds": idle_seconds,
-        "idle_cpu_ms_per_second": idle_cpu,
-    }
+        _stop_all(daemons.values())
+
+    def figures(name: str) -> dict[str, object]:
+        mine = {kind: times[(name, kind)] for kind in kinds}
+        start_memory = started[name].memory
+        return {
+            "series_made": made.created,
+            "forks_series": counted[name][0],
+            "exposition_samples": counted[name][1],
+            "exposition_bytes": {kind: sizes[(name, kind)] for kind in kinds},
+            "scrape_seconds": mine,
+            "p50_seconds": {k: measures.percentile(v, 50) for k, v in mine.items()},
+            "p99_seconds": {k: measures.percentile(v, 99) for k, v in mine.items()},
+            "daemon_cpu_seconds_per_scrape": cpu[name] / max(1, scrapes),
+            "memory_at_start": asdict(start_memory) if start_memory else None,
+            "memory_after_scrapes": asdict(memory[name]),
+            "idle_seconds": idle_seconds,
+            "idle_cpu_ms_per_second": idle_cpu.get(name),
+        }
+
+    result = figures("procmond")
+    if baselines:
+        result["baselines"] = {name: figures(name) for name in baselines}
+    return result
 
 
-def _idle_cpu_ms_per_second(pid: int, seconds: float) -> float:
-    """CPU ms per second of a process left alone: after a second for closed connections'
-    threads to end, schedstat over ``seconds``."""
+def _series(exposition: str, prefix: str) -> tuple[int, int]:
+    """The procmond_forks_total series of the commands named ``prefix``..., and the samples of
+    the whole exposition."""
+    lines = exposition.splitlines()
+    forks_series = sum(
+        1
+        for line in lines
+        if line.startswith("procmond_forks_total{") and f'comm="{prefix}' in line
+    )
+    return forks_series, sum(1 for line in lines if line and not line.startswith("#"))
+
+
+def _pid(config: Configuration) -> int:
+    assert config.pid is not None, f"{config.name} is not running"
+    return config.pid
+
+
+def _stop_all(configs: Iterable[Configuration]) -> None:
+    """Stop every one, even when one fails to stop cleanly (then raise the first failure)."""
+    failures: list[BaseException] = []
+    for config in configs:
+        try:
+            config.stop()
+        except BaseException as failure:
+            config.kill()
+            failures.append(failure)
+    if failures:
+        raise failures[0]
+
+
+def _idle_cpu_ms_per_second(pids: Mapping[str, int], seconds: float) -> dict[str, float]:
+    """CPU ms per second of processes left alone, over the same span: after a second for
+    closed connections' threads to end, schedstat over ``seconds``."""
     time.sleep(1.0)
-    before = measures.cpu_ns(pid)
+    before = {name: measures.cpu_ns(pid) for name, pid in pids.items()}
     time.sleep(seconds)
-    return (measures.cpu_ns(pid) - before) / 1e6 / seconds
+    return {
+        name: (measures.cpu_ns(pid) - before[name]) / 1e6 / seconds for name, pid in pids.items()
+    }
 
 
 def soak(

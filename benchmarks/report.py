@@ -24,6 +24,17 @@ LABELS = {
     "watch": "procmond watch",
 }
 
+
+def label(config: str) -> str:
+    """What the report calls a configuration; ``procmond@<commit>`` is another build's daemon
+    (``--baseline``), with the config of the ``procmond`` row."""
+    if config in LABELS:
+        return LABELS[config]
+    if config.startswith("procmond@"):
+        return f"procmond daemon at {config.removeprefix('procmond@')} (same config)"
+    return config
+
+
 # What the prototype can see: clone() only. glibc's fork() is clone(); vfork() is its own
 # syscall; glibc 2.34+ makes threads and posix_spawn() children with clone3().
 PROTOTYPE_SEES = ("fork",)
@@ -73,22 +84,105 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             for config, sizes in results["probe_cost_by_size"].items()
         }
     if "scrape" in results:
-        scrape = results["scrape"]
-        summary["scrape"] = {
-            "series": scrape["forks_series"],
-            "exposition_samples": scrape["exposition_samples"],
-            "p50_ms": {k: v * 1000 for k, v in scrape["p50_seconds"].items()},
-            "p99_ms": {k: v * 1000 for k, v in scrape["p99_seconds"].items()},
-            "bytes": scrape["exposition_bytes"],
-            "cpu_ms_per_scrape": scrape["daemon_cpu_seconds_per_scrape"] * 1000,
-            "rss_mib_after": scrape["memory_after_scrapes"]["rss_kib"] / 1024,
-            "idle_seconds": scrape.get("idle_seconds"),
-            "idle_cpu_ms_per_s": scrape.get("idle_cpu_ms_per_second"),
-        }
+        summary["scrape"] = _scrape(results["scrape"])
+        baselines = results["scrape"].get("baselines", {})
+        if baselines:
+            summary["scrape_baselines"] = {name: _scrape(s) for name, s in baselines.items()}
     if "soak" in results:
         summary["soak"] = _soak(results["soak"])
     summary["targets"] = [t.__dict__ for t in targets(summary)]
+    baseline = results["parameters"].get("baseline")
+    if baseline:
+        summary["builds"] = builds(results, summary, baseline["name"])
     return summary
+
+
+def builds(results: dict[str, Any], summary: dict[str, Any], other: str) -> list[dict[str, Any]]:
+    """This tree's daemon (``procmond``) against another build's (``other``), figure by
+    figure: each side's figure (a median of the rounds, or of the scrapes for percentiles)
+    and this / other. Start → serving, measured in the same rounds, gets the median of the
+    per-round ratios: a round the machine was slow in slows both."""
+    rows: list[dict[str, Any]] = []
+
+    def add(figure: str, unit: str, this: Any, base: Any, ratio: float | None = None) -> None:
+        if this is None or base is None:
+            return
+        if ratio is None:
+            ratio = this / base if base else None
+        rows.append({"figure": figure, "unit": unit, "this": this, "other": base, "ratio": ratio})
+
+    starts = summary.get("starts", {})
+    mine, theirs = starts.get("procmond"), starts.get(other)
+    if mine and theirs:
+        ready = _by(results["throughput"]["starts"], "round", "config")
+        per_round = [
+            ready[(n, "procmond")][0]["ready_seconds"] / ready[(n, other)][0]["ready_seconds"]
+            for n in range(summary["rounds"])
+            if (n, "procmond") in ready and (n, other) in ready
+        ]
+        add(
+            "start → serving",
+            "s",
+            mine["ready_seconds"],
+            theirs["ready_seconds"],
+            median(per_round),
+        )
+        add("RSS after start", "MiB", mine["rss_mib"], theirs["rss_mib"])
+        add("anonymous RSS after start", "MiB", mine["anon_mib"], theirs["anon_mib"])
+    ratios = summary.get("ratios", {})
+    for path in PATHS:
+        add(
+            f"{path} creations/s, ratio to no probe",
+            "",
+            ratios.get("procmond", {}).get(path),
+            ratios.get(other, {}).get(path),
+        )
+    cpu = summary.get("cpu_seconds_per_100k", {})
+    add(
+        "daemon CPU per 100,000 creations",
+        "s",
+        cpu.get("procmond", {}).get("all"),
+        cpu.get(other, {}).get("all"),
+    )
+    cost = summary.get("probe_cost", {})
+    for path in ("fork", "thread"):
+        add(
+            f"BPF time per {path}",
+            "ns",
+            cost.get("procmond", {}).get(path, {}).get("ns_per_creation"),
+            cost.get(other, {}).get(path, {}).get("ns_per_creation"),
+        )
+    scrape, theirs_scrape = summary.get("scrape"), summary.get("scrape_baselines", {}).get(other)
+    if scrape and theirs_scrape:
+        for kind, what in (("plain", "plain"), ("prometheus", "Prometheus' request")):
+            for p in ("p50", "p99"):
+                add(
+                    f"scrape {p} at {scrape['series']:,} series, {what}",
+                    "ms",
+                    scrape[f"{p}_ms"][kind],
+                    theirs_scrape[f"{p}_ms"][kind],
+                )
+        for key, figure, unit in (
+            ("cpu_ms_per_scrape", "daemon CPU per scrape", "ms"),
+            ("rss_mib_after", "RSS after the scrapes", "MiB"),
+            ("idle_cpu_ms_per_s", "daemon CPU when idle", "ms/s"),
+        ):
+            add(figure, unit, scrape.get(key), theirs_scrape.get(key))
+    return rows
+
+
+def _scrape(scrape: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "series": scrape["forks_series"],
+        "exposition_samples": scrape["exposition_samples"],
+        "p50_ms": {k: v * 1000 for k, v in scrape["p50_seconds"].items()},
+        "p99_ms": {k: v * 1000 for k, v in scrape["p99_seconds"].items()},
+        "bytes": scrape["exposition_bytes"],
+        "cpu_ms_per_scrape": scrape["daemon_cpu_seconds_per_scrape"] * 1000,
+        "rss_mib_after": scrape["memory_after_scrapes"]["rss_kib"] / 1024,
+        "idle_seconds": scrape.get("idle_seconds"),
+        "idle_cpu_ms_per_s": scrape.get("idle_cpu_ms_per_second"),
+    }
 
 
 def _throughput(data: dict[str, Any]) -> dict[str, Any]:
@@ -331,7 +425,7 @@ def targets(summary: dict[str, Any]) -> list[Target]:
     for config, goal in (("procmond", 600), ("procmond-sys", 1000)):
         ns = summary.get("probe_cost", {}).get(config, {}).get("fork", {}).get("ns_per_creation")
         add(
-            f"BPF time per fork, {LABELS.get(config, config)}",
+            f"BPF time per fork, {label(config)}",
             f"≤ {goal} ns",
             ns,
             "{:,.0f} ns",
@@ -346,7 +440,7 @@ def targets(summary: dict[str, Any]) -> list[Target]:
     for config in ("procmond", "watch"):
         events = summary.get("events", {}).get(config)
         if events is None:
-            add(f"events missed, {LABELS[config]}, every path", "0", None, "")
+            add(f"events missed, {label(config)}, every path", "0", None, "")
             continue
         missed = {p: e["missed"] for p, e in events.items()}
         created = sum(e["created"] for e in events.values())
@@ -354,7 +448,7 @@ def targets(summary: dict[str, Any]) -> list[Target]:
         measured = f"0 of {created:,}" if not worst else f"{worst} (of {created:,})"
         out.append(
             Target(
-                f"events missed, {LABELS[config]}, every path at the maximum rate",
+                f"events missed, {label(config)}, every path at the maximum rate",
                 "0",
                 measured,
                 all(m == 0 for m in missed.values()),
@@ -502,6 +596,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
             )
     if "soak" in summary:
         out += _soak_section(results["soak"], summary["soak"])
+    if summary.get("builds"):
+        out += _builds_section(params["baseline"], summary["builds"], results)
     mappings = results.get("throughput", {}).get("memory_by_mapping", {}).get("procmond")
     if mappings:
         out += ["", "## Where the daemon's memory is after start (largest mappings)", ""]
@@ -510,6 +606,52 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
             [[str(m["mapping"]), f"{m['rss_kib']:,}", f"{m['anon_kib']:,}"] for m in mappings],
         )
     return "\n".join(out) + "\n"
+
+
+def _builds_section(
+    baseline: dict[str, str], rows: list[dict[str, Any]], results: dict[str, Any]
+) -> list[str]:
+    name = baseline["name"]
+    how = []
+    if "throughput" in results:
+        how.append(
+            f"{name} ran right after this tree's daemon in every round; start → serving is "
+            "the median of the rounds, its ratio the median of the per-round ratios"
+        )
+    if "scrape" in results:
+        how.append(
+            "in the scrape phase both ran at once with the same series and were scraped in "
+            "turn (percentiles over each build's scrapes)"
+        )
+    out = [
+        "",
+        f"## This tree against {baseline['ref']} ({name})",
+        "",
+        f"The same daemon config; {'; '.join(how) or 'no phase compared them'}. "
+        f"Ratio: this tree / {name} (below 1: this tree takes less; for a ratio to no probe, "
+        "above 1 is better).",
+        "",
+    ]
+    out += _table(
+        ["figure", "this tree", name, "ratio"],
+        [
+            [
+                r["figure"],
+                f"{_figure(r['this'])} {r['unit']}".rstrip(),
+                f"{_figure(r['other'])} {r['unit']}".rstrip(),
+                "n/a" if r["ratio"] is None else f"{r['ratio']:.3f}",
+            ]
+            for r in rows
+        ],
+    )
+    return out
+
+
+def _figure(value: float) -> str:
+    """Three significant digits or so, whatever the unit."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}" if value else "0"
 
 
 def _throughput_tables(summary: dict[str, Any]) -> list[str]:
@@ -522,7 +664,7 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
     ]
     rows = []
     for config in configs:
-        row = [LABELS[config]]
+        row = [label(config)]
         for path in PATHS:
             rate = _num(summary["rates"][config][path])
             row.append(
@@ -546,7 +688,7 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
             ["configuration", "calls/s", "ratio", "ns per call"],
             [
                 [
-                    LABELS[c],
+                    label(c),
                     _num(s["rate"]),
                     f"{s['ratio']:.3f}",
                     f"{workers * 1e9 / s['rate']:.0f}" if s["rate"] else "n/a",
@@ -562,14 +704,14 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
             "during the load and until idle again; median of the rounds)",
             "",
             "utime+stime come in clock ticks: one tick over a round's creations is "
-            + ", ".join(f"{cpu[c]['one_tick']:.4f} s ({LABELS[c]})" for c in configs if c in cpu)
+            + ", ".join(f"{cpu[c]['one_tick']:.4f} s ({label(c)})" for c in configs if c in cpu)
             + ". The schedstat column has nanoseconds, for the threads alive at the end.",
             "",
         ]
         out += _table(
             ["configuration", "all paths", "all paths, schedstat", *PATHS],
             [
-                [LABELS[c], *(_num(cpu[c][k], 4) for k in ("all", "all_schedstat", *PATHS))]
+                [label(c), *(_num(cpu[c][k], 4) for k in ("all", "all_schedstat", *PATHS))]
                 for c in configs
                 if c in cpu
             ],
@@ -582,7 +724,7 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
         for config in configs:
             if config not in events:
                 continue
-            row = [LABELS[config]]
+            row = [label(config)]
             for path in PATHS:
                 e = events[config][path]
                 cell = f"{e['counted']:,} / {e['created']:,}"
@@ -619,7 +761,7 @@ def _throughput_tables(summary: dict[str, Any]) -> list[str]:
         ],
         [
             [
-                LABELS[c],
+                label(c),
                 f"{s['ready_seconds']:.2f} s",
                 f"{s['rss_mib']:.1f} MiB",
                 f"{s['anon_mib']:.1f} MiB",
@@ -657,7 +799,7 @@ def _probe_cost_table(summary: dict[str, Any]) -> list[str]:
     ]
     rows = []
     for config, paths in cost.items():
-        row = [LABELS[config]]
+        row = [label(config)]
         for path in PATHS:
             c = paths[path]
             ratio = "" if c["implied_ratio"] is None else f" ({c['implied_ratio']:.3f})"
@@ -665,7 +807,7 @@ def _probe_cost_table(summary: dict[str, Any]) -> list[str]:
         rows.append(row)
     out += _table(["configuration", *PATHS], rows)
     by_probe = [
-        [f"{LABELS[config]}, {path}", _probe_shares(paths[path]["by_probe"])]
+        [f"{label(config)}, {path}", _probe_shares(paths[path]["by_probe"])]
         for config, paths in cost.items()
         for path in PATHS
         if paths[path].get("by_probe")
@@ -706,7 +848,7 @@ def _probe_cost_by_size_table(by_size: dict[str, Any]) -> list[str]:
     rows = []
     for config, by_mib in by_size.items():
         for path in sorted({p for paths in by_mib.values() for p in paths}, key=PATHS.index):
-            row = [f"{LABELS[config]}, {path}"]
+            row = [f"{label(config)}, {path}"]
             for mib in sizes:
                 c = by_mib.get(str(mib), {}).get(path)
                 row.append(
@@ -749,21 +891,21 @@ def ratio_and_cpu_chart(summary: dict[str, Any], width: int = 40) -> list[str]:
     cpu = summary["cpu_seconds_per_100k"]
     if not configs or not cpu:
         return []
-    name_width = max(len(LABELS[c]) for c in configs)
+    name_width = max(len(label(c)) for c in configs)
     lines = ["fork throughput, ratio to no probe (bar: 0 to 1.1; | is the 0.99 target)"]
     for c in configs:
         ratio = summary["ratios"][c]["fork"]
         bar = list("█" * round(width * min(ratio, 1.1) / 1.1) + " " * width)[:width]
         target = int(width * 0.99 / 1.1)
         bar[target] = "|" if bar[target] == " " else bar[target]
-        lines.append(f"{LABELS[c]:<{name_width}}  {ratio:6.3f}  {''.join(bar).rstrip()}")
+        lines.append(f"{label(c):<{name_width}}  {ratio:6.3f}  {''.join(bar).rstrip()}")
     top = max(cpu[c]["all"] for c in configs if c in cpu) or 1.0
     lines += ["", f"CPU seconds per 100,000 creations, all paths (bar: 0 to {top:.3f})"]
     for c in configs:
         if c in cpu:
             value = cpu[c]["all"]
             bar = "█" * round(width * value / top)
-            lines.append(f"{LABELS[c]:<{name_width}}  {value:6.3f}  {bar}".rstrip())
+            lines.append(f"{label(c):<{name_width}}  {value:6.3f}  {bar}".rstrip())
     return [
         "",
         "## Throughput ratio and monitoring CPU per configuration",

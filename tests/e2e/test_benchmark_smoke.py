@@ -1,4 +1,6 @@
-"""The benchmark still works: a quick run gives the table and a JSON file with every figure.
+"""The benchmark still works: a quick run gives the table and a JSON file with every figure,
+this tree's daemon beside another build's (``--baseline``: here the last commit's, extracted to
+a folder of the run's that is gone at the end).
 
 Only that it works: the quick run is seconds long on a machine running the test suite, so its
 figures mean nothing and no timing or target is asserted here (benchmarks/RESULTS.md has them).
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +36,7 @@ def _numbers(value: object) -> list[float]:
 
 def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--baseline", "HEAD", "--out", tmp_path],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -57,6 +60,11 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
     (json_file,) = tmp_path.glob("bench-*-quick.json")
     results = json.loads(json_file.read_text())
     summary = results["summary"]
+    baseline = results["parameters"]["baseline"]["name"]
+    assert re.fullmatch(r"procmond@[0-9a-f]{7,}", baseline), baseline
+    assert summary["configs"] == ["none", "procmond", baseline, *CONFIGS[2:]]
+    extracted = re.search(r"extracted to (\S+),", result.stderr)
+    assert extracted and not Path(extracted.group(1)).exists(), result.stderr
     assert all(not math.isnan(n) for n in _numbers(summary)), summary
     for config in CONFIGS:
         assert set(summary["rates"][config]) == set(PATHS)
@@ -75,8 +83,18 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
     for sizes in by_size.values():
         assert set(sizes) == {"0", "16"}
         assert all(set(paths) == {"fork", "vfork"} for paths in sizes.values())
-    assert set(summary["syscalls"]) == set(CONFIGS)
-    assert set(summary["scrape"]["p99_ms"]) == {"plain", "prometheus"}
+    assert set(summary["syscalls"]) == {*CONFIGS, baseline}
+    for scrape in (summary["scrape"], summary["scrape_baselines"][baseline]):
+        assert set(scrape["p99_ms"]) == {"plain", "prometheus"}
+        assert scrape["series"] == results["parameters"]["series"]
+    for config in ("procmond", baseline):  # the two builds, side by side
+        assert set(summary["rates"][config]) == set(PATHS)
+        assert set(summary["probe_cost"][config]) == set(PATHS)
+        assert {"ready_seconds", "rss_mib"} <= set(summary["starts"][config])
+    compared = {row["figure"] for row in summary["builds"]}
+    assert {"start → serving", "RSS after start", "RSS after the scrapes"} <= compared
+    assert sum(figure.startswith("scrape p99") for figure in compared) == 2
+    assert f"## This tree against HEAD ({baseline})" in table
     assert "rss_growth_mib" in summary["soak"]
     targets = summary["targets"]
     assert len(targets) == 14
