@@ -106,7 +106,7 @@ class ContainerStore:
         return None
 
     def state_dirs(self) -> list[str]:
-        return [self.root] if self.root and os.path.isdir(self.root) else []
+        return [self.root] if self.root else []
 
     def descend(self, relative: Sequence[str]) -> bool:
         return len(relative) == 1 and relative[0].endswith("-containers")
