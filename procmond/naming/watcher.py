@@ -127,18 +127,17 @@ class StateWatcher:
             self._waiting.setdefault(wd, {})[(runtime, root)] = child
             if not os.path.isdir(os.path.join(ancestor, child)):
                 return  # the watch tells when it is made (a file there: when it is replaced)
-            self._unwait(wd, runtime, root)  # made meanwhile: look again, one level deeper
+            del self._waiting[wd][(runtime, root)]  # made meanwhile: look again, deeper
+            self._release(wd)
         if waited:
             log.info("%s's state appeared at %s: watching it", runtime.name, decoded(root))
         self._add(runtime, (), root, runtime.watch_depth)
 
-    def _unwait(self, wd: int, runtime: Watched, root: str) -> None:
-        """Stop waiting for ``root`` at ``wd``; the watch goes with its last root unless it
-        is also a watch of a state directory (inotify gives one wd per directory)."""
-        waiting = self._waiting.get(wd, {})
-        waiting.pop((runtime, root), None)
-        if not waiting:
-            self._waiting.pop(wd, None)
+    def _release(self, wd: int) -> None:
+        """A waiting watch goes once it waits for no root, unless it is also a watch of a
+        state directory (inotify gives one wd per directory)."""
+        if wd in self._waiting and not self._waiting[wd]:
+            del self._waiting[wd]
             if wd not in self._watches:
                 self._libc.inotify_rm_watch(self._fd, wd)
 
@@ -216,18 +215,18 @@ class StateWatcher:
     def _awaited(self, wd: int, mask: int, raw: bytes) -> None:
         """An entry made in an ancestor of missing roots (or the ancestor gone): look again
         for each root that entry leads to."""
-        gone = bool(mask & IN_IGNORED)
-        if gone:
+        if mask & IN_IGNORED:
             roots = list(self._waiting.pop(wd))
         elif mask & (IN_CREATE | IN_MOVED_TO):
             name = os.fsdecode(raw)
             roots = [key for key, child in self._waiting[wd].items() if child == name]
+            for key in roots:
+                del self._waiting[wd][key]
         else:
             return  # a state directory's own event, on a directory waited at too
         for runtime, root in roots:
-            if not gone:
-                self._unwait(wd, runtime, root)
-            self._arm(runtime, root, waited=True)
+            self._arm(runtime, root, waited=True)  # here again (same wd) or deeper
+        self._release(wd)
 
     def stop(self) -> None:
         if self._thread is not None:
