@@ -6,6 +6,10 @@ their own daemons, so nothing here uses the default roots, sockets or names."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -192,6 +196,49 @@ class Podman:
         unmount_below(self.base)
         unmount_below(self.run_root)
         shutil.rmtree(self.run_root, ignore_errors=True)
+
+
+class RootlessUser:
+    """A user of its own running podman rootless, as that user (``runuser``), with a store in
+    its home. Single-id mapping (no subordinate ids): this machine has no newuidmap, and
+    ``podman create`` needs no more. ``remove()`` takes the user, its home, its runtime folder
+    and podman's pause process away, even after a failure."""
+
+    def __init__(self) -> None:
+        self.name = f"procmond-rl-{secrets.token_hex(3)}"
+        subprocess.run(
+            ["useradd", "-m", "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0",
+             self.name],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self.uid = pwd.getpwnam(self.name).pw_uid
+        self.home = Path(pwd.getpwnam(self.name).pw_dir)
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"procmond-rl-run-{self.uid}-"))
+        os.chown(self.run_dir, self.uid, self.uid)
+
+    def cli_args(self) -> list[str]:
+        return [
+            "runuser", "-u", self.name, "--", "env", "--chdir=/", f"HOME={self.home}",
+            f"XDG_RUNTIME_DIR={self.run_dir}", "podman", "--cgroup-manager=cgroupfs",
+            "--runtime=runc", "--events-backend=file", "--storage-driver=vfs",
+        ]  # fmt: skip
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [*self.cli_args(), *args], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    def remove(self) -> None:
+        subprocess.run([*self.cli_args(), "rm", "-af"], capture_output=True, timeout=60)
+        pause = self.run_dir / "libpod" / "tmp" / "pause.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pause.read_text()), signal.SIGKILL)
+        unmount_below(self.home)
+        subprocess.run(["userdel", "-r", self.name], capture_output=True, timeout=30)
+        shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def import_image(root: Path, *cli: str) -> None:
