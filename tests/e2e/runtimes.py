@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.e2e.harness import build_creator, wait_until
@@ -32,6 +33,14 @@ def make_root(directory: Path) -> Path:
     for empty in ("proc", "sys", "dev", "etc", "tmp"):
         (directory / empty).mkdir()
     return directory
+
+
+def _run(command: list[str], args: Sequence[str], check: bool) -> subprocess.CompletedProcess:
+    """A runtime's command line tool with ``args``; with ``check``, its failure fails the test
+    with its stderr."""
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120)
+    assert not check or result.returncode == 0, (args, result.stderr)
+    return result
 
 
 def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
@@ -91,16 +100,8 @@ class Dockerd:
             raise AssertionError((self.base / "dockerd.log").read_text()[-3000:])
         return self.cli("info", check=False).returncode == 0
 
-    def cli(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            ["docker", f"--host=unix://{self.socket}", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            **kwargs,
-        )
-        assert not check or result.returncode == 0, (args, result.stderr)
-        return result
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run(["docker", f"--host=unix://{self.socket}"], args, check)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -138,11 +139,7 @@ class Containerd:
             raise
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            ["ctr", f"--address={self.socket}", *args], capture_output=True, text=True, timeout=120
-        )
-        assert not check or result.returncode == 0, (args, result.stderr)
-        return result
+        return _run(["ctr", f"--address={self.socket}"], args, check)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -181,14 +178,7 @@ class Podman:
         ]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [*self.cli_args(), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert not check or result.returncode == 0, (args, result.stderr)
-        return result
+        return _run(self.cli_args(), args, check)
 
     def stop(self) -> None:
         self.cli("rm", "-af", "-t", "0", check=False)
@@ -223,15 +213,11 @@ class RootlessUser:
             "--runtime=runc", "--events-backend=file", "--storage-driver=vfs",
         ]  # fmt: skip
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [*self.cli_args(), *args], capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, (args, result.stderr)
-        return result
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run(self.cli_args(), args, check)
 
     def remove(self) -> None:
-        subprocess.run([*self.cli_args(), "rm", "-af"], capture_output=True, timeout=60)
+        self.cli("rm", "-af", check=False)
         pause = self.run_dir / "libpod" / "tmp" / "pause.pid"
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pause.read_text()), signal.SIGKILL)
