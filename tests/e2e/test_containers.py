@@ -180,25 +180,29 @@ def test_a_containers_task_limit_hits_are_named_while_it_runs_and_after_it_is_go
     print(f"docker --pids-limit=5 {container}: {refused} refused, {refused} counted by name")
 
 
+@pytest.mark.parametrize("runtime", ["docker", "podman"])
 def test_a_run_rm_jobs_task_limit_hits_are_named_after_it_is_gone(
-    runtimes: Runtimes, tmp_path: Path
+    runtimes: Runtimes, tmp_path: Path, runtime: str
 ) -> None:
     """A CI job at its pids limit, removed before any scrape: its cgroup is gone, so its count
     comes only from the probe (read from the kernel as the cgroup went), named by what was
-    read when dockerd wrote its state."""
+    read when the runtime wrote its state. Docker's cgroup is ``/docker/<id>``, Podman's
+    ``/libpod_parent/libpod-<id>`` in the pids hierarchy here."""
     name, container = unique_name("ljb"), f"ljob-{unique_name('').hex()[:8]}"
     cidfile = tmp_path / "cid"
-    out = runtimes.docker.cli(
+    cli = runtimes.docker.cli if runtime == "docker" else runtimes.podman.cli
+    options = ("--network=none",) if runtime == "docker" else RUNC_ULIMITS
+    out = cli(
         "run", "--rm", "--pids-limit=4", f"--cidfile={cidfile}", f"--name={container}",
-        "--network=none", IMAGE,
+        *options, IMAGE,
         "/creator", "fork", "30", "--together", "--child-sleep-ms", "300",
         "--tolerate-failures", name.hex(),
     ).stdout  # fmt: skip
     refused = refused_in(out)
-    assert runtimes.docker.cli("ps", "-aq", f"--filter=name={container}").stdout == ""
+    assert cli("ps", "-aq", f"--filter=name={container}").stdout == ""
     hits = task_limit_hits(runtimes, container, cidfile.read_text().strip())
     assert hits == {("", "", "", container): refused}
-    print(f"docker run --rm --pids-limit=4 {container}: {refused} refused, all named after it")
+    print(f"{runtime} run --rm --pids-limit=4 {container}: {refused} refused, all named after it")
 
 
 def test_a_ctr_container_is_counted_exactly_by_its_id(runtimes: Runtimes) -> None:
