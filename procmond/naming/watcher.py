@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import struct
 import threading
 from collections.abc import Sequence
 from typing import Protocol
-
-from procmond.text import decoded
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,7 @@ _MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
 # An ancestor of a missing root: only entries made (or moved) there matter. Added to the
 # mask a watch of the same directory may already have, never replacing it.
 _WAIT_MASK = IN_MOVED_TO | IN_CREATE | IN_MASK_ADD
+ARM_TRIES = 64  # folders made or removed on a root's path while it is being armed
 _EVENT = struct.Struct("iIII")
 
 
@@ -115,23 +115,31 @@ class StateWatcher:
     def _arm(self, runtime: Watched, root: str, waited: bool = False) -> None:
         """Watch ``root`` if it is there, else wait for it from its nearest existing ancestor
         (made between the look and the watch: the watch's own look at the ancestor sees it).
+        A folder on the way made or removed meanwhile is followed, a bounded number of times.
         A root that was ``waited`` for is logged as it appears."""
-        while not os.path.isdir(root):
+        for _ in range(ARM_TRIES):
+            if os.path.isdir(root):
+                if self._add(runtime, (), root, runtime.watch_depth):
+                    if waited:
+                        log.info("%s's state appeared at %s: watching it", runtime.name, root)
+                    return
+                continue  # removed meanwhile: wait for it again
             if self._held() >= self._max_watches:
                 return
             ancestor, child = nearest_existing(root)
             wd = self._libc.inotify_add_watch(self._fd, os.fsencode(ancestor), _WAIT_MASK)
             if wd < 0:
-                log.warning("cannot wait for %s: %s", root, os.strerror(ctypes.get_errno()))
+                error = ctypes.get_errno()
+                if error in (errno.ENOENT, errno.ENOTDIR):
+                    continue  # the ancestor went meanwhile: look again, higher
+                log.warning("cannot wait for %s: %s", root, os.strerror(error))
                 return
             self._waiting.setdefault(wd, {})[(runtime, root)] = child
             if not os.path.isdir(os.path.join(ancestor, child)):
                 return  # the watch tells when it is made (a file there: when it is replaced)
             del self._waiting[wd][(runtime, root)]  # made meanwhile: look again, deeper
             self._release(wd)
-        if waited:
-            log.info("%s's state appeared at %s: watching it", runtime.name, decoded(root))
-        self._add(runtime, (), root, runtime.watch_depth)
+        log.warning("stopped waiting for %s: the folders on its path keep changing", root)
 
     def _release(self, wd: int) -> None:
         """A waiting watch goes once it waits for no root, unless it is also a watch of a
@@ -144,25 +152,27 @@ class StateWatcher:
     def _held(self) -> int:
         return len(self._watches) + len(self._waiting)
 
-    def _add(self, runtime: Watched, relative: tuple[str, ...], directory: str, depth: int) -> None:
+    def _add(self, runtime: Watched, relative: tuple[str, ...], directory: str, depth: int) -> bool:
+        """Watch ``directory`` and what is in it; False if it is gone (True at the cap)."""
         if self._held() >= self._max_watches:
-            return
+            return True
         wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _MASK)
         if wd < 0:
-            return
+            return False
         self._watches[wd] = (runtime, relative, directory)
         # what is there already (made before the watch, or between a mkdir and its watch)
         try:
             with os.scandir(directory) as entries:
                 children = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
         except OSError:
-            return
+            return True  # removed since: its watch's IN_IGNORED follows
         for name, is_dir in children[: self._max_watches]:
             path = (*relative, name)
             if not is_dir or depth == 1:
                 self._notice(runtime, path)
             elif runtime.descend(path):
                 self._add(runtime, path, os.path.join(directory, name), depth - 1)
+        return True
 
     def _notice(self, runtime: Watched, path: tuple[str, ...]) -> None:
         self.noticed += 1
