@@ -251,8 +251,6 @@ class Daemon:
         log.info("cgroups: %s", layout.describe())
         cgroups = cgroups_capacity(self.config)  # the caps on everything kept of cgroups
         kubelet = KubeletNames(capacity=cgroups)
-        task_limits = TaskLimits(find_pids_hierarchy(layout), kubelet, gone=gone_cgroups(reader))
-
         containers = runtimes(self.config, cgroups)
         # reads names as runtimes write them; started once capabilities are dropped
         self.state_watcher = state_watcher(containers, cgroups)
@@ -265,6 +263,7 @@ class Daemon:
             negative_capacity=cgroups,
             pending_capacity=cgroups,
         )
+        task_limits = TaskLimits(find_pids_hierarchy(layout), resolver, gone=gone_cgroups(reader))
         if not self.config.cgroup_labels:
             return CgroupSources(layout, task_limits, None, resolver)
         namer = CgroupNamer(resolver, layout.v2, capacity=cgroups)

@@ -323,7 +323,8 @@ class CgroupResolver:
         self._paths: BoundedLRU[int, str] = BoundedLRU(capacity)
         self._labels: BoundedLRU[int, CgroupLabels] = BoundedLRU(capacity)
         self._negative: BoundedLRU[int, float] = BoundedLRU(negative_capacity)  # id → until
-        self._pending: BoundedLRU[int, float] = BoundedLRU(pending_capacity)  # id → first ask
+        # id (or a v1 path, path_labels) → when first asked
+        self._pending: BoundedLRU[int | str, float] = BoundedLRU(pending_capacity)
         self._last_walk: float | None = None
         self._lock = threading.Lock()
         self._walks = 0
@@ -431,7 +432,33 @@ class CgroupResolver:
                 answers[cgroup_id] = labels
             return answers
 
-    def _labels_for(self, cgroup_id: int, path: str, now: float) -> CgroupLabels | None:
+    def path_labels(
+        self, path: str, *, pod_level: bool = False, gone: bool = False
+    ) -> CgroupLabels | None:
+        """Final labels of a cgroup by its path alone, in any hierarchy (a runtime lays out a
+        container in each controller's v1 tree as in v2: ``/docker/<id>``), or None while not
+        known; the same rules as :meth:`labels`. ``pod_level``: a Kubernetes cgroup gets its
+        pod's names only (where a pod's limits sit). ``gone``: the cgroup was removed, so no
+        name will come later: a runtime's container not named by then gets its short id."""
+        with self._lock:
+            where = parse_cgroup_path(path)
+            if where.kubernetes and pod_level:
+                if not where.pod_uid or self._kubelet is None:
+                    return EMPTY_LABELS
+                pod = self._kubelet.pod(where.pod_uid)
+                if pod is not None:
+                    return CgroupLabels("", pod.namespace, pod.pod, "")
+                return EMPTY_LABELS if gone else None
+            labels = self._labels_for(path, path, self._clock(), gone=gone)
+            if labels is not None:
+                self._pending.pop(path)
+            return labels
+
+    def _labels_for(
+        self, key: int | str, path: str, now: float, *, gone: bool = False
+    ) -> CgroupLabels | None:
+        """Labels of the cgroup at ``path``; ``key`` (its id, or its path) keeps the time it
+        was first asked for while its names are awaited."""
         where = parse_cgroup_path(path)
         if not where.kubernetes:
             if self._runtimes:
@@ -439,7 +466,7 @@ class CgroupResolver:
                 for runtime in self._runtimes:
                     container_id = runtime.container_id(names)
                     if container_id is not None:
-                        return self._container_labels(cgroup_id, runtime, container_id, now)
+                        return self._container_labels(key, runtime, container_id, now, gone)
             return CgroupLabels(unit=where.unit)
         if not where.pod_uid or self._kubelet is None:
             return EMPTY_LABELS
@@ -450,25 +477,33 @@ class CgroupResolver:
         pod = self._kubelet.pod(where.pod_uid)
         if pod is not None and not where.container_id:
             return CgroupLabels("", pod.namespace, pod.pod, "")
-        first = self._pending.get(cgroup_id)
+        first = self._pending.get(key)
         if first is None:
-            self._pending.put(cgroup_id, now)
+            self._pending.put(key, now)
         elif now - first >= self._link_grace:
             # no link after the grace time: the sandbox, or a container logging elsewhere
             return CgroupLabels("", pod.namespace, pod.pod, "") if pod else EMPTY_LABELS
         return None
 
     def _container_labels(
-        self, cgroup_id: int, runtime: ContainerRuntime, container_id: str, now: float
+        self,
+        key: int | str,
+        runtime: ContainerRuntime,
+        container_id: str,
+        now: float,
+        gone: bool = False,
     ) -> CgroupLabels | None:
         """A runtime's container: its names, or its short id once ``link_grace`` has passed
-        with no name on disk (never its scope as a unit: one per container, unbounded)."""
+        with no name on disk (never its scope as a unit: one per container, unbounded); at
+        once for a ``gone`` cgroup (no name can come any more)."""
         labels = runtime.labels(container_id)
         if labels is not None:
             return labels
-        first = self._pending.get(cgroup_id)
+        if gone:
+            return CgroupLabels(container=short_id(container_id))
+        first = self._pending.get(key)
         if first is None:
-            self._pending.put(cgroup_id, now)
+            self._pending.put(key, now)
         elif now - first >= self._link_grace:
             return CgroupLabels(container=short_id(container_id))
         return None

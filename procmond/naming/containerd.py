@@ -81,7 +81,7 @@ class Containerd:
         return None
 
     def state_dirs(self) -> list[str]:
-        return [self.state] if self.state and os.path.isdir(self.state) else []
+        return [self.state] if self.state else []
 
     def descend(self, relative: Sequence[str]) -> bool:
         return relative[0] == TASKS

@@ -52,7 +52,7 @@ class ContainerStore:
         worth reading it again: its names were offered to the cache then)."""
         changed = False
         for path in self.lists():
-            now = stamp(path)
+            now = self._stamp(path)
             if now is not None and self._stamps.get(path) != now:
                 self._stamps[path] = now
                 changed = True
@@ -76,7 +76,7 @@ class ContainerStore:
         names in use)."""
         found = None
         for path in self.lists():
-            entries = read_json(path, STORE_LIMIT)
+            entries = self._load(path)
             if not isinstance(entries, list):
                 continue
             for number, entry in enumerate(entries):
@@ -95,6 +95,13 @@ class ContainerStore:
                     self._names.offer(cid, name)
         return found
 
+    def _load(self, path: str) -> object:
+        """A container list, parsed (None if missing, too big or not JSON)."""
+        return read_json(path, STORE_LIMIT)
+
+    def _stamp(self, path: str) -> tuple[int, int, int] | None:
+        return stamp(path)
+
     def config(self, container_id: str) -> object:
         """The container's OCI config (userdata/config.json), parsed, or None."""
         for path in self.lists():
@@ -106,7 +113,7 @@ class ContainerStore:
         return None
 
     def state_dirs(self) -> list[str]:
-        return [self.root] if self.root and os.path.isdir(self.root) else []
+        return [self.root] if self.root else []
 
     def descend(self, relative: Sequence[str]) -> bool:
         return len(relative) == 1 and relative[0].endswith("-containers")

@@ -56,8 +56,9 @@ class Docker:
         return name
 
     def state_dirs(self) -> list[str]:
-        """Where a new container shows first (watched for names ahead of their look-up)."""
-        return [self.root] if self.root and os.path.isdir(self.root) else []
+        """Where a new container shows first (watched for names ahead of their look-up; waited
+        for if dockerd has not made it yet)."""
+        return [self.root] if self.root else []
 
     def descend(self, relative: Sequence[str]) -> bool:
         return relative[0] == "containers"

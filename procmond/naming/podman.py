@@ -1,7 +1,7 @@
 """Podman's containers: ``libpod-<id>`` (rootful cgroupfs, under ``/libpod_parent``),
-``libpod-<id>.scope`` (systemd driver, ``machine.slice``, or rootless under
-``user@<uid>.service``). ``libpod-conmon-<id>.scope`` holds conmon, not the container, and
-does not match.
+``libpod-<id>.scope`` (systemd driver, ``machine.slice``; rootless ones, under
+``user@<uid>.service``, are procmond/naming/podman_rootless.py's). ``libpod-conmon-<id>.scope``
+holds conmon, not the container, and does not match.
 
 Names come from the container store (procmond.naming.containers_storage). A container in a pod
 carries its pod's id in its OCI config (annotation ``io.kubernetes.cri-o.SandboxID``); the
@@ -26,7 +26,8 @@ from procmond.naming.runtime import HEX_ID, clean_name, leaf_match, read_limited
 DEFAULT_ROOT = "/var/lib/containers/storage"
 DATABASE_LIMIT = 64 << 20
 DATABASES = ("libpod/bolt_state.db", "libpod/db.sql")
-_CGROUP = re.compile(r"^libpod-(?P<id>[0-9a-f]{64})(?:\.scope)?$")
+CGROUP = re.compile(r"^libpod-(?P<id>[0-9a-f]{64})(?:\.scope)?$")
+USER_SERVICE = re.compile(r"^user@(?P<uid>[0-9]{1,10})\.service$")  # a user's own systemd
 _POD_ANNOTATION = "io.kubernetes.cri-o.SandboxID"
 
 
@@ -46,7 +47,9 @@ class Podman:
         self._database_stamp: tuple[int, int, int] | None = None
 
     def container_id(self, names: Sequence[str]) -> str | None:
-        return leaf_match(names, _CGROUP)
+        if any(USER_SERVICE.match(name) for name in names):
+            return None  # rootless: procmond/naming/podman_rootless.py
+        return leaf_match(names, CGROUP)
 
     def labels(self, container_id: str) -> CgroupLabels | None:
         name = self.store.name_of(container_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -81,8 +82,14 @@ def read_limited(path: str, limit: int) -> bytes | None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
+    return read_open(fd, limit)
+
+
+def read_open(fd: int, limit: int) -> bytes | None:
+    """The bytes of an open regular file of at most ``limit`` bytes, else None; closes ``fd``."""
     try:
-        if os.fstat(fd).st_size > limit:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             return None
         data = os.read(fd, limit + 1)
     except OSError:
@@ -92,15 +99,19 @@ def read_limited(path: str, limit: int) -> bytes | None:
     return None if len(data) > limit else data
 
 
-def read_json(path: str, limit: int = JSON_LIMIT) -> Any:
-    """A JSON file parsed, or None if missing, too big or not JSON."""
-    data = read_limited(path, limit)
+def parse_json(data: bytes | None) -> Any:
+    """JSON bytes parsed, or None if there are none or they are not JSON."""
     if data is None:
         return None
     try:
         return json.loads(data)
     except (ValueError, RecursionError):
         return None
+
+
+def read_json(path: str, limit: int = JSON_LIMIT) -> Any:
+    """A JSON file parsed, or None if missing, too big or not JSON."""
+    return parse_json(read_limited(path, limit))
 
 
 def stamp(path: str) -> tuple[int, int, int] | None:

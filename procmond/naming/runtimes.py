@@ -1,8 +1,8 @@
 """The container runtimes procmond names, built from the config's data roots.
 
 Order matters only where layouts could overlap: containerd's ``/<namespace>/<id>`` needs a
-look at its state, so it comes last. A new runtime is a new module with a
-:class:`procmond.naming.runtime.ContainerRuntime` and one line here.
+look at its state, so it comes last. A new runtime is a new
+module with a :class:`procmond.naming.runtime.ContainerRuntime` and one line here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from procmond.naming.containers_storage import ContainerStore
 from procmond.naming.crio import Crio
 from procmond.naming.docker import Docker
 from procmond.naming.podman import Podman
+from procmond.naming.podman_rootless import RootlessPodman
 from procmond.naming.runtime import ContainerRuntime
 from procmond.naming.watcher import StateWatcher
 
@@ -21,6 +22,7 @@ def runtimes(config: Config, capacity: int) -> list[ContainerRuntime]:
     store = ContainerStore(config.containers_storage_root, capacity)  # Podman's and CRI-O's
     return [
         Docker(config.docker_root, capacity),
+        RootlessPodman(capacity),
         Podman(config.containers_storage_root, capacity, store=store),
         Crio(config.containers_storage_root, capacity, store=store),
         Containerd(config.containerd_state, config.nerdctl_root, capacity),

@@ -474,7 +474,7 @@ class ProcmondCollector:
             "Forks refused because a cgroup reached its task limit (pids.max: systemd TasksMax, "
             "a pod's pids limit), by that cgroup's systemd unit or Kubernetes pod, as the "
             "kernel's pids controller counts them (pids.events).",
-            labels=["unit", "namespace", "pod"],
+            labels=["unit", "namespace", "pod", "container"],
         )
         try:
             for labels, count in sorted(self._cgroups.task_limits.collect().items()):

@@ -1,8 +1,12 @@
-"""Task-limit hits by systemd unit and Kubernetes pod, from the pids controller's own count.
+"""Task-limit hits by systemd unit, Kubernetes pod or container, from the pids controller's
+own count.
 
 When a fork is refused because a cgroup reached its ``pids.max`` (systemd's ``TasksMax``, a
-pod's pids limit), the kernel counts it in ``pids.events`` (``max N``). Reading those files at
-scrape time costs no probe, and says which unit or pod hit its limit.
+pod's pids limit, ``docker run --pids-limit``), the kernel counts it in ``pids.events``
+(``max N``). Reading those files at scrape time costs no probe, and says which unit, pod or
+container hit its limit. The cgroups are named by their paths in the pids hierarchy, through
+procmond.naming.cgroups (``CgroupResolver.path_labels``): runtimes lay a container out there as
+in v2 (``/docker/<id>``, ``/libpod_parent/libpod-<id>``), so a container gets its name.
 
 Where the count lands differs by hierarchy, and this module reads the file that counts each
 refusal once:
@@ -25,10 +29,10 @@ those entries and folds them as the cgroups' last readings. Removed cgroups the 
 (that map full) count under ``unit="__overflow__"``. Suggested metric::
 
     # HELP procmond_task_limit_hits_total Forks refused because a cgroup reached its task limit
-    #   (pids.max: systemd TasksMax, a pod's pids limit), by the systemd unit or Kubernetes pod
-    #   of that cgroup, as counted by the kernel's pids controller (pids.events).
+    #   (pids.max: systemd TasksMax, a pod's pids limit), by the systemd unit, Kubernetes pod
+    #   or container of that cgroup, as counted by the kernel's pids controller (pids.events).
     # TYPE procmond_task_limit_hits_total counter
-    procmond_task_limit_hits_total{unit="cron.service",namespace="",pod=""} 3
+    procmond_task_limit_hits_total{unit="cron.service",namespace="",pod="",container=""} 3
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import NamedTuple, Protocol
 
 from procmond.kernel.maps import GonePidsCgroup
 from procmond.naming.cgroups import CgroupLayout, Hierarchy, parse_cgroup_path, walk
-from procmond.naming.kubelet import KubeletNames
+from procmond.naming.labels import CgroupLabels
 from procmond.scrape.metrics import OVERFLOW_LABEL_VALUE
 
 log = logging.getLogger(__name__)
@@ -136,32 +140,39 @@ def read_pids(pids: PidsHierarchy, *, limits: bool = False) -> list[PidsReading]
 # ---- labels and monotonic totals ----------------------------------------------------------------
 
 
-class TaskLimitLabels(NamedTuple):
-    unit: str = ""
-    namespace: str = ""
-    pod: str = ""
-
+TaskLimitLabels = CgroupLabels  # unit, namespace, pod, container
 
 EMPTY = TaskLimitLabels()
 OVERFLOW = TaskLimitLabels(unit=OVERFLOW_LABEL_VALUE)
 
 
-def labeller(kubelet: KubeletNames | None) -> Callable[[str], tuple[TaskLimitLabels, bool]]:
-    """path → (labels, final): a pod whose names are not on disk yet gets empty labels for now.
+class PathNames(Protocol):
+    """What the labels need of procmond.naming.cgroups.CgroupResolver."""
 
-    A pod's pids limit is on the pod's cgroup, so (namespace, pod) is the level to name; the
-    container is left out (on v1 a refusal counts at the forking container, and one series per
-    container would be redundant with the forks metrics).
+    def path_labels(
+        self, path: str, *, pod_level: bool = False, gone: bool = False
+    ) -> CgroupLabels | None: ...
+
+
+Labeller = Callable[[str, bool], tuple[TaskLimitLabels, bool]]
+
+
+def labeller(names: PathNames | None) -> Labeller:
+    """(path, gone) → (labels, final): a pod or container whose names are not on disk yet gets
+    empty labels for now; without ``names``, only the path's unit.
+
+    A pod's pids limit is on the pod's cgroup, so (namespace, pod) is the level to name there;
+    its container is left out (on v1 a refusal counts at the forking container, and one series
+    per container would be redundant with the forks metrics). A runtime's container outside
+    Kubernetes (``docker run --pids-limit``) has its limit on its own cgroup: it is named by
+    ``container`` (and a Podman pod's ``pod``), its scope never a unit.
     """
 
-    def labels_of(path: str) -> tuple[TaskLimitLabels, bool]:
-        where = parse_cgroup_path(path)
-        if not where.kubernetes:
-            return TaskLimitLabels(unit=where.unit), True
-        if not where.pod_uid or kubelet is None:
-            return EMPTY, True
-        pod = kubelet.pod(where.pod_uid)
-        return (TaskLimitLabels("", pod.namespace, pod.pod), True) if pod else (EMPTY, False)
+    def labels_of(path: str, gone: bool = False) -> tuple[TaskLimitLabels, bool]:
+        if names is None:
+            return TaskLimitLabels(unit=parse_cgroup_path(path).unit), True
+        labels = names.path_labels(path, pod_level=True, gone=gone)
+        return (EMPTY, False) if labels is None else (labels, True)
 
     return labels_of
 
@@ -197,7 +208,7 @@ class TaskLimitCounter:
 
     def __init__(
         self,
-        labels_of: Callable[[str], tuple[TaskLimitLabels, bool]],
+        labels_of: Labeller,
         *,
         max_label_sets: int = 1024,
     ) -> None:
@@ -228,7 +239,7 @@ class TaskLimitCounter:
             if cgroup is None or cgroup.inode != r.inode:
                 cgroup = _Cgroup(r.inode)
             if not cgroup.final:
-                cgroup.labels = self._labels_of(path)[0] if path else EMPTY
+                cgroup.labels = self._labels_of(path, True)[0] if path else EMPTY
             self._add(cgroup, r.refused, self._slot(cgroup.labels))
         if lost:
             self._slot(OVERFLOW)
@@ -260,7 +271,7 @@ class TaskLimitCounter:
                 cgroup = _Cgroup(r.inode)
             labels = cgroup.labels
             if not cgroup.final:
-                labels, cgroup.final = self._labels_of(r.path)
+                labels, cgroup.final = self._labels_of(r.path, False)
             current.append((r, cgroup, labels))
         # Mark what is in use before making room, so that room is only taken from gone sets.
         for total in self._totals.values():
@@ -332,18 +343,19 @@ def gone_cgroups(reader: GoneSource) -> Callable[[], GoneCgroups]:
 
 class TaskLimits:
     """The scrape-time edge: read the pids hierarchy, take the probe's counts of cgroups
-    removed since (``gone``, None without the probe), update the totals, return them."""
+    removed since (``gone``, None without the probe), update the totals, return them.
+    ``names`` (the daemon's CgroupResolver) names pods and containers; without, units only."""
 
     def __init__(
         self,
         pids: PidsHierarchy | None,
-        kubelet: KubeletNames | None = None,
+        names: PathNames | None = None,
         *,
         max_label_sets: int = 1024,
         gone: Callable[[], GoneCgroups] | None = None,
     ) -> None:
         self.pids = pids
-        self.counter = TaskLimitCounter(labeller(kubelet), max_label_sets=max_label_sets)
+        self.counter = TaskLimitCounter(labeller(names), max_label_sets=max_label_sets)
         self._gone = gone
         self._lost = 0
 

@@ -6,10 +6,15 @@ their own daemons, so nothing here uses the default roots, sockets or names."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
+import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.e2e.harness import build_creator, wait_until
@@ -28,6 +33,14 @@ def make_root(directory: Path) -> Path:
     for empty in ("proc", "sys", "dev", "etc", "tmp"):
         (directory / empty).mkdir()
     return directory
+
+
+def _run(command: list[str], args: Sequence[str], check: bool) -> subprocess.CompletedProcess:
+    """A runtime's command line tool with ``args``; with ``check``, its failure fails the test
+    with its stderr."""
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120)
+    assert not check or result.returncode == 0, (args, result.stderr)
+    return result
 
 
 def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
@@ -87,16 +100,8 @@ class Dockerd:
             raise AssertionError((self.base / "dockerd.log").read_text()[-3000:])
         return self.cli("info", check=False).returncode == 0
 
-    def cli(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            ["docker", f"--host=unix://{self.socket}", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            **kwargs,
-        )
-        assert not check or result.returncode == 0, (args, result.stderr)
-        return result
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run(["docker", f"--host=unix://{self.socket}"], args, check)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -134,11 +139,7 @@ class Containerd:
             raise
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            ["ctr", f"--address={self.socket}", *args], capture_output=True, text=True, timeout=120
-        )
-        assert not check or result.returncode == 0, (args, result.stderr)
-        return result
+        return _run(["ctr", f"--address={self.socket}"], args, check)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -177,14 +178,7 @@ class Podman:
         ]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [*self.cli_args(), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert not check or result.returncode == 0, (args, result.stderr)
-        return result
+        return _run(self.cli_args(), args, check)
 
     def stop(self) -> None:
         self.cli("rm", "-af", "-t", "0", check=False)
@@ -192,6 +186,45 @@ class Podman:
         unmount_below(self.base)
         unmount_below(self.run_root)
         shutil.rmtree(self.run_root, ignore_errors=True)
+
+
+class RootlessUser:
+    """A user of its own running podman rootless, as that user (``runuser``), with a store in
+    its home. Single-id mapping (no subordinate ids): this machine has no newuidmap, and
+    ``podman create`` needs no more. ``remove()`` takes the user, its home, its runtime folder
+    and podman's pause process away, even after a failure."""
+
+    def __init__(self) -> None:
+        self.name = f"procmond-rl-{secrets.token_hex(3)}"
+        subprocess.run(
+            ["useradd", "-m", "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0",
+             self.name],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self.uid = pwd.getpwnam(self.name).pw_uid
+        self.home = Path(pwd.getpwnam(self.name).pw_dir)
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"procmond-rl-run-{self.uid}-"))
+        os.chown(self.run_dir, self.uid, self.uid)
+
+    def cli_args(self) -> list[str]:
+        return [
+            "runuser", "-u", self.name, "--", "env", "--chdir=/", f"HOME={self.home}",
+            f"XDG_RUNTIME_DIR={self.run_dir}", "podman", "--cgroup-manager=cgroupfs",
+            "--runtime=runc", "--events-backend=file", "--storage-driver=vfs",
+        ]  # fmt: skip
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run(self.cli_args(), args, check)
+
+    def remove(self) -> None:
+        self.cli("rm", "-af", check=False)
+        pause = self.run_dir / "libpod" / "tmp" / "pause.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pause.read_text()), signal.SIGKILL)
+        unmount_below(self.home)
+        subprocess.run(["userdel", "-r", self.name], capture_output=True, timeout=30)
+        shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def import_image(root: Path, *cli: str) -> None:

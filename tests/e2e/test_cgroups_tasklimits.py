@@ -122,7 +122,9 @@ def kernel_count(pids: PidsHierarchy, cgroup: Path) -> int:
 
 
 def hits_of(daemon: Daemon, unit: str) -> float:
-    return daemon.scrape().value("procmond_task_limit_hits_total", unit=unit, namespace="", pod="")
+    return daemon.scrape().value(
+        "procmond_task_limit_hits_total", unit=unit, namespace="", pod="", container=""
+    )
 
 
 def test_hits_of_units_removed_before_the_next_scrape_are_kept(
@@ -153,8 +155,8 @@ def test_hits_of_units_removed_before_the_next_scrape_are_kept(
     assert not (pids.hierarchy.mount_point / "test.slice" / scraped).exists()
     m = daemon.scrape()
     hits = "procmond_task_limit_hits_total"
-    assert m.value(hits, unit=scraped, namespace="", pod="") == refused
-    assert m.value(hits, unit=unscraped, namespace="", pod="") == refused_unscraped
+    assert m.value(hits, unit=scraped, namespace="", pod="", container="") == refused
+    assert m.value(hits, unit=unscraped, namespace="", pod="", container="") == refused_unscraped
     assert m.value("procmond_probe_attached", probe="cgroup_rmdir") == 1
     # read as the scrape began, before it took them (other removed cgroups may wait too)
     assert m.value("procmond_map_entries", map="gone_task_limit_hits") >= 2
@@ -200,4 +202,7 @@ def test_a_removed_cgroup_whose_path_is_too_long_for_the_probe_is_named_by_its_i
     tree.made.remove(cgroup)
     cgroup.rmdir()
     m = daemon.scrape()
-    assert m.value("procmond_task_limit_hits_total", unit=unit, namespace="", pod="") == refused
+    assert (
+        m.value("procmond_task_limit_hits_total", unit=unit, namespace="", pod="", container="")
+        == refused
+    )

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from procmond.naming.cgroups import read_layout
+from procmond.scrape.tasklimits import find_pids_hierarchy
 from tests.e2e.cgroup_tree import Pod
 from tests.e2e.harness import Daemon, Watch, start_daemon, unique_name, wait_until
 from tests.e2e.runtimes import (
@@ -130,6 +132,77 @@ def test_a_short_lived_docker_run_rm_job_is_named_after_it_is_gone(
     lived = time.monotonic() - started
     assert forks_by_labels(runtimes, name.decode()) == {("", "", "", container): 100}
     print(f"docker run --rm {container}: lived and was removed in {lived:.2f} s; 100 of 100 named")
+
+
+def task_limit_hits(runtimes: Runtimes, container: str, cid: str) -> dict[tuple, float]:
+    """procmond_task_limit_hits_total of one container, by (unit, namespace, pod, container):
+    the series under its name or its short id (the host's other cgroups may hit limits too)."""
+    series = runtimes.daemon.scrape().series("procmond_task_limit_hits_total")
+    found = {}
+    for labels, value in series.items():
+        ls = dict(labels)
+        if ls["container"] in (container, cid[:12]):
+            found[(ls["unit"], ls["namespace"], ls["pod"], ls["container"])] = value
+    return found
+
+
+def refused_in(output: str) -> int:
+    """The forks the creator saw refused ("done N failed M", with --tolerate-failures)."""
+    words = output.split()
+    made, failed = int(words[words.index("done") + 1]), int(words[words.index("failed") + 1])
+    assert made >= 1 and failed >= 1, output
+    return failed
+
+
+def test_a_containers_task_limit_hits_are_named_while_it_runs_and_after_it_is_gone(
+    runtimes: Runtimes,
+) -> None:
+    """``docker run --pids-limit``: the refusals are in the container's own cgroup of the pids
+    hierarchy (``/docker/<id>`` in the v1 one here), counted there exactly under its name,
+    never a unit; once the container is removed its count stays under that name (the last
+    reading, from the probe, adds nothing more)."""
+    name, container = unique_name("lim"), f"lim-{unique_name('').hex()[:8]}"
+    fork = f"/creator fork 20 --together --child-sleep-ms 300 --tolerate-failures {name.hex()}"
+    cid = runtimes.docker.cli(
+        "run", "-d", "--pids-limit=5", f"--name={container}", "--network=none", IMAGE,
+        "sh", "-c", f"{fork}; exec sleep 600",
+    ).stdout.strip()  # fmt: skip
+    try:
+        logs = lambda: runtimes.docker.cli("logs", container).stdout  # noqa: E731
+        wait_until(lambda: "failed" in logs(), 60, "the creator's report")
+        refused = refused_in(logs())
+        assert task_limit_hits(runtimes, container, cid) == {("", "", "", container): refused}
+    finally:
+        runtimes.docker.cli("rm", "-f", container)
+    pids = find_pids_hierarchy(read_layout())
+    assert pids is not None and not (pids.hierarchy.mount_point / "docker" / cid).exists()
+    assert task_limit_hits(runtimes, container, cid) == {("", "", "", container): refused}
+    print(f"docker --pids-limit=5 {container}: {refused} refused, {refused} counted by name")
+
+
+@pytest.mark.parametrize("runtime", ["docker", "podman"])
+def test_a_run_rm_jobs_task_limit_hits_are_named_after_it_is_gone(
+    runtimes: Runtimes, tmp_path: Path, runtime: str
+) -> None:
+    """A CI job at its pids limit, removed before any scrape: its cgroup is gone, so its count
+    comes only from the probe (read from the kernel as the cgroup went), named by what was
+    read when the runtime wrote its state. Docker's cgroup is ``/docker/<id>``, Podman's
+    ``/libpod_parent/libpod-<id>`` in the pids hierarchy here."""
+    name, container = unique_name("ljb"), f"ljob-{unique_name('').hex()[:8]}"
+    cidfile = tmp_path / "cid"
+    cli = runtimes.docker.cli if runtime == "docker" else runtimes.podman.cli
+    options = ("--network=none",) if runtime == "docker" else RUNC_ULIMITS
+    out = cli(
+        "run", "--rm", "--pids-limit=4", f"--cidfile={cidfile}", f"--name={container}",
+        *options, IMAGE,
+        "/creator", "fork", "30", "--together", "--child-sleep-ms", "300",
+        "--tolerate-failures", name.hex(),
+    ).stdout  # fmt: skip
+    refused = refused_in(out)
+    assert cli("ps", "-aq", f"--filter=name={container}").stdout == ""
+    hits = task_limit_hits(runtimes, container, cidfile.read_text().strip())
+    assert hits == {("", "", "", container): refused}
+    print(f"{runtime} run --rm --pids-limit=4 {container}: {refused} refused, all named after it")
 
 
 def test_a_ctr_container_is_counted_exactly_by_its_id(runtimes: Runtimes) -> None:

@@ -1,16 +1,20 @@
 """A cgroup made while ``watch`` or ``top`` runs is named from its first creation: they name
 cgroups from the probe's cgroup_mkdir records, as the daemon does, not from a walk of the tree
-that runs at most every 10 s (systemd makes a new cgroup at every start of a unit)."""
+that runs at most every 10 s (systemd makes a new cgroup at every start of a unit). And a
+runtime installed after the daemon started (its data root made then) is named as well."""
 
 from __future__ import annotations
 
+import secrets
+import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 from tests.e2e.cgroup_tree import CgroupTree
-from tests.e2e.harness import PROCMOND, Watch, unique_name, wait_until
+from tests.e2e.harness import PROCMOND, Watch, start_daemon, unique_name, wait_until
+from tests.e2e.runtimes import Dockerd, import_image, make_root
 
 
 def test_watch_names_a_new_unit_from_its_first_creation(creator: Path, tree: CgroupTree) -> None:
@@ -85,3 +89,50 @@ def _probe_loaded(pid: int) -> bool:
         return any("bpf-prog" in str(p.readlink()) for p in fds.iterdir())
     except OSError:
         return False
+
+
+def test_a_docker_data_root_made_after_the_daemon_started_is_watched(tmp_path: Path) -> None:
+    """The daemon first, its docker_root a folder that does not exist (nor its parent, under
+    /tmp: a busy folder), then dockerd installed and started with that data root: a
+    ``docker run --rm`` job that is removed before the next scrape is counted exactly under
+    its name (read as dockerd wrote it), not under empty labels."""
+    base = Path(f"/tmp/procmond-late-{secrets.token_hex(4)}")
+    data_root = base / "data"
+    assert not base.exists()
+    daemon = start_daemon(
+        tmp_path,
+        f"docker_root: {data_root}\n"
+        'containers_storage_root: ""\ncontainerd_state: ""\nnerdctl_root: ""\n',
+    )
+    docker = None
+    try:
+        started = time.monotonic()
+        docker = Dockerd(base)  # makes base/, then dockerd makes data/ and containers/
+        appeared = f"docker's state appeared at {data_root}: watching it"
+        wait_until(lambda: appeared in daemon.log(), 30, "the data root to be watched")
+        armed = time.monotonic() - started
+        import_image(make_root(tmp_path / "box"), "docker", f"--host=unix://{docker.socket}")
+        name, container = unique_name("lat"), f"late-{secrets.token_hex(4)}"
+        ran = time.monotonic()
+        docker.cli(
+            "run", "--rm", f"--name={container}", "--network=none", "procmond-test-box:1",
+            "/creator", "fork", "120", "--rate", "60", name.hex(),
+        )  # fmt: skip
+        assert docker.cli("ps", "-aq", f"--filter=name={container}").stdout == ""
+        lived = time.monotonic() - ran
+        forks = daemon.scrape().series("procmond_forks_total")
+        mine = {
+            (ls["unit"], ls["namespace"], ls["pod"], ls["container"]): value
+            for ls, value in ((dict(k), v) for k, v in forks.items())
+            if ls["comm"] == name.decode()
+        }
+        assert mine == {("", "", "", container): 120}
+        print(
+            f"dockerd started after the daemon: its data root watched {armed:.2f} s after "
+            f"dockerd's start; {container} lived {lived:.2f} s, 120 of 120 named after it"
+        )
+    finally:
+        if docker is not None:
+            docker.stop()
+        assert daemon.stop() == 0, daemon.log()
+        shutil.rmtree(base, ignore_errors=True)

@@ -308,6 +308,25 @@ def test_the_container_runtimes_component_mounts_exactly_the_configs_state_read_
         assert not mount["mountPath"].endswith(".sock")
 
 
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_rootless_podman_component_mounts_the_homes_and_passwd_read_only(
+    tmp_path: Path, version: str
+) -> None:
+    """Rootless Podman's names: each user's store in their home, the home from the node's
+    passwd database; both read-only, nothing else added."""
+    overlay = kustomize.overlay(tmp_path / "deploy", ["rootless-podman"])
+    daemonset = kustomize.build(overlay)["DaemonSet"]
+    kubernetes_validate.validate(daemonset, version, strict=True)
+    spec = daemonset["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    added = [m for m in c["volumeMounts"] if m not in container()["volumeMounts"]]
+    assert sorted(m["mountPath"] for m in added) == ["/etc/passwd", "/home"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for mount in added:
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["hostPath"]["path"] == mount["mountPath"]
+
+
 def test_kustomization_tags_the_image_with_the_version() -> None:
     """An overlay names the pushed image with `kustomize edit set image procmond=IMAGE`: it
     matches the DaemonSet's image by that name."""

@@ -200,3 +200,4 @@ def test_alerts_name_the_unit_or_pod_they_are_about() -> None:
     assert 'procmond_task_limit_hits_total{unit!="__overflow__"}' in limit["expr"]
     assert "$labels.unit" in limit["annotations"]["description"]
     assert "$labels.pod" in limit["annotations"]["description"]
+    assert "$labels.container" in limit["annotations"]["description"]

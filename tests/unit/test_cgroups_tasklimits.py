@@ -3,6 +3,7 @@ and the totals that only grow. tests/e2e/test_cgroups_tasklimits.py makes real r
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from procmond.kernel.btf import PIDS_FORKFAIL, PIDS_MAX
 from procmond.kernel.maps import GonePidsCgroup
 from procmond.kernel.mounts import Mount, shown_pids_event
-from procmond.naming.cgroups import Hierarchy
+from procmond.naming.cgroups import CgroupResolver, Hierarchy
+from procmond.naming.docker import Docker
 from procmond.naming.kubelet import KubeletNames
 from procmond.scrape.tasklimits import (
     EMPTY,
@@ -95,8 +97,8 @@ def test_unreadable_pids_files_are_skipped(tmp_path: Path) -> None:
 # ---- totals that only grow --------------------------------------------------------------------
 
 
-def unit_labels(path: str) -> tuple[TaskLimitLabels, bool]:
-    return labeller(None)(path)
+def unit_labels(path: str, gone: bool = False) -> tuple[TaskLimitLabels, bool]:
+    return labeller(None)(path, gone)
 
 
 def R(path: str, refused: int, inode: int = 1) -> PidsReading:  # noqa: N802
@@ -141,7 +143,7 @@ def test_late_pod_names_move_nothing(tmp_path: Path) -> None:
     pods, clock = tmp_path / "pods", [0.0]
     pods.mkdir()
     kubelet = KubeletNames(pods, tmp_path / "none", refresh_interval=1, clock=lambda: clock[0])
-    c = TaskLimitCounter(labeller(kubelet))
+    c = TaskLimitCounter(labeller(CgroupResolver(None, kubelet=kubelet)))
     pod = f"/kubepods/burstable/pod{UID}"
     c.update([R(pod, 3)])
     assert c.totals() == {EMPTY: 3}
@@ -271,3 +273,93 @@ def test_a_failed_take_loses_nothing_and_fails_nothing(caplog: pytest.LogCapture
     assert limits.collect() == {}
     assert "cannot take the task-limit hits of removed cgroups" in caplog.text
     assert limits.collect() == {TaskLimitLabels("x.service"): 4}
+
+
+# ---- containers outside Kubernetes --------------------------------------------------------------
+
+CID, OTHER = "ab" * 32, "cd" * 32
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def docker_names(tmp_path: Path, clock: Clock) -> tuple[Docker, CgroupResolver]:
+    """A resolver naming Docker's containers from a data root in tmp_path, as the daemon's."""
+    docker = Docker(str(tmp_path / "docker"), capacity=64)
+    return docker, CgroupResolver(None, runtimes=[docker], link_grace=5, clock=clock)
+
+
+def write_docker_name(tmp_path: Path, container_id: str, name: str) -> Path:
+    state = tmp_path / "docker" / "containers" / container_id
+    state.mkdir(parents=True)
+    (state / "config.v2.json").write_text(json.dumps({"Name": "/" + name}))
+    return state
+
+
+def test_a_containers_refusals_count_under_its_name_in_the_v1_pids_tree(tmp_path: Path) -> None:
+    """``docker run --pids-limit`` on a hybrid host: the refusals are in
+    ``/sys/fs/cgroup/pids/docker/<id>``; the container's name labels them, never a unit."""
+    clock = Clock()
+    _docker, names = docker_names(tmp_path, clock)
+    write_docker_name(tmp_path, CID, "ci-job")
+    c = TaskLimitCounter(labeller(names))
+    c.update([R(f"/docker/{CID}", 7, inode=10)])
+    assert c.totals() == {TaskLimitLabels(container="ci-job"): 7}
+    podman = f"/libpod_parent/libpod-{CID}"
+    assert labeller(names)(podman, False) == (EMPTY, True)  # no Podman runtime here: no unit
+
+
+def test_a_removed_container_keeps_its_name_and_an_unnamed_one_gets_its_short_id(
+    tmp_path: Path,
+) -> None:
+    """Removed before the next scrape (``docker run --rm``): its state is gone, the name read
+    when dockerd wrote it labels the probe's last count; a container whose name was never read
+    gets its short id at once (no name can come any more), never its 64 hex."""
+    clock = Clock()
+    docker, names = docker_names(tmp_path, clock)
+    state = write_docker_name(tmp_path, CID, "job-1")
+    docker.noticed(("containers", CID, "config.v2.json"))  # what the state watcher does
+    (state / "config.v2.json").unlink()
+    state.rmdir()
+    c = TaskLimitCounter(labeller(names))
+    c.update([], removed=[R(f"/docker/{CID}", 9, inode=10), R(f"/docker/{OTHER}", 2, inode=11)])
+    assert c.totals() == {
+        TaskLimitLabels(container="job-1"): 9,
+        TaskLimitLabels(container=OTHER[:12]): 2,
+    }
+
+
+def test_a_live_container_named_late_moves_nothing(tmp_path: Path) -> None:
+    """While its name is not on disk its growth counts under the empty labels; after the grace
+    time it is its short id, as the forks metrics name it."""
+    clock = Clock()
+    _docker, names = docker_names(tmp_path, clock)
+    c = TaskLimitCounter(labeller(names))
+    c.update([R(f"/docker/{CID}", 3, inode=10)])
+    assert c.totals() == {EMPTY: 3}
+    clock.now += 5
+    c.update([R(f"/docker/{CID}", 4, inode=10)])
+    assert c.totals() == {EMPTY: 3, TaskLimitLabels(container=CID[:12]): 1}
+
+
+def test_container_label_sets_stay_bounded_under_churn(tmp_path: Path) -> None:
+    """Each container is a label set of its own: 50 containers hitting their limits one after
+    another, through a counter of 8 label sets, show at most 8 series, the newest ones, and the
+    runtime's and resolver's tables stay within their capacities."""
+    clock = Clock()
+    docker = Docker(str(tmp_path / "docker"), capacity=16)
+    names = CgroupResolver(None, runtimes=[docker], capacity=16, pending_capacity=16, clock=clock)
+    limits = TaskLimitCounter(labeller(names), max_label_sets=8)
+    for n in range(50):
+        cid = f"{n:064x}"
+        write_docker_name(tmp_path, cid, f"job-{n}")
+        limits.update([R(f"/docker/{cid}", 1, inode=100 + n)])
+        assert len(limits.totals()) <= 8
+    assert TaskLimitLabels(container="job-49") in limits.totals()
+    assert sum(limits.totals().values()) == 7  # one place stays for __overflow__
+    assert all(used <= cap for used, cap in names.sizes().values())

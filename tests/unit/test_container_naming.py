@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from procmond.naming.crio import Crio
 from procmond.naming.docker import Docker
 from procmond.naming.labels import EMPTY_LABELS, CgroupLabels
 from procmond.naming.podman import Podman, pod_in
+from procmond.naming.podman_rootless import RootlessPodman
 from procmond.naming.runtimes import runtimes
 
 ID = "ab" * 32
@@ -80,7 +82,7 @@ LAYOUTS = [
     (Podman, f"/machine.slice/libpod-{ID}.scope", ID),  # rootful systemd
     (Podman, f"/machine.slice/machine-libpod_pod_{POD_ID}.slice/libpod-{ID}.scope", ID),
     (
-        Podman,
+        RootlessPodman,
         f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope",
         ID,
     ),  # rootless
@@ -236,3 +238,91 @@ def test_state_roots_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="containerd_state: must be an absolute"):
         parse_config("containerd_state: 7\n")
     assert os.path.isabs(Config().containers_storage_root)
+
+
+# ---- rootless Podman: a user's own store --------------------------------------------------------
+
+USER = 54321
+ROOTLESS = f"/user.slice/user-{USER}.slice/user@{USER}.service/user.slice/libpod-{ID}.scope"
+
+
+def user_store(home: Path, names: dict[str, str], uid: int = USER) -> Path:
+    """A home with a rootless store as Podman writes it, all of it owned by ``uid``."""
+    storage = home / ".local" / "share" / "containers" / "storage"
+    podman_state(storage, names)
+    for directory, _dirs, files in os.walk(home):
+        os.chown(directory, uid, uid)
+        for f in files:
+            os.chown(os.path.join(directory, f), uid, uid)
+    return storage
+
+
+def rootless(home: Path) -> RootlessPodman:
+    return RootlessPodman(64, users=2, home=lambda uid: str(home) if uid == USER else "")
+
+
+def names_of_path(source: RootlessPodman, path: str) -> CgroupLabels | None:
+    container_id = source.container_id([n for n in path.split("/") if n])
+    return None if container_id is None else source.labels(container_id)
+
+
+def test_a_rootless_container_is_named_from_its_users_store(tmp_path: Path) -> None:
+    user_store(tmp_path / "home", {ID: "rl-web"})
+    assert names_of_path(rootless(tmp_path / "home"), ROOTLESS) == CgroupLabels(container="rl-web")
+    other = ROOTLESS.replace(str(USER), "1000")  # a user with no home: no name (short id later)
+    assert names_of_path(rootless(tmp_path / "home"), other) is None
+    too_big = ROOTLESS.replace(str(USER), "99999999999")
+    assert rootless(tmp_path / "home").container_id(too_big.split("/")[1:]) is None
+
+
+@pytest.mark.parametrize(
+    "trap",
+    ["symlinked folder", "symlinked list", "folder of another user", "list of another user",
+     "home of another user"],
+)  # fmt: skip
+def test_a_users_store_is_read_only_where_all_of_it_is_theirs(tmp_path: Path, trap: str) -> None:
+    """A user cannot point procmond at names that are not theirs: a store whose folders or list
+    are symlinks, or not owned by them, is not read."""
+    home = tmp_path / "home"
+    storage = user_store(home, {ID: "mine"})
+    elsewhere = tmp_path / "root-only"
+    podman_state(elsewhere, {ID: "secret"})  # owned by root
+    if trap == "symlinked folder":
+        shutil.rmtree(storage)
+        os.symlink(elsewhere, storage)
+    elif trap == "symlinked list":
+        listed = storage / "overlay-containers" / "containers.json"
+        listed.unlink()
+        os.symlink(elsewhere / "overlay-containers" / "containers.json", listed)
+    elif trap == "folder of another user":
+        os.chown(storage / "overlay-containers", 0, 0)
+    elif trap == "list of another user":
+        os.chown(storage / "overlay-containers" / "containers.json", 0, 0)
+    else:
+        os.chown(home, 0, 0)
+    assert names_of_path(rootless(home), ROOTLESS) is None
+
+
+def test_rootless_names_become_the_short_id_after_the_grace_time(tmp_path: Path) -> None:
+    clock = Clock()
+    resolver = CgroupResolver(
+        Hierarchy(tmp_path / "cgroup"),
+        kernel_path={7: ROOTLESS}.get,
+        runtimes=[rootless(tmp_path / "no-home")],
+        link_grace=5,
+        clock=clock,
+    )
+    assert resolver.labels(7) is None
+    clock.now += 5
+    assert resolver.labels(7) == CgroupLabels(container=ID[:12])
+
+
+def test_rootless_stores_and_owners_stay_bounded(tmp_path: Path) -> None:
+    source = RootlessPodman(16, users=2, home=lambda uid: str(tmp_path / str(uid)))
+    for uid in range(1000, 1040):
+        path = ROOTLESS.replace(str(USER), str(uid)).replace(ID, f"{uid:064x}")
+        assert names_of_path(source, path) is None
+    assert source.sizes() == {
+        "podman_rootless_containers": (16, 16),
+        "podman_rootless_users": (2, 2),
+    }

@@ -173,7 +173,7 @@ class Host:
         attribution = Attribution(CgroupNamer(resolver, v2), 100, "__overflow__")
         sources = CgroupSources(
             CgroupLayout(v2, frozenset({"pids"}), pids),
-            TaskLimits(PidsHierarchy(pids, 1), kubelet),
+            TaskLimits(PidsHierarchy(pids, 1), resolver),
             attribution,
             resolver,
         )
