@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -154,13 +155,17 @@ def take_over_retired(sources: CgroupSources, data: dict[str, Any]) -> None:
 
 
 class StateFile:
-    """The state of the probe ``probe_id`` in ``path``; writes only what changed."""
+    """The state of the probe ``probe_id`` in ``path``; writes only what changed. Parts are
+    saved by two threads (scrapes; the storm monitor's ``storms``): each save replaces the
+    parts it names and keeps the others."""
 
     def __init__(self, path: Path, probe_id: int) -> None:
         self.path = path
         self.probe_id = probe_id
         self._written = b""
         self._failing = False  # logged once, until a write succeeds again
+        self._parts: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, if it is this probe's and readable; else None (logged)."""
@@ -177,7 +182,12 @@ class StateFile:
         return data
 
     def save(self, parts: dict[str, Any]) -> None:
-        text = json.dumps({"version": VERSION, "probe": self.probe_id, **parts}).encode()
+        with self._lock:
+            self._parts.update(parts)
+            self._write(json.dumps({"version": VERSION, "probe": self.probe_id, **self._parts}))
+
+    def _write(self, json_text: str) -> None:
+        text = json_text.encode()
         if text == self._written:
             return
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
