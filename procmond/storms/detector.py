@@ -336,7 +336,7 @@ class StormDetector:
             for comm, s in sorted(self.storms.items())
         ]
         commands_at = None if self._commands_at is None else at(self._commands_at)
-        return {"storms": storms, "commands_at": commands_at}
+        return {"storms": storms, "commands_at": commands_at, "generation": self.generation}
 
     def restore(
         self, data: dict[str, Any], now: float, wall: float, counted_since: bool = False
@@ -351,11 +351,11 @@ class StormDetector:
         over: list[bytes] = []
 
         def mono(t: Any) -> float:
-            return min(now, now - (wall - float(t)))  # a wall clock set back: not in the future
+            return now - (wall - float(t))
 
         for item in data.get("storms", [])[:COMMANDS_MAX]:
             comm = untagged(item["comm"])
-            last_above = mono(item["last_above"])
+            last_above = min(now, mono(item["last_above"]))  # a wall clock set back
             if now - last_above >= self.end_after:
                 over.append(comm)
                 continue
@@ -364,12 +364,15 @@ class StormDetector:
             started = min(mono(item["started"]), last_above)
             storm = _Storm(started, int(item["created"]), float(item["peak"]), last_above)
             storm.progress = int(item["progress"])
-            storm.next_progress = mono(item["next_progress"])
+            storm.next_progress = started + self._progress_at(storm.progress)
             self.storms[comm] = storm
             kept.append(comm)
+        # Per-process counting starts a generation after the saved one: the probe's entries of
+        # that one (cumulative, from the earlier daemon's arming) are stale to this daemon.
+        self.generation = max(self.generation, int(data.get("generation", 0)))
         commands_at = data.get("commands_at")
         if kept and counted_since and commands_at is not None and self._commands_at is None:
-            self._commands_at = mono(commands_at)
+            self._commands_at = min(now, mono(commands_at))
         return kept, over
 
     def _progress_at(self, given: int) -> float:
@@ -419,9 +422,13 @@ class StormCounts:
 
     def restore(self, data: dict[str, Any]) -> None:
         """Adds the saved counts to these, the same bound on commands kept."""
-        for comm, count in sorted(data.get("started", {}).items()):
-            label = self.overflow if str(comm) == self.overflow else self.label(str(comm))
-            self.started[label] = self.started.get(label, 0) + int(count)
+        started = {str(comm): int(count) for comm, count in data.get("started", {}).items()}
+        overflow = started.pop(self.overflow, 0)
+        for comm, count in started.items():  # in the order they were first counted
+            label = self.label(comm)
+            self.started[label] = self.started.get(label, 0) + count
+        if overflow:
+            self.started[self.overflow] = self.started.get(self.overflow, 0) + overflow
         for comm in data.get("labels", []):  # series shown before, at 0 until resumed
             label = self.label(str(comm))
             self.active.setdefault(label, 0)
