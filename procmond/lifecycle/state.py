@@ -3,11 +3,12 @@
 Most counts live in the kernel maps and survive with the probe (procmond/kernel/pins.py). A few live
 in the daemon: counts of reclaimed entries of gone cgroups folded under their labels, and
 where each entry of late-named cgroups shows (procmond/scrape/attribution.py); the task-limit totals
-and the probe's lost-count baseline (procmond/scrape/tasklimits.py). Without them a restart would
-drop folded series, or show a count under two label sets at once. They are written to
-``<state_dir>/state-<identity>.json`` after each scrape that changed them (atomically: a
-temporary file renamed), and read back only by a daemon that adopted the very probe they
-belong to (its forks_total map's kernel id), never by one that loaded a fresh probe.
+and the probe's lost-count baseline (procmond/scrape/tasklimits.py); the storm state, saved by the
+storm thread as its own part (procmond/storms/monitor.py). Without them a restart would drop
+folded series, or show a count under two label sets at once, or a storm as started twice.
+They are written to ``<state_dir>/state-<identity>.json`` after each scrape that changed them
+(atomically: a temporary file renamed), and read back only by a daemon that adopted the very
+probe they belong to (its forks_total map's kernel id), never by one that loaded a fresh probe.
 
 JSON, not pickle: the file is data, never code. Bytes are tagged (``{"b": hex}``).
 """
