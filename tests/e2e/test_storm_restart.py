@@ -18,6 +18,7 @@ pin_root = test_pins.pin_root  # the fixture: a private bpffs, emptied and unmou
 THRESHOLD = test_storms.THRESHOLD
 wait_for, start_storm, finish = test_storms.wait_for, test_storms.start_storm, test_storms.finish
 STORM_SECONDS = 10.0
+UPGRADE_STORM_SECONDS = 15.0
 
 
 def start(tmp: Path, root: Path, run: str) -> Daemon:
@@ -31,22 +32,35 @@ def storms_total(daemon: Daemon, name: bytes) -> float | None:
     return daemon.scrape().get("procmond_storms_total", comm=name.decode())
 
 
-def restart_mid_storm(tmp: Path, root: Path, creator: Path, sig: int) -> None:
+def restart_mid_storm(
+    tmp: Path, root: Path, creator: Path, sig: int, build: Path | None = None
+) -> None:
+    """A storm of STORM_SECONDS (more for an upgrade: the new build compiles its probe), its
+    daemon stopped by ``sig`` once it has logged the start, and a daemon of this tree (which
+    adopts the probe) or of ``build`` (which loads its own and retires this one) started."""
     name = unique_name("sr")
     first = start(tmp, root, "first")
     daemons = [first]
     process = None
+    seconds = STORM_SECONDS if build is None else UPGRADE_STORM_SECONDS
     try:
-        process, started = start_storm(creator, name, STORM_SECONDS)
+        process, started = start_storm(creator, name, seconds)
         line = wait_for(first, rf'^.*fork storm: "{name.decode()}" is creating.*$', started + 3)
         assert line, first.log()
         rate = int(re.search(r"is creating (\d+) processes/s", line[0])[1])  # type: ignore[index]
         assert storms_total(first, name) == 1
+        before = test_pins.forks_of(first, name)  # made so far, those before detection too
         first.stop(sig)
-        assert time.monotonic() < started + STORM_SECONDS - 3, "the storm ended before the restart"
-        second = start(tmp, root, "second")
+        if build is None:
+            second = start(tmp, root, "second")
+        else:
+            second = test_pins.start_build(
+                tmp, root, "second", build, f"storm_threshold: {THRESHOLD}\n"
+            )
         daemons.append(second)
-        assert "adopted the probe pinned at" in second.log(), second.log()
+        assert time.monotonic() < started + seconds - 3, "the storm ended before the restart"
+        adopted = "adopted the probe pinned at" in second.log()
+        assert adopted is (build is None), second.log()
         assert "fork storms going on before this start, reported on" in second.log()
         exposition = second.scrape()
         assert exposition.value("procmond_storms_total", comm=name.decode()) == 1  # not lower
@@ -56,8 +70,11 @@ def restart_mid_storm(tmp: Path, root: Path, creator: Path, sig: int) -> None:
         # As from one daemon (tests/e2e/test_storms.py): from the first second found above the
         # threshold, the seconds while no daemon ran included: at most the seconds before
         # detection short of all the creator made, never more.
-        assert made - 3 * rate <= int(end[1]) <= made, (made, rate, end[0])
-        assert 7 <= int(end[2]) <= 11, end[0]
+        if build is None:
+            assert made - 3 * rate <= int(end[1]) <= made, (made, rate, end[0])
+        else:  # another probe: counted from the new daemon's first read of its own map on
+            assert before - 3 * rate <= int(end[1]) <= made, (before, made, rate, end[0])
+        assert seconds - 3 <= int(end[2]) <= seconds + 1, end[0]
         print(f"signal {sig}: the creator made {made}, the end line says {end[1]} in {end[2]} s")
         lines = [ln for d in daemons for ln in test_storms.storm_lines(d, name)]
         assert [ln for ln in lines if "fork storm:" in ln] == [line[0]], lines
@@ -81,6 +98,13 @@ def test_a_storm_goes_on_through_sigkill_and_start(
     tmp_path: Path, pin_root: Path, creator: Path
 ) -> None:
     restart_mid_storm(tmp_path, pin_root, creator, signal.SIGKILL)
+
+
+def test_a_storm_goes_on_through_an_upgrade(tmp_path: Path, pin_root: Path, creator: Path) -> None:
+    """Another build (another map layout): its daemon takes over the retired daemon's storm
+    state with its counts."""
+    build = test_pins.another_build(tmp_path)
+    restart_mid_storm(tmp_path, pin_root, creator, signal.SIGTERM, build)
 
 
 def a_short_storm(daemon: Daemon, creator: Path, name: bytes) -> None:
