@@ -165,7 +165,7 @@ class StateFile:
         self.probe_id = probe_id
         self._written = b""
         self._failing = False  # logged once, until a write succeeds again
-        self._parts: dict[str, Any] = {}
+        self._parts: dict[str, str] = {}  # JSON text by part
         self._lock = threading.Lock()
 
     def load(self) -> dict[str, Any] | None:
@@ -183,9 +183,16 @@ class StateFile:
         return data
 
     def save(self, parts: dict[str, Any]) -> None:
+        """Each part is encoded as it is saved, and kept encoded: the storm thread saves its
+        small part every second of a storm without encoding the others again."""
         with self._lock:
-            self._parts.update(parts)
-            self._write(json.dumps({"version": VERSION, "probe": self.probe_id, **self._parts}))
+            head = {"version": VERSION, "probe": self.probe_id}
+            self._parts.update((name, json.dumps(value)) for name, value in parts.items())
+            items = [
+                *((json.dumps(k), json.dumps(v)) for k, v in head.items()),
+                *((json.dumps(name), text) for name, text in self._parts.items()),
+            ]
+            self._write("{" + ", ".join(f"{k}: {v}" for k, v in items) + "}")
 
     def _write(self, json_text: str) -> None:
         text = json_text.encode()

@@ -168,6 +168,7 @@ class StormMonitor:
         # Where the storm state goes after each tick that changed it (with a pinned probe).
         self.keep: Callable[[dict[str, Any]], None] | None = None
         self._restored: list[tuple[dict[str, Any], bool]] = []  # for the detector to come
+        self._kept: dict[str, Any] | None = None  # what keep was last given
 
     @property
     def counting(self) -> bool:
@@ -267,8 +268,13 @@ class StormMonitor:
         self._save()
 
     def _save(self) -> None:
-        if self.keep is not None:
-            self.keep(self.state())
+        """Only what changed: a quiet host's alarm ticks change nothing."""
+        if self.keep is None:
+            return
+        data = self.state()
+        if data != self._kept:
+            self.keep(data)
+            self._kept = data
 
     def stop(self) -> None:
         """Stop the thread and switch per-process counting off; active storms are dropped
