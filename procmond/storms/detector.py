@@ -347,32 +347,33 @@ class StormDetector:
         counts are read on from where the saved state had read them (the same probe), so the
         next read's window starts at the saved ``commands_at``. The commands taken on and those
         dropped as over."""
-        kept: list[bytes] = []
         over: list[bytes] = []
 
         def mono(t: Any) -> float:
             return now - (wall - float(t))
 
+        storms: dict[bytes, _Storm] = {}  # all read before any is taken on: a bad file, none
         for item in data.get("storms", [])[:COMMANDS_MAX]:
             comm = untagged(item["comm"])
             last_above = min(now, mono(item["last_above"]))  # a wall clock set back
             if now - last_above >= self.end_after:
                 over.append(comm)
                 continue
-            if comm in self.storms:
-                continue
             started = min(mono(item["started"]), last_above)
             storm = _Storm(started, int(item["created"]), float(item["peak"]), last_above)
             storm.progress = int(item["progress"])
             storm.next_progress = started + self._progress_at(storm.progress)
-            self.storms[comm] = storm
-            kept.append(comm)
+            storms.setdefault(comm, storm)
         # Per-process counting starts a generation after the saved one: the probe's entries of
         # that one (cumulative, from the earlier daemon's arming) are stale to this daemon.
-        self.generation = max(self.generation, int(data.get("generation", 0)))
+        generation = int(data.get("generation", 0))
         commands_at = data.get("commands_at")
-        if kept and counted_since and commands_at is not None and self._commands_at is None:
-            self._commands_at = min(now, mono(commands_at))
+        read_at = None if commands_at is None else min(now, mono(commands_at))
+        kept = [comm for comm in storms if comm not in self.storms]
+        self.storms.update((comm, storms[comm]) for comm in kept)
+        self.generation = max(self.generation, generation)
+        if kept and counted_since and read_at is not None and self._commands_at is None:
+            self._commands_at = read_at
         return kept, over
 
     def _progress_at(self, given: int) -> float:

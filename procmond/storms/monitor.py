@@ -240,9 +240,9 @@ class StormMonitor:
         restored, self._restored = self._restored, []
         for data, same_probe in restored:
             try:
+                counts = {bytes.fromhex(k): int(c) for k, c in data.get("forks", [])}
                 kept, over = detector.restore(data, self._clock(), self._wall(), same_probe)
                 if kept and same_probe:
-                    counts = {bytes.fromhex(k): int(c) for k, c in data.get("forks", [])}
                     self._forks.restore(counts)
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("ignoring the saved fork storms: %s", exc)

@@ -263,3 +263,19 @@ def test_the_state_file_keeps_the_parts_a_save_does_not_name(tmp_path: Path) -> 
         "task_limits": {"lost": 3},
         "storms": {"counts": {"started": {"sh": 2}}},
     }
+
+
+def test_a_damaged_saved_storm_takes_on_none_of_them(caplog: pytest.LogCaptureFixture) -> None:
+    host = Host(StormDetector(2000))
+    run(host, [{SH: 3000, b"make": 3000}] * 5)
+    saved = through_json(host.detector.state(host.now, WALL + host.now))
+    saved["storms"][1]["comm"] = {"b": "not hex"}
+    monitor = StormMonitor(FakeProbe(), clock=lambda: host.now, wall=lambda: WALL + host.now)
+    monitor.restore({"counts": {"started": {"sh": 1, "make": 1}}, **saved}, same_probe=True)
+    monitor._detector = StormDetector(2000)
+    monitor._resume()
+    assert monitor._detector.storms == {}
+    assert "ignoring the saved fork storms" in caplog.text
+    metrics = {m.name: m.samples for m in monitor.collect()}
+    assert [s.value for s in metrics["procmond_storms"]] == [1, 1]  # the counters still go on
+    assert metrics["procmond_storm_active"] == []
