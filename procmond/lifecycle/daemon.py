@@ -145,8 +145,8 @@ class Daemon:
         self.reader = self.probe.reader()
         self._carry_on()
         self.cgroups = self._cgroup_sources(self.reader)
-        self._keep_state()
         self.storms = StormMonitor(self.probe, self.cgroups.resolver.names)
+        self._keep_state()
         self._serving = self._render()
         self._loaded.set()
         privileges.drop_all(self.reader.overflow_events)  # bound and loaded; before any thread
@@ -301,6 +301,10 @@ class Daemon:
         for retired in self.retired_states:
             state.take_over_retired(self.cgroups, retired)
         data = self.state.load() if self.adopted else None
+        if self.storms is not None:  # storm state: counters, and the storms going on
+            for saved in [*self.retired_states, data or {}]:
+                self.storms.restore(saved.get("storms"), same_probe=saved is data)
+            self.storms.keep_with(self._keep_storms)
         if data is None:
             self._save_state()  # counts carried from a retired probe are kept at once
             return
@@ -310,6 +314,11 @@ class Daemon:
         if self.reader is not None:
             state.restore_carried(self.reader, data.get("carried", {}))
         log.info("restored the counts kept in user space from %s", self.state.path)
+        self._save_state()  # the storm monitor's saves (its own part) keep these parts whole
+
+    def _keep_storms(self, storms: dict) -> None:
+        if self.state is not None:
+            self.state.save({"storms": storms})
 
     def _save_state(self) -> None:
         if self.state is None or self.cgroups is None:

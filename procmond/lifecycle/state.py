@@ -3,11 +3,12 @@
 Most counts live in the kernel maps and survive with the probe (procmond/kernel/pins.py). A few live
 in the daemon: counts of reclaimed entries of gone cgroups folded under their labels, and
 where each entry of late-named cgroups shows (procmond/scrape/attribution.py); the task-limit totals
-and the probe's lost-count baseline (procmond/scrape/tasklimits.py). Without them a restart would
-drop folded series, or show a count under two label sets at once. They are written to
-``<state_dir>/state-<identity>.json`` after each scrape that changed them (atomically: a
-temporary file renamed), and read back only by a daemon that adopted the very probe they
-belong to (its forks_total map's kernel id), never by one that loaded a fresh probe.
+and the probe's lost-count baseline (procmond/scrape/tasklimits.py); the storm state, saved by the
+storm thread as its own part (procmond/storms/monitor.py). Without them a restart would drop
+folded series, or show a count under two label sets at once, or a storm as started twice.
+They are written to ``<state_dir>/state-<identity>.json`` after each scrape that changed them
+(atomically: a temporary file renamed), and read back only by a daemon that adopted the very
+probe they belong to (its forks_total map's kernel id), never by one that loaded a fresh probe.
 
 JSON, not pickle: the file is data, never code. Bytes are tagged (``{"b": hex}``).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -154,13 +156,17 @@ def take_over_retired(sources: CgroupSources, data: dict[str, Any]) -> None:
 
 
 class StateFile:
-    """The state of the probe ``probe_id`` in ``path``; writes only what changed."""
+    """The state of the probe ``probe_id`` in ``path``; writes only what changed. Parts are
+    saved by two threads (scrapes; the storm monitor's ``storms``): each save replaces the
+    parts it names and keeps the others."""
 
     def __init__(self, path: Path, probe_id: int) -> None:
         self.path = path
         self.probe_id = probe_id
         self._written = b""
         self._failing = False  # logged once, until a write succeeds again
+        self._parts: dict[str, str] = {}  # JSON text by part
+        self._lock = threading.Lock()
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, if it is this probe's and readable; else None (logged)."""
@@ -177,7 +183,19 @@ class StateFile:
         return data
 
     def save(self, parts: dict[str, Any]) -> None:
-        text = json.dumps({"version": VERSION, "probe": self.probe_id, **parts}).encode()
+        """Each part is encoded as it is saved, and kept encoded: the storm thread saves its
+        small part every second of a storm without encoding the others again."""
+        with self._lock:
+            head = {"version": VERSION, "probe": self.probe_id}
+            self._parts.update((name, json.dumps(value)) for name, value in parts.items())
+            items = [
+                *((json.dumps(k), json.dumps(v)) for k, v in head.items()),
+                *((json.dumps(name), text) for name, text in self._parts.items()),
+            ]
+            self._write("{" + ", ".join(f"{k}: {v}" for k, v in items) + "}")
+
+    def _write(self, json_text: str) -> None:
+        text = json_text.encode()
         if text == self._written:
             return
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")

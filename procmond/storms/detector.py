@@ -22,6 +22,10 @@ happens, precise when something does:
 5. Quiet again and no storm left: per-process counting is switched off (``Disarm``), and the
    detector waits for the host's count again.
 
+The storms going on are kept across a restart that adopts the pinned probe (``state`` and
+``restore``: plain JSON-able data, times as wall-clock, commands as tagged bytes), so the next
+daemon goes on with the same storm rather than starting it again.
+
 Counters are differenced per kernel map entry, not per command, so an entry deleted and made
 anew (procmond/scrape/attribution.py reclaims those of gone cgroups) never makes a rate negative. A
 command's rate is the larger of its forks_total count and the sum over its creating processes:
@@ -34,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from procmond.naming.labels import CgroupLabels
 from procmond.text import one_word, quoted
@@ -161,6 +166,15 @@ def creator_rates(
     ]
     out.sort(key=lambda r: (-r.forks_per_second, -r.threads_per_second, r.creator.pid))
     return out
+
+
+def tagged(raw: bytes) -> dict[str, str]:
+    """Bytes in JSON: a command name is untrusted bytes, not text."""
+    return {"b": raw.hex()}
+
+
+def untagged(data: Any) -> bytes:
+    return bytes.fromhex(data["b"])
 
 
 @dataclass
@@ -302,6 +316,66 @@ class StormDetector:
                 )
         return events
 
+    def state(self, now: float, wall: float) -> dict[str, Any]:
+        """The storms going on, for the next daemon: times as wall-clock (``wall`` is ``now``
+        by the clock), so they mean something to the reader of the file too."""
+
+        def at(t: float) -> float:
+            return round(wall - (now - t), 3)
+
+        storms = [
+            {
+                "comm": tagged(comm),
+                "started": at(s.started),
+                "created": s.created,
+                "peak": round(s.peak, 1),
+                "last_above": at(s.last_above),
+                "progress": s.progress,
+                "next_progress": at(s.next_progress),
+            }
+            for comm, s in sorted(self.storms.items())
+        ]
+        commands_at = None if self._commands_at is None else at(self._commands_at)
+        return {"storms": storms, "commands_at": commands_at, "generation": self.generation}
+
+    def restore(
+        self, data: dict[str, Any], now: float, wall: float, counted_since: bool = False
+    ) -> tuple[list[bytes], list[bytes]]:
+        """Takes on the storms ``state`` gave (at most COMMANDS_MAX), but those the END rule
+        would have ended by ``now``: their command stayed below the threshold (as far as anyone
+        knows) for ``end_after`` since they were last above it. ``counted_since``: the per-command
+        counts are read on from where the saved state had read them (the same probe), so the
+        next read's window starts at the saved ``commands_at``. The commands taken on and those
+        dropped as over."""
+        over: list[bytes] = []
+
+        def mono(t: Any) -> float:
+            return now - (wall - float(t))
+
+        storms: dict[bytes, _Storm] = {}  # all read before any is taken on: a bad file, none
+        for item in data.get("storms", [])[:COMMANDS_MAX]:
+            comm = untagged(item["comm"])
+            last_above = min(now, mono(item["last_above"]))  # a wall clock set back
+            if now - last_above >= self.end_after:
+                over.append(comm)
+                continue
+            started = min(mono(item["started"]), last_above)
+            storm = _Storm(started, int(item["created"]), float(item["peak"]), last_above)
+            storm.progress = int(item["progress"])
+            storm.next_progress = started + self._progress_at(storm.progress)
+            storms.setdefault(comm, storm)
+        # Per-process counting starts a generation after the saved one: the probe's entries of
+        # that one (cumulative, from the earlier daemon's arming) are stale to this daemon.
+        generation = int(data.get("generation", 0))
+        commands_at = data.get("commands_at")
+        read_at = None if commands_at is None else min(now, mono(commands_at))
+        kept = [comm for comm in storms if comm not in self.storms]
+        self.storms.update((comm, storms[comm]) for comm in kept)
+        self.generation = max(self.generation, generation)
+        if kept and counted_since and read_at is not None and self._commands_at is None:
+            self._commands_at = read_at
+        return kept, over
+
     def _progress_at(self, given: int) -> float:
         """Seconds after the start of progress line number ``given`` (0-based)."""
         steps = self.progress_after
@@ -336,6 +410,29 @@ class StormCounts:
     def storm_ended(self, comm: str) -> None:
         label = self.label(comm)
         self.active[label] = max(0, self.active.get(label, 0) - 1)
+
+    def storm_resumed(self, comm: str) -> None:
+        """A storm counted by an earlier daemon goes on here: active again, not counted again."""
+        label = self.label(comm)
+        self.active[label] = self.active.get(label, 0) + 1
+
+    def state(self) -> dict[str, Any]:
+        """What the counters say, for the next daemon: procmond_storms_total never goes down.
+        Active storms are not kept here; those the detector takes on again are resumed."""
+        return {"started": dict(self.started), "labels": sorted(self.active)}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Adds the saved counts to these, the same bound on commands kept."""
+        started = {str(comm): int(count) for comm, count in data.get("started", {}).items()}
+        overflow = started.pop(self.overflow, 0)
+        for comm, count in started.items():  # in the order they were first counted
+            label = self.label(comm)
+            self.started[label] = self.started.get(label, 0) + count
+        if overflow:
+            self.started[self.overflow] = self.started.get(self.overflow, 0) + overflow
+        for comm in data.get("labels", []):  # series shown before, at 0 until resumed
+            label = self.label(str(comm))
+            self.active.setdefault(label, 0)
 
 
 # --- Log lines ------------------------------------------------------------------------------

@@ -5,6 +5,11 @@ Outside storms the thread sleeps, with no timer, until the probe's alarm rings
 (procmond/kernel/alarm.py): once per half ``storm_threshold`` tasks the host creates, so an idle
 host never wakes it; each time it reads /proc/stat. forks_total and the creators map are read, once
 a second, only while the host creates at least half ``storm_threshold`` tasks a second.
+
+With a pinned probe the storm state (counters, the storms going on, and where the per-command
+counts of their commands were last read) is handed to ``keep`` after each tick that changed it
+and at stop, and ``restore`` gives it to the next daemon: a storm that outlives a restart is
+neither logged as started twice nor counted twice, and its end line spans the whole of it.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from procmond.storms.detector import (
     entry_delta,
     started_line,
 )
-from procmond.text import printable
+from procmond.text import printable, quoted
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +83,49 @@ class CommandForks:
         self._comm = layout.key.field("comm").decoder()
         self._count = layout.value.field("").decoder()
         self._last: dict[bytes, bytes] | None = None
+        self._restored: dict[bytes, int] = {}  # counts an earlier daemon read last, by entry
 
     def reset(self) -> None:
         """Forget the last read: the next one only starts counting again."""
         self._last = None
+        self._restored = {}
+
+    def counts_of(self, comms: set[bytes]) -> dict[bytes, int]:
+        """The last read's counts of the entries of these commands, by raw key."""
+        if not comms or self._last is None:
+            return {}
+        return {
+            key: self._count(value)  # type: ignore[misc]
+            for key, value in self._last.items()
+            if self._comm(key) in comms
+        }
+
+    def restore(self, counts: dict[bytes, int]) -> None:
+        """The entries' counts an earlier daemon read last from this same map: the next read
+        counts these entries from there (what was created while no daemon ran), the others
+        from that read on."""
+        self._last, self._restored = None, dict(counts)
 
     def read(self) -> dict[bytes, int] | None:
-        """{comm: processes made} since the last read; None for the first read."""
+        """{comm: processes made} since the last read; None for the first read (but for the
+        entries ``restore`` gave)."""
         rows = dict(self._table.items())
         last, self._last = self._last, rows
-        if last is None:
+        restored, self._restored = self._restored, {}
+        if last is None and not restored:
             return None
         made: dict[bytes, int] = {}
         for key, value in rows.items():
-            before = last.get(key)
-            if before == value:
-                continue
-            count = self._count(value)
-            delta = entry_delta(None if before is None else self._count(before), count)  # type: ignore[arg-type]
+            if last is None:  # restored: only its entries count, from their saved count
+                if key not in restored:
+                    continue
+                before: int | None = restored[key]
+            else:
+                raw = last.get(key)
+                if raw == value:
+                    continue
+                before = None if raw is None else self._count(raw)  # type: ignore[assignment]
+            delta = entry_delta(before, self._count(value))  # type: ignore[arg-type]
             if delta:
                 comm = self._comm(key)
                 made[comm] = made.get(comm, 0) + delta  # type: ignore[index]
@@ -112,6 +142,7 @@ class StormMonitor:
         clock: Callable[[], float] = time.monotonic,
         proc: Path = Path("/proc"),
         alarm: Callable[[], Alarm] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._switch = probe.map(STORM_WATCH)
         self._creators = creators.CreatorsReader(probe.map(CREATORS), probe.layouts[CREATORS])
@@ -125,6 +156,7 @@ class StormMonitor:
         self._host = creators.HostCreations(proc / "stat")
         self._namer = namer
         self._clock = clock
+        self._wall = wall
         self._proc = proc
         self._lock = threading.Lock()  # the counts, read by scrapes
         self.counts = StormCounts(OVERFLOW_LABEL_VALUE)
@@ -133,6 +165,10 @@ class StormMonitor:
         self._stopping = False
         self._ticked = False  # whether the last tick succeeded (and so set the alarm if quiet)
         self._last_error = ""
+        # Where the storm state goes after each tick that changed it (with a pinned probe).
+        self.keep: Callable[[dict[str, Any]], None] | None = None
+        self._restored: list[tuple[dict[str, Any], bool]] = []  # for the detector to come
+        self._kept: dict[str, Any] | None = None  # what keep was last given
 
     @property
     def counting(self) -> bool:
@@ -166,13 +202,84 @@ class StormMonitor:
             log.error("storm reports are off: the probe's alarm cannot be set up (%s)", exc)
             return
         self._detector = StormDetector(threshold)
+        self._resume()
         self._ticked = self._try(self.tick)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="storms", daemon=True)
         self._thread.start()
 
+    def state(self) -> dict[str, Any]:
+        """The storm state the next daemon takes on: plain JSON-able data."""
+        with self._lock:
+            data: dict[str, Any] = {"counts": self.counts.state()}
+        detector = self._detector
+        if detector is not None:
+            data.update(detector.state(self._clock(), self._wall()))
+            counts = self._forks.counts_of(set(detector.storms))
+            data["forks"] = [[key.hex(), count] for key, count in sorted(counts.items())]
+        return data
+
+    def restore(self, data: dict[str, Any] | None, same_probe: bool) -> None:
+        """What ``state`` gave an earlier daemon: its counts at once, its storms once detection
+        starts (``configure``). ``same_probe``: that daemon read this very probe's maps (a
+        restart that adopted it, not an upgrade), so its last read of forks_total is where
+        this one's reading starts."""
+        if not data:
+            return
+        try:
+            with self._lock:
+                self.counts.restore(data.get("counts", {}))
+            self._restored.append((data, same_probe))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring the saved storm counts: %s", exc)
+
+    def _resume(self) -> None:
+        """The storms of earlier daemons go on in this one: no new start line, no new count."""
+        detector = self._detector
+        assert detector is not None
+        restored, self._restored = self._restored, []
+        for data, same_probe in restored:
+            try:
+                counts = {bytes.fromhex(k): int(c) for k, c in data.get("forks", [])}
+                kept, over = detector.restore(data, self._clock(), self._wall(), same_probe)
+                if kept and same_probe:
+                    self._forks.restore(counts)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                log.warning("ignoring the saved fork storms: %s", exc)
+                continue
+            with self._lock:
+                for comm in kept:
+                    self.counts.storm_resumed(label_value(comm))
+            if kept:
+                log.info(
+                    "fork storms going on before this start, reported on: %s",
+                    ", ".join(quoted(printable(c)) for c in kept),
+                )
+            if over:
+                log.info(
+                    "fork storms that ended while no daemon watched (no end line): %s",
+                    ", ".join(quoted(printable(c)) for c in over),
+                )
+
+    def keep_with(self, save: Callable[[dict[str, Any]], None]) -> None:
+        """Where the storm state goes from now on; saved there at once (with what ``restore``
+        gave: counts that a daemon without storm detection must keep all the same)."""
+        self.keep = save
+        self._save()
+
+    def _save(self) -> None:
+        """Only what changed: a quiet host's alarm ticks change nothing."""
+        if self.keep is None:
+            return
+        data = self.state()
+        if data != self._kept:
+            self.keep(data)
+            self._kept = data
+
     def stop(self) -> None:
-        """Stop the thread and switch per-process counting off; active storms are dropped."""
+        """Stop the thread and switch per-process counting off; active storms are dropped
+        (after a last save: the next daemon goes on with them)."""
+        self._restored = []
         if self._thread is not None:
             assert self._alarm is not None
             self._stopping = True
@@ -184,6 +291,7 @@ class StormMonitor:
             self._alarm = None
             self._host.close()
         if self._detector is not None:
+            self._try(self._save)
             if self._detector.armed:
                 self._try(lambda: creators.switch(self._switch, 0))
             with self._lock:
@@ -237,6 +345,7 @@ class StormMonitor:
         found = self._creators.read(detector.generation) if plan.creators else None
         for event in detector.observe(now, made, found):
             self._apply(event, detector.threshold)
+        self._save()
         if detector.next_tick is None:
             alarm.ring_after(detector.alarm_after)
 

@@ -57,6 +57,17 @@ def finish(process: subprocess.Popen) -> int:
     return int(done.split()[1])
 
 
+def end_line(daemon: Daemon, name: bytes) -> re.Match[str]:
+    """The storm's end line (waited for), with its total (1) and seconds (2)."""
+    end = wait_for(
+        daemon,
+        rf'^.*fork storm over: "{name.decode()}" created (\d+) processes in (\d+) s.*$',
+        time.monotonic() + 15,
+    )
+    assert end, daemon.log()
+    return end
+
+
 def storm_lines(daemon: Daemon, name: bytes) -> list[str]:
     return [ln for ln in daemon.log().splitlines() if f'"{name.decode()}"' in ln]
 
@@ -83,12 +94,7 @@ def test_a_storm_names_its_pid_and_command_line_in_time_and_ends_in_one_line(
         assert exposition.value("procmond_storm_active", comm=name.decode()) == 1
         assert exposition.value("procmond_storm_process_counting") == 1
         made = finish(process)
-        end = wait_for(
-            daemon,
-            rf'^.*fork storm over: "{name.decode()}" created (\d+) processes in (\d+) s.*$',
-            time.monotonic() + 15,
-        )
-        assert end, daemon.log()
+        end = end_line(daemon, name)
         # Counted from the first second found above the threshold: never more than was made,
         # and at most the seconds before detection short of it.
         assert made - 3 * rate <= int(end[1]) <= made
