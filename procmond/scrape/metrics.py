@@ -140,7 +140,7 @@ def attributed_fields(key_fields: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def counter_fields(spec: CounterMetric, config: Config) -> tuple[str, ...]:
-    """The fields of a counter's rows as the collector labels them: with a cgroup label kept,
+    """The fields of a counter's rows as they are placed: with a cgroup label kept,
     the cgroup id becomes the cgroup labels; without, the probe zeroes it and it is left out."""
     if config.cgroup_labels:
         return attributed_fields(spec.key_fields)
