@@ -164,7 +164,8 @@ def cgroups_capacity(config: Config) -> int:
 
 def label_names(key_fields: tuple[str, ...], config: Config) -> tuple[str, ...]:
     """The labels a metric carries under this config: comm and parent_comm only if configured
-    (a dropped one is zeroed in the kernel), any other key field always."""
+    (a dropped one is zeroed in the kernel), any other key field always. The one place the
+    ``labels`` setting is read outside the probe's build flags and ``config.cgroup_labels``."""
     return tuple(f for f in key_fields if f not in KNOWN_LABELS or f in config.labels)
 
 
