@@ -107,9 +107,11 @@ class Placement:
 
     def _counter(self, read: CounterRead) -> PlacedCounter:
         spec, name, rows = read.metric, read.metric.map_name, read.rows
-        rest = tuple(f for f in spec.key_fields if f != "cgroup_id")
-        overflow = [] if not read.overflow else [(self._overflow_row(len(rest)), read.overflow)]
         attribution = self._attribution
+        rest = tuple(f for f in spec.key_fields if f != "cgroup_id")
+        fields = rest if attribution is None else attributed_fields(spec.key_fields)
+        names = label_names(fields, self._config)
+        overflow = [((OVERFLOW_LABEL_VALUE,) * len(fields), read.overflow)] if read.overflow else []
         if attribution is None:  # cgroup ids are zero (no cgroup label) or not resolved
             decode = self._reader.decoder(name, rest)
 
@@ -119,17 +121,13 @@ class Placement:
             def extra(live: Callable[[Row], bool], live_series: int) -> list[tuple[Row, int]]:
                 return overflow
 
-            return PlacedCounter(
-                spec, rest, label_names(rest, self._config), rows, [], place, extra
-            )
+            return PlacedCounter(spec, fields, names, rows, [], place, extra)
 
-        fields = attributed_fields(spec.key_fields)
         decode_key = self._reader.decoder(name, ("cgroup_id", *rest))
         taker = _Taker(self._reader, name)
-        ids = self._reader.field_values(name, rows, "cgroup_id")
-        gone_ids = attribution.gone(ids)
+        # A gone cgroup's entries are about to be folded: none may show by a kept text now.
+        gone_ids = attribution.gone(self._reader.field_values(name, rows, "cgroup_id"))
         gone = self._reader.rows_where(name, rows, "cgroup_id", gone_ids) if gone_ids else []
-        overflow = [] if not read.overflow else [(self._overflow_row(len(fields)), read.overflow)]
 
         def place_attributed(raw: bytes, count: int) -> Shown | None:
             cgroup_id, *values = decode_key(raw)
@@ -139,13 +137,14 @@ class Placement:
             attribution.end_map(name)
             return [*attribution.folded(name, live, live_series).items(), *overflow]
 
-        names = label_names(fields, self._config)
         return PlacedCounter(spec, fields, names, rows, gone, place_attributed, folded)
 
     def _histogram(self, read: HistogramRead) -> PlacedHistogram:
         spec = read.metric
         fields = spec.key_fields
-        overflow = (self._overflow_row(len(fields)), read.overflow) if read.overflow.count else None
+        overflow = (
+            ((OVERFLOW_LABEL_VALUE,) * len(fields), read.overflow) if read.overflow.count else None
+        )
         return PlacedHistogram(
             spec,
             fields,
@@ -155,10 +154,6 @@ class Placement:
             overflow,
             bucket_bounds(spec.bucket_exponents),
         )
-
-    @staticmethod
-    def _overflow_row(width: int) -> Row:
-        return (OVERFLOW_LABEL_VALUE,) * width
 
 
 def _each(
