@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,26 @@ def identity(config: Config) -> str:
         digest.update((source_dir / name).read_bytes())
     digest.update(json.dumps(sorted(f for f in cflags if not f.startswith("-I"))).encode())
     return digest.hexdigest()[:16]
+
+
+# Settings that shape the kernel maps (and so the identity, the pins and the saved state): a
+# running daemon cannot change them without losing counts.
+KERNEL_SETTINGS = (
+    "max_entries",
+    "histograms",
+    "histogram_max_entries",
+    "labels",
+    "syscall_probes",
+    "pin_root",
+    "state_dir",
+)
+
+
+def kernel_settings_kept(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """``new`` with the kernel settings of the ``running`` config, and which of them it
+    changed: those take effect at the next start, when a new probe is loaded."""
+    kept = [k for k in KERNEL_SETTINGS if getattr(new, k) != getattr(running, k)]
+    return replace(new, **{k: getattr(running, k) for k in kept}), kept
 
 
 def on_bpffs(path: Path) -> bool:

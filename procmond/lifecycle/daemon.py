@@ -18,11 +18,8 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
 from procmond import __version__, signals
@@ -33,69 +30,20 @@ from procmond.kernel import handoff, pins, privileges
 from procmond.kernel.inventory import FORKS_TOTAL
 from procmond.kernel.maps import Histogram, MapReader
 from procmond.lifecycle import state
+from procmond.lifecycle.sources import CgroupSources, cgroup_sources
 from procmond.lifecycle.state import StateFile
 from procmond.lifecycle.systemd import Notifier
 from procmond.logs import setup_logging
-from procmond.naming.cgroups import CgroupNamer, CgroupResolver, read_layout, recorded_paths
-from procmond.naming.kubelet import KubeletNames
-from procmond.naming.runtimes import runtimes, state_watcher
 from procmond.naming.watcher import StateWatcher
-from procmond.scrape.attribution import Attribution
-from procmond.scrape.collector import CgroupSources, ProbeStatus, ProcmondCollector
-from procmond.scrape.metrics import (
-    OVERFLOW_LABEL_VALUE,
-    cgroups_capacity,
-    folded_capacity,
-    series_budget,
-)
-from procmond.scrape.tasklimits import TaskLimits, find_pids_hierarchy, gone_cgroups
+from procmond.scrape.collector import ProcmondCollector
+from procmond.scrape.metrics import series_budget
+from procmond.scrape.selfmetrics import ProbeStatus, ReloadState
 from procmond.storms.monitor import StormMonitor
+from procmond.web.negotiation import negotiated
 from procmond.web.server import MetricsServer, Render
 from procmond.web.webconfig import WebSettings, load_web_config
 
 log = logging.getLogger(__name__)
-
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# Settings that shape the kernel maps: a reload cannot change them without losing counts.
-KERNEL_SETTINGS = (
-    "max_entries",
-    "histograms",
-    "histogram_max_entries",
-    "labels",
-    "syscall_probes",
-    "pin_root",
-    "state_dir",
-)
-
-
-def accepts_text(accept: str) -> bool:
-    """Whether the client takes the text format. Prometheus lists OpenMetrics first but
-    accepts text/plain too (and */*); procmond then answers in text, its fast path."""
-    types = [part.split(";")[0].strip() for part in accept.split(",")]
-    return not accept.strip() or any(t in ("text/plain", "text/*", "*/*") for t in types)
-
-
-@dataclass(eq=False)  # registered as a collector: must stay hashable
-class ReloadState:
-    """What procmond_config_last_reload_* report, as Prometheus itself names them."""
-
-    successful: bool = True
-    success_time: float = 0.0
-
-    def collect(self) -> list[GaugeMetricFamily]:
-        return [
-            GaugeMetricFamily(
-                "procmond_config_last_reload_successful",
-                "1 if the last configuration load succeeded, else 0.",
-                value=int(self.successful),
-            ),
-            GaugeMetricFamily(
-                "procmond_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful configuration load.",
-                value=self.success_time,
-            ),
-        ]
 
 
 class Daemon:
@@ -144,7 +92,7 @@ class Daemon:
         self.probe = self._adopt_or_load()
         self.reader = self.probe.reader()
         self._carry_on()
-        self.cgroups = self._cgroup_sources(self.reader)
+        self.cgroups, self.state_watcher = cgroup_sources(self.config, self.reader)
         self.storms = StormMonitor(self.probe, self.cgroups.resolver.names)
         self._keep_state()
         self._serving = self._render()
@@ -244,34 +192,6 @@ class Daemon:
             self.notifier.status(status)
             self._last_status = status
 
-    def _cgroup_sources(self, reader: MapReader) -> CgroupSources:
-        """Cgroup attribution and task-limit counts: made once, so that what they fold
-        survives a reload that rebinds the listener."""
-        layout = read_layout()
-        log.info("cgroups: %s", layout.describe())
-        cgroups = cgroups_capacity(self.config)  # the caps on everything kept of cgroups
-        kubelet = KubeletNames(capacity=cgroups)
-        containers = runtimes(self.config, cgroups)
-        # reads names as runtimes write them; started once capabilities are dropped
-        self.state_watcher = state_watcher(containers, cgroups)
-        resolver = CgroupResolver(
-            layout.v2,
-            kernel_path=recorded_paths(reader),
-            kubelet=kubelet,
-            runtimes=containers,
-            capacity=cgroups,
-            negative_capacity=cgroups,
-            pending_capacity=cgroups,
-        )
-        task_limits = TaskLimits(find_pids_hierarchy(layout), resolver, gone=gone_cgroups(reader))
-        if not self.config.cgroup_labels:
-            return CgroupSources(layout, task_limits, None, resolver)
-        namer = CgroupNamer(resolver, layout.v2, capacity=cgroups)
-        attribution = Attribution(
-            namer, folded_capacity(self.config), OVERFLOW_LABEL_VALUE, max_cgroups=cgroups
-        )
-        return CgroupSources(layout, task_limits, attribution, resolver, namer)
-
     def _carry_on(self) -> None:
         """Counts of the retired probes, under this probe's keys (procmond/kernel/maps.py)."""
         assert self.probe is not None and self.reader is not None
@@ -331,10 +251,8 @@ class Daemon:
         self.state.save(parts)
 
     def _render(self) -> Render:
-        """What /metrics serves: the text format, with procmond's map families rendered by
-        procmond itself (fast at 10,000s of series), to every client that accepts it; only a
-        client that accepts nothing but OpenMetrics gets that, all through prometheus_client
-        (3-4 times slower at 10,000 series). Both show the same samples."""
+        """What /metrics serves: this probe's scrape, in the format the client accepts
+        (procmond/web/negotiation.py)."""
         assert self.probe is not None and self.reader is not None and self.storms is not None
         status = ProbeStatus(
             self.probe.attached,
@@ -348,14 +266,9 @@ class Daemon:
             self.reader, self.config, status, self.cgroups
         )
         others = (self.reload_state, self.storms, ProcessCollector(registry=None))
-
-        def render(accept: str) -> tuple[bytes | bytearray, str]:
-            if accepts_text(accept):
-                return collector.render_text(others), TEXT_CONTENT_TYPE
-            encoder, content_type = choose_encoder(accept)
-            return collector.render(encoder, others), content_type
-
-        return render
+        return negotiated(
+            lambda: collector.render_text(others), lambda encode: collector.render(encode, others)
+        )
 
     def _status_line(self) -> str:
         assert self.probe is not None and self.server is not None
@@ -411,14 +324,13 @@ class Daemon:
         try:
             new, source = load_config(self.config_path, self.overrides)
             web = load_web_config(new.web_config_file)
-            kept = [k for k in KERNEL_SETTINGS if getattr(new, k) != getattr(self.config, k)]
+            new, kept = pins.kernel_settings_kept(self.config, new)
             if kept:
                 log.warning(
                     "reload: %s change(s) the kernel maps and take(s) effect at the "
                     "next restart, so that no count is lost",
                     ", ".join(kept),
                 )
-                new = replace(new, **{k: getattr(self.config, k) for k in kept})
             if new.listen != self.config.listen:
                 self._rebind(new, web)
             else:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from procmond.kernel.maps import Histogram, MapReader
+from procmond.lifecycle.sources import CgroupSources
 from procmond.scrape.attribution import Attribution, _Entry
-from procmond.scrape.collector import CgroupSources
 from procmond.scrape.tasklimits import TaskLimitLabels, TaskLimits, _Cgroup, _Total
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """Text exposition (format 0.0.4) of the kernel-map families, rendered by procmond itself.
 
-prometheus_client formats every sample generically: it checks each name, escapes each label
-value a character at a time and builds each line afresh. procmond's map families have fixed
-names and label names, so they are rendered here, from the maps' raw keys.
+The scrape's render stage for the text format, from procmond/scrape/placement.py's placed
+maps. prometheus_client formats every sample generically: it checks each name, escapes each
+label value a character at a time and builds each line afresh. procmond's map families have
+fixed names and label names, so they are rendered here, from the maps' raw keys.
 
 Here is the scrape path's one cache, :class:`LabelTexts`: the label text of each map row,
 kept between scrapes by the row's raw key (its bytes as the kernel returns them), and by its
@@ -11,74 +12,24 @@ decoded, no cgroup looked up, no Python object made or kept per row. At 10,000 s
 map families took ~47 ms a scrape decoded and attributed row by row, ~2.5 ms this way (plus
 ~3.5 ms in the kernel's batch lookup), measured on this project's 2-core VM. A row's text
 stays right while the row is *plain* (procmond/scrape/attribution.py: final cgroup names, nothing
-folded from it): the collector forgets the rows of a cgroup seen gone before it renders, and
-rows that are not plain, or that share their labels with another row (two cgroups with the
-same names, a folded label set, names that decode alike), are attributed and added up every
-scrape. The cache is bounded by the label sets the config's maps can show
+folded from it): the rows of a cgroup seen gone (the placement names them) are forgotten
+before a map is written, and rows that are not plain, or that share their labels with another
+row (two cgroups with the same names, a folded label set, names that decode alike), are
+placed and added up every scrape. The cache is bounded by the label sets the config's maps can show
 (``label_sets_budget``); past it, texts are evicted, never the whole cache at once.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import accumulate, chain
-from typing import Protocol
-
-from prometheus_client.core import Metric
 
 from procmond.kernel.maps import Histogram, RawRows
-from procmond.scrape.attribution import Row, Shown
-from procmond.scrape.metrics import CounterMetric, HistogramMetric, bucket_bounds, label_value
-
-Resolve = Callable[[bytes, int], Shown | None]  # a raw key and its count → where it shows
-# (is this row's series shown by a kernel entry, how many series those are) → the other rows
-Extra = Callable[[Callable[[Row], bool], int], Iterable[tuple[Row, int]]]
-Failed = Callable[[str, Exception], None]  # what could not be collected or rendered, and why
-Encoder = Callable[..., bytes]  # prometheus_client's generate_latest, either format
-
-
-class Collector(Protocol):
-    def collect(self) -> Iterable[Metric]: ...
-
-
-class Families:
-    """A fixed list of families, shaped like a registry for prometheus_client's encoders."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> list[Metric]:
-        return self._families
-
-
-def families_of(collectors: Iterable[Collector], failed: Failed) -> Iterator[Metric]:
-    """Every family of ``collectors``; one whose collect() raises is reported and skipped."""
-    for collector in collectors:
-        try:
-            families = list(collector.collect())
-        except Exception as exc:
-            failed(type(collector).__name__, exc)
-            continue
-        yield from families
-
-
-def render_families(families: Iterable[Metric], encode: Encoder, failed: Failed) -> bytes:
-    """``families`` rendered by ``encode`` one at a time, without the format's trailer
-    (OpenMetrics' ``# EOF``): a family that cannot be rendered is reported and left out, and
-    every other one still renders (prometheus_client encodes a whole registry at once, so one
-    bad label value would fail them all). Each family is rendered before the next is asked
-    for, so a family made later (procmond_scrape_success) can tell of the failures."""
-    trailer = encode(Families([]))
-    out = bytearray()
-    for family in families:
-        try:
-            text = encode(Families([family]))
-        except Exception as exc:
-            failed(family.name, exc)
-            continue
-        out += text[: len(text) - len(trailer)] if trailer and text.endswith(trailer) else text
-    return bytes(out)
+from procmond.scrape.attribution import Row
+from procmond.scrape.metrics import label_value
+from procmond.scrape.placement import Placed, PlacedCounter, PlacedHistogram
+from procmond.scrape.read import Scrape
 
 
 def escape_label_value(value: str) -> str:
@@ -217,23 +168,42 @@ def _header(name: str, documentation: str, kind: str) -> bytes:
     return f"# HELP {name} {escape_help(documentation)}\n# TYPE {name} {kind}\n".encode()
 
 
-def render_counter(
-    out: bytearray,
-    spec: CounterMetric,
-    read: RawRows,
-    texts: MapTexts,
-    resolve: Resolve,
-    extra: Extra,
-) -> int:
+def render_maps(out: bytearray, placed: Iterable[Placed], texts: LabelTexts, scrape: Scrape) -> int:
+    """Append the family of each placed map to ``out``; returns the series written. A map
+    that fails is left out (what was written of it is taken back), the others still render;
+    the cache is kept within its bound after each map."""
+    series = 0
+    for p in placed:
+        mark = len(out)
+        try:
+            if isinstance(p, PlacedCounter):
+                series += render_counter(out, p, texts.of(p.metric.map_name, p.fields, p.names))
+            else:
+                label_sets = render_histogram(
+                    out, p, texts.of(p.metric.map_name, p.fields, p.names)
+                )
+                series += label_sets * (len(p.metric.bucket_exponents) + 3)
+        except Exception as exc:
+            del out[mark:]
+            scrape.failed(f"map {p.metric.map_name}", exc)
+        texts.trim()
+    return series
+
+
+def render_counter(out: bytearray, placed: PlacedCounter, texts: MapTexts) -> int:
     """Append one counter family to ``out``: the map's rows (the known ones from the cache,
-    the others placed by ``resolve``), then the rows ``extra`` gives once every row is
-    placed (folded label sets, __overflow__), told which series the map's rows show. Rows
-    with the same labels are one series, their counts added. Returns the series written.
-    ``texts`` must follow ``read`` already.
+    the others placed by ``placed.place``), then the rows ``placed.extra`` gives once every
+    row is placed (folded label sets, __overflow__), told which series the map's rows show.
+    Rows with the same labels are one series, their counts added. Returns the series
+    written. The rows of a gone cgroup are forgotten first: their counts are being folded.
 
     A new plain row joins the cache unless its labels are taken; if a later row takes them,
     it leaves again. Only a row written from the cache that gets company makes the family be
     written again: rare, as a plain row keeps its labels for life."""
+    read, resolve, spec = placed.rows, placed.place, placed.metric
+    texts.follow(read)
+    for i in placed.gone:
+        texts.forget(i)
     name = spec.name.encode()
     line = b"%b{%%b} %%d\n" % name if texts.names else b"%b%%b %%d\n" % name
     out += _header(spec.name, spec.documentation, "counter")
@@ -271,7 +241,7 @@ def render_counter(
         return text in shown or text in added
 
     live_series = len(shown) + sum(1 for text in added if text not in shown)
-    for labels, count in extra(live, live_series):
+    for labels, count in placed.extra(live, live_series):
         text = texts.of_row(labels)
         added[text] = added.get(text, 0) + count
     written_before: dict[int, bytes] = {}  # row written above → its text, now shared
@@ -300,27 +270,21 @@ def render_counter(
     return written + len(added)
 
 
-def render_histogram(
-    out: bytearray,
-    spec: HistogramMetric,
-    rows: Iterable[tuple[bytes, Histogram]],
-    texts: MapTexts,
-    decode: Callable[[bytes], Row],
-    overflow: tuple[Row, Histogram] | None,
-) -> int:
+def render_histogram(out: bytearray, placed: PlacedHistogram, texts: MapTexts) -> int:
     """Append one histogram family to ``out``; rows under the same labels are added up.
     Returns the label sets written."""
+    spec, decode = placed.metric, placed.decode
     added: dict[bytes, Histogram] = {}
-    for raw, hist in rows:
+    for raw, hist in placed.entries:
         text = texts.of_key(raw, decode)
         added[text] = added[text] + hist if text in added else hist
-    if overflow is not None:
-        labels, hist = overflow
+    if placed.overflow is not None:
+        labels, hist = placed.overflow
         text = texts.of_row(labels)
         added[text] = added[text] + hist if text in added else hist
     name = spec.name.encode()
     exponents = spec.bucket_exponents
-    bounds = [b'le="%b"} ' % le.encode() for le in bucket_bounds(exponents)]
+    bounds = [b'le="%b"} ' % le.encode() for le in placed.bounds]
     out += _header(spec.name, spec.documentation, "histogram")
     for text, hist in added.items():
         bucket = b"%b_bucket{%b," % (name, text) if text else b"%b_bucket{" % name

@@ -127,7 +127,7 @@ def attributed_fields(key_fields: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def counter_fields(spec: CounterMetric, config: Config) -> tuple[str, ...]:
-    """The fields of a counter's rows as the collector labels them: with a cgroup label kept,
+    """The fields of a counter's rows as they are placed: with a cgroup label kept,
     the cgroup id becomes the cgroup labels; without, the probe zeroes it and it is left out."""
     if config.cgroup_labels:
         return attributed_fields(spec.key_fields)
@@ -151,7 +151,8 @@ def cgroups_capacity(config: Config) -> int:
 
 def label_names(key_fields: tuple[str, ...], config: Config) -> tuple[str, ...]:
     """The labels a metric carries under this config: comm and parent_comm only if configured
-    (a dropped one is zeroed in the kernel), any other key field always."""
+    (a dropped one is zeroed in the kernel), any other key field always. The one place the
+    ``labels`` setting is read outside the probe's build flags and ``config.cgroup_labels``."""
     return tuple(f for f in key_fields if f not in KNOWN_LABELS or f in config.labels)
 
 

@@ -29,7 +29,7 @@ from procmond.kernel.alarm import ALARM_MAP, RING_MAP, CreationAlarm
 from procmond.kernel.inventory import CREATORS, FORKS_TOTAL, STORM_WATCH
 from procmond.kernel.layout import MapLayout
 from procmond.naming.labels import Namer, names_of
-from procmond.scrape.metrics import OVERFLOW_LABEL_VALUE, label_value
+from procmond.scrape.metrics import OVERFLOW_LABEL_VALUE, label_names, label_value
 from procmond.storms import creators
 from procmond.storms.detector import (
     TICK_SECONDS,
@@ -179,7 +179,7 @@ class StormMonitor:
     def configure(self, config: Config) -> None:
         """Start, stop, or re-threshold detection: storm_threshold applies at once."""
         threshold = config.storm_threshold
-        if threshold and "comm" not in config.labels:
+        if threshold and not label_names(("comm",), config):
             log.warning(
                 "storm_threshold is set but the comm label is not kept: fork storms cannot be "
                 "told apart by command, so they are not reported; add comm to labels"

@@ -24,9 +24,6 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-
 from procmond import __version__
 from procmond.config import address_on_host, not_on_host
 from procmond.errors import ListenError
@@ -37,16 +34,6 @@ log = logging.getLogger(__name__)
 
 # Accept header -> (body, content type): the exposition, chosen by what the client accepts.
 Render = Callable[[str], tuple[bytes | bytearray, str]]
-
-
-def registry_render(registry: CollectorRegistry) -> Render:
-    """Render a plain registry, in whatever format the client asked for."""
-
-    def render(accept: str) -> tuple[bytes | bytearray, str]:
-        encoder, content_type = choose_encoder(accept)
-        return encoder(registry), content_type
-
-    return render
 
 
 INDEX_PAGE = b"""<!DOCTYPE html>

@@ -137,3 +137,18 @@ def test_check_config_resolves_the_listen_host() -> None:
     check_listen_resolves(Config(listen="127.0.0.1:10057"), "f.yaml")
     with pytest.raises(ConfigError, match=r"^f.yaml: listen: host no-such-host.invalid does not"):
         check_listen_resolves(Config(listen="no-such-host.invalid:10057"), "f.yaml")
+
+
+def test_a_reload_keeps_the_settings_that_shape_the_kernel_maps() -> None:
+    """procmond/kernel/pins.py's rule for a reload: what shapes the maps (and the pins) waits
+    for the next start; every other setting applies at once."""
+    from procmond.kernel.pins import KERNEL_SETTINGS, kernel_settings_kept
+
+    running = Config()
+    new = Config(max_entries=8, labels=("comm",), storm_threshold=500, log_level="debug")
+    kept, changed = kernel_settings_kept(running, new)
+    assert changed == ["max_entries", "labels"]
+    assert (kept.max_entries, kept.labels) == (running.max_entries, running.labels)
+    assert (kept.storm_threshold, kept.log_level) == (500, "debug")
+    assert kernel_settings_kept(running, Config()) == (running, [])
+    assert set(KERNEL_SETTINGS) <= set(Config.__dataclass_fields__)

@@ -99,7 +99,7 @@ def test_no_syscall_probes_means_no_syscall_tracepoints() -> None:
 
 
 def test_text_is_served_to_whoever_accepts_it() -> None:
-    from procmond.lifecycle.daemon import accepts_text
+    from procmond.web.negotiation import accepts_text
 
     prometheus = (
         "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"

@@ -19,9 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from procmond.config import Config
 from procmond.kernel.maps import MapReader
+from procmond.lifecycle.sources import CgroupSources
 from procmond.naming.cgroups import CgroupLayout, CgroupResolver
 from procmond.scrape.attribution import Attribution
-from procmond.scrape.collector import CgroupSources, ProbeStatus, ProcmondCollector
+from procmond.scrape.collector import ProbeStatus, ProcmondCollector
 from procmond.scrape.tasklimits import TaskLimits
 from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, exited, hist, pair
 from tests.unit.test_attribution import Cgroups

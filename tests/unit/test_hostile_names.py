@@ -36,6 +36,7 @@ from procmond.config import Config
 from procmond.kernel.header import read_header
 from procmond.kernel.layout import CHARS, UINT, Field, Layout, MapLayout
 from procmond.kernel.maps import MapReader
+from procmond.lifecycle.sources import CgroupSources
 from procmond.logs import _OneLineFormatter
 from procmond.naming.cgroups import (
     CgroupLabels,
@@ -47,7 +48,7 @@ from procmond.naming.cgroups import (
 )
 from procmond.naming.kubelet import KubeletNames
 from procmond.scrape.attribution import Attribution
-from procmond.scrape.collector import CgroupSources, ProbeStatus, ProcmondCollector
+from procmond.scrape.collector import ProbeStatus, ProcmondCollector
 from procmond.scrape.tasklimits import PidsHierarchy, TaskLimits
 from tests.unit.fakes import LAYOUTS, MAP_IDS, FakeHash, FakePerCpuArray, exited, hist, pair
 

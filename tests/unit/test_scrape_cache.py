@@ -14,9 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from procmond.config import Config
 from procmond.kernel.maps import MapReader, RawRows
+from procmond.lifecycle.sources import CgroupSources
 from procmond.naming.cgroups import CgroupLayout, CgroupResolver
 from procmond.scrape.attribution import Attribution, CgroupLabels
-from procmond.scrape.collector import CgroupSources, ProbeStatus, ProcmondCollector
+from procmond.scrape.collector import ProbeStatus, ProcmondCollector
 from procmond.scrape.exposition import LabelTexts
 from procmond.scrape.metrics import label_sets_budget
 from procmond.scrape.tasklimits import TaskLimits

@@ -20,7 +20,8 @@ from procmond.config import address_on_host
 from procmond.errors import ListenError
 from procmond.web import connections
 from procmond.web.connections import WORKERS
-from procmond.web.server import RESERVED_DESCRIPTORS, MetricsServer, connection_cap, registry_render
+from procmond.web.server import RESERVED_DESCRIPTORS, MetricsServer, connection_cap
+from tests.support.registry import registry_render
 
 
 @pytest.fixture
