@@ -228,9 +228,9 @@ class Daemon:
         if data is None:
             self._save_state()  # counts carried from a retired probe are kept at once
             return
-        state.restore_task_limits(self.cgroups.task_limits, data["task_limits"])
+        self.cgroups.task_limits.restore(data["task_limits"])
         if self.cgroups.attribution is not None and "attribution" in data:
-            state.restore_attribution(self.cgroups.attribution, data["attribution"])
+            self.cgroups.attribution.restore(data["attribution"])
         if self.reader is not None:
             state.restore_carried(self.reader, data.get("carried", {}))
         log.info("restored the counts kept in user space from %s", self.state.path)
@@ -243,11 +243,11 @@ class Daemon:
     def _save_state(self) -> None:
         if self.state is None or self.cgroups is None:
             return
-        parts = {"task_limits": state.task_limits_state(self.cgroups.task_limits)}
+        parts = {"task_limits": self.cgroups.task_limits.state()}
         if self.reader is not None and (self.reader.carried or self.reader.carried_histograms):
             parts["carried"] = state.carried_state(self.reader)
         if self.cgroups.attribution is not None:
-            parts["attribution"] = state.attribution_state(self.cgroups.attribution)
+            parts["attribution"] = self.cgroups.attribution.state()
         self.state.save(parts)
 
     def _render(self) -> Render:

@@ -10,7 +10,9 @@ They are written to ``<state_dir>/state-<identity>.json`` after each scrape that
 (atomically: a temporary file renamed), and read back only by a daemon that adopted the very
 probe they belong to (its forks_total map's kernel id), never by one that loaded a fresh probe.
 
-JSON, not pickle: the file is data, never code. Bytes are tagged (``{"b": hex}``).
+Each owner turns its own tables into plain JSON values and back (``state()``/``restore()``,
+bytes tagged by procmond/saved.py); this module keeps the file. JSON, not pickle: the file is
+data, never code.
 """
 
 from __future__ import annotations
@@ -24,86 +26,10 @@ from typing import Any
 
 from procmond.kernel.maps import Histogram, MapReader
 from procmond.lifecycle.sources import CgroupSources
-from procmond.scrape.attribution import Attribution, _Entry
-from procmond.scrape.tasklimits import TaskLimitLabels, TaskLimits, _Cgroup, _Total
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-
-
-def _value(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return {"b": v.hex()}
-    if isinstance(v, tuple | list):
-        return [_value(x) for x in v]
-    return v
-
-
-def _unvalue(v: Any) -> Any:
-    if isinstance(v, dict):
-        return bytes.fromhex(v["b"])
-    if isinstance(v, list):
-        return tuple(_unvalue(x) for x in v)
-    return v
-
-
-def attribution_state(a: Attribution) -> dict[str, Any]:
-    return {
-        "folded": {
-            name: [[_value(row), count] for row, count in rows.items()]
-            for name, rows in a._folded.items()
-        },
-        "entries": [
-            [name, raw.hex(), _value(e.labels), e.base] for (name, raw), e in a._entries.items()
-        ],
-        "folding": {
-            name: [[_value(row), count] for row, count in rows] for name, rows in a._folding.items()
-        },
-        "reclaimed": a.reclaimed,
-    }
-
-
-def restore_attribution(a: Attribution, data: dict[str, Any]) -> None:
-    a._folded = {
-        name: {_unvalue(row): int(count) for row, count in rows}
-        for name, rows in data["folded"].items()
-    }
-    a._entries = {
-        (name, bytes.fromhex(raw)): _Entry(_unvalue(labels), int(base))
-        for name, raw, labels, base in data["entries"]
-    }
-    a._folding = {
-        name: [(_unvalue(row), int(count)) for row, count in rows]
-        for name, rows in data.get("folding", {}).items()
-    }
-    a.reclaimed = int(data["reclaimed"])
-
-
-def task_limits_state(task_limits: TaskLimits) -> dict[str, Any]:
-    counter = task_limits.counter
-    return {
-        "cgroups": [
-            [path, c.inode, c.last, list(c.labels), c.final] for path, c in counter._cgroups.items()
-        ],
-        "totals": [[list(k), t.value, t.live, t.last_live] for k, t in counter._totals.items()],
-        "updates": counter._updates,
-        "lost": task_limits._lost,
-    }
-
-
-def restore_task_limits(task_limits: TaskLimits, data: dict[str, Any]) -> None:
-    counter = task_limits.counter
-    counter._cgroups = {
-        path: _Cgroup(int(inode), int(last), TaskLimitLabels(*labels), bool(final))
-        for path, inode, last, labels, final in data["cgroups"]
-    }
-    counter._totals = {
-        TaskLimitLabels(*k): _Total(int(v), bool(live), int(last_live))
-        for k, v, live, last_live in data["totals"]
-    }
-    counter._updates = int(data["updates"])
-    task_limits._lost = int(data["lost"])
 
 
 def carried_state(reader: MapReader) -> dict[str, Any]:
@@ -137,22 +63,10 @@ def restore_carried(reader: MapReader, data: dict[str, Any]) -> None:
 
 def take_over_retired(sources: CgroupSources, data: dict[str, Any]) -> None:
     """What the daemon of a retired probe kept, taken over by this one: its task-limit totals
-    (the pids controller's, whatever the probe; the lost-count baseline too, since the retired
-    probe's overflow counts are carried into this one's), and the counts it folded under
-    labels. Its entries' records are not: their keys were the old probe's, and the parts they
-    had folded are already left out of the counts carried on."""
-    restore_task_limits(sources.task_limits, data["task_limits"])
-    a = sources.attribution
-    if a is None or "attribution" not in data:
-        return
-    for name, rows in data["attribution"]["folded"].items():
-        folded = a._folded.setdefault(name, {})
-        for row, count in rows:
-            labels = _unvalue(row)
-            folded[labels] = folded.get(labels, 0) + int(count)
-    for name, rows in data["attribution"].get("folding", {}).items():
-        a._folding.setdefault(name, []).extend((_unvalue(row), int(c)) for row, c in rows)
-    a.reclaimed += int(data["attribution"]["reclaimed"])
+    (the pids controller's, whatever the probe) and the counts it folded under labels."""
+    sources.task_limits.restore(data["task_limits"])
+    if sources.attribution is not None and "attribution" in data:
+        sources.attribution.take_over(data["attribution"])
 
 
 class StateFile:

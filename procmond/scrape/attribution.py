@@ -37,9 +37,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from procmond.naming.labels import EMPTY_LABELS, CgroupLabels
+from procmond.saved import tagged, untagged
 
 Row = tuple[bytes | int | str, ...]
 UNKNOWN: CgroupLabels = EMPTY_LABELS
@@ -126,6 +127,55 @@ class Attribution:
         self._settled: dict[int, _Cgroup] = {}  # cgroups resolved in this scrape
         self._present: set[tuple[str, bytes]] = set()  # recorded entries seen in this scrape
         self.reclaimed = 0  # kernel entries deleted, for procmond_cgroup_entries_reclaimed_total
+
+    def state(self) -> dict[str, Any]:
+        """What a restart that adopts the probe must keep (procmond/lifecycle/state.py): the
+        counts folded under labels, where each recorded entry shows and how much of it is
+        folded, and the reclaimed count."""
+        return {
+            "folded": {
+                name: [[tagged(row), count] for row, count in rows.items()]
+                for name, rows in self._folded.items()
+            },
+            "entries": [
+                [name, raw.hex(), tagged(e.labels), e.base]
+                for (name, raw), e in self._entries.items()
+            ],
+            "folding": {
+                name: [[tagged(row), count] for row, count in rows]
+                for name, rows in self._folding.items()
+            },
+            "reclaimed": self.reclaimed,
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """``state()`` of the daemon before, whose probe this one adopted."""
+        self._folded = {
+            name: {untagged(row): int(count) for row, count in rows}
+            for name, rows in data["folded"].items()
+        }
+        self._entries = {
+            (name, bytes.fromhex(raw)): _Entry(untagged(labels), int(base))
+            for name, raw, labels, base in data["entries"]
+        }
+        self._folding = {
+            name: [(untagged(row), int(count)) for row, count in rows]
+            for name, rows in data.get("folding", {}).items()
+        }
+        self.reclaimed = int(data["reclaimed"])
+
+    def take_over(self, data: dict[str, Any]) -> None:
+        """``state()`` of a retired probe's daemon (an upgrade), added to this one's: the counts
+        it folded under labels. Its entries' records are not taken: their keys were the old
+        probe's, and the parts they had folded are left out of the counts carried on."""
+        for name, rows in data["folded"].items():
+            folded = self._folded.setdefault(name, {})
+            for row, count in rows:
+                labels = untagged(row)
+                folded[labels] = folded.get(labels, 0) + int(count)
+        for name, rows in data.get("folding", {}).items():
+            self._folding.setdefault(name, []).extend((untagged(r), int(c)) for r, c in rows)
+        self.reclaimed += int(data["reclaimed"])
 
     def rows(
         self, map_name: str, entries: list[tuple[bytes, Row, int]], table: Table

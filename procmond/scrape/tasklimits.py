@@ -41,7 +41,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from procmond.kernel.maps import GonePidsCgroup
 from procmond.naming.cgroups import CgroupLayout, Hierarchy, parse_cgroup_path, walk
@@ -220,6 +220,31 @@ class TaskLimitCounter:
         self._totals: dict[TaskLimitLabels, _Total] = {}
         self._updates = 0
 
+    def state(self) -> dict[str, Any]:
+        """What a restart keeps (procmond/lifecycle/state.py): each cgroup's last reading and
+        every label set's total."""
+        return {
+            "cgroups": [
+                [path, c.inode, c.last, list(c.labels), c.final]
+                for path, c in self._cgroups.items()
+            ],
+            "totals": [[list(k), t.value, t.live, t.last_live] for k, t in self._totals.items()],
+            "updates": self._updates,
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """``state()`` of the daemon before (label sets saved before the container label was
+        added have three values: the container is empty)."""
+        self._cgroups = {
+            path: _Cgroup(int(inode), int(last), TaskLimitLabels(*labels), bool(final))
+            for path, inode, last, labels, final in data["cgroups"]
+        }
+        self._totals = {
+            TaskLimitLabels(*k): _Total(int(v), bool(live), int(last_live))
+            for k, v, live, last_live in data["totals"]
+        }
+        self._updates = int(data["updates"])
+
     def update(
         self,
         readings: Iterable[PidsReading],
@@ -358,6 +383,16 @@ class TaskLimits:
         self.counter = TaskLimitCounter(labeller(names), max_label_sets=max_label_sets)
         self._gone = gone
         self._lost = 0
+
+    def state(self) -> dict[str, Any]:
+        """The totals and the probe's lost-count baseline, for procmond/lifecycle/state.py."""
+        return {**self.counter.state(), "lost": self._lost}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """``state()`` of the daemon before (or of a retired probe's: its overflow counts are
+        carried into this probe's, so its lost-count baseline holds here too)."""
+        self.counter.restore(data)
+        self._lost = int(data["lost"])
 
     def collect(self) -> dict[TaskLimitLabels, int]:
         if self.pids is not None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from procmond.naming.labels import CgroupLabels
+from procmond.saved import tagged, untagged
 from procmond.text import one_word, quoted
 
 TICK_SECONDS = 1.0  # how often a busy host's counts are read
@@ -166,15 +167,6 @@ def creator_rates(
     ]
     out.sort(key=lambda r: (-r.forks_per_second, -r.threads_per_second, r.creator.pid))
     return out
-
-
-def tagged(raw: bytes) -> dict[str, str]:
-    """Bytes in JSON: a command name is untrusted bytes, not text."""
-    return {"b": raw.hex()}
-
-
-def untagged(data: Any) -> bytes:
-    return bytes.fromhex(data["b"])
 
 
 @dataclass

@@ -4,6 +4,7 @@ nothing."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from procmond.scrape.attribution import UNKNOWN, Attribution, CgroupLabels
@@ -263,3 +264,52 @@ def test_gone_cgroups_are_forgotten_once_reclaimed_and_the_rest_is_capped() -> N
     attribution.forget_unused()
     assert len(attribution._cgroups) == 10  # the least recently seen went first
     assert attribution.sizes()["attribution_cgroups"] == (10, 10)
+
+
+def unit_a_folded(
+    cgroups: Cgroups, kernel: KernelMap, clock: Clock, attribution: Attribution
+) -> dict[tuple, int]:
+    """Cgroup 7 (a.service) counts 3 and goes; scrapes until its entry is folded."""
+    cgroups.names[7] = (UNIT_A, True)
+    kernel.add(7, "sh", 3)
+    scrape(attribution, kernel)
+    cgroups.gone.add(7)
+    clock.now = 2.0
+    scrape(attribution, kernel)
+    clock.now = 4.0
+    return scrape(attribution, kernel)
+
+
+def test_a_restart_that_adopts_the_probe_keeps_folded_and_late_named_counts() -> None:
+    """state() → JSON → restore() in a new daemon's Attribution, with the same kernel map
+    (the adopted probe's): every series goes on where it was, nothing moves."""
+    cgroups, kernel, clock, attribution = setup()
+    cgroups.names[8] = (("", "ns", "web-1", ""), False)
+    kernel.add(8, "sh", 5)
+    before = unit_a_folded(cgroups, kernel, clock, attribution)  # 8 recorded: late names
+    assert attribution.reclaimed == 1 and before[(*UNIT_A, "sh")] == 3
+    saved = json.loads(json.dumps(attribution.state()))
+    restarted = Attribution(cgroups, 100, "__overflow__", clock, 1.0)  # the same host
+    restarted.restore(saved)
+    assert restarted.state() == attribution.state()
+    cgroups.names[8] = (POD, True)
+    kernel.add(8, "sh", 2)
+    clock.now = 6.0
+    after = restarted.rows("forks_total", kernel.rows(), kernel)  # type: ignore[arg-type]
+    assert after == scrape(attribution, kernel)  # as if the daemon had never restarted
+    assert after[(*UNIT_A, "sh")] == 3 and after[("", "ns", "web-1", "", "sh")] == 7
+    kernel.add(8, "sh", 1)
+    clock.now = 8.0
+    after = restarted.rows("forks_total", kernel.rows(), kernel)  # type: ignore[arg-type]
+    assert after == scrape(attribution, kernel)
+    assert after[(*POD, "sh")] == 1
+
+
+def test_an_upgrade_takes_over_only_what_was_folded() -> None:
+    cgroups, kernel, clock, attribution = setup()
+    unit_a_folded(cgroups, kernel, clock, attribution)
+    _, new_kernel, _, new = setup()
+    new.take_over(json.loads(json.dumps(attribution.state())))
+    new.take_over(json.loads(json.dumps(attribution.state())))  # two retired probes add up
+    assert new.rows("forks_total", new_kernel.rows(), new_kernel) == {(*UNIT_A, "sh"): 6}  # type: ignore[arg-type]
+    assert new.reclaimed == 2

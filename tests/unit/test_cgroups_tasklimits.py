@@ -363,3 +363,29 @@ def test_container_label_sets_stay_bounded_under_churn(tmp_path: Path) -> None:
     assert TaskLimitLabels(container="job-49") in limits.totals()
     assert sum(limits.totals().values()) == 7  # one place stays for __overflow__
     assert all(used <= cap for used, cap in names.sizes().values())
+
+
+def test_a_restart_keeps_the_totals_and_the_last_readings() -> None:
+    """state() → JSON → restore(): the next reading of the same cgroups adds only their
+    growth, and a removed unit's total stays."""
+    c = TaskLimitCounter(unit_labels)
+    c.update([R("/s.slice/x.service", 5, inode=10), R("/s.slice/y.service", 3, inode=11)])
+    c.update([R("/s.slice/x.service", 5, inode=10)])  # y stopped
+    restarted = TaskLimitCounter(unit_labels)
+    restarted.restore(json.loads(json.dumps(c.state())))
+    assert restarted.state() == c.state()
+    restarted.update([R("/s.slice/x.service", 7, inode=10)])
+    assert restarted.totals() == {TaskLimitLabels("x.service"): 7, TaskLimitLabels("y.service"): 3}
+
+
+def test_label_sets_saved_before_the_container_label_restore_with_an_empty_container() -> None:
+    c = TaskLimitCounter(unit_labels)
+    c.restore(
+        {
+            "cgroups": [["/s.slice/x.service", 10, 5, ["x.service", "", ""], True]],
+            "totals": [[["x.service", "", ""], 5, True, 1]],
+            "updates": 1,
+        }
+    )
+    c.update([R("/s.slice/x.service", 6, inode=10)])
+    assert c.totals() == {TaskLimitLabels("x.service", "", "", ""): 6}
