@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from procmond.naming.lru import BoundedLRU
 from procmond.naming.runtime import clean_name
@@ -128,14 +129,11 @@ def cgroup_pids(directory: str, most: int = PROCS_MAX) -> list[int]:
     return [int(line) for line in lines[:most] if line.isdigit() and len(line) <= 10]
 
 
-class ProcStatus:
+class ProcStatus(NamedTuple):
     """What /proc/<pid>/status says of a process's parent and real uid."""
 
-    __slots__ = ("ppid", "uid")
-
-    def __init__(self, ppid: int, uid: int) -> None:
-        self.ppid = ppid
-        self.uid = uid
+    ppid: int
+    uid: int
 
 
 def status_of(proc: str, pid: int) -> ProcStatus | None:

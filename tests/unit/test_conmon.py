@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from procmond.naming import conmon
 from procmond.naming.conmon import DEPTH_MAX, PROCS_MAX, ConmonNames, conmon_args
 from procmond.naming.labels import CgroupLabels
 from procmond.naming.runtime import NAME_MAX
@@ -153,3 +156,26 @@ def test_a_rootless_container_with_a_closed_store_is_named_by_its_conmon(tmp_pat
     source = rootless(tmp_path / "no-home", cgroups, str(proc.root))
     source.container_id(other.strip("/").split("/"))
     assert source.labels(ID) is None
+
+
+def test_a_parent_whose_child_moved_on_meanwhile_is_not_believed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child's PPid is read again after its parent's: if it changed (the parent exited,
+    its pid maybe reused by a conmon look-alike), the parent read is not believed."""
+    proc = Proc(tmp_path / "proc")
+    proc.add(100, 1, USER, podman_conmon(ID, b"reused"))
+    proc.add(101, 100, USER, [b"sh"])
+    reads = []
+    real = conmon.status_of
+
+    def reparented_after_first_read(root: str, pid: int) -> conmon.ProcStatus | None:
+        reads.append(pid)
+        if pid == 101 and len(reads) > 1:
+            proc.add(101, 1, USER, [b"sh"])  # its parent gone: reparented to init
+        return real(root, pid)
+
+    monkeypatch.setattr(conmon, "status_of", reparented_after_first_read)
+    names = ConmonNames(8, str(proc.root))
+    assert names.name_of(ID, str(cgroup(tmp_path / "a", [101])), USER) is None
+    assert reads == [101, 100, 101]
