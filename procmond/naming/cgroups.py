@@ -97,6 +97,12 @@ class Hierarchy:
             return relative
         return self.prefix if relative == "/" else self.prefix + relative
 
+    def directory(self, path: str) -> str:
+        """Where a cgroup path (from the hierarchy's root) is in this mount."""
+        prefix = self.prefix
+        relative = path[len(prefix) :] if prefix and path.startswith(prefix) else path
+        return f"{self.mount_point}{relative if relative != '/' else ''}"
+
 
 def _hierarchy(mount: Mount) -> Hierarchy:
     parts = [p for p in mount.root.split("/") if p]
@@ -583,7 +589,7 @@ class CgroupNamer:
             return None
         self._unplaced.pop(cgroup_id)
         try:
-            inode = os.stat(self._directory(path), follow_symlinks=False).st_ino
+            inode = os.stat(self._hierarchy.directory(path), follow_symlinks=False).st_ino
         except OSError:
             return False
         return inode == cgroup_id
@@ -591,13 +597,6 @@ class CgroupNamer:
     def sizes(self) -> dict[str, tuple[int, int]]:
         """Entries and capacity of its table (procmond_table_entries)."""
         return {"cgroups_unplaced": (len(self._unplaced), self._unplaced.capacity)}
-
-    def _directory(self, path: str) -> str:
-        """Where a cgroup path (from the hierarchy's root) is in this mount."""
-        assert self._hierarchy is not None
-        prefix = self._hierarchy.prefix
-        relative = path[len(prefix) :] if prefix and path.startswith(prefix) else path
-        return f"{self._hierarchy.mount_point}{relative if relative != '/' else ''}"
 
 
 class PathRecords(Protocol):

@@ -1,5 +1,6 @@
 """Rootless Podman's containers: ``libpod-<id>.scope`` below a user's ``user@<uid>.service``,
-named from that user's own container store, ``<home>/.local/share/containers/storage``.
+named from that user's own container store, ``<home>/.local/share/containers/storage``, and
+where that cannot be read, from the container's running ``conmon`` (procmond/naming/conmon.py).
 
 The uid comes from the path (``user@<uid>.service``), the home from the passwd database. A
 user's home is theirs to shape, so their store is read more warily than a runtime's root:
@@ -9,11 +10,18 @@ cannot make procmond read, and show as names, a file that is not theirs. Reads a
 size-limited as for the rootful store; at most ``users`` stores are kept (LRU), each with a
 share of the names' capacity.
 
+Podman makes the store's folders 0700, and procmond keeps no capability once its probe is
+loaded, so as Podman leaves it the store cannot be read (only where the user lets uid 0 in:
+``chmod`` or an ACL). Then the name comes from the container's ``conmon``, found from its
+cgroup's processes up their parents, whose command line (world-readable) carries ``-c <id>
+-n <name>``; its real uid must be the path's uid, so that a user names only their own
+cgroups. The store is asked first: it is Podman's record (``podman rename`` changes it, not a
+running conmon's arguments), and it still names a container whose conmon is gone.
+
 Not looked for: a store moved by the user's ``XDG_DATA_HOME`` or ``storage.conf``
-(``graphroot``), and the names of rootless Podman pods. Such a container gets its short id.
-Podman makes the store's folders 0700: procmond, which keeps no capability once its probe is
-loaded, reads them only where the user lets uid 0 in (search on the folders down to the store,
-read on the store's folder and its list: ``chmod`` or an ACL for root); otherwise the short id.
+(``graphroot``), and the names of rootless Podman pods. A container whose store cannot be read
+and whose conmon is gone (or whose cgroup path is not valid UTF-8, so that its directory
+cannot be found from the path's text) gets its short id.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import os
 import pwd
 from collections.abc import Callable, Sequence
 
+from procmond.naming.cgroups import Hierarchy, read_layout
+from procmond.naming.conmon import ConmonNames
 from procmond.naming.containers_storage import STORE_LIMIT, ContainerStore
 from procmond.naming.labels import CgroupLabels
 from procmond.naming.lru import BoundedLRU
@@ -143,6 +153,14 @@ class UserStore(ContainerStore):
         return []  # read when asked, not watched (one watch per user would be unbounded)
 
 
+def v2_hierarchy() -> Hierarchy | None:
+    """Where cgroup v2 is mounted here (None: no cgroup v2, no conmon look-up)."""
+    try:
+        return read_layout().v2
+    except OSError:
+        return None
+
+
 class RootlessPodman:
     name = "podman-rootless"
 
@@ -151,11 +169,18 @@ class RootlessPodman:
         capacity: int = 16384,
         users: int = USERS,
         home: Callable[[int], str] = home_of,
+        hierarchy: Callable[[], Hierarchy | None] = v2_hierarchy,
+        proc: str = "/proc",
     ) -> None:
         self._capacity = max(16, capacity // users)  # names per user: all users share capacity
         self._home = home
-        self._owners: BoundedLRU[str, int] = BoundedLRU(capacity)  # container id → uid
+        # container id → (uid, its cgroup path, "" if not valid text)
+        self._owners: BoundedLRU[str, tuple[int, str]] = BoundedLRU(capacity)
         self._stores: BoundedLRU[int, UserStore] = BoundedLRU(users)
+        self._hierarchy = hierarchy
+        self._mount: Hierarchy | None = None
+        self._mount_read = False  # where cgroup v2 is does not change: read once
+        self._conmon = ConmonNames(capacity, proc)
 
     def container_id(self, names: Sequence[str]) -> str | None:
         """A ``libpod-<id>(.scope)`` below ``user@<uid>.service``; its uid is remembered."""
@@ -166,14 +191,23 @@ class RootlessPodman:
             uid = int(user.group("uid"))
             container_id = leaf_match(names[i + 1 :], CGROUP) if uid <= UID_MAX else None
             if container_id is not None:
-                self._owners.put(container_id, uid)
+                path = "/" + "/".join(names)  # this cgroup (or one below the container's)
+                self._owners.put(container_id, (uid, "" if "\ufffd" in path else path))
             return container_id
         return None
 
     def labels(self, container_id: str) -> CgroupLabels | None:
-        uid = self._owners.get(container_id)
-        store = None if uid is None else self._store(uid)
+        owner = self._owners.get(container_id)
+        if owner is None:
+            return None
+        uid, path = owner
+        store = self._store(uid)
         name = None if store is None else store.name_of(container_id)
+        if name is None and path:
+            if not self._mount_read:
+                self._mount, self._mount_read = self._hierarchy(), True
+            if self._mount is not None:
+                name = self._conmon.name_of(container_id, self._mount.directory(path), uid)
         return None if name is None else CgroupLabels(container=name)
 
     def _store(self, uid: int) -> UserStore | None:
@@ -193,4 +227,5 @@ class RootlessPodman:
         return {
             "podman_rootless_containers": (len(self._owners), self._owners.capacity),
             "podman_rootless_users": (len(self._stores), self._stores.capacity),
+            "podman_rootless_conmon_names": self._conmon.sizes()["conmon_names"],
         }

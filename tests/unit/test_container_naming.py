@@ -257,8 +257,15 @@ def user_store(home: Path, names: dict[str, str], uid: int = USER) -> Path:
     return storage
 
 
-def rootless(home: Path) -> RootlessPodman:
-    return RootlessPodman(64, users=2, home=lambda uid: str(home) if uid == USER else "")
+def rootless(home: Path, cgroups: Path | None = None, proc: str = "/proc") -> RootlessPodman:
+    hierarchy = Hierarchy(cgroups or home / "no-cgroups")
+    return RootlessPodman(
+        64,
+        users=2,
+        home=lambda uid: str(home) if uid == USER else "",
+        hierarchy=lambda: hierarchy,
+        proc=proc,
+    )
 
 
 def names_of_path(source: RootlessPodman, path: str) -> CgroupLabels | None:
@@ -325,4 +332,5 @@ def test_rootless_stores_and_owners_stay_bounded(tmp_path: Path) -> None:
     assert source.sizes() == {
         "podman_rootless_containers": (16, 16),
         "podman_rootless_users": (2, 2),
+        "podman_rootless_conmon_names": (0, 16),
     }
