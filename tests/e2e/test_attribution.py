@@ -14,7 +14,6 @@ import pytest
 from tests.e2e.cgroup_tree import CgroupTree, Pod, TaskLimitedUnit
 from tests.e2e.harness import (
     Daemon,
-    Exposition,
     SeriesFlow,
     own_comm,
     start_daemon,
@@ -24,7 +23,6 @@ from tests.e2e.harness import (
 
 PODS_DIR = Path("/var/log/pods")
 CONTAINERS_DIR = Path("/var/log/containers")
-LABELS = ("unit", "namespace", "pod", "container")
 OVERFLOW = "__overflow__"
 
 
@@ -43,17 +41,6 @@ def run_in(tree: CgroupTree, cgroup: Path, creator: Path, mode: str, n: int, nam
     assert p.returncode == 0 and out.split()[-1] == str(n), (out, err)
 
 
-def by_labels(m: Exposition, metric: str, comm: str) -> dict[tuple[str, ...], float]:
-    """{(unit, namespace, pod, container): value} of one command's series."""
-    out: dict[tuple[str, ...], float] = {}
-    for labels, value in m.series(metric).items():
-        d = dict(labels)
-        if d.get("comm") == comm:
-            key = tuple(d[label] for label in LABELS)
-            out[key] = out.get(key, 0) + value
-    return out
-
-
 def test_a_unit_counts_its_own_creations_exactly(
     daemon: Daemon, tree: CgroupTree, creator: Path
 ) -> None:
@@ -64,8 +51,8 @@ def test_a_unit_counts_its_own_creations_exactly(
     run_in(tree, cgroup, creator, "thread", 25, name)
     m = daemon.scrape()
     comm = name.decode()
-    assert by_labels(m, "procmond_forks_total", comm) == {(unit, "", "", ""): 40}
-    assert by_labels(m, "procmond_threads_created_total", comm) == {(unit, "", "", ""): 25}
+    assert m.by_cgroup("procmond_forks_total", comm) == {(unit, "", "", ""): 40}
+    assert m.by_cgroup("procmond_threads_created_total", comm) == {(unit, "", "", ""): 25}
     labels = {"unit": unit, "namespace": "", "pod": "", "container": ""}
     assert m.value("procmond_forks_total", comm=comm, parent_comm=own_comm(), **labels) == 40
 
@@ -85,13 +72,13 @@ def test_a_pod_container_is_named_from_the_kubelets_files(
     first = unique_name("first")
     run_in(tree, cgroup, creator, "fork", 1, first)
     wait_until(
-        lambda: named in by_labels(daemon.scrape(), "procmond_forks_total", first.decode()),
+        lambda: named in daemon.scrape().by_cgroup("procmond_forks_total", first.decode()),
         30,
         "the pod's names to be picked up",
     )
     name = unique_name("pod")
     run_in(tree, cgroup, creator, "fork", 30, name)
-    assert by_labels(daemon.scrape(), "procmond_forks_total", name.decode()) == {named: 30}
+    assert daemon.scrape().by_cgroup("procmond_forks_total", name.decode()) == {named: 30}
 
 
 def test_late_names_move_no_count(
@@ -106,18 +93,18 @@ def test_late_names_move_no_count(
     name = unique_name("late")
     comm = name.decode()
     run_in(tree, cgroup, creator, "fork", 12, name)
-    first = by_labels(daemon.scrape(), "procmond_forks_total", comm)
+    first = daemon.scrape().by_cgroup("procmond_forks_total", comm)
     assert first == {("", "", "", ""): 12}
     pod.write_link(PODS_DIR, CONTAINERS_DIR)
     named = ("", pod.namespace, pod.name, pod.container)
     # The kubelet's directories are re-read at most every few seconds, on a miss.
     wait_until(
-        lambda: named in by_labels(daemon.scrape(), "procmond_forks_total", comm),
+        lambda: named in daemon.scrape().by_cgroup("procmond_forks_total", comm),
         30,
         "the pod's names to be picked up",
     )
     run_in(tree, cgroup, creator, "fork", 7, name)
-    last = by_labels(daemon.scrape(), "procmond_forks_total", comm)
+    last = daemon.scrape().by_cgroup("procmond_forks_total", comm)
     assert last == {("", "", "", ""): 12, named: 7}
 
 
@@ -148,7 +135,7 @@ def test_churn_stays_bounded_exact_and_leaves_room(
                 time.sleep(1.05)
         flow.scrape()
         m = flow.scrape()
-        forks = by_labels(m, "procmond_forks_total", comm)
+        forks = m.by_cgroup("procmond_forks_total", comm)
         # gone units keep series in the room the live ones (the host's too) leave; a unit the
         # host's own cgroup churn left unnamed counts under the empty names
         named = {k: v for k, v in forks.items() if k != ("", "", "", "")}
@@ -160,7 +147,7 @@ def test_churn_stays_bounded_exact_and_leaves_room(
         cgroup = tree.make(f"/test.slice/{unit}")
         later = unique_name("after")
         run_in(tree, cgroup, creator, "fork", 9, later)
-        assert by_labels(flow.scrape(), "procmond_forks_total", later.decode()) == {
+        assert flow.scrape().by_cgroup("procmond_forks_total", later.decode()) == {
             (unit, "", "", ""): 9
         }
     finally:

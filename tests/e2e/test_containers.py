@@ -69,15 +69,9 @@ def runtimes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtimes]:
             stop()
 
 
-def forks_by_labels(runtimes: Runtimes, comm: str) -> dict[tuple[str, str, str, str], float]:
+def forks_by_labels(runtimes: Runtimes, comm: str) -> dict[tuple[str, ...], float]:
     """The command's forks by (unit, namespace, pod, container), from one scrape."""
-    found: dict[tuple[str, str, str, str], float] = {}
-    for labels, value in runtimes.daemon.scrape().series("procmond_forks_total").items():
-        ls = dict(labels)
-        if ls["comm"] == comm:
-            key = (ls["unit"], ls["namespace"], ls["pod"], ls["container"])
-            found[key] = found.get(key, 0.0) + value
-    return found
+    return runtimes.daemon.scrape().by_cgroup("procmond_forks_total", comm)
 
 
 def test_a_podman_container_alone_and_in_a_pod_is_counted_exactly_by_name(

@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,29 +74,58 @@ def steady_load(creator: Path, name: bytes) -> subprocess.Popen:
     )
 
 
-def restart_mid_load(tmp: Path, root: Path, creator: Path, sig: int) -> tuple[Daemon, float]:
-    """A daemon stopped by ``sig`` and started again while a steady load runs; the new
-    daemon, and how long it took from start to serving."""
-    name = unique_name("pin")
+def replaced_mid_load(
+    tmp: Path,
+    root: Path,
+    creator: Path,
+    name: bytes,
+    stop: Callable[[Daemon], object],
+    start_next: Callable[[], Daemon],
+    adopts: bool,
+) -> tuple[Daemon, float]:
+    """A daemon of this tree stopped by ``stop`` a third of the way into a steady load and the
+    next one started by ``start_next``: no count went down, and every fork of the load was
+    counted, once. The next daemon, running, and how long it took from start to serving; it
+    adopted the pinned probe if ``adopts``, else loaded its own."""
     first = start(tmp, root, "first")
     load = steady_load(creator, name)
     try:
         time.sleep(LOAD / RATE / 3)
         before = forks_of(first, name)
         assert 0 < before < LOAD
-        first.stop(sig)
+        stop(first)
         started = time.monotonic()
-        second = start(tmp, root, "second")
+        second = start_next()
         serving = time.monotonic() - started
-        assert forks_of(second, name) >= before, "a counter went down across the restart"
-        out, _ = load.communicate(timeout=60)
+        try:
+            assert forks_of(second, name) >= before, "a counter went down: " + second.log()
+            out, _ = load.communicate(timeout=60)
+            assert load.returncode == 0 and out.split()[-1] == str(LOAD), out
+            assert forks_of(second, name) == LOAD, second.log()
+            if adopts:
+                assert "adopted the probe pinned at" in second.log()
+            else:
+                assert "adopted" not in second.log()
+        except BaseException:
+            second.stop()
+            raise
     finally:
         if load.poll() is None:
             load.kill()
-    assert load.returncode == 0 and out.split()[-1] == str(LOAD), out
-    assert forks_of(second, name) == LOAD, second.log()
-    assert "adopted the probe pinned at" in second.log()
     return second, serving
+
+
+def restart_mid_load(tmp: Path, root: Path, creator: Path, sig: int) -> tuple[Daemon, float]:
+    """A daemon stopped by ``sig`` and started again while a steady load runs: it adopts."""
+    return replaced_mid_load(
+        tmp,
+        root,
+        creator,
+        unique_name("pin"),
+        lambda daemon: daemon.stop(sig),
+        lambda: start(tmp, root, "second"),
+        adopts=True,
+    )
 
 
 def test_a_restart_mid_load_misses_nothing(tmp_path: Path, pin_root: Path, creator: Path) -> None:
@@ -374,29 +403,16 @@ def start_build(
 
 
 def upgrade_mid_load(tmp: Path, root: Path, creator: Path, build: Path, name: bytes) -> Daemon:
-    """A daemon of this tree stopped in the middle of a steady load and ``build`` started:
-    every fork of the load counted, once. The new daemon, running."""
-    first = start(tmp, root, "first")
-    load = steady_load(creator, name)
-    try:
-        time.sleep(LOAD / RATE / 3)
-        before = forks_of(first, name)
-        assert 0 < before < LOAD
-        assert first.stop() == 0
-        second = start_build(tmp, root, "second", build)
-        try:
-            assert forks_of(second, name) >= before, second.log()
-            out, _ = load.communicate(timeout=60)
-            assert out.split()[-1] == str(LOAD)
-            assert forks_of(second, name) == LOAD, second.log()
-            assert "adopted" not in second.log()
-        except BaseException:
-            second.stop()
-            raise
-    finally:
-        if load.poll() is None:
-            load.kill()
-    return second
+    """A daemon of this tree stopped cleanly in the middle of a steady load and ``build``
+    started: it loads its own probe. The new daemon, running."""
+
+    def stopped_cleanly(daemon: Daemon) -> None:
+        assert daemon.stop() == 0
+
+    def next_build() -> Daemon:
+        return start_build(tmp, root, "second", build)
+
+    return replaced_mid_load(tmp, root, creator, name, stopped_cleanly, next_build, adopts=False)[0]
 
 
 def same_layout_maps(daemon: Daemon) -> list[str]:

@@ -44,14 +44,8 @@ def user() -> Iterator[RootlessUser]:
         made.remove()
 
 
-def forks_of(daemon: Daemon, comm: str) -> dict[tuple[str, str, str, str], float]:
-    found: dict[tuple[str, str, str, str], float] = {}
-    for labels, value in daemon.scrape().series("procmond_forks_total").items():
-        ls = dict(labels)
-        if ls["comm"] == comm:
-            key = (ls["unit"], ls["namespace"], ls["pod"], ls["container"])
-            found[key] = found.get(key, 0.0) + value
-    return found
+def forks_of(daemon: Daemon, comm: str) -> dict[tuple[str, ...], float]:
+    return daemon.scrape().by_cgroup("procmond_forks_total", comm)
 
 
 def open_to_root(store: Path, home: Path) -> None:

@@ -349,17 +349,6 @@ def limits_applied(pid: int) -> dict[str, float]:
     return {"memory": memory, "cpu": int(quota[0]) / int(period)}
 
 
-def by_pod(m: Exposition, comm: str) -> dict[tuple[str, ...], float]:
-    """{(unit, namespace, pod, container): forks} of one command."""
-    out: dict[tuple[str, ...], float] = {}
-    for labels, value in m.series("procmond_forks_total").items():
-        d = dict(labels)
-        if d["comm"] == comm:
-            key = (d["unit"], d["namespace"], d["pod"], d["container"])
-            out[key] = out.get(key, 0) + value
-    return out
-
-
 def test_the_image_runs_as_the_daemonset_runs_it_and_counts_a_pod_exactly(
     podman_env: dict[str, str],
     image: str,
@@ -387,7 +376,7 @@ def test_the_image_runs_as_the_daemonset_runs_it_and_counts_a_pod_exactly(
         p = tree.start(cgroup, str(creator), "fork", str(FORKS), name.hex())
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0 and out.split()[-1] == str(FORKS), (out, err)
-        counted = by_pod(scrape(pid, port, path), name.decode())
+        counted = scrape(pid, port, path).by_cgroup("procmond_forks_total", name.decode())
         assert counted == {("", pod.namespace, pod.name, pod.container): FORKS}
 
         status = container.status()

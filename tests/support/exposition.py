@@ -52,3 +52,14 @@ class Exposition:
             key = dict(labels).get(label, "")
             totals[key] = totals.get(key, 0.0) + v
         return totals
+
+    def by_cgroup(self, name: str, comm: str) -> dict[tuple[str, ...], float]:
+        """One command's samples of ``name`` by their cgroup labels, (unit, namespace, pod,
+        container), summed over the rest (parent_comm)."""
+        totals: dict[tuple[str, ...], float] = {}
+        for labels, v in self.series(name).items():
+            d = dict(labels)
+            if d.get("comm") == comm:
+                key = tuple(d[label] for label in CGROUP_LABELS)
+                totals[key] = totals.get(key, 0.0) + v
+        return totals
