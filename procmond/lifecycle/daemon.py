@@ -225,16 +225,16 @@ class Daemon:
             for saved in [*self.retired_states, data or {}]:
                 self.storms.restore(saved.get("storms"), same_probe=saved is data)
             self.storms.keep_with(self._keep_storms)
-        if data is None:
-            self._save_state()  # counts carried from a retired probe are kept at once
-            return
-        self.cgroups.task_limits.restore(data["task_limits"])
-        if self.cgroups.attribution is not None and "attribution" in data:
-            self.cgroups.attribution.restore(data["attribution"])
-        if self.reader is not None:
-            state.restore_carried(self.reader, data.get("carried", {}))
-        log.info("restored the counts kept in user space from %s", self.state.path)
-        self._save_state()  # the storm monitor's saves (its own part) keep these parts whole
+        if data is not None:
+            self.cgroups.task_limits.restore(data["task_limits"])
+            if self.cgroups.attribution is not None and "attribution" in data:
+                self.cgroups.attribution.restore(data["attribution"])
+            if self.reader is not None:
+                state.restore_carried(self.reader, data.get("carried", {}))
+            log.info("restored the counts kept in user space from %s", self.state.path)
+        # at once: counts carried from a retired probe, and whole parts beside the storm
+        # monitor's own saves
+        self._save_state()
 
     def _keep_storms(self, storms: dict) -> None:
         if self.state is not None:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from procmond.naming.lru import BoundedLRU
-from procmond.naming.runtime import clean_name
+from procmond.naming.runtime import clean_name, read_limited
 
 PROCS_MAX = 16  # processes of a container's cgroup looked at
 DEPTH_MAX = 8  # parents followed from each
@@ -89,29 +89,6 @@ def conmon_args(argv: Sequence[bytes]) -> tuple[bytes, bytes] | None:
     return None if cid is None or name is None else (cid, name)
 
 
-def read_proc(path: str, limit: int) -> bytes | None:
-    """Up to ``limit`` bytes of a /proc or cgroup file (their sizes read as 0), None if it
-    cannot be read or holds more."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return None if size > limit else b"".join(chunks)
-
-
 def cgroup_pids(directory: str, most: int = PROCS_MAX) -> list[int]:
     """The first ``most`` pids of a cgroup (one read of ``cgroup.procs``; a partial last line
     is left out)."""
@@ -137,7 +114,7 @@ class ProcStatus(NamedTuple):
 
 
 def status_of(proc: str, pid: int) -> ProcStatus | None:
-    data = read_proc(f"{proc}/{pid}/status", STATUS_LIMIT)
+    data = read_limited(f"{proc}/{pid}/status", STATUS_LIMIT)
     if data is None:
         return None
     ppid = uid = None
@@ -182,7 +159,7 @@ class ConmonNames:
             parent = status_of(self._proc, parent_pid)
             if parent is None:
                 return None
-            cmdline = read_proc(f"{self._proc}/{parent_pid}/cmdline", CMDLINE_LIMIT)
+            cmdline = read_limited(f"{self._proc}/{parent_pid}/cmdline", CMDLINE_LIMIT)
             args = None if cmdline is None else conmon_args(cmdline.split(b"\0")[:-1])
             if args is not None and args[0] == cid:
                 again = status_of(self._proc, pid)  # still its child: not a reused pid

@@ -86,17 +86,25 @@ def read_limited(path: str, limit: int) -> bytes | None:
 
 
 def read_open(fd: int, limit: int) -> bytes | None:
-    """The bytes of an open regular file of at most ``limit`` bytes, else None; closes ``fd``."""
+    """The bytes of an open regular file of at most ``limit`` bytes, else None; closes ``fd``.
+    Read to its end, not by its size: /proc and cgroup files say they hold 0 bytes."""
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             return None
-        data = os.read(fd, limit + 1)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return None if len(data) > limit else data
+    return None if size > limit else b"".join(chunks)
 
 
 def parse_json(data: bytes | None) -> Any:

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from procmond.config import Config
 from procmond.kernel import privileges
+from procmond.kernel.inventory import GONE_TASK_LIMIT_HITS, INFLIGHT
 from procmond.kernel.maps import MapReader
 from procmond.kernel.programs import run_stats
 from procmond.naming.cgroups import CgroupLayout, CgroupNamer, CgroupResolver
@@ -147,9 +148,9 @@ class SelfMetrics:
             capacity.add_metric([name], self._reader.capacity(name))
             overflow.add_metric([name], overflowed.get(name, 0))
         if self._config.syscall_probes:  # per-task storage: no entries to count, no capacity
-            overflow.add_metric(["inflight"], overflowed.get("inflight", 0))
+            overflow.add_metric([INFLIGHT], overflowed.get(INFLIGHT, 0))
         if self._cgroups is not None and self._cgroups.task_limits.pids is not None:
-            gone = "gone_task_limit_hits"  # removed cgroups' counts, taken at each scrape
+            gone = GONE_TASK_LIMIT_HITS  # removed cgroups' counts, taken at each scrape
             used.add_metric([gone], self._reader.entries(gone))
             capacity.add_metric([gone], self._reader.capacity(gone))
             overflow.add_metric([gone], overflowed.get(gone, 0))
